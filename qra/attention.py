@@ -1,0 +1,194 @@
+"""Kernel attention: attention weights from a feature map's similarity instead of q·k/√d.
+
+Three ways to turn the kernel matrix S_ij = similarity(φ(q_i), φ(k_j)) into attention:
+
+``softmax``
+    A = softmax(β·S) over the unmasked keys: the literal replacement of q·k/√d, with a per-head
+    temperature β (kernel values are O(1), so β sets how peaked attention can get).
+``normalized``
+    A_ij = max(S_ij, 0) / Σ_j max(S_ij, 0): a kernel smoother (Nadaraya–Watson).
+``linear``
+    out_i = Σ_j S_ij v_j / Σ_j S_ij computed as φ(q)(φ(k)ᵀV) / φ(q)(φ(k)ᵀ1) in O(N·m·d): the
+    same weights as the quadratic formula, never materialised.  Needs a map with ``is_linear``.
+
+Masked keys get exactly zero weight in every mode.  Denominators are guarded: a value with
+|den| < eps is replaced by ±eps (its sign kept, 0 counted as positive), identically in the linear
+and the quadratic evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .featuremaps.base import FeatureMap, compute_dtype
+
+Mode = Literal["softmax", "normalized", "linear"]
+MODES: tuple[str, ...] = ("softmax", "normalized", "linear")
+DEFAULT_EPS = 1e-6
+
+
+def check_mode(mode: str, featuremap: FeatureMap) -> None:
+    """Raise a clear error for an unknown mode, or ``linear`` with a map that cannot factor."""
+    if mode not in MODES:
+        raise ValueError(f"unknown attention mode {mode!r}; accepted: {', '.join(MODES)}")
+    if mode == "linear" and not featuremap.is_linear:
+        raise ValueError(
+            f"mode='linear' needs a feature map whose similarity is a real dot product (is_linear=True); "
+            f"{type(featuremap).__name__} is not. Use mode='softmax' or 'normalized'."
+        )
+
+
+def guard_denominator(den: torch.Tensor, eps: float) -> torch.Tensor:
+    """Replace values with |den| < eps by ±eps, keeping the sign (0 counts as positive)."""
+    floor = torch.where(den < 0, -eps, eps).to(den.dtype)
+    return torch.where(den.abs() < eps, floor, den)
+
+
+def _stabilised_features(
+    featuremap: FeatureMap, q: torch.Tensor, k: torch.Tensor, keep: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """FAVOR+'s stabiliser for maps with log features, or None for other maps.
+
+    Each query's features are divided by their max, all keys' by the max over the sequence's
+    real keys (so padding cannot shift it).  Both are constant factors that cancel in the
+    normalized and linear modes; they only keep exp() from underflowing.
+    """
+    log_q, log_k = featuremap.log_features(q), featuremap.log_features(k)
+    if log_q is None or log_k is None:
+        return None
+    log_q = log_q - log_q.detach().amax(dim=-1, keepdim=True)
+    reference = log_k.detach()
+    if keep is not None:
+        reference = reference.masked_fill(~keep[:, None, :, None], float("-inf"))
+    log_k = log_k - reference.amax(dim=(-2, -1), keepdim=True)
+    return log_q.exp(), log_k.exp()
+
+
+def kernel_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    featuremap: FeatureMap,
+    mode: Mode = "softmax",
+    key_padding_mask: torch.Tensor | None = None,
+    beta: torch.Tensor | float | None = None,
+    dropout_p: float = 0.0,
+    return_weights: bool = False,
+    eps: float = DEFAULT_EPS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention output (and optionally its weights) with a kernel similarity.
+
+    Args:
+        q, k: queries ``[B, H, Nq, d]`` and keys ``[B, H, Nk, d]``; d must equal ``featuremap.d_in``.
+        v: values ``[B, H, Nk, dv]``.
+        featuremap: the map φ.
+        mode: ``softmax``, ``normalized`` or ``linear`` (module docstring).
+        key_padding_mask: ``[B, Nk]`` bool, True for real tokens; None means no padding.
+        beta: softmax temperature, a float or a per-head tensor ``[H]`` (default 1).  Unused by the
+            other modes, where a scale of S cancels.
+        dropout_p: dropout on the attention weights (pass 0 in eval).  Not applied in ``linear``
+            mode, where the weights are never formed.
+        return_weights: also return A ``[B, H, Nq, Nk]`` (computed on demand in ``linear`` mode).
+        eps: the denominator guard.
+
+    Returns:
+        ``(out [B, H, Nq, dv] in v's dtype, weights or None)``.
+    """
+    check_mode(mode, featuremap)
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be [B, H, N, d]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[-1] != featuremap.d_in or k.shape[-1] != featuremap.d_in:
+        raise ValueError(f"head dim {q.shape[-1]} does not match the feature map's d_in={featuremap.d_in}")
+    keep = None
+    if key_padding_mask is not None:
+        if key_padding_mask.shape != (k.shape[0], k.shape[2]):
+            raise ValueError(
+                f"key_padding_mask must be [B, Nk] = {(k.shape[0], k.shape[2])}, got {tuple(key_padding_mask.shape)}"
+            )
+        keep = key_padding_mask.to(device=k.device, dtype=torch.bool)
+
+    dtype = compute_dtype(v)
+    stabilised = None if mode == "softmax" else _stabilised_features(featuremap, q, k, keep)
+    fq, fk = stabilised if stabilised is not None else (featuremap(q), featuremap(k))
+    keep_keys = None if keep is None else keep[:, None, None, :]  # broadcast over heads and queries
+
+    if mode == "linear":
+        fq, fk, values = fq.to(dtype), fk.to(dtype), v.to(dtype)
+        if keep is not None:
+            fk = fk * keep[:, None, :, None].to(dtype)
+        key_value = fk.transpose(-1, -2) @ values  # [B, H, m, dv]
+        normaliser = guard_denominator(fq @ fk.sum(dim=-2).unsqueeze(-1), eps)  # [B, H, Nq, 1]
+        out = (fq @ key_value) / normaliser
+        weights = None
+        if return_weights:
+            scores = fq @ fk.transpose(-1, -2)
+            weights = scores / guard_denominator(scores.sum(dim=-1, keepdim=True), eps)
+        return out.to(v.dtype), weights
+
+    scores = featuremap.similarity(fq, fk).to(dtype)
+    if mode == "softmax":
+        if beta is not None:
+            beta = torch.as_tensor(beta, dtype=dtype, device=scores.device)
+            scores = scores * (beta.view(1, -1, 1, 1) if beta.dim() else beta)
+        if keep_keys is not None:
+            scores = scores.masked_fill(~keep_keys, torch.finfo(dtype).min)
+        weights = torch.softmax(scores, dim=-1)
+        if keep_keys is not None:  # exact zeros, also for a row whose keys are all padding
+            weights = weights * keep_keys
+    else:  # normalized
+        weights = scores.clamp_min(0)
+        if keep_keys is not None:
+            weights = weights * keep_keys
+        weights = weights / guard_denominator(weights.sum(dim=-1, keepdim=True), eps)
+
+    if dropout_p > 0:
+        weights = F.dropout(weights, p=dropout_p, training=True)
+    out = weights @ v.to(dtype)
+    return out.to(v.dtype), (weights if return_weights else None)
+
+
+class KernelAttention(nn.Module):
+    """The state kernel attention keeps in a patched layer: φ, the mode and the per-head temperature β.
+
+    Each patched layer owns one, so φ's buffers and learnable knobs (σ, β) are saved with the model.
+    """
+
+    def __init__(
+        self,
+        featuremap: FeatureMap,
+        num_heads: int,
+        mode: Mode = "softmax",
+        beta: float = 1.0,
+        learn_beta: bool = False,
+        eps: float = DEFAULT_EPS,
+    ) -> None:
+        super().__init__()
+        check_mode(mode, featuremap)
+        self.featuremap = featuremap
+        self.mode = mode
+        self.eps = eps
+        initial = torch.full((num_heads,), float(beta))
+        if learn_beta:
+            self.beta = nn.Parameter(initial)
+        else:
+            self.register_buffer("beta", initial)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        dropout_p: float = 0.0,
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return kernel_attention(
+            q, k, v, self.featuremap, self.mode, key_padding_mask, self.beta, dropout_p, return_weights, self.eps
+        )
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, heads={self.beta.numel()}, learn_beta={isinstance(self.beta, nn.Parameter)}"

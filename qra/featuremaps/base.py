@@ -1,0 +1,120 @@
+"""The FeatureMap contract that every kernel (ours and third parties') implements.
+
+A feature map φ turns a query or key vector x ∈ R^d_in into features φ(x); kernel attention then
+scores a query/key pair by ``similarity(φ(q), φ(k))`` instead of q·k/√d.  Maps are ``nn.Module`` s so
+that their random draws travel with ``state_dict`` / ``save_pretrained`` and their learnable knobs
+(e.g. RFF's σ) train with the model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABCMeta, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class FeatureMap(nn.Module, metaclass=ABCMeta):
+    """Abstract feature map φ: R^d_in -> R^dim (or C^dim for quantum states).
+
+    Subclasses take ``d_in`` as their first argument and every other setting as a keyword
+    argument with a default; those keyword arguments are the map's *parameters*: the registry
+    validates them by name, and :attr:`hparams` records them so a patched model can be rebuilt
+    from its saved config.
+
+    Class attributes a subclass may override:
+
+    ``is_linear``
+        True when :meth:`similarity` is the real dot product of real features, which lets
+        linear-time attention factor φ(Q)(φ(K)ᵀV).
+
+    A map whose features are exponentials (FAVOR+) may also implement :meth:`log_features`.
+    """
+
+    is_linear: ClassVar[bool] = True
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> FeatureMap:
+        # Record the constructor arguments of the outermost class without asking subclasses to
+        # do anything: this is what lets any plugin's map be saved and rebuilt by name.
+        self = super().__new__(cls)
+        try:
+            bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
+        except TypeError:  # e.g. copy/pickle call __new__ without arguments; __dict__ is restored after.
+            return self
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop("self", None)
+        arguments.pop("d_in", None)
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                arguments.update(arguments.pop(name, {}))
+        object.__setattr__(self, "_hparams", arguments)
+        return self
+
+    def __init__(self, d_in: int) -> None:
+        super().__init__()
+        if not isinstance(d_in, int) or isinstance(d_in, bool) or d_in < 1:
+            raise ValueError(f"d_in must be a positive integer, got {d_in!r}")
+        self.d_in = d_in
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Number of features per input vector (the last axis of :meth:`forward`'s output)."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``x[..., d_in]`` to ``features[..., dim]`` on x's device, differentiably."""
+
+    def similarity(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        """Kernel values between two sets of features: ``fx[..., n, dim], fy[..., m, dim] -> [..., n, m]``.
+
+        The default is the real dot product, i.e. k(x, y) ≈ φ(x)·φ(y).
+        """
+        return fx @ fy.transpose(-1, -2)
+
+    def log_features(self, x: torch.Tensor) -> torch.Tensor | None:
+        """log φ(x) for maps with positive exponential features, else None (the default).
+
+        When given, the ``normalized`` and ``linear`` attention modes apply the FAVOR+ stabiliser in
+        log space — subtract each query's max and the max over a sequence's real keys — which
+        cancels exactly there and keeps exp() from underflowing.
+        """
+        return None
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The keyword arguments this map was built with (everything but ``d_in``), defaults included."""
+        return dict(getattr(self, "_hparams", {}))
+
+    def extra_repr(self) -> str:
+        settings = ", ".join(f"{key}={value!r}" for key, value in self.hparams.items())
+        return f"d_in={self.d_in}, dim={self.dim}" + (f", {settings}" if settings else "")
+
+
+def parameter_names(map_class: type[FeatureMap]) -> list[str]:
+    """The keyword parameters a map class accepts besides ``d_in`` (what ``get(name, d_in, **params)`` takes)."""
+    signature = inspect.signature(map_class.__init__)
+    return [
+        name
+        for name, parameter in signature.parameters.items()
+        if name not in ("self", "d_in")
+        and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+
+
+def accepts_any_parameter(map_class: type[FeatureMap]) -> bool:
+    """True when the map's constructor takes ``**kwargs`` and so validates its own parameters."""
+    signature = inspect.signature(map_class.__init__)
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype to compute features in: half-precision inputs are lifted to float32.
+
+    Random-feature phases and exponents lose too many bits in bf16/fp16; the result is cast back
+    to x's dtype by the caller.
+    """
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype

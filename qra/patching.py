@@ -1,0 +1,293 @@
+"""Put kernel attention into chosen layers of a Hugging Face encoder, and take it out again.
+
+How it works under transformers 5: every DistilBERT/BERT attention module asks
+``ALL_ATTENTION_FUNCTIONS`` for the function named by ``config._attn_implementation``.  We register
+one function, ``qra_<base>`` (``<base>`` = the implementation the model had, e.g. ``sdpa``), that
+runs kernel attention for modules carrying a :class:`~qra.attention.KernelAttention` and hands
+every other module to the stock ``<base>`` function — with the very mask ``<base>`` would have
+built, because ``qra_<base>`` is also registered in the mask interface with ``<base>``'s mask
+function.  Without that second registration transformers gives unknown implementations
+``attention_mask=None`` and padding would be silently ignored.  Unpatched layers therefore run
+exactly the code they ran before, bit for bit.
+
+A patched model saves with ``save_pretrained``: its config gains a ``qra`` entry (feature map,
+its parameters, layers, mode, attention options) and its weights hold each layer's feature-map
+buffers.  :func:`load_patched` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .attention import KernelAttention, Mode, check_mode
+from .featuremaps import FeatureMap
+from .featuremaps import registry as featuremap_registry
+
+#: model_type -> class name of its self-attention module (all follow the AttentionInterface protocol).
+SUPPORTED_ATTENTION_CLASSES: dict[str, str] = {
+    "distilbert": "DistilBertSelfAttention",
+    "bert": "BertSelfAttention",
+}
+#: The base attention implementations qra can wrap (their masks are boolean or additive float).
+WRAPPABLE_IMPLEMENTATIONS = ("sdpa", "eager")
+KERNEL_ATTENTION_ATTRIBUTE = "qra_attention"
+CONFIG_KEY = "qra"
+IMPLEMENTATION_PREFIX = "qra_"
+
+
+def _stock_attention_function(base: str, module: nn.Module) -> Callable:
+    """The function ``base`` would have run for ``module`` (eager lives in the model's own file)."""
+    if base == "eager":
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[base]
+
+
+def _key_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Turn the 4-D mask transformers built (bool: True = attend, or additive float) into [B, Nk]."""
+    if attention_mask is None:
+        return None
+    attend = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+    if attend.dim() != 4:
+        raise ValueError(f"qra expects a 4-D attention mask, got shape {tuple(attention_mask.shape)}")
+    keep = attend[:, 0, 0, :] if attend.shape[2] > 0 else attend.new_ones(attend.shape[0], attend.shape[3])
+    # Kernel attention (in linear mode especially) needs a key-padding mask: every row the same.
+    if not torch.equal(attend, keep[:, None, None, :].expand_as(attend)):
+        raise ValueError("qra kernel attention supports key-padding masks only (bidirectional encoders)")
+    return keep
+
+
+def _make_attention_function(base: str) -> Callable:
+    def qra_attention_forward(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        kernel = getattr(module, KERNEL_ATTENTION_ATTRIBUTE, None)
+        if kernel is None:
+            return _stock_attention_function(base, module)(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
+        out, weights = kernel(
+            query,
+            key,
+            value,
+            key_padding_mask=_key_padding_mask(attention_mask),
+            dropout_p=dropout,
+            return_weights=bool(kwargs.get("output_attentions", False)),
+        )
+        return out.transpose(1, 2).contiguous(), weights
+
+    qra_attention_forward.__name__ = f"qra_{base}_attention_forward"
+    return qra_attention_forward
+
+
+def _register_implementation(base: str) -> str:
+    name = IMPLEMENTATION_PREFIX + base
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(name, _make_attention_function(base))
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+    return name
+
+
+def attention_modules(model: PreTrainedModel) -> list[nn.Module]:
+    """The self-attention module of every layer, in layer order; errors for unsupported models."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED_ATTENTION_CLASSES:
+        raise ValueError(
+            f"qra cannot patch model_type {model_type!r} ({type(model).__name__}); supported: "
+            f"{', '.join(sorted(SUPPORTED_ATTENTION_CLASSES))}"
+        )
+    if getattr(model.config, "is_decoder", False) or getattr(model.config, "add_cross_attention", False):
+        raise ValueError("qra patches bidirectional encoders only; this config is a decoder / has cross-attention")
+    class_name = SUPPORTED_ATTENTION_CLASSES[model_type]
+    return [module for module in model.modules() if type(module).__name__ == class_name]
+
+
+def _head_layout(model: PreTrainedModel) -> tuple[int, int]:
+    config = model.config
+    heads = config.num_attention_heads
+    return heads, config.hidden_size // heads
+
+
+def _validate_layers(layers: Iterable[int], count: int) -> list[int]:
+    chosen = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < count:
+            raise ValueError(f"layer {layer!r} is out of range: the model has {count} layers (0..{count - 1})")
+        if layer not in chosen:
+            chosen.append(layer)
+    if not chosen:
+        raise ValueError("no layers to patch: pass at least one layer index")
+    return sorted(chosen)
+
+
+def _base_implementation(model: PreTrainedModel) -> str:
+    current = model.config._attn_implementation
+    if current.startswith(IMPLEMENTATION_PREFIX):
+        return current[len(IMPLEMENTATION_PREFIX) :]
+    if current not in WRAPPABLE_IMPLEMENTATIONS:
+        raise ValueError(
+            f"qra wraps attn_implementation {' or '.join(WRAPPABLE_IMPLEMENTATIONS)}; this model uses {current!r}. "
+            "Load it with attn_implementation='sdpa'."
+        )
+    return current
+
+
+def is_patched(model: PreTrainedModel) -> bool:
+    """True when :func:`patch` put kernel attention into ``model``."""
+    return hasattr(model.config, CONFIG_KEY)
+
+
+def patch(
+    model: PreTrainedModel,
+    featuremap: FeatureMap | str,
+    layers: Sequence[int] = (4, 5),
+    mode: Mode = "softmax",
+    *,
+    featuremap_params: dict[str, Any] | None = None,
+    beta: float = 1.0,
+    learn_beta: bool = False,
+    eps: float = 1e-6,
+) -> PreTrainedModel:
+    """Replace q·k/√d by kernel attention in ``layers`` of a DistilBERT or BERT-family model.
+
+    Args:
+        model: a transformers 5 DistilBERT/BERT model (any head) using ``sdpa`` or ``eager`` attention.
+        featuremap: a :class:`FeatureMap` whose ``d_in`` is the head dimension, or a registered
+            name (then built with ``featuremap_params`` and ``d_in`` = head dimension).
+        layers: 0-based layer indices; every other layer stays bit-for-bit unchanged.
+        mode: ``softmax`` (default), ``normalized`` or ``linear`` (see :mod:`qra.attention`).
+        beta, learn_beta: per-head softmax temperature and whether it trains.
+        eps: denominator guard of the normalized and linear modes.
+
+    Each patched layer gets its own copy of the map (same draws), so per-layer learnable knobs
+    train independently.  Patching a patched model replaces its previous patch.  Returns ``model``.
+    """
+    modules = attention_modules(model)
+    chosen = _validate_layers(layers, len(modules))
+    heads, head_dim = _head_layout(model)
+    if isinstance(featuremap, str):
+        featuremap = featuremap_registry.get(featuremap, d_in=head_dim, **(featuremap_params or {}))
+    elif featuremap_params:
+        raise ValueError("featuremap_params is only for a feature map given by name")
+    if not isinstance(featuremap, FeatureMap):
+        raise TypeError(f"featuremap must be a qra FeatureMap or a registered name, got {type(featuremap).__name__}")
+    if featuremap.d_in != head_dim:
+        raise ValueError(
+            f"the feature map's d_in={featuremap.d_in} does not match the model's head dimension {head_dim} "
+            f"(hidden size {model.config.hidden_size} / {heads} heads)"
+        )
+    check_mode(mode, featuremap)
+    base = _base_implementation(model)
+    unpatch(model)
+
+    device = next(model.parameters()).device
+    for index in chosen:
+        kernel = KernelAttention(copy.deepcopy(featuremap), heads, mode, beta, learn_beta, eps)
+        setattr(modules[index], KERNEL_ATTENTION_ATTRIBUTE, kernel.to(device))
+    model.set_attn_implementation(_register_implementation(base))
+    setattr(
+        model.config,
+        CONFIG_KEY,
+        {
+            "featuremap": featuremap_registry.reference(type(featuremap)),
+            "featuremap_params": featuremap.hparams,
+            "layers": chosen,
+            "mode": mode,
+            "beta": beta,
+            "learn_beta": learn_beta,
+            "eps": eps,
+        },
+    )
+    return model
+
+
+def unpatch(model: PreTrainedModel) -> PreTrainedModel:
+    """Remove every kernel attention and restore the model's original attention implementation."""
+    for module in attention_modules(model):
+        if hasattr(module, KERNEL_ATTENTION_ATTRIBUTE):
+            delattr(module, KERNEL_ATTENTION_ATTRIBUTE)
+    current = model.config._attn_implementation
+    if current.startswith(IMPLEMENTATION_PREFIX):
+        model.set_attn_implementation(current[len(IMPLEMENTATION_PREFIX) :])
+    if hasattr(model.config, CONFIG_KEY):
+        delattr(model.config, CONFIG_KEY)
+    return model
+
+
+def _saved_kernel_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The kernel-attention tensors of a saved model (sharded or not), by state-dict key."""
+    from safetensors import safe_open
+
+    tensors = {}
+    marker = f".{KERNEL_ATTENTION_ATTRIBUTE}."
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                if marker in key:
+                    tensors[key] = handle.get_tensor(key)
+    return tensors
+
+
+def load_patched(path: str | Path, model_class: type[PreTrainedModel] | None = None, **kwargs: Any) -> PreTrainedModel:
+    """Load a model saved with ``save_pretrained`` after :func:`patch`, patched as it was saved.
+
+    ``model_class`` defaults to the class recorded in the config's ``architectures``; ``kwargs``
+    go to ``from_pretrained`` (e.g. ``torch_dtype``).  The feature maps' buffers and learned knobs
+    are restored from the checkpoint, so the logits equal those of the saved model.
+    """
+    import transformers
+
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: load_patched expects a save_pretrained directory")
+    config = json.loads(config_file.read_text())
+    settings = config.get(CONFIG_KEY)
+    if settings is None:
+        raise ValueError(f"{path} holds no qra settings (config.json has no {CONFIG_KEY!r} entry); use from_pretrained")
+    if model_class is None:
+        architecture = (config.get("architectures") or [None])[0]
+        model_class = getattr(transformers, architecture or "", None)
+        if model_class is None:
+            raise ValueError(f"cannot tell the model class from architectures={config.get('architectures')}")
+
+    previous_level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the kernel tensors are "unexpected" until we patch
+    try:
+        model = model_class.from_pretrained(path, **kwargs)
+    finally:
+        transformers.logging.set_verbosity(previous_level)
+    _, head_dim = _head_layout(model)
+    featuremap = featuremap_registry.get(settings["featuremap"], d_in=head_dim, **settings["featuremap_params"])
+    patch(
+        model,
+        featuremap,
+        layers=settings["layers"],
+        mode=settings["mode"],
+        beta=settings["beta"],
+        learn_beta=settings["learn_beta"],
+        eps=settings["eps"],
+    )
+    saved = _saved_kernel_tensors(path)
+    expected = {key for key in model.state_dict() if f".{KERNEL_ATTENTION_ATTRIBUTE}." in key}
+    if missing := sorted(expected - saved.keys()):
+        raise ValueError(f"{path} lacks kernel-attention tensors {missing[:3]}... (saved by a different qra setup?)")
+    model.load_state_dict(saved, strict=False)
+    return model

@@ -1,0 +1,169 @@
+"""Kernel attention against a float64 reference written from the formulas, loop by loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qra import KernelAttention, kernel_attention
+from qra.featuremaps import get
+
+from .conftest import GaussianKernelMap
+
+B, H, N, D = 2, 3, 7, 8
+MODES = ("softmax", "normalized", "linear")
+
+
+def inputs(seed: int = 0, dtype: torch.dtype = torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, N, D, generator=generator, dtype=torch.float64) for _ in range(3))
+    keep = torch.ones(B, N, dtype=torch.bool)
+    keep[1, 4:] = False
+    return q.to(dtype), k.to(dtype), v.to(dtype), keep
+
+
+def reference(q, k, v, fm, mode, keep, beta, eps=1e-6):
+    """Attention per (batch, head, query), in float64, straight from the definitions."""
+    fm = fm.double()
+    out = torch.zeros((*q.shape[:-1], v.shape[-1]), dtype=torch.float64)
+    weights = torch.zeros((*q.shape[:-1], k.shape[2]), dtype=torch.float64)
+    for b in range(q.shape[0]):
+        real = [j for j in range(k.shape[2]) if keep[b, j]]
+        for h in range(q.shape[1]):
+            for i in range(q.shape[2]):
+                s = torch.stack(
+                    [
+                        fm.similarity(fm(q[b, h, i : i + 1].double()), fm(k[b, h, j : j + 1].double()))[0, 0]
+                        for j in real
+                    ]
+                )
+                if mode == "softmax":
+                    a = torch.softmax(beta[h] * s, dim=0)
+                elif mode == "normalized":
+                    a = s.clamp_min(0) / max(s.clamp_min(0).sum().item(), eps)
+                else:
+                    total = s.sum().item()
+                    a = s / (total if abs(total) >= eps else (eps if total >= 0 else -eps))
+                weights[b, h, i, real] = a
+                out[b, h, i] = a @ v[b, h, real].double()
+    return out, weights
+
+
+MAPS = {
+    "rff": lambda: get("rff", d_in=D, m=64, sigma=2.0, seed=1),
+    "rff-sincos-orthogonal": lambda: get("rff", d_in=D, m=64, sigma=2.0, sincos=True, orthogonal=True),
+    "performer": lambda: get("performer", d_in=D, m=64),
+}
+
+
+@pytest.mark.parametrize("map_name", sorted(MAPS))
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_equals_the_float64_reference(map_name, mode):
+    fm = MAPS[map_name]()
+    q, k, v, keep = inputs()
+    beta = torch.tensor([1.0, 3.0, 0.5])
+    out, weights = kernel_attention(q, k, v, fm, mode, keep, beta=beta, return_weights=True)
+    expected_out, expected_weights = reference(q, k, v, fm, mode, keep, beta)
+    torch.testing.assert_close(weights.double(), expected_weights, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.double(), expected_out, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["softmax", "normalized"])
+def test_maps_with_their_own_similarity_are_supported(mode):
+    fm = GaussianKernelMap(D, sigma=3.0)
+    q, k, v, keep = inputs()
+    out, weights = kernel_attention(q, k, v, fm, mode, keep, return_weights=True)
+    expected_out, expected_weights = reference(q, k, v, fm, mode, keep, torch.ones(H))
+    torch.testing.assert_close(weights.double(), expected_weights, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.double(), expected_out, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_mode_equals_the_quadratic_evaluation_of_the_same_formula():
+    fm = get("rff", d_in=D, m=256, sigma=2.0)
+    q, k, v, keep = (t.double() if t.is_floating_point() else t for t in inputs())
+    fm = fm.double()
+    out, weights = kernel_attention(q, k, v, fm, "linear", keep, return_weights=True)
+    scores = fm(q) @ fm(k).transpose(-1, -2) * keep[:, None, None, :]
+    quadratic = (scores / scores.sum(-1, keepdim=True)) @ v
+    torch.testing.assert_close(out, quadratic, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(weights @ v, quadratic, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("map_name", sorted(MAPS))
+@pytest.mark.parametrize("mode", MODES)
+def test_masked_keys_get_exactly_zero_weight_and_cannot_leak(map_name, mode):
+    fm = MAPS[map_name]()
+    q, k, v, keep = inputs()
+    out, weights = kernel_attention(q, k, v, fm, mode, keep, return_weights=True)
+    assert torch.all(weights[1, :, :, 4:] == 0)
+    # Whatever sits at the padded positions, real outputs do not change.
+    k2, v2 = k.clone(), v.clone()
+    k2[1, :, 4:] = 100.0
+    v2[1, :, 4:] = -50.0
+    out2, _ = kernel_attention(q, k2, v2, fm, mode, keep)
+    torch.testing.assert_close(out2, out, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_padding_invariance(mode):
+    fm = get("performer", d_in=D)
+    q, k, v, keep = inputs()
+    out, _ = kernel_attention(q, k, v, fm, mode, keep)
+    alone, _ = kernel_attention(q[1:, :, :4], k[1:, :, :4], v[1:, :, :4], fm, mode)
+    torch.testing.assert_close(out[1:, :, :4], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_temperature_is_per_head():
+    fm = get("rff", d_in=D, m=32)
+    q, k, v, _ = inputs()
+    _, cold = kernel_attention(q, k, v, fm, "softmax", beta=torch.tensor([1.0, 1.0, 20.0]), return_weights=True)
+    _, warm = kernel_attention(q, k, v, fm, "softmax", beta=1.0, return_weights=True)
+    torch.testing.assert_close(cold[:, :2], warm[:, :2])
+    assert cold[:, 2].max() > warm[:, 2].max()
+
+
+def test_gradients_flow_to_queries_keys_values_and_learned_knobs():
+    fm = get("rff", d_in=D, m=32, learn_sigma=True)
+    attention = KernelAttention(fm, num_heads=H, mode="softmax", learn_beta=True)
+    q, k, v, keep = inputs()
+    for tensor in (q, k, v):
+        tensor.requires_grad_()
+    attention(q, k, v, keep)[0].square().sum().backward()
+    for grad in (q.grad, k.grad, v.grad, attention.beta.grad, fm.log_sigma.grad):
+        assert grad is not None and grad.abs().sum() > 0
+
+
+def test_bfloat16_inputs_give_bfloat16_outputs_close_to_float32():
+    fm = get("rff", d_in=D, m=64, sigma=2.0)
+    q, k, v, keep = inputs()
+    for mode in MODES:
+        low = kernel_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), fm, mode, keep)[0]
+        assert low.dtype == torch.bfloat16
+        torch.testing.assert_close(low.float(), kernel_attention(q, k, v, fm, mode, keep)[0], rtol=0.05, atol=0.05)
+
+
+def test_dropout_only_when_asked():
+    fm = get("rff", d_in=D, m=32)
+    q, k, v, _ = inputs()
+    torch.manual_seed(0)
+    _, dropped = kernel_attention(q, k, v, fm, "softmax", dropout_p=0.5, return_weights=True)
+    assert (dropped == 0).float().mean() > 0.3
+
+
+def test_linear_mode_refuses_maps_that_cannot_factor():
+    q, k, v, _ = inputs()
+    with pytest.raises(ValueError, match="is_linear"):
+        kernel_attention(q, k, v, GaussianKernelMap(D), "linear")
+    with pytest.raises(ValueError, match="is_linear"):
+        KernelAttention(GaussianKernelMap(D), num_heads=H, mode="linear")
+
+
+def test_bad_mode_and_shapes_are_explained():
+    fm = get("rff", d_in=D)
+    q, k, v, keep = inputs()
+    with pytest.raises(ValueError, match="accepted: softmax, normalized, linear"):
+        kernel_attention(q, k, v, fm, "cosine")
+    with pytest.raises(ValueError, match="d_in=8"):
+        kernel_attention(q[..., :4], k[..., :4], v, fm)
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        kernel_attention(q, k, v, fm, key_padding_mask=keep[:, :3])
