@@ -1,0 +1,202 @@
+"""PennyLane circuits as qra feature maps, run on a PennyLane device or on qra's batched engine.
+
+Qubit k of qra (bit k of the basis index, Qiskit's order) is PennyLane wire ``qubits - 1 - k``
+(PennyLane's wire 0 is the most significant bit), so the states of every engine, and of the
+Qiskit backend, are in the same basis order.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import pennylane as qml
+import torch
+
+from qra.featuremaps.circuit import CircuitFeatureMap
+from qra.featuremaps.statevector import Gate
+
+ENGINES = ("pennylane", "native")
+ROTATIONS = ("X", "Y", "Z")
+
+#: PennyLane operation name -> qra engine gate name (same qubit roles: control first).
+GATE_NAMES = {
+    "Identity": "id", "Hadamard": "h", "PauliX": "x", "PauliY": "y", "PauliZ": "z", "S": "s", "T": "t",
+    "SX": "sx", "RX": "rx", "RY": "ry", "RZ": "rz", "PhaseShift": "p", "CNOT": "cx", "CY": "cy", "CZ": "cz",
+    "SWAP": "swap", "IsingZZ": "rzz", "MultiRZ": "multirz", "CRZ": "crz", "CRX": "crx", "CRY": "cry",
+    "ControlledPhaseShift": "cp", "GlobalPhase": "global_phase",
+}  # fmt: skip
+
+
+def operations_to_gates(operations: list[qml.operation.Operator], qubits: int) -> list[Gate]:
+    """PennyLane operations -> engine gates, decomposing with PennyLane's own rules where needed."""
+    gates = []
+    for op in operations:
+        if op.name in GATE_NAMES:
+            wires = () if op.name == "GlobalPhase" else tuple(qubits - 1 - w for w in op.wires.tolist())
+            gates.append(Gate(GATE_NAMES[op.name], wires, tuple(op.parameters)))
+        elif op.has_decomposition:
+            gates.extend(operations_to_gates(op.decomposition(), qubits))
+        else:
+            raise ValueError(f"cannot run PennyLane operation {op.name} on qra's engine: it has no decomposition")
+    return gates
+
+
+@lru_cache(maxsize=32)
+def _device(name: str, qubits: int) -> qml.devices.Device:
+    return qml.device(name, wires=qubits)
+
+
+class PennyLaneCircuitMap(CircuitFeatureMap):
+    """A circuit feature map whose circuit is the PennyLane template :meth:`template`.
+
+    ``engine="pennylane"`` runs a QNode (torch interface, parameter broadcasting over the whole
+    batch, differentiable) on the PennyLane device named by ``device``, on the input's torch
+    device.  ``engine="native"`` records the same operations on a PennyLane tape, decomposes them
+    with PennyLane's rules and runs them on qra's batched engine — much faster, same states.
+    The remaining parameters are :class:`~qra.featuremaps.circuit.CircuitFeatureMap`'s.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        qubits: int | None = None,
+        projection: str = "learned",
+        angle_scale: float = 1.0,
+        seed: int = 0,
+        real_lift: bool = False,
+        device: str = "default.qubit",
+        engine: str = "pennylane",
+    ) -> None:
+        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift)
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; accepted: {', '.join(ENGINES)}")
+        self.device_name = device
+        self.engine = engine
+
+    def template(self, angles: torch.Tensor, wires: list[int]) -> None:
+        """Queue the circuit's operations for angles ``[batch, qubits]``; ``wires[k]`` is qubit k's wire."""
+        raise NotImplementedError
+
+    @property
+    def wires(self) -> list[int]:
+        return list(reversed(range(self.qubits)))
+
+    def gates(self, angles: torch.Tensor) -> list[Gate]:
+        tape = qml.tape.make_qscript(self.template)(angles.reshape(-1, self.qubits), self.wires)
+        return operations_to_gates(tape.operations, self.qubits)
+
+    def simulate(self, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        flat = angles.reshape(-1, self.qubits)
+        if self.engine == "native":
+            states = super().simulate(flat, dtype)
+        else:
+            states = self._run_qnode(flat).to(dtype)
+        return states.reshape(*angles.shape[:-1], 2**self.qubits)
+
+    def _run_qnode(self, angles: torch.Tensor) -> torch.Tensor:
+        device = _device(self.device_name, self.qubits)
+
+        def circuit(batch: torch.Tensor) -> torch.Tensor:
+            self.template(batch, self.wires)
+            return qml.state()
+
+        diff_method = "backprop" if self.device_name == "default.qubit" else "best"
+        qnode = qml.QNode(circuit, device, interface="torch", diff_method=diff_method)
+        # default.qubit makes its initial state on torch's default device: make that the input's.
+        with torch.device(angles.device):
+            states = qnode(angles)
+        return states.reshape(angles.shape[0], 2**self.qubits)
+
+
+class PennyLaneZZ(PennyLaneCircuitMap):
+    """ZZ feature map (Havlíček et al. 2019) as Qiskit defines it, built from PennyLane gates.
+
+    Per repetition: H on every qubit, PhaseShift(2·x_i), and for every pair i < j
+    IsingZZ(2(π−x_i)(π−x_j)) with the global phase that makes it Qiskit's CX·P·CX exactly, so the
+    states equal ``qiskit-zz``'s.  ``reps``: number of repetitions (default 2).
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        qubits: int | None = None,
+        reps: int = 2,
+        projection: str = "learned",
+        angle_scale: float = 1.0,
+        seed: int = 0,
+        real_lift: bool = False,
+        device: str = "default.qubit",
+        engine: str = "pennylane",
+    ) -> None:
+        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine)
+        if not isinstance(reps, int) or reps < 1:
+            raise ValueError(f"reps must be a positive integer, got {reps!r}")
+        self.reps = reps
+
+    def template(self, angles: torch.Tensor, wires: list[int]) -> None:
+        n = len(wires)
+        for _ in range(self.reps):
+            for k in range(n):
+                qml.Hadamard(wires[k])
+            for k in range(n):
+                qml.PhaseShift(2 * angles[..., k], wires=wires[k])
+            for i in range(n):
+                for j in range(i + 1, n):
+                    theta = 2 * (math.pi - angles[..., i]) * (math.pi - angles[..., j])
+                    qml.IsingZZ(theta, wires=[wires[i], wires[j]])
+                    qml.GlobalPhase(-theta / 2)  # CX·P(θ)·CX = e^{iθ/2}·IsingZZ(θ)
+
+
+class PennyLaneIQP(PennyLaneCircuitMap):
+    """IQP embedding exactly as PennyLane's ``qml.IQPEmbedding`` defines it (RZ(x_i), MultiRZ(x_i·x_j)).
+
+    ``reps``: PennyLane's ``n_repeats`` (default 2).
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        qubits: int | None = None,
+        reps: int = 2,
+        projection: str = "learned",
+        angle_scale: float = 1.0,
+        seed: int = 0,
+        real_lift: bool = False,
+        device: str = "default.qubit",
+        engine: str = "pennylane",
+    ) -> None:
+        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine)
+        if not isinstance(reps, int) or reps < 1:
+            raise ValueError(f"reps must be a positive integer, got {reps!r}")
+        self.reps = reps
+
+    def template(self, angles: torch.Tensor, wires: list[int]) -> None:
+        qml.IQPEmbedding(angles, wires=wires, n_repeats=self.reps)
+
+
+class PennyLaneAngle(PennyLaneCircuitMap):
+    """Angle embedding exactly as PennyLane's ``qml.AngleEmbedding`` defines it (one rotation per qubit).
+
+    ``rotation``: ``X`` (default), ``Y`` or ``Z``.  A product state: no entanglement.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        qubits: int | None = None,
+        rotation: str = "X",
+        projection: str = "learned",
+        angle_scale: float = 1.0,
+        seed: int = 0,
+        real_lift: bool = False,
+        device: str = "default.qubit",
+        engine: str = "pennylane",
+    ) -> None:
+        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine)
+        if rotation not in ROTATIONS:
+            raise ValueError(f"unknown rotation {rotation!r}; accepted: {', '.join(ROTATIONS)}")
+        self.rotation = rotation
+
+    def template(self, angles: torch.Tensor, wires: list[int]) -> None:
+        qml.AngleEmbedding(angles, wires=wires, rotation=self.rotation)

@@ -1,0 +1,146 @@
+"""The base of quantum-circuit feature maps: angles in, statevectors out, fidelity as the kernel.
+
+A circuit map encodes a query/key vector x ∈ R^d_in into ``qubits`` rotation angles, prepares
+|ψ(x)⟩ = U(angles)|0…0⟩ and scores pairs by the fidelity kernel |⟨ψ(x)|ψ(y)⟩|².  Subclasses (the
+PennyLane and Qiskit backends, or yours) only say which circuit to run: :meth:`gates` for qra's
+own batched engine, and optionally other engines by overriding :meth:`simulate`.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+from torch import nn
+
+from .base import FeatureMap, compute_dtype
+from .statevector import Gate, simulate
+
+PROJECTIONS = ("identity", "random", "learned")
+#: Above this many qubits the real lift (4^q features per vector) is too large to be useful.
+MAX_REAL_LIFT_QUBITS = 6
+
+
+class CircuitFeatureMap(FeatureMap):
+    """A feature map x ↦ |ψ(x)⟩ given by a parameterised circuit, with the fidelity kernel.
+
+    Parameters
+    ----------
+    qubits:
+        Number of qubits q; the state has 2^q amplitudes.  ``None`` means d_in (for ``identity``).
+    projection:
+        How x ∈ R^d_in becomes the circuit's angles z (one per qubit unless the circuit says
+        otherwise with ``num_angles``): ``identity`` (z = x; needs d_in == angles), ``random`` (z = Wx
+        with a fixed seeded W, entries N(0, 1/d_in), so each z_i has the mean square of x's entries)
+        or ``learned`` (a linear layer initialised to that W, zero bias, trained with the model).
+    angle_scale:
+        The angles given to the circuit are ``angle_scale · z``.
+    seed:
+        Seed of the random/learned projection's initial W.
+    real_lift:
+        Return the real vectorised density matrix (4^q features: |ψ_i|², and √2·Re, √2·Im of ψ_i ψ_j*
+        for i < j) instead of the state.  Its dot product equals the fidelity, so the map becomes
+        ``is_linear`` and usable in linear attention.  Only for q ≤ 6.
+
+    States are complex128 for float64 inputs and complex64 otherwise, in Qiskit's little-endian
+    basis order (qubit k is bit k of the index).  Angles are computed in float64 whatever the
+    input, so complex64 states keep their accuracy when phases grow large.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        qubits: int | None = None,
+        projection: str = "learned",
+        angle_scale: float = 1.0,
+        seed: int = 0,
+        real_lift: bool = False,
+        *,
+        num_angles: int | None = None,
+    ) -> None:
+        super().__init__(d_in)
+        qubits = d_in if qubits is None else qubits
+        num_angles = qubits if num_angles is None else num_angles
+        if not isinstance(qubits, int) or qubits < 1:
+            raise ValueError(f"qubits must be a positive integer, got {qubits!r}")
+        if projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {projection!r}; accepted: {', '.join(PROJECTIONS)}")
+        if projection == "identity" and d_in != num_angles:
+            raise ValueError(
+                f"projection='identity' needs d_in equal to the circuit's {num_angles} angles, got d_in={d_in}; "
+                "use projection='random' or 'learned' to map d_in values to the angles"
+            )
+        if real_lift and qubits > MAX_REAL_LIFT_QUBITS:
+            raise ValueError(f"real_lift makes 4^qubits features; it is limited to qubits <= {MAX_REAL_LIFT_QUBITS}")
+        self.qubits = qubits
+        self.num_angles = num_angles
+        self.projection = projection
+        self.angle_scale = float(angle_scale)
+        self.real_lift = bool(real_lift)
+        if projection != "identity":
+            generator = torch.Generator().manual_seed(int(seed))
+            weight = torch.randn(num_angles, d_in, generator=generator, dtype=torch.float64) / math.sqrt(d_in)
+            if projection == "random":
+                self.register_buffer("projection_weight", weight.float())
+            else:
+                self.encoder = nn.Linear(d_in, num_angles)
+                with torch.no_grad():
+                    self.encoder.weight.copy_(weight)
+                    self.encoder.bias.zero_()
+
+    @property
+    def is_linear(self) -> bool:  # type: ignore[override]
+        return self.real_lift
+
+    @property
+    def dim(self) -> int:
+        return 4**self.qubits if self.real_lift else 2**self.qubits
+
+    def angles(self, x: torch.Tensor) -> torch.Tensor:
+        """The circuit's angles ``[..., num_angles]`` (float64) for inputs ``x[..., d_in]``."""
+        if x.shape[-1] != self.d_in:
+            raise ValueError(f"expected inputs with last dimension d_in={self.d_in}, got shape {tuple(x.shape)}")
+        dtype = compute_dtype(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if self.projection == "identity":
+                z = x
+            elif self.projection == "random":
+                z = x.to(dtype) @ self.projection_weight.to(device=x.device, dtype=dtype).T
+            else:
+                z = nn.functional.linear(
+                    x.to(dtype), self.encoder.weight.to(dtype), self.encoder.bias.to(dtype)
+                )
+        return z.to(torch.float64) * self.angle_scale
+
+    def gates(self, angles: torch.Tensor) -> list[Gate]:
+        """The circuit as engine gates for a batch of angles ``[..., qubits]`` (float64)."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its circuit for the native engine")
+
+    def simulate(self, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """States ``[..., 2^q]`` for angles ``[..., num_angles]``; the default runs :meth:`gates` on qra's engine."""
+        return simulate(self.gates(angles), self.qubits, dtype=dtype, device=angles.device, batch_shape=angles.shape[:-1])
+
+    def states(self, x: torch.Tensor) -> torch.Tensor:
+        """|ψ(x)⟩ as a complex tensor ``[..., 2^qubits]`` in Qiskit's little-endian order."""
+        dtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+        return self.simulate(self.angles(x), dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        states = self.states(x)
+        return density_features(states) if self.real_lift else states
+
+    def similarity(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        """Fidelities |⟨ψ(x)|ψ(y)⟩|² ``[..., n, m]`` (or the lifted features' dot product, the same value)."""
+        if self.real_lift:
+            return fx @ fy.transpose(-1, -2)
+        overlap = fx @ fy.conj().transpose(-1, -2)
+        return overlap.real.square() + overlap.imag.square()
+
+
+def density_features(states: torch.Tensor) -> torch.Tensor:
+    """Real features of ρ = |ψ⟩⟨ψ| whose dot products are Tr(ρ_x ρ_y) = |⟨ψ_x|ψ_y⟩|² (4^q of them)."""
+    dim = states.shape[-1]
+    rho = states.unsqueeze(-1) * states.conj().unsqueeze(-2)
+    upper = torch.triu_indices(dim, dim, offset=1, device=states.device)
+    off_diagonal = rho[..., upper[0], upper[1]] * math.sqrt(2)
+    diagonal = torch.diagonal(rho, dim1=-2, dim2=-1).real
+    return torch.cat([diagonal, off_diagonal.real, off_diagonal.imag], dim=-1)
