@@ -9,6 +9,7 @@ own batched engine, and optionally other engines by overriding :meth:`simulate`.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 
@@ -106,9 +107,7 @@ class CircuitFeatureMap(FeatureMap):
             elif self.projection == "random":
                 z = x.to(dtype) @ self.projection_weight.to(device=x.device, dtype=dtype).T
             else:
-                z = nn.functional.linear(
-                    x.to(dtype), self.encoder.weight.to(dtype), self.encoder.bias.to(dtype)
-                )
+                z = nn.functional.linear(x.to(dtype), self.encoder.weight.to(dtype), self.encoder.bias.to(dtype))
         return z.to(torch.float64) * self.angle_scale
 
     def gates(self, angles: torch.Tensor) -> list[Gate]:
@@ -117,7 +116,9 @@ class CircuitFeatureMap(FeatureMap):
 
     def simulate(self, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """States ``[..., 2^q]`` for angles ``[..., num_angles]``; the default runs :meth:`gates` on qra's engine."""
-        return simulate(self.gates(angles), self.qubits, dtype=dtype, device=angles.device, batch_shape=angles.shape[:-1])
+        return simulate(
+            self.gates(angles), self.qubits, dtype=dtype, device=angles.device, batch_shape=angles.shape[:-1]
+        )
 
     def states(self, x: torch.Tensor) -> torch.Tensor:
         """|ψ(x)⟩ as a complex tensor ``[..., 2^qubits]`` in Qiskit's little-endian order."""

@@ -88,10 +88,7 @@ class PennyLaneCircuitMap(CircuitFeatureMap):
 
     def simulate(self, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         flat = angles.reshape(-1, self.qubits)
-        if self.engine == "native":
-            states = super().simulate(flat, dtype)
-        else:
-            states = self._run_qnode(flat).to(dtype)
+        states = super().simulate(flat, dtype) if self.engine == "native" else self._run_qnode(flat).to(dtype)
         return states.reshape(*angles.shape[:-1], 2**self.qubits)
 
     def _run_qnode(self, angles: torch.Tensor) -> torch.Tensor:

@@ -74,14 +74,14 @@ class QiskitCircuitMap(CircuitFeatureMap):
                          num_angles=circuit.num_parameters)  # fmt: skip
         self.circuit = circuit
         self.engine = engine
-        self._parameters = list(circuit.parameters)
+        self._circuit_parameters = list(circuit.parameters)
         self._program: list[tuple[str, tuple[int, ...], tuple[AngleFunction | float, ...]]] | None = None
 
     def _native_program(self) -> list[tuple[str, tuple[int, ...], tuple[AngleFunction | float, ...]]]:
         """The circuit transpiled to the engine's gates, with compiled angle functions (built once)."""
         if self._program is None:
             transpiled = transpile(self.circuit, basis_gates=NATIVE_BASIS, optimization_level=0)
-            symbols = [sympy.Symbol(parameter.name) for parameter in self._parameters]
+            symbols = [sympy.Symbol(parameter.name) for parameter in self._circuit_parameters]
             program = []
             for instruction in transpiled.data:
                 name = instruction.operation.name
@@ -131,7 +131,7 @@ class QiskitCircuitMap(CircuitFeatureMap):
         circuit = self.circuit.copy()
         circuit.save_statevector()
         compiled = transpile(circuit, simulator, optimization_level=0)
-        binds = [{parameter: values[:, i].tolist() for i, parameter in enumerate(self._parameters)}]
+        binds = [{parameter: values[:, i].tolist() for i, parameter in enumerate(self._circuit_parameters)}]
         result = simulator.run([compiled], parameter_binds=binds).result()
         return np.stack([np.asarray(result.get_statevector(i)) for i in range(len(values))])
 

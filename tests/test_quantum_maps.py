@@ -1,0 +1,241 @@
+"""The quantum feature maps against PennyLane and Qiskit themselves, and in attention and training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import qra
+from qra import kernel_attention
+from qra.featuremaps import get
+
+from .conftest import HEAD_DIM, tiny_bert
+
+qml = pytest.importorskip("pennylane")
+qiskit = pytest.importorskip("qiskit")
+from qiskit import QuantumCircuit  # noqa: E402
+from qiskit.circuit import ParameterVector  # noqa: E402
+from qiskit.circuit.library import pauli_feature_map, zz_feature_map  # noqa: E402
+from qiskit.quantum_info import Statevector  # noqa: E402
+from qra_qiskit import QiskitCircuitMap  # noqa: E402
+
+QUBITS = [1, 2, 3, 4, 5, 6]
+
+
+def angles(qubits: int, count: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.rand(count, qubits, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 * np.pi
+
+
+def up_to_global_phase(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a − e^{iφ} b| with φ aligning each pair of states."""
+    overlap = np.sum(np.conj(b) * a, axis=-1, keepdims=True)
+    return float(np.abs(a - b * overlap / np.abs(overlap)).max())
+
+
+def pennylane_reference(template, x: torch.Tensor) -> np.ndarray:
+    """States from PennyLane's default.qubit, wire order reversed into Qiskit's basis order."""
+    qubits = x.shape[-1]
+    device = qml.device("default.qubit", wires=qubits)
+
+    @qml.qnode(device)
+    def circuit(row):
+        template(row, wires=list(reversed(range(qubits))))
+        return qml.state()
+
+    return np.stack([np.asarray(circuit(row.numpy())) for row in x])
+
+
+def qiskit_reference(circuit, x: torch.Tensor) -> np.ndarray:
+    return np.stack([Statevector(circuit.assign_parameters(row.numpy())).data for row in x])
+
+
+def states(name: str, x: torch.Tensor, dtype: torch.dtype, **params) -> np.ndarray:
+    fm = get(name, d_in=x.shape[-1], qubits=x.shape[-1], projection="identity", **params)
+    with torch.no_grad():
+        return fm.states(x.to(torch.float64 if dtype == torch.complex128 else torch.float32)).numpy()
+
+
+def zz_reference(x: torch.Tensor) -> np.ndarray:
+    # Qiskit's zz_feature_map refuses one qubit (no pairs); its Z-only Pauli map is the same circuit.
+    qubits = x.shape[-1]
+    circuit = zz_feature_map(qubits, reps=2) if qubits > 1 else pauli_feature_map(1, reps=2, paulis=["Z"])
+    return qiskit_reference(circuit, x)
+
+
+REFERENCES = {
+    "pennylane-zz": zz_reference,
+    "pennylane-iqp": lambda x: pennylane_reference(lambda r, wires: qml.IQPEmbedding(r, wires, n_repeats=2), x),
+    "pennylane-angle": lambda x: pennylane_reference(lambda r, wires: qml.AngleEmbedding(r, wires, rotation="X"), x),
+    "qiskit-zz": lambda x: qiskit_reference(zz_feature_map(x.shape[-1], reps=2), x),
+    "qiskit-pauli": lambda x: qiskit_reference(pauli_feature_map(x.shape[-1], reps=2, paulis=["X", "XY"]), x),
+}
+ENGINES = {
+    "pennylane-zz": ["pennylane", "native"],
+    "pennylane-iqp": ["pennylane", "native"],
+    "pennylane-angle": ["pennylane", "native"],
+    "qiskit-zz": ["native", "statevector", "aer"],
+    "qiskit-pauli": ["native", "statevector", "aer"],
+}
+CASES = [
+    (name, engine, qubits)
+    for name, engines in ENGINES.items()
+    for engine in engines
+    for qubits in QUBITS
+    if not (name.startswith("qiskit") and qubits == 1)  # Qiskit's maps need two qubits for their pairs
+]
+
+
+@pytest.mark.parametrize(("name", "engine", "qubits"), CASES)
+def test_states_equal_the_frameworks_own_simulator(name, engine, qubits):
+    x = angles(qubits)
+    expected = REFERENCES[name](x)
+    params = {"engine": engine} | ({"paulis": "X,XY"} if name == "qiskit-pauli" else {})
+    assert up_to_global_phase(states(name, x, torch.complex128, **params), expected) <= 1e-10
+    assert up_to_global_phase(states(name, x, torch.complex64, **params), expected) <= 1e-5
+
+
+@pytest.mark.parametrize("qubits", QUBITS[1:])
+def test_pennylane_zz_is_qiskit_zz_exactly(qubits):
+    x = angles(qubits, seed=3)
+    reference = states("qiskit-zz", x, torch.complex128)
+    assert np.abs(reference - zz_reference(x)).max() <= 1e-10
+    for engine in ("pennylane", "native"):
+        assert np.abs(states("pennylane-zz", x, torch.complex128, engine=engine) - reference).max() <= 1e-10
+
+
+def test_fidelity_gram_matrix_equals_qiskit_machine_learning():
+    from qiskit_machine_learning.kernels import FidelityStatevectorKernel
+
+    x, y = angles(3, 6, seed=1), angles(3, 5, seed=2)
+    expected = FidelityStatevectorKernel(feature_map=zz_feature_map(3)).evaluate(x.numpy(), y.numpy())
+    for name in ("qiskit-zz", "pennylane-zz"):
+        fm = get(name, d_in=3, qubits=3, projection="identity", engine="native")
+        gram = fm.similarity(fm(x), fm(y))
+        assert np.abs(gram.numpy() - expected).max() <= 1e-10
+
+
+def test_native_gradients_equal_pennylane_backprop():
+    x = torch.randn(6, 16, dtype=torch.float64)
+    losses = {}
+    for engine in ("pennylane", "native"):
+        torch.manual_seed(0)
+        fm = get("pennylane-zz", d_in=16, qubits=4, engine=engine).double()
+        inputs = x.clone().requires_grad_()
+        features = fm(inputs)
+        loss = fm.similarity(features, features).sin().sum()
+        loss.backward()
+        losses[engine] = (loss.item(), inputs.grad, fm.encoder.weight.grad)
+    (loss_a, *grads_a), (loss_b, *grads_b) = losses.values()
+    assert abs(loss_a - loss_b) < 1e-10
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_any_user_circuit_runs_through_the_generic_qiskit_map():
+    theta = ParameterVector("θ", 6)
+    circuit = QuantumCircuit(3)
+    for layer in range(2):
+        for q in range(3):
+            circuit.ry(theta[3 * layer + q], q)
+        circuit.cx(0, 1)
+        circuit.cx(1, 2)
+    fm = QiskitCircuitMap(d_in=8, circuit=circuit, projection="random").double()
+    x = torch.randn(5, 8, dtype=torch.float64)
+    z = fm.angles(x)
+    assert z.shape == (5, 6)
+    expected = qiskit_reference(circuit, z.detach())
+    assert np.abs(fm.states(x).detach().numpy() - expected).max() <= 1e-12
+    assert torch.autograd.gradcheck(lambda t: fm.states(t).real, (x[:2].clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("engine", ["statevector", "aer"])
+def test_forward_only_engines_refuse_gradients_clearly(engine):
+    fm = get("qiskit-zz", d_in=8, qubits=3, engine=engine)
+    with pytest.raises(RuntimeError, match="forward-only: use engine='native'"):
+        fm(torch.randn(2, 8))
+    with torch.no_grad():
+        assert fm(torch.randn(2, 8)).shape == (2, 8)
+
+
+def test_real_lift_makes_the_fidelity_a_dot_product_for_linear_attention():
+    fm = get("pennylane-zz", d_in=HEAD_DIM, qubits=3, engine="native", real_lift=True).double()
+    plain = get("pennylane-zz", d_in=HEAD_DIM, qubits=3, engine="native").double()
+    x, y = torch.randn(4, HEAD_DIM, dtype=torch.float64), torch.randn(5, HEAD_DIM, dtype=torch.float64)
+    assert fm.is_linear and not plain.is_linear and fm.dim == 64
+    torch.testing.assert_close(fm.similarity(fm(x), fm(y)), plain.similarity(plain(x), plain(y)))
+    q, k, v = (torch.randn(2, 2, 6, HEAD_DIM, dtype=torch.float64) for _ in range(3))
+    linear, weights = kernel_attention(q, k, v, fm, "linear", return_weights=True)
+    torch.testing.assert_close(linear, kernel_attention(q, k, v, plain, "normalized")[0])
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="is_linear"):
+        kernel_attention(q, k, v, plain, "linear")
+    with pytest.raises(ValueError, match="qubits <= 6"):
+        get("pennylane-zz", d_in=HEAD_DIM, qubits=7, real_lift=True)
+
+
+def test_projection_errors_and_parameters_are_explained():
+    with pytest.raises(ValueError, match="d_in equal to the circuit's 4 angles"):
+        get("qiskit-zz", d_in=8, qubits=4, projection="identity")
+    with pytest.raises(ValueError, match="accepted: identity, random, learned"):
+        get("pennylane-zz", d_in=8, qubits=4, projection="pca")
+    with pytest.raises(ValueError, match="accepted: pennylane, native"):
+        get("pennylane-zz", d_in=8, qubits=4, engine="lightning")
+    with pytest.raises(TypeError, match="accepted: qubits, reps"):
+        get("pennylane-zz", d_in=8, wires=4)
+
+
+@pytest.mark.parametrize("engine", ["pennylane", "native"])
+def test_a_patched_model_trains_with_pennylane_zz(engine, padded_batch):
+    torch.manual_seed(0)
+    model = qra.patch(tiny_bert(), "pennylane-zz", featuremap_params={"qubits": 3, "engine": engine},
+                      layers=(4, 5), learn_beta=True)  # fmt: skip
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    labels = torch.tensor([0, 1])
+    encoder = model.bert.encoder.layer[5].attention.self.qra_attention.featuremap.encoder
+    before = encoder.weight.detach().clone()
+    losses = []
+    for _ in range(8):
+        optimizer.zero_grad()
+        loss = model(**padded_batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+    assert not torch.equal(encoder.weight, before)
+
+
+def test_both_pennylane_engines_give_the_same_model_output(padded_batch):
+    outputs = []
+    for engine in ("pennylane", "native"):
+        model = qra.patch(tiny_bert(), "pennylane-zz", featuremap_params={"qubits": 3, "engine": engine})
+        with torch.no_grad():
+            outputs.append(model(**padded_batch).logits)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_quantum_patched_model_saves_and_reloads(padded_batch, tmp_path):
+    model = qra.patch(tiny_bert(), "qiskit-pauli", featuremap_params={"qubits": 3, "paulis": ["Z", "ZZ"]})
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, qra.KernelAttention):
+                module.featuremap.encoder.weight.mul_(1.5)  # as if trained
+        expected = model(**padded_batch).logits
+    model.save_pretrained(tmp_path)
+    reloaded = qra.load_patched(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**padded_batch).logits, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("name", "engine"), [("pennylane-zz", "pennylane"), ("pennylane-zz", "native"),
+                                              ("qiskit-zz", "native"), ("pennylane-iqp", "native")])  # fmt: skip
+def test_maps_run_on_cuda_and_match_cpu(name, engine):
+    fm = get(name, d_in=16, qubits=4, engine=engine)
+    x = torch.randn(64, 16)
+    expected = fm(x)
+    on_gpu = fm.cuda()(x.cuda())
+    assert on_gpu.device.type == "cuda"
+    assert (on_gpu.cpu() - expected).abs().max() < 1e-5
