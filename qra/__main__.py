@@ -1,0 +1,5 @@
+"""``python -m qra`` is the ``qra`` command."""
+
+from .cli import main
+
+main()
