@@ -87,18 +87,22 @@ def _as_tensor(param: Param, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(param, dtype=torch.float64, device=device) if not isinstance(param, torch.Tensor) else param
 
 
-def _diagonal_phase(gate: Gate, bits: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The gate's phase over the basis, [*batch, 2^n] or [2^n] (float64 radians)."""
+def _diagonal_term(gate: Gate, bits: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A diagonal gate as (coefficient, pattern): its phase on |b⟩ is coefficient · pattern[b] (float64).
+
+    The coefficient is 0-d for fixed gates and [B] for batched angles, so a run of diagonal gates
+    becomes one matrix product [B, T] @ [T, 2^n] instead of T passes over the state.
+    """
     q = gate.qubits
     name = gate.name
     constant = {"z": math.pi, "s": math.pi / 2, "sdg": -math.pi / 2, "t": math.pi / 4, "tdg": -math.pi / 4}
     if name == "id":
-        return torch.zeros_like(bits[0])
+        return torch.zeros((), dtype=torch.float64, device=device), bits[0]
     if name in constant:
-        return constant[name] * bits[q[0]]
+        return torch.tensor(constant[name], dtype=torch.float64, device=device), bits[q[0]]
     if name == "cz":
-        return math.pi * bits[q[0]] * bits[q[1]]
-    theta = _as_tensor(gate.params[0], device).to(torch.float64).unsqueeze(-1)
+        return torch.tensor(math.pi, dtype=torch.float64, device=device), bits[q[0]] * bits[q[1]]
+    theta = _as_tensor(gate.params[0], device).to(torch.float64)
     if name == "p":
         pattern = bits[q[0]]
     elif name == "rz":
@@ -114,7 +118,7 @@ def _diagonal_phase(gate: Gate, bits: torch.Tensor, device: torch.device) -> tor
         pattern = -torch.ones_like(bits[0])
     else:  # pragma: no cover - DIAGONAL and this function list the same gates
         raise AssertionError(name)
-    return theta * pattern
+    return theta, pattern
 
 
 def _matrix(gate: Gate, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -213,6 +217,34 @@ def fuse_parity_phases(gates: Sequence[Gate]) -> list[Gate]:
     return out
 
 
+def schedule(gates: Sequence[Gate]) -> list[Gate]:
+    """Reorder gates into layers, diagonal gates after the layer they follow, keeping the circuit's unitary.
+
+    Compilers list gates qubit by qubit, so a Hadamard of the next repetition often comes before
+    the last phase gates of this one.  Each non-diagonal gate goes one layer after everything
+    before it on its qubits; a diagonal gate goes right after the last non-diagonal gate on its
+    qubits (diagonal gates commute with each other).  Sorting by (layer, diagonal-last) keeps the
+    order of every pair of gates that do not commute, and turns ZZ/IQP circuits into "Hadamard
+    layer, diagonal block" repetitions — the engine's fast path.
+    """
+    level: dict[int, int] = {}  # latest layer used on a qubit
+    last_mixing: dict[int, int] = {}  # layer of the latest non-diagonal gate on a qubit
+    keyed = []
+    for position, gate in enumerate(gates):
+        if gate.name in DIAGONAL:
+            layer = max((last_mixing.get(q, 0) for q in gate.qubits), default=0)
+            key = (layer, 1, position)
+        else:
+            layer = max((level.get(q, 0) for q in gate.qubits), default=0) + 1
+            key = (layer, 0, position)
+            for q in gate.qubits:
+                last_mixing[q] = layer
+        for q in gate.qubits:
+            level[q] = max(level.get(q, 0), layer)
+        keyed.append((key, gate))
+    return [gate for _, gate in sorted(keyed, key=lambda item: item[0])]
+
+
 def _batch_shape(gates: Iterable[Gate]) -> torch.Size:
     shapes = [p.shape for gate in gates for p in gate.params if isinstance(p, torch.Tensor)]
     return torch.broadcast_shapes(*shapes) if shapes else torch.Size()
@@ -251,7 +283,7 @@ def simulate(
     # when the diagonal does not touch q yet (they commute), so interleaved H/RZ templates fuse too.
     state: torch.Tensor | None = None  # None means |0…0⟩, not yet materialised
     hadamards: list[int] = []
-    phase: torch.Tensor | None = None  # float64 radians, [B or 1, 2^n]
+    terms: list[tuple[torch.Tensor, torch.Tensor]] = []  # pending diagonal gates as (coefficient, pattern)
     phase_support: set[int] = set()
 
     def zero_state() -> torch.Tensor:
@@ -260,7 +292,7 @@ def simulate(
         return zero
 
     def flush() -> None:
-        nonlocal state, hadamards, phase, phase_support
+        nonlocal state, hadamards, terms, phase_support
         if len(hadamards) == num_qubits and state is None:
             state = torch.full((batch, dim), 1 / math.sqrt(dim), dtype=dtype, device=device)
         elif len(hadamards) == num_qubits:
@@ -269,12 +301,16 @@ def simulate(
             state = zero_state() if state is None else state
             for q in hadamards:
                 state = _apply_matrix(state, _matrix(Gate("h", (q,)), dtype, device), (q,), num_qubits)
-        if phase is not None:
-            rotation = torch.polar(torch.ones_like(phase), torch.remainder(phase, 2 * math.pi)).to(dtype)
+        if terms:
+            batched = any(coefficient.dim() for coefficient, _ in terms)
+            coefficients = torch.stack([c.expand(batch) if batched else c for c, _ in terms], dim=-1)
+            phase = coefficients @ torch.stack([pattern for _, pattern in terms])  # float64 [B, 2^n] or [2^n]
+            angle = torch.remainder(phase, 2 * math.pi).to(real_dtype(dtype))  # reduce in float64, then cast
+            rotation = torch.polar(torch.ones_like(angle), angle)
             state = (zero_state() if state is None else state) * rotation
-        hadamards, phase, phase_support = [], None, set()
+        hadamards, terms, phase_support = [], [], set()
 
-    for gate in fuse_parity_phases(gates):
+    for gate in schedule(fuse_parity_phases(gates)):
         params = tuple(map(flat, gate.params))
         if gate.name == "h":
             q = gate.qubits[0]
@@ -282,8 +318,7 @@ def simulate(
                 flush()
             hadamards.append(q)
         elif gate.name in DIAGONAL:
-            contribution = _diagonal_phase(Gate(gate.name, gate.qubits, params), bits, device)
-            phase = contribution if phase is None else phase + contribution
+            terms.append(_diagonal_term(Gate(gate.name, gate.qubits, params), bits, device))
             phase_support.update(gate.qubits)
         else:
             flush()
