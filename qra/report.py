@@ -1,0 +1,206 @@
+"""Aggregate run directories across seeds into ``summary.json``, a README table and plots.
+
+Runs are grouped by (model, feature map, its parameters, mode, layers); each group reports means,
+standard deviations and 95% confidence intervals (Student's t over seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from .provenance import write_json_atomic, write_text_atomic
+
+BASELINE = "none"
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    record: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @property
+    def featuremap_params(self) -> dict[str, Any]:
+        """The map's full parameters, defaults included (what the model was patched with)."""
+        qra = self.record.get("model", {}).get("qra") or {}
+        return qra.get("featuremap_params", self.config["fm_params"])
+
+    @property
+    def key(self) -> tuple:
+        c = self.config
+        if c["featuremap"] == BASELINE:
+            return (c["model"], BASELINE, "{}", None, None)
+        params = json.dumps(self.featuremap_params, sort_keys=True)
+        return (c["model"], c["featuremap"], params, c["mode"], tuple(c["layers"]))
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """Finished runs (config.json and metrics.json present) under the given directories, recursively."""
+    runs = []
+    for root in map(Path, paths):
+        candidates = (
+            [root] if (root / "metrics.json").is_file() else sorted(p.parent for p in root.rglob("metrics.json"))
+        )
+        for directory in candidates:
+            config_file = directory / "config.json"
+            if not config_file.is_file():
+                continue
+            record = json.loads(config_file.read_text())
+            runs.append(Run(directory, record["config"], record, json.loads((directory / "metrics.json").read_text())))
+    if not runs:
+        raise FileNotFoundError(f"no finished runs (config.json + metrics.json) under {', '.join(map(str, paths))}")
+    return runs
+
+
+def mean_std_ci(values: Sequence[float]) -> tuple[float, float, float | None]:
+    """Mean, sample standard deviation, and the half-width of the 95% t confidence interval (None for n = 1)."""
+    array = np.asarray(values, dtype=float)
+    n = len(array)
+    mean = float(array.mean())
+    if n < 2:
+        return mean, 0.0, None
+    std = float(array.std(ddof=1))
+    return mean, std, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+def _per_layer_mean(runs: Sequence[Run], extract) -> list[float | None]:
+    columns = [extract(run.metrics) for run in runs]
+    layers = max(len(c) for c in columns)
+    means = []
+    for layer in range(layers):
+        values = [c[layer] for c in columns if layer < len(c) and c[layer] is not None]
+        means.append(float(np.mean(values)) if values else None)
+    return means
+
+
+def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One row per configuration, in a stable order (baseline first)."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.key].append(run)
+    rows = []
+    for key, members in sorted(groups.items(), key=lambda item: (item[0][1] != BASELINE, str(item[0]))):
+        members.sort(key=lambda run: run.config["seed"])
+        model, featuremap, params, mode, layers = key
+        accuracy = mean_std_ci([r.metrics["accuracy"] for r in members])
+        f1 = mean_std_ci([r.metrics["f1"] for r in members])
+        memory = [r.metrics.get("peak_gpu_memory_bytes") for r in members]
+        speed = [r.metrics.get("train_samples_per_second") for r in members]
+        robustness: dict[str, dict[str, float]] = {}
+        settings = sorted({s for r in members for s in r.metrics.get("robustness", {}) if s != "clean"})
+        for setting in settings:
+            results = [r.metrics["robustness"][setting] for r in members if setting in r.metrics.get("robustness", {})]
+            robustness[setting] = {
+                "accuracy_mean": float(np.mean([x["accuracy"] for x in results])),
+                "drop_mean": float(np.mean([x["accuracy_drop"] for x in results])),
+                "n_seeds": len(results),
+            }
+        rows.append({
+            "featuremap": featuremap, "params": json.loads(params), "mode": mode,
+            "layers": list(layers) if layers else None, "model": model,
+            "device": members[0].record.get("device"), "seeds": [r.config["seed"] for r in members],
+            "n_seeds": len(members),
+            "accuracy_mean": accuracy[0], "accuracy_std": accuracy[1], "accuracy_ci95": accuracy[2],
+            "f1_mean": f1[0], "f1_std": f1[1], "f1_ci95": f1[2],
+            "peak_gpu_memory_bytes_mean": float(np.mean(memory)) if None not in memory else None,
+            "train_samples_per_second_mean": float(np.mean(speed)) if None not in speed else None,
+            "attention_entropy_mean": _per_layer_mean(members, lambda m: m["attention_entropy"]["mean"]),
+            "attention_entropy_normalized_mean": _per_layer_mean(
+                members, lambda m: m["attention_entropy"]["normalized"]
+            ),
+            "attention_distance_mean": _per_layer_mean(members, lambda m: m["attention_distance"]["mean"]),
+            "attention_distance_bin_edges": members[0].metrics["attention_distance"]["bin_edges"],
+            "attention_distance_histogram_mean": [
+                np.mean([r.metrics["attention_distance"]["histogram"][layer] for r in members], axis=0).tolist()
+                for layer in range(len(members[0].metrics["attention_distance"]["histogram"]))
+            ],
+            "robustness": robustness,
+            "runs": [str(r.path) for r in members],
+            "commands": sorted({r.record.get("command", "") for r in members}),
+            "commits": sorted({str(r.record.get("commit")) for r in members}),
+        })  # fmt: skip
+    return rows
+
+
+def label(row: dict[str, Any]) -> str:
+    """A short name for a configuration: ``baseline`` or ``rff(m=128,sigma=1.0) softmax L4,5``."""
+    if row["featuremap"] == BASELINE:
+        return "baseline"
+    params = ",".join(f"{k}={v}" for k, v in sorted(row["params"].items()))
+    layers = ",".join(map(str, row["layers"]))
+    return f"{row['featuremap']}({params}) {row['mode']} L{layers}"
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run]) -> str:
+    """The README: what was run, the table, and how to reproduce it."""
+    models = sorted({row["model"] for row in rows})
+    devices = sorted({str(row["device"]) for row in rows})
+    lines = [
+        "# Results",
+        "",
+        f"Model(s): {', '.join(models)}. Device(s): {', '.join(devices)}.",
+        f"{len(runs)} runs in {len(rows)} configurations.",
+        "Means over seeds; ± is the 95% confidence interval (Student's t) where there are ≥ 2 seeds.",
+        "",
+        "| configuration | seeds | accuracy | F1 | peak GPU memory (GiB) | train samples/s "
+        "| entropy L4 / L5 (normalised) | mean distance L4 / L5 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        ci = f" ± {row['accuracy_ci95']:.4f}" if row["accuracy_ci95"] is not None else ""
+        memory = row["peak_gpu_memory_bytes_mean"]
+        entropy = row["attention_entropy_normalized_mean"]
+        distance = row["attention_distance_mean"]
+        pick = lambda values, i: values[i] if i < len(values) else None  # noqa: E731
+        gib = memory / 2**30 if memory else None
+        lines.append(
+            f"| {label(row)} | {row['n_seeds']} | {row['accuracy_mean']:.4f}{ci} | {row['f1_mean']:.4f} "
+            f"| {_fmt(gib, '.2f')} | {_fmt(row['train_samples_per_second_mean'], '.1f')} "
+            f"| {_fmt(pick(entropy, 4), '.3f')} / {_fmt(pick(entropy, 5), '.3f')} "
+            f"| {_fmt(pick(distance, 4), '.1f')} / {_fmt(pick(distance, 5), '.1f')} |"
+        )
+    settings = sorted({s for row in rows for s in row["robustness"]})
+    if settings:
+        lines += ["", "## Robustness (accuracy, and drop from clean)", "",
+                  "| configuration | " + " | ".join(settings) + " |", "| --- |" + " --- |" * len(settings)]  # fmt: skip
+        for row in rows:
+            cells = [
+                f"{row['robustness'][s]['accuracy_mean']:.4f} ({row['robustness'][s]['drop_mean']:+.4f})"
+                if s in row["robustness"] else "–"
+                for s in settings
+            ]  # fmt: skip
+            lines.append(f"| {label(row)} | " + " | ".join(cells) + " |")
+    lines += ["", "## Plots", ""]
+    lines += [f"![{name}]({name}.png)" for name in ("accuracy", "entropy", "distance", "robustness", "attention_maps")]
+    lines += ["", "## Reproduce", "", "```bash"]
+    lines += sorted({command for row in rows for command in row["commands"]})
+    lines += ["```", "", f"Commits: {', '.join(sorted({c for row in rows for c in row['commits']}))}", ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+    """``summary.json``, ``README.md`` and the plots for the runs under ``run_dirs``, into ``out``."""
+    from .plots import plot_all
+
+    out = Path(out)
+    runs = load_runs(run_dirs)
+    rows = summarise(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "summary.json", rows)
+    plot_all(rows, runs, out)
+    write_text_atomic(out / "README.md", markdown(rows, runs))
+    return out

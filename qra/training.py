@@ -1,0 +1,262 @@
+"""Fine-tune a (patched) encoder on IMDb with the Hugging Face Trainer, then measure it.
+
+A run directory holds:
+
+- ``config.json``  — every setting, the model and data, versions, device and git commit
+- ``metrics.json`` — accuracy, F1, speed, peak GPU memory, attention entropy/distance, robustness
+- ``model/``       — the trained model (safetensors) and tokenizer; ``qra.load_patched`` reloads it
+- ``checkpoints/`` — Trainer checkpoints, for ``--resume``
+- ``train_log.jsonl`` and ``train.log`` — the training log
+
+The Trainer runs unchanged under ``torchrun`` / ``accelerate launch``; only the main process
+writes results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from . import patching
+from .attention_maps import attention_example, attention_statistics
+from .data import load_text_classification
+from .metrics import classification_metrics
+from .models import DEFAULT_MODEL, load_classifier, load_tokenizer
+from .provenance import provenance, write_json_atomic
+
+logger = logging.getLogger("qra")
+BASELINE = "none"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as ``config.json`` and enough to repeat the run."""
+
+    output_dir: str
+    featuremap: str = BASELINE
+    fm_params: dict[str, Any] = field(default_factory=dict)
+    layers: list[int] = field(default_factory=lambda: [4, 5])
+    mode: str = "softmax"
+    beta: float = 1.0
+    learn_beta: bool = False
+    model: str = DEFAULT_MODEL
+    data_dir: str | None = None
+    max_length: int = 512
+    epochs: float = 2.0
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    seed: int = 0
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    attention_samples: int = 512
+    save_steps: int = 500
+    device: str = "auto"
+    robustness: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, path: Path) -> TrainConfig:
+        saved = json.loads(path.read_text())["config"]
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in names})
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice not in ("cpu", "cuda"):
+        raise ValueError(f"--device takes auto, cpu or cuda; got {choice!r}")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(choice)
+
+
+def build_model(config: TrainConfig) -> PreTrainedModel:
+    """The pretrained classifier, patched with the configured feature map unless it is the baseline."""
+    model = load_classifier(config.model)
+    if config.featuremap != BASELINE:
+        patching.patch(model, config.featuremap, layers=config.layers, mode=config.mode,
+                       featuremap_params=config.fm_params, beta=config.beta, learn_beta=config.learn_beta)  # fmt: skip
+    return model
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Append every Trainer log entry to ``train_log.jsonl`` as it happens (main process only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a") as stream:
+                stream.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+def _training_arguments(config: TrainConfig, run_dir: Path, device: torch.device) -> TrainingArguments:
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    sampling = (
+        {"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in fields
+        else {"group_by_length": True}
+    )  # fmt: skip
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        learning_rate=config.lr,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=device.type == "cuda",
+        use_cpu=device.type == "cpu",
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=1,
+        logging_steps=max(1, min(50, config.save_steps)),
+        report_to="none",
+        dataloader_num_workers=0,
+        **sampling,
+    )
+
+
+def _file_logging(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("qra", "transformers"):
+        logging.getLogger(name).addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
+
+
+def train(config: TrainConfig, resume: bool = False) -> Path:
+    """Run one experiment end to end; returns the run directory."""
+    run_dir = Path(config.output_dir)
+    if (run_dir / "metrics.json").exists() and not resume:
+        raise FileExistsError(f"{run_dir} already holds a finished run (metrics.json); choose another --output-dir")
+    last_checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
+    if last_checkpoint and not resume:
+        raise FileExistsError(f"{run_dir} holds an unfinished run ({last_checkpoint}); continue it with --resume")
+    device = resolve_device(config.device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _file_logging(run_dir)
+    try:
+        return _train(config, run_dir, device, last_checkpoint if resume else None)
+    finally:
+        for name in ("qra", "transformers"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+
+
+def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint: str | None) -> Path:
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config.model, config.max_length)
+    model = build_model(config)  # before the data: a bad feature map or parameter fails fast
+    data = load_text_classification(config.data_dir, config.max_train_samples, config.max_eval_samples, config.seed)
+    tokenized = data.map(
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=config.max_length),
+        batched=True,
+        remove_columns=["text"],
+        desc="tokenizing",
+    )
+    args = _training_arguments(config, run_dir, device)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["test"],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=lambda prediction: classification_metrics(prediction.predictions, prediction.label_ids),
+        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl")],
+    )
+    main_process = trainer.is_world_process_zero()
+    if main_process:
+        write_json_atomic(run_dir / "config.json", _config_record(config, model, data, device, trainer))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    logger.info("training %s on %d reviews", config.featuremap, len(tokenized["train"]))
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    evaluation = trainer.evaluate()
+    trained = trainer.model
+    if main_process:
+        trainer.save_model(str(run_dir / "model"))
+        metrics = {
+            "accuracy": evaluation["eval_accuracy"],
+            "f1": evaluation["eval_f1"],
+            "eval_loss": evaluation["eval_loss"],
+            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
+            "eval_samples_per_second": evaluation.get("eval_samples_per_second"),
+            "train_loss": train_output.metrics.get("train_loss"),
+            "train_samples": len(tokenized["train"]),
+            "eval_samples": len(tokenized["test"]),
+        }
+        metrics |= measure_attention(trained, tokenizer, data["test"]["text"], config, run_dir)
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        if config.robustness:
+            from .evaluation import evaluate_robustness
+
+            evaluate_robustness(run_dir, config.robustness)
+    return run_dir
+
+
+def measure_attention(
+    model: PreTrainedModel, tokenizer: Any, texts: list[str], config: TrainConfig, run_dir: Path
+) -> dict[str, Any]:
+    """Attention entropy and distance on a fixed, seeded subset of test reviews; one example map saved."""
+    order = np.random.default_rng(config.seed).permutation(len(texts))[: config.attention_samples]
+    subset = [texts[i] for i in sorted(order)]
+    statistics = attention_statistics(model, tokenizer, subset, config.max_length, batch_size=config.eval_batch_size)
+    example = attention_example(model, tokenizer, texts[0])
+    np.savez_compressed(run_dir / "attention_example.npz", maps=example["maps"], tokens=np.array(example["tokens"]))
+    return statistics | {"attention_samples": len(subset)}
+
+
+def _config_record(
+    config: TrainConfig, model: PreTrainedModel, data: Any, device: torch.device, trainer: Trainer
+) -> dict:
+    args = trainer.args
+    return {
+        "config": dataclasses.asdict(config),
+        "model": {
+            "name": config.model,
+            "architecture": type(model).__name__,
+            "model_type": model.config.model_type,
+            "layers": model.config.num_hidden_layers,
+            "heads": model.config.num_attention_heads,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "qra": getattr(model.config, "qra", None),
+        },
+        "data": {
+            "source": config.data_dir or "hub:imdb",
+            "train_samples": len(data["train"]),
+            "test_samples": len(data["test"]),
+        },
+        "training": {
+            "world_size": args.world_size,
+            "effective_batch_size": args.per_device_train_batch_size
+            * args.world_size
+            * args.gradient_accumulation_steps,
+            "learning_rate": args.learning_rate,
+            "bf16": args.bf16,
+        },
+        **provenance(device),
+    }

@@ -1,0 +1,95 @@
+"""Report aggregation across seeds: grouping, mean/std/95% CI, README and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from qra.report import load_runs, mean_std_ci, summarise, write_report
+
+
+def fake_run(root, name, seed, featuremap, accuracy, params=None, robustness=None):
+    directory = root / name / f"seed{seed}"
+    directory.mkdir(parents=True)
+    config = {"featuremap": featuremap, "fm_params": params or {}, "mode": "softmax", "layers": [4, 5],
+              "model": "tiny", "seed": seed}  # fmt: skip
+    qra = {"featuremap_params": (params or {}) | {"seed": 0}} if featuremap != "none" else None
+    record = {"config": config, "model": {"qra": qra}, "device": "cpu", "command": f"qra train --seed {seed}",
+              "commit": "abc"}  # fmt: skip
+    (directory / "config.json").write_text(json.dumps(record))
+    metrics = {
+        "accuracy": accuracy, "f1": accuracy - 0.01, "peak_gpu_memory_bytes": None, "train_samples_per_second": 10.0,
+        "attention_entropy": {"mean": [1.0] * 6, "normalized": [0.5] * 6},
+        "attention_distance": {"bin_edges": [0, 1], "histogram": [[0.5, 0.5]] * 6, "mean": [2.0] * 6},
+        "robustness": robustness or {},
+    }  # fmt: skip
+    (directory / "metrics.json").write_text(json.dumps(metrics))
+    return directory
+
+
+def test_mean_std_and_t_confidence_interval():
+    mean, std, ci = mean_std_ci([0.8, 0.9, 1.0])
+    assert mean == pytest.approx(0.9) and std == pytest.approx(0.1)
+    assert ci == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-5)  # t(0.975, 2 dof) = 4.3027
+    assert mean_std_ci([0.7]) == (0.7, 0.0, None)
+
+
+def test_runs_group_by_configuration_across_seeds(tmp_path):
+    drop = {"word-dropout=0.1": {"accuracy": 0.7, "accuracy_drop": 0.1}}
+    for seed, accuracy in enumerate([0.8, 0.9, 1.0]):
+        fake_run(tmp_path, "baseline", seed, "none", accuracy, robustness=drop)
+        fake_run(tmp_path, "rff", seed, "rff", accuracy - 0.1, params={"m": 64})
+    fake_run(tmp_path, "rff-wide", 0, "rff", 0.5, params={"m": 256})
+    rows = summarise(load_runs([tmp_path]))
+    assert rows[0]["featuremap"] == "none"  # the baseline comes first
+    by_m = {row["params"].get("m"): row for row in rows}
+    assert {m: row["n_seeds"] for m, row in by_m.items()} == {None: 3, 64: 3, 256: 1}
+    baseline, rff, wide = by_m[None], by_m[64], by_m[256]
+    assert baseline["seeds"] == [0, 1, 2]
+    assert baseline["accuracy_mean"] == pytest.approx(0.9)
+    assert rff["accuracy_mean"] == pytest.approx(0.8)
+    assert rff["params"] == {"m": 64, "seed": 0}
+    assert wide["accuracy_ci95"] is None
+    assert baseline["robustness"]["word-dropout=0.1"] == pytest.approx(
+        {"accuracy_mean": 0.7, "drop_mean": 0.1, "n_seeds": 3}
+    )
+    assert baseline["attention_entropy_mean"] == [1.0] * 6
+    for key in (
+        "featuremap",
+        "params",
+        "mode",
+        "layers",
+        "model",
+        "device",
+        "seeds",
+        "n_seeds",
+        "accuracy_mean",
+        "accuracy_std",
+        "accuracy_ci95",
+        "f1_mean",
+        "f1_std",
+        "peak_gpu_memory_bytes_mean",
+        "train_samples_per_second_mean",
+        "attention_entropy_mean",
+        "attention_distance_mean",
+        "robustness",
+    ):
+        assert key in baseline  # the keys later tools rely on
+
+
+def test_write_report_makes_summary_readme_and_plots(tmp_path):
+    for seed in range(2):
+        fake_run(tmp_path / "runs", "baseline", seed, "none", 0.8 + seed / 10)
+    out = write_report([tmp_path / "runs"], tmp_path / "report")
+    assert json.loads((out / "summary.json").read_text())[0]["n_seeds"] == 2
+    readme = (out / "README.md").read_text()
+    assert "| baseline | 2 | 0.8500 ±" in readme and "qra train --seed 1" in readme
+    for name in ("accuracy", "entropy", "distance", "robustness"):
+        assert (out / f"{name}.png").stat().st_size > 1000
+
+
+def test_no_runs_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no finished runs"):
+        load_runs([tmp_path])

@@ -1,0 +1,133 @@
+"""qra train / eval / report end to end on a tiny random DistilBERT and synthetic reviews (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import qra
+from qra.cli import app
+from qra.evaluation import evaluate_robustness, load_run_model
+from qra.robustness import SynonymTable
+
+METRIC_KEYS = {"accuracy", "f1", "peak_gpu_memory_bytes", "train_samples_per_second", "eval_samples_per_second",
+               "attention_entropy", "attention_distance"}  # fmt: skip
+
+
+def train_args(model_dir, data_dir, out, *extra):
+    return ["train", "--model", str(model_dir), "--data-dir", str(data_dir), "--max-length", "48", "--epochs", "1",
+            "--batch-size", "8", "--eval-batch-size", "8", "--attention-samples", "8", "--device", "cpu",
+            "--output-dir", str(out), *extra]  # fmt: skip
+
+
+def invoke(args):
+    result = CliRunner().invoke(app, args)
+    return result
+
+
+@pytest.mark.parametrize(
+    "featuremap_args",
+    [["--featuremap", "none"], ["--featuremap", "rff", "--m", "16", "--sigma", "2.0"],
+     ["--featuremap", "pennylane-zz", "--fm", "qubits=3", "--fm", "engine=native", "--mode", "normalized"]],
+    ids=["baseline", "rff", "pennylane-zz"],
+)  # fmt: skip
+def test_train_writes_a_complete_run_directory(tiny_model_dir, tiny_data_dir, tmp_path, featuremap_args):
+    if "pennylane-zz" in featuremap_args:
+        pytest.importorskip("qra_pennylane")
+    out = tmp_path / "run"
+    result = invoke(train_args(tiny_model_dir, tiny_data_dir, out, *featuremap_args))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= METRIC_KEYS
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["peak_gpu_memory_bytes"] is None
+    assert len(metrics["attention_entropy"]["mean"]) == 6 and len(metrics["attention_distance"]["histogram"]) == 6
+    record = json.loads((out / "config.json").read_text())
+    assert record["config"]["featuremap"] == featuremap_args[1]
+    assert {"versions", "device", "commit", "command"} <= set(record)
+    assert record["training"]["effective_batch_size"] == 8
+    assert (out / "train_log.jsonl").read_text().strip()
+    model = load_run_model(out)
+    assert qra.is_patched(model) == (featuremap_args[1] != "none")
+    if featuremap_args[1] == "rff":
+        assert model.config.qra["featuremap_params"]["m"] == 16
+
+
+def test_eval_report_and_synonym_swap_on_a_trained_run(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "runs" / "rff"
+    assert invoke(train_args(tiny_model_dir, tiny_data_dir, out, "--featuremap", "rff", "--m", "16")).exit_code == 0
+    result = invoke(["eval", str(out), "--robustness", "word-dropout=0.1,0.2"])
+    assert result.exit_code == 0, result.output
+    robustness = json.loads((out / "metrics.json").read_text())["robustness"]
+    assert set(robustness) == {"clean", "word-dropout=0.1", "word-dropout=0.2"}
+    assert robustness["clean"]["accuracy"] == pytest.approx(json.loads((out / "metrics.json").read_text())["accuracy"])
+    assert robustness["word-dropout=0.2"]["examples"]
+    table = SynonymTable({"great": ["superb"], "awful": ["terrible"], "movie": ["film"]})
+    swapped = evaluate_robustness(out, {"synonym-swap": [0.5]}, synonyms=table)
+    assert "film" in swapped["synonym-swap=0.5"]["examples"][0]["perturbed"] or swapped["synonym-swap=0.5"]["examples"]
+    report = invoke(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")])
+    assert report.exit_code == 0, report.output
+    assert (tmp_path / "report" / "attention_maps.png").is_file()
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    out = tmp_path / "run"
+    args = train_args(tiny_model_dir, tiny_data_dir, out, "--featuremap", "rff", "--m", "16", "--save-steps", "2")
+    original_step = Trainer.training_step
+    calls = {"n": 0}
+
+    def crash_after_three(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated crash")
+        return original_step(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "training_step", crash_after_three)
+    interrupted = invoke(args)
+    assert interrupted.exit_code != 0 and not (out / "metrics.json").exists()
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    monkeypatch.setattr(Trainer, "training_step", original_step)
+    refused = invoke(args)
+    assert refused.exit_code == 2 and "--resume" in refused.output
+    resumed = invoke([*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 6  # 48 reviews / batch 8 = 6 steps, the last four after the restart
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] >= 0
+    finished_again = invoke(args)
+    assert finished_again.exit_code == 2 and "already holds a finished run" in finished_again.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--featuremap", "rf"], "Did you mean 'rff'?"),
+     (["--featuremap", "rff", "--fm", "sigmaa=2"], "accepted: m, sigma"),
+     (["--featuremap", "rff", "--layers", "4,9"], "the model has 6 layers"),
+     (["--featuremap", "rff", "--mode", "cosine"], "accepted: softmax, normalized, linear"),
+     (["--featuremap", "rff", "--robustness", "typo=0.1"], "word-dropout, synonym-swap")],
+)  # fmt: skip
+def test_bad_arguments_are_explained(tiny_model_dir, tiny_data_dir, tmp_path, extra, message):
+    result = invoke(train_args(tiny_model_dir, tiny_data_dir, tmp_path / "run", *extra))
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
+def test_bad_data_directory_is_explained(tiny_model_dir, tmp_path):
+    result = invoke(train_args(tiny_model_dir, tmp_path / "missing", tmp_path / "run", "--featuremap", "none"))
+    assert result.exit_code == 2 and "is not a directory" in result.output
+
+
+def test_seed_entry_point_accepts_the_seed_flags(tiny_model_dir, tiny_data_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "experiments" / "imdb_train.py"
+    args = train_args(tiny_model_dir, tiny_data_dir, tmp_path / "run", "--m", "16", "--sigma", "1.0",
+                      "--layers", "4,5", "--max-train-samples", "8", "--max-eval-samples", "8")[1:]  # fmt: skip
+    completed = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["fm_params"] == {"m": 16, "sigma": 1.0}
