@@ -139,3 +139,140 @@ def add_speedups(rows: list[dict[str, Any]], reference: str = "qra native (Penny
 
 def write_results(path: Path, rows: list[dict[str, Any]], device: torch.device, settings: dict[str, Any]) -> Path:
     return write_json_atomic(path, {"provenance": provenance(device), "settings": settings, "rows": rows})
+
+
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def bench_attention(
+    lengths: list[int],
+    tokens: int,
+    heads: int,
+    head_dim: int,
+    features: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    repeats: int = 5,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[dict[str, Any]]:
+    """SDPA against qra kernel attention (RFF, each mode) at B·N = ``tokens``; fwd and fwd+bwd."""
+    from .attention import MODES, kernel_attention
+
+    rows = []
+    featuremap = get("rff", d_in=head_dim, m=features).to(device)
+    for length in lengths:
+        batch = max(1, tokens // length)
+        shape = (batch, heads, length, head_dim)
+        inputs = tuple(torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
+        impls: dict[str, Callable[..., torch.Tensor]] = {
+            "sdpa": lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        }
+        for mode in MODES:
+            impls[mode] = lambda q, k, v, mode=mode: kernel_attention(q, k, v, featuremap, mode)[0]
+        for impl, attention in impls.items():
+            row = {"impl": impl, "mode": None if impl == "sdpa" else impl, "N": length, "B": batch, "H": heads,
+                   "d": head_dim, "m": None if impl == "sdpa" else features, "dtype": str(dtype).removeprefix("torch."),
+                   "device": provenance(device)["device"], "torch": torch.__version__}  # fmt: skip
+            for kind in ("fwd", "fwd_bwd"):
+                progress(f"attention {impl}, N={length}, {kind}")
+
+                def step(attention=attention, kind=kind, inputs=inputs) -> None:
+                    if kind == "fwd":
+                        with torch.no_grad():
+                            attention(*inputs)
+                        return
+                    leaves = [t.detach().requires_grad_() for t in inputs]
+                    attention(*leaves).float().sum().backward()
+
+                try:
+                    timing = time_it(step, device, repeats=repeats, warmup=2)
+                    row[f"{kind}_ms"], row[f"{kind}_peak_bytes"] = timing.median_ms, timing.peak_bytes
+                except RuntimeError as error:
+                    if not _is_out_of_memory(error):
+                        raise
+                    row[f"{kind}_ms"], row[f"{kind}_peak_bytes"], row["oom"] = None, None, True
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+            row["peak_bytes"] = row.get("fwd_bwd_peak_bytes")
+            rows.append(row)
+        del inputs
+    reference = {r["N"]: r for r in rows if r["impl"] == "sdpa"}
+    for row in rows:
+        base = reference.get(row["N"], {})
+        for kind in ("fwd", "fwd_bwd"):
+            ours, theirs = row.get(f"{kind}_ms"), base.get(f"{kind}_ms")
+            row[f"{kind}_vs_sdpa"] = ours / theirs if ours and theirs else None
+    return rows
+
+
+def _train_step_model(variant: str, layers: int, device: torch.device) -> torch.nn.Module:
+    """A DistilBERT-base-shaped classifier with random weights, patched as ``variant`` says."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from .patching import patch
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(n_layers=layers, num_labels=2, attn_implementation="sdpa")
+    model = DistilBertForSequenceClassification(config).to(device)
+    head_dim = config.dim // config.n_heads
+    variants = {
+        "baseline": None,
+        "rff-softmax": ("rff", {"m": 128}, "softmax"),
+        "rff-linear": ("rff", {"m": 128}, "linear"),
+        "pennylane-zz-native": ("pennylane-zz", {"qubits": 6, "engine": "native"}, "softmax"),
+    }
+    if variants[variant] is not None:
+        name, params, mode = variants[variant]
+        patch(model, get(name, d_in=head_dim, **params).to(device), layers=(4, 5), mode=mode)
+    return model
+
+
+TRAIN_VARIANTS = ("baseline", "rff-softmax", "rff-linear", "pennylane-zz-native")
+
+
+def bench_train(
+    device: torch.device,
+    batch: int = 32,
+    length: int = 512,
+    layers: int = 6,
+    variants: tuple[str, ...] = TRAIN_VARIANTS,
+    repeats: int = 10,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[dict[str, Any]]:
+    """One AdamW training step (bf16 autocast on GPU) of DistilBERT-base shape, baseline vs patched L4,L5."""
+    rows = []
+    for variant in variants:
+        progress(f"train step {variant}")
+        model = _train_step_model(variant, layers, device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        input_ids = torch.randint(1000, 30000, (batch, length), device=device)
+        labels = torch.randint(0, 2, (batch,), device=device)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+        def step(model=model, optimizer=optimizer, input_ids=input_ids, labels=labels, autocast=autocast) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                loss = model(input_ids=input_ids, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+
+        row = {"variant": variant, "B": batch, "N": length, "layers": layers,
+               "device": provenance(device)["device"], "torch": torch.__version__}  # fmt: skip
+        try:
+            timing = time_it(step, device, repeats=repeats, warmup=3)
+            row |= {"step_ms": timing.median_ms, "samples_per_second": batch / timing.median_ms * 1000,
+                    "peak_bytes": timing.peak_bytes}  # fmt: skip
+        except RuntimeError as error:
+            if not _is_out_of_memory(error):
+                raise
+            row |= {"step_ms": None, "samples_per_second": None, "peak_bytes": None, "oom": True}
+        rows.append(row)
+        del model, optimizer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    base = next((r for r in rows if r["variant"] == "baseline"), None)
+    for row in rows:
+        ok = base and base.get("samples_per_second") and row.get("samples_per_second")
+        row["throughput_vs_baseline"] = row["samples_per_second"] / base["samples_per_second"] if ok else None
+    return rows

@@ -247,5 +247,70 @@ def bench_featuremaps_command(
     typer.echo(f"wrote {path}")
 
 
+@bench_app.command("attention")
+def bench_attention_command(
+    lengths: str = typer.Option("512,2048,8192,32768", help="Sequence lengths N."),
+    tokens: int = typer.Option(16384, min=1, help="B·N, fixed across N."),
+    heads: int = typer.Option(12, min=1),
+    head_dim: int = typer.Option(64, min=1),
+    m: int = typer.Option(128, min=1, help="RFF features."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    repeats: int = typer.Option(5, min=1),
+    output: Path = typer.Option(Path("results/bench/attention.json")),
+) -> None:
+    """SDPA vs qra kernel attention (rff; softmax, normalized, linear): fwd and fwd+bwd time, peak memory."""
+    from .bench import bench_attention, write_results
+
+    chosen = _device(device)
+    dtype = torch.bfloat16 if chosen.type == "cuda" else torch.float32
+    length_list = _parse_ints(lengths, "--lengths")
+    with Console(stderr=True).status("benchmarking") as status:
+        rows = bench_attention(length_list, tokens, heads, head_dim, m, chosen, dtype, repeats, status.update)
+    settings = {"lengths": length_list, "tokens": tokens, "heads": heads, "head_dim": head_dim, "m": m,
+                "dtype": str(dtype)}  # fmt: skip
+    path = write_results(output, rows, chosen, settings)
+    table = Table(title=f"attention, B·N={tokens}, H={heads}, d={head_dim}, {rows[0]['device']}")
+    for column in ("impl", "N", "B", "fwd ms", "fwd+bwd ms", "peak MiB", "fwd+bwd vs sdpa"):
+        table.add_column(column, justify="left" if column == "impl" else "right")
+    for row in rows:
+        cells = [row["fwd_ms"], row["fwd_bwd_ms"]]
+        peak = row["peak_bytes"] / 2**20 if row["peak_bytes"] else None
+        ratio = row["fwd_bwd_vs_sdpa"]
+        table.add_row(row["impl"], str(row["N"]), str(row["B"]), *(f"{c:.3f}" if c else "OOM" for c in cells),
+                      f"{peak:.0f}" if peak else "", f"{ratio:.2f}" if ratio else "")  # fmt: skip
+    Console(width=160).print(table)
+    typer.echo(f"wrote {path}")
+
+
+@bench_app.command("train")
+def bench_train_command(
+    batch_size: int = typer.Option(32, min=1),
+    length: int = typer.Option(512, min=8),
+    layers: int = typer.Option(6, min=6, help="DistilBERT layers (patched: 4 and 5)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    repeats: int = typer.Option(10, min=1),
+    output: Path = typer.Option(Path("results/bench/train.json")),
+) -> None:
+    """One training step of a DistilBERT-base-shaped model: baseline vs patched L4,L5."""
+    from .bench import bench_train, write_results
+
+    chosen = _device(device)
+    with Console(stderr=True).status("benchmarking") as status:
+        rows = bench_train(chosen, batch_size, length, layers, repeats=repeats, progress=status.update)
+    settings = {"batch_size": batch_size, "length": length, "layers": layers, "bf16": chosen.type == "cuda"}
+    path = write_results(output, rows, chosen, settings)
+    table = Table(title=f"train step, B={batch_size}, N={length}, {rows[0]['device']}")
+    for column in ("variant", "step ms", "samples/s", "peak MiB", "throughput vs baseline"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for row in rows:
+        ok = row["step_ms"] is not None
+        table.add_row(row["variant"], f"{row['step_ms']:.1f}" if ok else "OOM",
+                      f"{row['samples_per_second']:.1f}" if ok else "",
+                      f"{row['peak_bytes'] / 2**20:.0f}" if row["peak_bytes"] else "",
+                      f"{row['throughput_vs_baseline']:.3f}" if row["throughput_vs_baseline"] else "")  # fmt: skip
+    Console(width=160).print(table)
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     app()

@@ -40,8 +40,11 @@ def load_tokenizer(spec: str, max_length: int) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_classifier(spec: str, num_labels: int = 2, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """A sequence classifier on top of the pretrained encoder, with SDPA attention (qra wraps it)."""
+def load_classifier(spec: str, num_labels: int = 2, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A sequence classifier on the pretrained encoder, SDPA attention (qra wraps it), float32 master weights.
+
+    transformers 5 otherwise keeps a checkpoint's dtype (e.g. bf16), which AdamW would then update in bf16.
+    """
     return AutoModelForSequenceClassification.from_pretrained(
         resolve_model(spec), num_labels=num_labels, attn_implementation="sdpa", dtype=dtype
     )
