@@ -43,12 +43,15 @@ def main() -> None:
     parser.add_argument("config", type=Path)
     parser.add_argument("--only", action="append", default=[], help="run only these arm names (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="list what would run")
+    parser.add_argument("--by-seed", action="store_true", help="all arms' seed 0 first, then seed 1, …")
     parser.add_argument("--no-report", action="store_true", help="skip qra report at the end")
     args = parser.parse_args()
 
     study, plan = load_plan(args.config)
     if args.only:
         plan = [c for c in plan if Path(c.output_dir).parent.name in args.only]
+    if args.by_seed:
+        plan.sort(key=lambda c: c.seed)  # stable: arms keep their file order within a seed
     for config in plan:
         run_dir = Path(config.output_dir)
         if (run_dir / "metrics.json").is_file():
