@@ -104,10 +104,15 @@ def plot_attention_maps(rows: Sequence[dict[str, Any]], runs: Sequence[Any], pat
     if not examples:
         return
     figure, axes = plt.subplots(len(examples), len(HEATMAP_LAYERS), figsize=(8, 3.8 * len(examples)), squeeze=False)
+    # one colour scale per layer, shared by all configurations, so flat attention looks flat
+    top = {
+        layer: max(float(maps[layer].max()) for _, maps in examples if layer < len(maps)) for layer in HEATMAP_LAYERS
+    }
     for (name, maps), axis_row in zip(examples, axes, strict=True):
         for axis, layer in zip(axis_row, HEATMAP_LAYERS, strict=True):
             if layer < len(maps):
-                axis.imshow(maps[layer], cmap="viridis")
+                image = axis.imshow(maps[layer], cmap="viridis", vmin=0.0, vmax=top[layer])
+                figure.colorbar(image, ax=axis, fraction=0.046)
             axis.set_title(f"{name}\nlayer {layer}", fontsize=8)
             axis.set_xlabel("key")
             axis.set_ylabel("query")

@@ -39,8 +39,13 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
 
 
 def git_commit() -> str | None:
-    """The commit of the source tree qra runs from, with ``+dirty`` when it has local changes."""
+    """The commit of the source tree qra runs from, with ``+dirty`` when it has local changes.
+
+    Where the tree has no git metadata (a copy shipped to a GPU machine), ``QRA_GIT_COMMIT`` says it.
+    """
     root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return os.environ.get("QRA_GIT_COMMIT")
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
@@ -66,10 +71,20 @@ def versions() -> dict[str, str]:
     return found
 
 
+def _program_name() -> str:
+    """``qra``, ``python -m qra`` or ``python experiments/sweep.py``: how to run the command again."""
+    program = Path(sys.argv[0])
+    if program.name == "__main__.py":
+        return f"python -m {program.parent.name}"
+    if program.suffix == ".py":
+        return f"python {program if not program.is_absolute() else program.name}"
+    return program.name
+
+
 def provenance(device: torch.device) -> dict[str, Any]:
     """Command, time, device, versions and commit: what a results file must say about itself."""
     return {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join([_program_name(), *sys.argv[1:]]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(device),
         "versions": versions(),

