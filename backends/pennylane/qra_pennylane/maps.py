@@ -106,13 +106,8 @@ class PennyLaneCircuitMap(CircuitFeatureMap):
         return states.reshape(angles.shape[0], 2**self.qubits)
 
 
-class PennyLaneZZ(PennyLaneCircuitMap):
-    """ZZ feature map (Havlíček et al. 2019) as Qiskit defines it, built from PennyLane gates.
-
-    Per repetition: H on every qubit, PhaseShift(2·x_i), and for every pair i < j
-    IsingZZ(2(π−x_i)(π−x_j)) with the global phase that makes it Qiskit's CX·P·CX exactly, so the
-    states equal ``qiskit-zz``'s.  ``reps``: number of repetitions (default 2).
-    """
+class RepeatedPennyLaneMap(PennyLaneCircuitMap):
+    """A PennyLane circuit map whose template repeats ``reps`` times (default 2)."""
 
     def __init__(
         self,
@@ -130,6 +125,15 @@ class PennyLaneZZ(PennyLaneCircuitMap):
         if not isinstance(reps, int) or reps < 1:
             raise ValueError(f"reps must be a positive integer, got {reps!r}")
         self.reps = reps
+
+
+class PennyLaneZZ(RepeatedPennyLaneMap):
+    """ZZ feature map (Havlíček et al. 2019) as Qiskit defines it, built from PennyLane gates.
+
+    Per repetition: H on every qubit, PhaseShift(2·x_i), and for every pair i < j
+    IsingZZ(2(π−x_i)(π−x_j)) with the global phase that makes it Qiskit's CX·P·CX exactly, so the
+    states equal ``qiskit-zz``'s.  ``reps``: number of repetitions (default 2).
+    """
 
     def template(self, angles: torch.Tensor, wires: list[int]) -> None:
         n = len(wires)
@@ -145,28 +149,11 @@ class PennyLaneZZ(PennyLaneCircuitMap):
                     qml.GlobalPhase(-theta / 2)  # CX·P(θ)·CX = e^{iθ/2}·IsingZZ(θ)
 
 
-class PennyLaneIQP(PennyLaneCircuitMap):
+class PennyLaneIQP(RepeatedPennyLaneMap):
     """IQP embedding exactly as PennyLane's ``qml.IQPEmbedding`` defines it (RZ(x_i), MultiRZ(x_i·x_j)).
 
     ``reps``: PennyLane's ``n_repeats`` (default 2).
     """
-
-    def __init__(
-        self,
-        d_in: int,
-        qubits: int | None = None,
-        reps: int = 2,
-        projection: str = "learned",
-        angle_scale: float = 1.0,
-        seed: int = 0,
-        real_lift: bool = False,
-        device: str = "default.qubit",
-        engine: str = "pennylane",
-    ) -> None:
-        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine)
-        if not isinstance(reps, int) or reps < 1:
-            raise ValueError(f"reps must be a positive integer, got {reps!r}")
-        self.reps = reps
 
     def template(self, angles: torch.Tensor, wires: list[int]) -> None:
         qml.IQPEmbedding(angles, wires=wires, n_repeats=self.reps)
