@@ -116,6 +116,7 @@ def train_command(
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
 ) -> None:
     """Fine-tune an encoder with kernel attention in chosen layers (or the baseline), then measure it."""
+    from .distributed import is_main_process
     from .robustness import RobustnessError, parse_settings
     from .training import TrainConfig, train
 
@@ -137,7 +138,8 @@ def train_command(
         run_dir = train(config, resume=resume)
     except (*USER_ERRORS, RobustnessError) as error:
         raise _fail(error) from error
-    _print_metrics(run_dir)
+    if is_main_process():  # under torchrun only rank 0 wrote (and prints) the results
+        _print_metrics(run_dir)
 
 
 @app.command("eval")

@@ -33,7 +33,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import patching
+from . import distributed, patching
 from .attention_maps import attention_example, attention_statistics
 from .data import load_text_classification
 from .metrics import classification_metrics
@@ -156,13 +156,14 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         raise FileExistsError(f"{run_dir} holds an unfinished run ({last_checkpoint}); continue it with --resume")
     device = resolve_device(config.device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _file_logging(run_dir)
+    handler = _file_logging(run_dir) if distributed.is_main_process() else None
     try:
         return _train(config, run_dir, device, last_checkpoint if resume else None)
     finally:
-        for name in ("qra", "transformers"):
-            logging.getLogger(name).removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            for name in ("qra", "transformers"):
+                logging.getLogger(name).removeHandler(handler)
+            handler.close()
 
 
 def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint: str | None) -> Path:
@@ -187,22 +188,33 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint:
         compute_metrics=lambda prediction: classification_metrics(prediction.predictions, prediction.label_ids),
         callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl")],
     )
+    # Seeded draws should agree everywhere; a rank that drew differently would train another model.
+    if not distributed.identical_across_ranks(distributed.kernel_attention_state(model)):
+        raise RuntimeError("the feature-map draws differ between ranks; check that every rank uses the same seed")
     main_process = trainer.is_world_process_zero()
     if main_process:
         write_json_atomic(run_dir / "config.json", _config_record(config, model, data, device, trainer))
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.reset_peak_memory_stats(args.device)
     logger.info("training %s on %d reviews", config.featuremap, len(tokenized["train"]))
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
-    evaluation = trainer.evaluate()
+    evaluation = trainer.evaluate()  # gathered over all ranks by the Trainer, each test review once
     trained = trainer.model
+    peaks = distributed.peak_memory_per_device(args.device)
+    replicas = {
+        "world_size": distributed.world_size(),
+        "featuremap_draws_identical": True,  # checked above, before training
+        "final_weights_identical": distributed.identical_across_ranks(trained.state_dict()),
+    }
     if main_process:
         trainer.save_model(str(run_dir / "model"))
         metrics = {
             "accuracy": evaluation["eval_accuracy"],
             "f1": evaluation["eval_f1"],
             "eval_loss": evaluation["eval_loss"],
-            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            "peak_gpu_memory_bytes": max(peaks) if peaks else None,
+            "peak_gpu_memory_bytes_per_device": peaks,
+            "distributed": replicas,
             "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
             "eval_samples_per_second": evaluation.get("eval_samples_per_second"),
             "train_loss": train_output.metrics.get("train_loss"),
