@@ -4,7 +4,8 @@ Three ways to turn the kernel matrix S_ij = similarity(φ(q_i), φ(k_j)) into at
 
 ``softmax``
     A = softmax(β·S) over the unmasked keys: the literal replacement of q·k/√d, with a per-head
-    temperature β (kernel values are O(1), so β sets how peaked attention can get).
+    temperature β (kernel values are O(1), so β sets how peaked attention can get).  For maps
+    whose similarity is a dot product this runs through PyTorch's fused SDPA kernels.
 ``normalized``
     A_ij = max(S_ij, 0) / Σ_j max(S_ij, 0): a kernel smoother (Nadaraya–Watson).
 ``linear``
@@ -68,6 +69,28 @@ def _stabilised_features(
     return log_q.exp(), log_k.exp()
 
 
+def _softmax_through_sdpa(
+    fq: torch.Tensor,
+    fk: torch.Tensor,
+    v: torch.Tensor,
+    keep: torch.Tensor | None,
+    beta: torch.Tensor | float | None,
+    dropout_p: float,
+) -> torch.Tensor:
+    """softmax(β·φ(q)·φ(k)) V as scaled-dot-product attention with β·φ(q) as queries and φ(k) as keys.
+
+    For a dot-product similarity the two are the same formula, and PyTorch's fused kernels (flash,
+    memory-efficient) then never form the N×N matrix: memory O(N), SDPA's speed.
+    """
+    queries, keys = fq.to(v.dtype), fk.to(v.dtype)
+    if beta is not None:
+        beta = torch.as_tensor(beta, dtype=v.dtype, device=v.device)
+        queries = queries * (beta.view(1, -1, 1, 1) if beta.dim() else beta)
+    mask = None if keep is None else keep[:, None, None, :]
+    out = F.scaled_dot_product_attention(queries, keys, v, attn_mask=mask, dropout_p=dropout_p, scale=1.0)
+    return torch.nan_to_num(out, nan=0.0)  # a sequence without any real key attends to nothing
+
+
 def kernel_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -128,6 +151,9 @@ def kernel_attention(
             scores = fq @ fk.transpose(-1, -2)
             weights = scores / guard_denominator(scores.sum(dim=-1, keepdim=True), eps)
         return out.to(v.dtype), weights
+
+    if mode == "softmax" and featuremap.is_linear and not return_weights:
+        return _softmax_through_sdpa(fq, fk, v, keep, beta, dropout_p), None
 
     scores = featuremap.similarity(fq, fk).to(dtype)
     if mode == "softmax":
