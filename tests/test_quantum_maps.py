@@ -239,3 +239,43 @@ def test_maps_run_on_cuda_and_match_cpu(name, engine):
     on_gpu = fm.cuda()(x.cuda())
     assert on_gpu.device.type == "cuda"
     assert (on_gpu.cpu() - expected).abs().max() < 1e-5
+
+
+def test_finite_shot_kernels_have_the_binomial_mean_and_variance():
+    fm = get("qiskit-zz", d_in=3, qubits=3, projection="identity", shots=200).double()
+    exact = get("qiskit-zz", d_in=3, qubits=3, projection="identity").double()
+    x = angles(3, 6, seed=4)
+    features = fm(x)
+    fidelity = exact.similarity(exact(x), exact(x))
+    draws = torch.stack([fm.similarity(features, features) for _ in range(400)])
+    assert torch.all(((draws * 200) - (draws * 200).round()).abs() < 1e-9)  # counts out of 200 shots
+    variance = fidelity * (1 - fidelity) / 200
+    assert torch.all((draws.mean(0) - fidelity).abs() <= 5 * (variance / 400).sqrt() + 1e-12)
+    informative = variance > 1e-4
+    ratio = draws.var(0)[informative] / variance[informative]
+    assert 0.75 < ratio.mean() < 1.25
+
+
+def test_finite_shots_are_reproducible_and_train_with_the_exact_gradient():
+    x = angles(3, 5, seed=5).requires_grad_()
+
+    def sampled(seed):
+        fm = get("pennylane-zz", d_in=3, qubits=3, projection="identity", engine="native", shots=64, seed=seed)
+        return fm.double().similarity(fm.double()(x), fm.double()(x))
+
+    assert torch.equal(sampled(0), sampled(0)) and not torch.equal(sampled(0), sampled(1))
+    sampled(0).sum().backward()
+    sampled_gradient, x.grad = x.grad, None
+    exact = get("pennylane-zz", d_in=3, qubits=3, projection="identity", engine="native").double()
+    exact.similarity(exact(x), exact(x)).sum().backward()
+    torch.testing.assert_close(sampled_gradient, x.grad)
+
+
+def test_finite_shots_rule_out_linear_attention_and_are_validated():
+    fm = get("pennylane-zz", d_in=HEAD_DIM, qubits=3, engine="native", real_lift=True, shots=100)
+    assert not fm.is_linear
+    q = torch.randn(1, 2, 4, HEAD_DIM)
+    with pytest.raises(ValueError, match="is_linear"):
+        kernel_attention(q, q, q, fm, "linear")
+    with pytest.raises(ValueError, match="shots must be a positive integer"):
+        get("qiskit-zz", d_in=3, qubits=3, shots=0)

@@ -41,6 +41,13 @@ class CircuitFeatureMap(FeatureMap):
         Return the real vectorised density matrix (4^q features: |ψ_i|², and √2·Re, √2·Im of ψ_i ψ_j*
         for i < j) instead of the state.  Its dot product equals the fidelity, so the map becomes
         ``is_linear`` and usable in linear attention.  Only for q ≤ 6.
+    shots:
+        ``None`` (default): exact fidelities.  An integer: every kernel value is what a QPU would
+        return from that many shots of the compute–uncompute circuit U(y)†U(x)|0⟩ — the frequency
+        of the all-zeros outcome, Binomial(shots, F)/shots — drawn from a generator seeded by
+        ``seed`` and the call count, so a run is reproducible.  Gradients are those of the exact
+        kernel (straight-through: the forward value is sampled, the backward pass treats it as F).
+        A sampled kernel does not factor, so ``shots`` rules out linear attention.
 
     States are complex128 for float64 inputs and complex64 otherwise, in Qiskit's little-endian
     basis order (qubit k is bit k of the index).  Angles are computed in float64 whatever the
@@ -55,6 +62,7 @@ class CircuitFeatureMap(FeatureMap):
         angle_scale: float = 1.0,
         seed: int = 0,
         real_lift: bool = False,
+        shots: int | None = None,
         *,
         num_angles: int | None = None,
     ) -> None:
@@ -70,6 +78,8 @@ class CircuitFeatureMap(FeatureMap):
                 f"projection='identity' needs d_in equal to the circuit's {num_angles} angles, got d_in={d_in}; "
                 "use projection='random' or 'learned' to map d_in values to the angles"
             )
+        if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
+            raise ValueError(f"shots must be a positive integer or None (exact kernel), got {shots!r}")
         if real_lift and qubits > MAX_REAL_LIFT_QUBITS:
             raise ValueError(f"real_lift makes 4^qubits features; it is limited to qubits <= {MAX_REAL_LIFT_QUBITS}")
         self.qubits = qubits
@@ -77,6 +87,9 @@ class CircuitFeatureMap(FeatureMap):
         self.projection = projection
         self.angle_scale = float(angle_scale)
         self.real_lift = bool(real_lift)
+        self.shots = shots
+        self.seed = int(seed)
+        self._sampling_calls = 0
         if projection != "identity":
             generator = torch.Generator().manual_seed(int(seed))
             weight = torch.randn(num_angles, d_in, generator=generator, dtype=torch.float64) / math.sqrt(d_in)
@@ -90,7 +103,7 @@ class CircuitFeatureMap(FeatureMap):
 
     @property
     def is_linear(self) -> bool:  # type: ignore[override]
-        return self.real_lift
+        return self.real_lift and self.shots is None
 
     @property
     def dim(self) -> int:
@@ -130,11 +143,25 @@ class CircuitFeatureMap(FeatureMap):
         return density_features(states) if self.real_lift else states
 
     def similarity(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
-        """Fidelities |⟨ψ(x)|ψ(y)⟩|² ``[..., n, m]`` (or the lifted features' dot product, the same value)."""
+        """Fidelities |⟨ψ(x)|ψ(y)⟩|² ``[..., n, m]`` (or the lifted features' dot product, the same value).
+
+        With ``shots`` set, each value is sampled as a QPU would estimate it (see the class docstring).
+        """
         if self.real_lift:
-            return fx @ fy.transpose(-1, -2)
-        overlap = fx @ fy.conj().transpose(-1, -2)
-        return overlap.real.square() + overlap.imag.square()
+            fidelity = fx @ fy.transpose(-1, -2)
+        else:
+            overlap = fx @ fy.conj().transpose(-1, -2)
+            fidelity = overlap.real.square() + overlap.imag.square()
+        return fidelity if self.shots is None else self.sample_shots(fidelity)
+
+    def sample_shots(self, fidelity: torch.Tensor) -> torch.Tensor:
+        """Binomial(shots, F)/shots per value, with the exact kernel's gradient (straight-through)."""
+        generator = torch.Generator(device=fidelity.device)
+        generator.manual_seed(hash((self.seed, self._sampling_calls)) & 0x7FFF_FFFF_FFFF_FFFF)
+        self._sampling_calls += 1
+        probability = fidelity.detach().clamp(0.0, 1.0)
+        counts = torch.binomial(torch.full_like(probability, float(self.shots)), probability, generator=generator)
+        return fidelity + (counts / self.shots - fidelity).detach()
 
 
 def density_features(states: torch.Tensor) -> torch.Tensor:

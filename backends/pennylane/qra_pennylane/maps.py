@@ -67,8 +67,9 @@ class PennyLaneCircuitMap(CircuitFeatureMap):
         real_lift: bool = False,
         device: str = "default.qubit",
         engine: str = "pennylane",
+        shots: int | None = None,
     ) -> None:
-        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift)
+        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, shots)
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; accepted: {', '.join(ENGINES)}")
         self.device_name = device
@@ -120,8 +121,9 @@ class RepeatedPennyLaneMap(PennyLaneCircuitMap):
         real_lift: bool = False,
         device: str = "default.qubit",
         engine: str = "pennylane",
+        shots: int | None = None,
     ) -> None:
-        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine)
+        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine, shots)
         if not isinstance(reps, int) or reps < 1:
             raise ValueError(f"reps must be a positive integer, got {reps!r}")
         self.reps = reps
@@ -176,8 +178,9 @@ class PennyLaneAngle(PennyLaneCircuitMap):
         real_lift: bool = False,
         device: str = "default.qubit",
         engine: str = "pennylane",
+        shots: int | None = None,
     ) -> None:
-        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine)
+        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine, shots)
         if rotation not in ROTATIONS:
             raise ValueError(f"unknown rotation {rotation!r}; accepted: {', '.join(ROTATIONS)}")
         self.rotation = rotation

@@ -63,6 +63,7 @@ class QiskitCircuitMap(CircuitFeatureMap):
         seed: int = 0,
         real_lift: bool = False,
         engine: str = "native",
+        shots: int | None = None,
     ) -> None:
         if not isinstance(circuit, QuantumCircuit):
             raise TypeError(f"circuit must be a qiskit QuantumCircuit, got {type(circuit).__name__}")
@@ -70,7 +71,7 @@ class QiskitCircuitMap(CircuitFeatureMap):
             raise ValueError("the circuit has no parameters: nothing for the inputs to set")
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; accepted: {', '.join(ENGINES)}")
-        super().__init__(d_in, circuit.num_qubits, projection, angle_scale, seed, real_lift,
+        super().__init__(d_in, circuit.num_qubits, projection, angle_scale, seed, real_lift, shots,
                          num_angles=circuit.num_parameters)  # fmt: skip
         self.circuit = circuit
         self.engine = engine
@@ -156,9 +157,10 @@ class QiskitZZ(QiskitCircuitMap):
         seed: int = 0,
         real_lift: bool = False,
         engine: str = "native",
+        shots: int | None = None,
     ) -> None:
         circuit = zz_feature_map(d_in if qubits is None else qubits, reps=reps, entanglement=entanglement)
-        super().__init__(d_in, circuit, projection, angle_scale, seed, real_lift, engine)
+        super().__init__(d_in, circuit, projection, angle_scale, seed, real_lift, engine, shots)
 
 
 class QiskitPauli(QiskitCircuitMap):
@@ -180,8 +182,9 @@ class QiskitPauli(QiskitCircuitMap):
         seed: int = 0,
         real_lift: bool = False,
         engine: str = "native",
+        shots: int | None = None,
     ) -> None:
         paulis = [p.strip() for p in paulis.split(",")] if isinstance(paulis, str) else list(paulis)
         circuit = pauli_feature_map(d_in if qubits is None else qubits, reps=reps, entanglement=entanglement,
                                     paulis=paulis)  # fmt: skip
-        super().__init__(d_in, circuit, projection, angle_scale, seed, real_lift, engine)
+        super().__init__(d_in, circuit, projection, angle_scale, seed, real_lift, engine, shots)
