@@ -190,6 +190,55 @@ def report_command(
     typer.echo(f"wrote {path}/summary.json, README.md and plots")
 
 
+@app.command("quantum-cost")
+def quantum_cost_command(
+    featuremap: str = typer.Option("qiskit-zz", help="A quantum circuit map (`qra featuremaps`)."),
+    fm: list[str] = typer.Option([], "--fm", help="Feature-map parameter KEY=VALUE (repeatable), e.g. qubits=6."),
+    model: str = typer.Option("distilbert-base-uncased", help="Model id or directory (only its config is read)."),
+    layers: str = typer.Option("4,5", help="Patched layers."),
+    seq_len: int = typer.Option(512, min=1, help="Sequence length N."),
+    batch_size: int = typer.Option(1, min=1, help="Sequences per forward pass."),
+    epsilon: float = typer.Option(0.01, help="Target standard error of each kernel value."),
+    shot_rate: float = typer.Option(1e5, help="QPU shots per second."),
+    output: Path | None = typer.Option(None, help="Also write the result as JSON here."),
+) -> None:
+    """Circuits, shots and QPU time of one forward pass with quantum-kernel attention."""
+    from .provenance import write_json_atomic
+    from .quantum_cost import quantum_cost
+
+    try:
+        result = quantum_cost(model, featuremap, parse_fm_params(fm), _parse_ints(layers, "--layers", minimum=0),
+                              seq_len, batch_size, epsilon, shot_rate)  # fmt: skip
+    except USER_ERRORS as error:
+        raise _fail(error) from error
+    circuit = result["circuit"]
+    table = Table(title=f"QPU cost of one forward pass: {featuremap} in layers {layers} of {model}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("qubits / circuit depth", f"{circuit['qubits']} / {circuit['depth']}"),
+        ("two-qubit gates per circuit", f"{circuit['two_qubit_gates']} ({circuit['basis']})"),
+        ("kernel values per layer (B·H·N²)", f"{result['kernel_values_per_layer']:,}"),
+        ("circuits per forward pass", f"{result['circuits_per_forward']:,}"),
+        (f"shots per kernel value (ε = {epsilon:g})", f"{result['shots_per_kernel_value']:,}"),
+        ("total shots", f"{result['total_shots']:,}"),
+        (f"QPU time at {shot_rate:g} shots/s", _duration(result["qpu_seconds"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console(width=140).print(table)
+    if output:
+        write_json_atomic(output, result)
+        typer.echo(f"wrote {output}")
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:,.1f} {unit} ({seconds:,.0f} s)"
+    return f"{seconds:.3g} s"
+
+
 bench_app = typer.Typer(help="Benchmarks that write JSON under results/bench/ and print a table.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 

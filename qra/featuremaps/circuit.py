@@ -127,6 +127,19 @@ class CircuitFeatureMap(FeatureMap):
         """The circuit as engine gates for a batch of angles ``[..., qubits]`` (float64)."""
         raise NotImplementedError(f"{type(self).__name__} does not describe its circuit for the native engine")
 
+    def resources(self) -> dict[str, object]:
+        """Depth and gate counts of the compute–uncompute circuit U(y)†U(x) that estimates one kernel value.
+
+        This default counts qra's engine gates (both halves); the backends report their own
+        framework's circuit, decomposed to single-qubit gates and CNOTs.
+        """
+        angles = torch.rand(1, self.num_angles, dtype=torch.float64)
+        gates = self.gates(angles)
+        circuit = [*gates, *reversed(gates)]  # U(y)† has U's gates in reverse order
+        two_qubit = sum(len(g.qubits) >= 2 for g in circuit)
+        return {"qubits": self.qubits, "depth": _depth(circuit), "gates": len(circuit), "two_qubit_gates": two_qubit,
+                "basis": "qra engine gates"}  # fmt: skip
+
     def simulate(self, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """States ``[..., 2^q]`` for angles ``[..., num_angles]``; the default runs :meth:`gates` on qra's engine."""
         return simulate(
@@ -162,6 +175,16 @@ class CircuitFeatureMap(FeatureMap):
         probability = fidelity.detach().clamp(0.0, 1.0)
         counts = torch.binomial(torch.full_like(probability, float(self.shots)), probability, generator=generator)
         return fidelity + (counts / self.shots - fidelity).detach()
+
+
+def _depth(gates: list[Gate]) -> int:
+    """Circuit depth: the longest chain of gates sharing qubits."""
+    level: dict[int, int] = {}
+    for gate in gates:
+        layer = max((level.get(q, 0) for q in gate.qubits), default=0) + 1
+        for q in gate.qubits:
+            level[q] = layer
+    return max(level.values(), default=0)
 
 
 def density_features(states: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ Qiskit backend, are in the same basis order.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import pennylane as qml
 import torch
@@ -91,6 +91,23 @@ class PennyLaneCircuitMap(CircuitFeatureMap):
         flat = angles.reshape(-1, self.qubits)
         states = super().simulate(flat, dtype) if self.engine == "native" else self._run_qnode(flat).to(dtype)
         return states.reshape(*angles.shape[:-1], 2**self.qubits)
+
+    def resources(self) -> dict[str, object]:
+        """The compute–uncompute circuit as PennyLane builds it, decomposed to one-qubit gates and CNOTs."""
+        gate_set = {"CNOT", "RX", "RY", "RZ", "Hadamard", "PhaseShift", "GlobalPhase"}
+
+        @partial(qml.transforms.decompose, gate_set=gate_set)
+        @qml.qnode(_device("default.qubit", self.qubits))
+        def circuit(x: torch.Tensor, y: torch.Tensor):
+            self.template(x, self.wires)
+            qml.adjoint(self.template)(y, self.wires)
+            return qml.probs()
+
+        x, y = (torch.rand(1, self.num_angles, dtype=torch.float64) for _ in range(2))
+        found = qml.specs(circuit, level="device")(x, y)["resources"]
+        two_qubit = sum(count for size, count in found.gate_sizes.items() if size >= 2)
+        return {"qubits": self.qubits, "depth": found.depth, "gates": found.num_gates - found.gate_types.get(
+            "GlobalPhase", 0), "two_qubit_gates": two_qubit, "basis": "PennyLane: 1-qubit gates + CNOT"}  # fmt: skip
 
     def _run_qnode(self, angles: torch.Tensor) -> torch.Tensor:
         device = _device(self.device_name, self.qubits)

@@ -97,6 +97,21 @@ class QiskitCircuitMap(CircuitFeatureMap):
             self._program = program
         return self._program
 
+    def resources(self) -> dict[str, object]:
+        """The compute–uncompute circuit U(y)†U(x), transpiled by Qiskit to IBM's basis (rz, sx, x, cx)."""
+        rng = np.random.default_rng(0)
+        x, y = (rng.uniform(0, 2 * np.pi, self.num_angles) for _ in range(2))
+        circuit = self.circuit.assign_parameters(x).compose(self.circuit.assign_parameters(y).inverse())
+        compiled = transpile(circuit, basis_gates=["rz", "sx", "x", "cx"], optimization_level=1, seed_transpiler=0)
+        two_qubit = sum(1 for instruction in compiled.data if instruction.operation.num_qubits >= 2)
+        return {
+            "qubits": self.qubits,
+            "depth": compiled.depth(),
+            "gates": compiled.size(),
+            "two_qubit_gates": two_qubit,
+            "basis": "Qiskit transpile: rz, sx, x, cx",
+        }
+
     def gates(self, angles: torch.Tensor) -> list[Gate]:
         def evaluate(param: AngleFunction | float, negate: bool) -> torch.Tensor | float:
             value = param(angles) if callable(param) else param
