@@ -46,7 +46,7 @@ CONFIG_KEY = "qra"
 IMPLEMENTATION_PREFIX = "qra_"
 
 
-def _stock_attention_function(base: str, module: nn.Module) -> Callable:
+def stock_attention_function(base: str, module: nn.Module) -> Callable:
     """The function ``base`` would have run for ``module`` (eager lives in the model's own file)."""
     if base == "eager":
         return sys.modules[type(module).__module__].eager_attention_forward
@@ -80,7 +80,7 @@ def _make_attention_function(base: str) -> Callable:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         kernel = getattr(module, KERNEL_ATTENTION_ATTRIBUTE, None)
         if kernel is None:
-            return _stock_attention_function(base, module)(
+            return stock_attention_function(base, module)(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
             )
         out, weights = kernel(
