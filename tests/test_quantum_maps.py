@@ -279,3 +279,65 @@ def test_finite_shots_rule_out_linear_attention_and_are_validated():
         kernel_attention(q, q, q, fm, "linear")
     with pytest.raises(ValueError, match="shots must be a positive integer"):
         get("qiskit-zz", d_in=3, qubits=3, shots=0)
+
+
+def global_depolarizing_kraus(qubits: int, p: float) -> list[np.ndarray]:
+    """Kraus operators of ρ → (1−p)ρ + p·I/d: the identity and every Pauli string, equally weighted."""
+    import itertools
+
+    single = {"I": np.eye(2), "X": np.array([[0, 1], [1, 0]]), "Y": np.array([[0, -1j], [1j, 0]]),
+              "Z": np.diag([1, -1])}  # fmt: skip
+    operators = []
+    for letters in itertools.product("IXYZ", repeat=qubits):
+        matrix = np.array([[1.0]])
+        for letter in letters:
+            matrix = np.kron(matrix, single[letter])
+        weight = 1 - p + p / 4**qubits if set(letters) == {"I"} else p / 4**qubits
+        operators.append(np.sqrt(weight) * matrix.astype(complex))
+    return operators
+
+
+@pytest.mark.parametrize("name", ["pennylane-zz", "qiskit-zz"])
+@pytest.mark.parametrize("qubits", [2, 3])
+def test_noisy_kernels_equal_pennylane_default_mixed(name, qubits):
+    p, e = 0.1, 0.03
+    fm = get(name, d_in=qubits, qubits=qubits, projection="identity", noise={"depolarizing": p, "readout": e})
+    fm = fm.double()
+    zz = get("pennylane-zz", d_in=qubits, qubits=qubits, projection="identity")
+    x, y = angles(qubits, 3, seed=8), angles(qubits, 2, seed=9)
+    kernel = fm.similarity(fm(x), fm(y))
+    device = qml.device("default.mixed", wires=qubits)
+    kraus = global_depolarizing_kraus(qubits, p)
+
+    @qml.qnode(device)
+    def compute_uncompute(a, b):
+        zz.template(a, zz.wires)
+        qml.adjoint(zz.template)(b, zz.wires)
+        qml.QubitChannel(kraus, wires=range(qubits))
+        for wire in range(qubits):
+            qml.BitFlip(e, wires=wire)
+        return qml.probs(wires=range(qubits))
+
+    expected = np.array([[compute_uncompute(a.numpy(), b.numpy())[0] for b in y] for a in x])
+    assert np.abs(kernel.detach().numpy() - expected).max() < 1e-10
+
+
+def test_depolarizing_alone_is_the_closed_form_and_noise_is_validated():
+    exact = get("qiskit-zz", d_in=3, qubits=3, projection="identity").double()
+    noisy = get("qiskit-zz", d_in=3, qubits=3, projection="identity", noise={"depolarizing": 0.2}).double()
+    x = angles(3, 4, seed=2)
+    fidelity = exact.similarity(exact(x), exact(x))
+    torch.testing.assert_close(noisy.similarity(noisy(x), noisy(x)), 0.8 * fidelity + 0.2 / 8)
+    with pytest.raises(ValueError, match="accepted: depolarizing, readout"):
+        get("qiskit-zz", d_in=3, qubits=3, noise={"dephasing": 0.1})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        get("qiskit-zz", d_in=3, qubits=3, noise={"readout": 1.5})
+
+
+def test_noisy_kernels_work_in_attention_and_train():
+    fm = get("pennylane-zz", d_in=HEAD_DIM, qubits=3, engine="native", noise={"depolarizing": 0.05, "readout": 0.02})
+    q, k, v = (torch.randn(2, 2, 5, HEAD_DIM, requires_grad=True) for _ in range(3))
+    out, weights = kernel_attention(q, k, v, fm, "normalized", return_weights=True)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 5))
+    out.sum().backward()
+    assert q.grad.abs().sum() > 0 and k.grad.abs().sum() > 0

@@ -17,6 +17,7 @@ from .base import FeatureMap, compute_dtype
 from .statevector import Gate, simulate
 
 PROJECTIONS = ("identity", "random", "learned")
+NOISE_KINDS = ("depolarizing", "readout")
 #: Above this many qubits the real lift (4^q features per vector) is too large to be useful.
 MAX_REAL_LIFT_QUBITS = 6
 
@@ -48,6 +49,14 @@ class CircuitFeatureMap(FeatureMap):
         ``seed`` and the call count, so a run is reproducible.  Gradients are those of the exact
         kernel (straight-through: the forward value is sampled, the backward pass treats it as F).
         A sampled kernel does not factor, so ``shots`` rules out linear attention.
+    noise:
+        Noise of the compute–uncompute estimate, e.g. ``{"depolarizing": 0.05, "readout": 0.01}``:
+        a global depolarizing channel of strength p on the state before measurement,
+        ρ → (1−p)ρ + p·I/2^q, and symmetric readout errors, each qubit's outcome flipped with
+        probability e.  The kernel is then the probability of reading all zeros,
+        k(x, y) = (1−p)·⟨φ|M|φ⟩ + p/2^q with φ = U(y)†U(x)|0⟩ and M = ⊗_k diag(1−e, e); with e = 0,
+        ⟨φ|M|φ⟩ is the fidelity.  Readout errors need each key's U(y)MU(y)† (4^q numbers per vector,
+        simulated on qra's engine from the map's gates) and n·m·4^q work per kernel matrix.
 
     States are complex128 for float64 inputs and complex64 otherwise, in Qiskit's little-endian
     basis order (qubit k is bit k of the index).  Angles are computed in float64 whatever the
@@ -63,6 +72,7 @@ class CircuitFeatureMap(FeatureMap):
         seed: int = 0,
         real_lift: bool = False,
         shots: int | None = None,
+        noise: dict[str, float] | None = None,
         *,
         num_angles: int | None = None,
     ) -> None:
@@ -80,6 +90,11 @@ class CircuitFeatureMap(FeatureMap):
             )
         if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
             raise ValueError(f"shots must be a positive integer or None (exact kernel), got {shots!r}")
+        noise = dict(noise or {})
+        if unknown := sorted(set(noise) - set(NOISE_KINDS)):
+            raise ValueError(f"unknown noise {', '.join(unknown)}; accepted: {', '.join(NOISE_KINDS)}")
+        if any(not 0.0 <= float(value) <= 1.0 for value in noise.values()):
+            raise ValueError(f"noise strengths are probabilities in [0, 1], got {noise}")
         if real_lift and qubits > MAX_REAL_LIFT_QUBITS:
             raise ValueError(f"real_lift makes 4^qubits features; it is limited to qubits <= {MAX_REAL_LIFT_QUBITS}")
         self.qubits = qubits
@@ -88,6 +103,8 @@ class CircuitFeatureMap(FeatureMap):
         self.angle_scale = float(angle_scale)
         self.real_lift = bool(real_lift)
         self.shots = shots
+        self.depolarizing = float(noise.get("depolarizing", 0.0))
+        self.readout_error = float(noise.get("readout", 0.0))
         self.seed = int(seed)
         self._sampling_calls = 0
         if projection != "identity":
@@ -103,10 +120,16 @@ class CircuitFeatureMap(FeatureMap):
 
     @property
     def is_linear(self) -> bool:  # type: ignore[override]
-        return self.real_lift and self.shots is None
+        return self.real_lift and self.shots is None and not self.noisy
+
+    @property
+    def noisy(self) -> bool:
+        return self.depolarizing > 0 or self.readout_error > 0
 
     @property
     def dim(self) -> int:
+        if self.readout_error > 0:
+            return 2**self.qubits + 4**self.qubits  # the state, then U M U† flattened
         return 4**self.qubits if self.real_lift else 2**self.qubits
 
     def angles(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,20 +175,46 @@ class CircuitFeatureMap(FeatureMap):
         return self.simulate(self.angles(x), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.readout_error > 0:
+            states = self.states(x)
+            return torch.cat([states, self.readout_operators(x).flatten(-2)], dim=-1)
         states = self.states(x)
-        return density_features(states) if self.real_lift else states
+        return density_features(states) if self.real_lift and not self.noisy else states
+
+    def readout_operators(self, x: torch.Tensor) -> torch.Tensor:
+        """U(x) M U(x)† ``[..., 2^q, 2^q]``, M = ⊗_k diag(1−e, e): the readout-noisy all-zeros projector."""
+        dim = 2**self.qubits
+        dtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+        angles = self.angles(x)
+        batch = angles.shape[:-1]
+        # one circuit per (input, basis state j), flattened: some maps flatten the angles they get
+        repeated = angles.unsqueeze(-2).expand(*batch, dim, self.num_angles).reshape(-1, self.num_angles)
+        basis = torch.eye(dim, dtype=dtype, device=x.device).expand(*batch, dim, dim).reshape(-1, dim)
+        columns = simulate(self.gates(repeated), self.qubits, dtype=dtype, device=x.device, initial_state=basis)
+        unitary = columns.reshape(*batch, dim, dim).transpose(-1, -2)  # unitary[..., :, j] = U|j⟩
+        ones = torch.tensor([bin(b).count("1") for b in range(dim)], device=x.device, dtype=torch.float64)
+        weights = ((1 - self.readout_error) ** (self.qubits - ones) * self.readout_error**ones).to(dtype)
+        return (unitary * weights) @ unitary.conj().transpose(-1, -2)
 
     def similarity(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
         """Fidelities |⟨ψ(x)|ψ(y)⟩|² ``[..., n, m]`` (or the lifted features' dot product, the same value).
 
-        With ``shots`` set, each value is sampled as a QPU would estimate it (see the class docstring).
+        With ``noise`` the value is the noisy all-zeros probability, with ``shots`` it is sampled
+        as a QPU would estimate it (see the class docstring).
         """
-        if self.real_lift:
-            fidelity = fx @ fy.transpose(-1, -2)
+        dim = 2**self.qubits
+        if self.readout_error > 0:
+            states, operators = fx[..., :dim], fy[..., dim:].unflatten(-1, (dim, dim))
+            applied = torch.einsum("...mij,...nj->...nmi", operators, states)
+            kernel = torch.einsum("...ni,...nmi->...nm", states.conj(), applied).real
+        elif self.real_lift and not self.noisy:
+            kernel = fx @ fy.transpose(-1, -2)
         else:
             overlap = fx @ fy.conj().transpose(-1, -2)
-            fidelity = overlap.real.square() + overlap.imag.square()
-        return fidelity if self.shots is None else self.sample_shots(fidelity)
+            kernel = overlap.real.square() + overlap.imag.square()
+        if self.depolarizing > 0:
+            kernel = (1 - self.depolarizing) * kernel + self.depolarizing / dim
+        return kernel if self.shots is None else self.sample_shots(kernel)
 
     def sample_shots(self, fidelity: torch.Tensor) -> torch.Tensor:
         """Binomial(shots, F)/shots per value, with the exact kernel's gradient (straight-through)."""

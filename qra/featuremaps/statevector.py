@@ -256,11 +256,13 @@ def simulate(
     dtype: torch.dtype = torch.complex128,
     device: torch.device | str | None = None,
     batch_shape: Sequence[int] | None = None,
+    initial_state: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The states ``[*batch, 2^n]`` that ``gates`` prepare from |0…0⟩, one per batch element.
 
-    ``batch_shape`` defaults to the broadcast shape of the tensor parameters.  Gradients flow to
-    every tensor parameter.
+    ``batch_shape`` defaults to the broadcast shape of the tensor parameters (and of
+    ``initial_state[..., 2^n]``, which replaces |0…0⟩ when given).  Gradients flow to every tensor
+    parameter.
     """
     if dtype not in (torch.complex64, torch.complex128):
         raise ValueError(f"dtype must be torch.complex64 or torch.complex128, got {dtype}")
@@ -270,6 +272,8 @@ def simulate(
     tensors = [p for gate in gates for p in gate.params if isinstance(p, torch.Tensor)]
     device = torch.device(device) if device is not None else (tensors[0].device if tensors else torch.device("cpu"))
     shape = torch.Size(batch_shape) if batch_shape is not None else _batch_shape(gates)
+    if initial_state is not None:
+        shape = torch.broadcast_shapes(shape, initial_state.shape[:-1])
     batch = math.prod(shape)
     dim = 2**num_qubits
     bits = _bits(num_qubits, device)
@@ -282,6 +286,8 @@ def simulate(
     # The pending block is "a layer of Hadamards, then a diagonal": a Hadamard on qubit q joins it
     # when the diagonal does not touch q yet (they commute), so interleaved H/RZ templates fuse too.
     state: torch.Tensor | None = None  # None means |0…0⟩, not yet materialised
+    if initial_state is not None:
+        state = initial_state.to(device=device, dtype=dtype).expand(*shape, dim).reshape(batch, dim)
     hadamards: list[int] = []
     terms: list[tuple[torch.Tensor, torch.Tensor]] = []  # pending diagonal gates as (coefficient, pattern)
     phase_support: set[int] = set()

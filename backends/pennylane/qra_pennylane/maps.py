@@ -68,8 +68,9 @@ class PennyLaneCircuitMap(CircuitFeatureMap):
         device: str = "default.qubit",
         engine: str = "pennylane",
         shots: int | None = None,
+        noise: dict[str, float] | None = None,
     ) -> None:
-        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, shots)
+        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, shots, noise)
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; accepted: {', '.join(ENGINES)}")
         self.device_name = device
@@ -139,8 +140,9 @@ class RepeatedPennyLaneMap(PennyLaneCircuitMap):
         device: str = "default.qubit",
         engine: str = "pennylane",
         shots: int | None = None,
+        noise: dict[str, float] | None = None,
     ) -> None:
-        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine, shots)
+        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine, shots, noise)
         if not isinstance(reps, int) or reps < 1:
             raise ValueError(f"reps must be a positive integer, got {reps!r}")
         self.reps = reps
@@ -196,8 +198,9 @@ class PennyLaneAngle(PennyLaneCircuitMap):
         device: str = "default.qubit",
         engine: str = "pennylane",
         shots: int | None = None,
+        noise: dict[str, float] | None = None,
     ) -> None:
-        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine, shots)
+        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine, shots, noise)
         if rotation not in ROTATIONS:
             raise ValueError(f"unknown rotation {rotation!r}; accepted: {', '.join(ROTATIONS)}")
         self.rotation = rotation

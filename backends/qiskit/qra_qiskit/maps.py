@@ -64,6 +64,7 @@ class QiskitCircuitMap(CircuitFeatureMap):
         real_lift: bool = False,
         engine: str = "native",
         shots: int | None = None,
+        noise: dict[str, float] | None = None,
     ) -> None:
         if not isinstance(circuit, QuantumCircuit):
             raise TypeError(f"circuit must be a qiskit QuantumCircuit, got {type(circuit).__name__}")
@@ -71,7 +72,7 @@ class QiskitCircuitMap(CircuitFeatureMap):
             raise ValueError("the circuit has no parameters: nothing for the inputs to set")
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; accepted: {', '.join(ENGINES)}")
-        super().__init__(d_in, circuit.num_qubits, projection, angle_scale, seed, real_lift, shots,
+        super().__init__(d_in, circuit.num_qubits, projection, angle_scale, seed, real_lift, shots, noise,
                          num_angles=circuit.num_parameters)  # fmt: skip
         self.circuit = circuit
         self.engine = engine
@@ -173,9 +174,10 @@ class QiskitZZ(QiskitCircuitMap):
         real_lift: bool = False,
         engine: str = "native",
         shots: int | None = None,
+        noise: dict[str, float] | None = None,
     ) -> None:
         circuit = zz_feature_map(d_in if qubits is None else qubits, reps=reps, entanglement=entanglement)
-        super().__init__(d_in, circuit, projection, angle_scale, seed, real_lift, engine, shots)
+        super().__init__(d_in, circuit, projection, angle_scale, seed, real_lift, engine, shots, noise)
 
 
 class QiskitPauli(QiskitCircuitMap):
@@ -198,8 +200,9 @@ class QiskitPauli(QiskitCircuitMap):
         real_lift: bool = False,
         engine: str = "native",
         shots: int | None = None,
+        noise: dict[str, float] | None = None,
     ) -> None:
         paulis = [p.strip() for p in paulis.split(",")] if isinstance(paulis, str) else list(paulis)
         circuit = pauli_feature_map(d_in if qubits is None else qubits, reps=reps, entanglement=entanglement,
                                     paulis=paulis)  # fmt: skip
-        super().__init__(d_in, circuit, projection, angle_scale, seed, real_lift, engine, shots)
+        super().__init__(d_in, circuit, projection, angle_scale, seed, real_lift, engine, shots, noise)
