@@ -146,17 +146,32 @@ def train_command(
 def eval_command(
     run_dir: Path = typer.Argument(..., help="A finished run directory (from qra train)."),
     robustness: list[str] = typer.Option([], help="e.g. word-dropout=0.1,0.2 or synonym-swap=0.1 (repeatable)."),
+    shots: str = typer.Option("", help="Quantum maps: evaluate with kernels sampled from N shots, e.g. 64,256,1024."),
+    depolarizing: str = typer.Option("", help="Quantum maps: global depolarizing strengths, e.g. 0.01,0.05."),
+    readout: str = typer.Option("", help="Quantum maps: readout error probabilities, e.g. 0.01,0.03."),
     device: str | None = typer.Option(None, help="auto, cpu or cuda (default: the run's)."),
 ) -> None:
-    """Evaluate a trained run again, on clean and perturbed test texts; results go into its metrics.json."""
-    from .evaluation import evaluate_robustness
+    """Evaluate a trained run again: perturbed texts, or sampled/noisy quantum kernels; into its metrics.json."""
+    from .evaluation import evaluate_quantum, evaluate_robustness
     from .robustness import RobustnessError, parse_settings
 
     try:
-        evaluate_robustness(run_dir, parse_settings(robustness), device=device)
+        settings = parse_settings(robustness)
+        if settings or not (shots or depolarizing or readout):
+            evaluate_robustness(run_dir, settings, device=device)
+        if shots or depolarizing or readout:
+            evaluate_quantum(run_dir, _parse_ints(shots, "--shots") if shots else [], _parse_floats(depolarizing),
+                             _parse_floats(readout), device=device)  # fmt: skip
     except (*USER_ERRORS, RobustnessError) as error:
         raise _fail(error) from error
     _print_metrics(run_dir)
+
+
+def _parse_floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _print_metrics(run_dir: Path) -> None:
@@ -167,6 +182,9 @@ def _print_metrics(run_dir: Path) -> None:
     for key in ("accuracy", "f1", "train_samples_per_second", "eval_samples_per_second", "peak_gpu_memory_bytes"):
         if metrics.get(key) is not None:
             table.add_row(key, f"{metrics[key]:.4g}")
+    for result in metrics.get("quantum", []):
+        knobs = ", ".join(f"{k}={result[k]}" for k in ("shots", "depolarizing", "readout") if result[k])
+        table.add_row(escape(f"accuracy [{knobs or 'exact kernel'}]"), f"{result['accuracy']:.4g}")
     for setting, result in metrics.get("robustness", {}).items():
         if setting != "clean":
             table.add_row(

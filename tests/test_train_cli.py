@@ -137,3 +137,24 @@ def test_a_model_that_cannot_be_loaded_points_to_the_offline_options(tiny_data_d
     result = invoke(train_args(tmp_path / "no-such-model", tiny_data_dir, tmp_path / "run", "--featuremap", "none"))
     assert result.exit_code == 2
     assert "bundled:all-MiniLM-L6-v2" in " ".join(result.output.split())
+
+
+def test_eval_with_sampled_and_noisy_quantum_kernels(tiny_model_dir, tiny_data_dir, tmp_path):
+    pytest.importorskip("qra_pennylane")
+    out = tmp_path / "zz"
+    args = train_args(tiny_model_dir, tiny_data_dir, out, "--featuremap", "pennylane-zz", "--fm", "qubits=2",
+                      "--fm", "engine=native")  # fmt: skip
+    assert invoke(args).exit_code == 0
+    result = invoke(["eval", str(out), "--shots", "8,64", "--depolarizing", "0.1", "--readout", "0.05"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    settings = [(s["shots"], s["depolarizing"], s["readout"]) for s in metrics["quantum"]]
+    assert settings == [(None, 0.0, 0.0), (8, 0.0, 0.0), (64, 0.0, 0.0), (None, 0.1, 0.0), (None, 0.0, 0.05)]
+    assert metrics["quantum"][0]["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert "robustness" not in metrics  # only the quantum settings were asked for
+    baseline = tmp_path / "baseline"
+    assert invoke(train_args(tiny_model_dir, tiny_data_dir, baseline, "--featuremap", "none")).exit_code == 0
+    refused = invoke(["eval", str(baseline), "--shots", "8"])
+    assert refused.exit_code == 2 and "not trained with a quantum circuit feature map" in " ".join(
+        refused.output.split()
+    )
