@@ -185,7 +185,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint:
         eval_dataset=tokenized["test"],
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=lambda prediction: classification_metrics(prediction.predictions, prediction.label_ids),
+        compute_metrics=_evaluation_metrics,
         callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl")],
     )
     # Seeded draws should agree everywhere; a rank that drew differently would train another model.
@@ -220,6 +220,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint:
             "train_loss": train_output.metrics.get("train_loss"),
             "train_samples": len(tokenized["train"]),
             "eval_samples": len(tokenized["test"]),
+            "eval_predictions": int(evaluation["eval_predictions"]),  # gathered over ranks: each review once
         }
         metrics |= measure_attention(trained, tokenizer, data["test"]["text"], config, run_dir)
         write_json_atomic(run_dir / "metrics.json", metrics)
@@ -228,6 +229,13 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint:
 
             evaluate_robustness(run_dir, config.robustness)
     return run_dir
+
+
+def _evaluation_metrics(prediction: Any) -> dict[str, float]:
+    """Accuracy and F1, and how many predictions they cover (under DDP: gathered, duplicates dropped)."""
+    return classification_metrics(prediction.predictions, prediction.label_ids) | {
+        "predictions": len(prediction.label_ids)
+    }
 
 
 def measure_attention(

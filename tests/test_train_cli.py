@@ -42,6 +42,7 @@ def test_train_writes_a_complete_run_directory(tiny_model_dir, tiny_data_dir, tm
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= METRIC_KEYS
     assert 0 <= metrics["accuracy"] <= 1 and metrics["peak_gpu_memory_bytes"] is None
+    assert metrics["eval_predictions"] == 24
     assert len(metrics["attention_entropy"]["mean"]) == 6 and len(metrics["attention_distance"]["histogram"]) == 6
     record = json.loads((out / "config.json").read_text())
     assert record["config"]["featuremap"] == featuremap_args[1]
