@@ -9,14 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
-from qra.attention_maps import attention_statistics
-from qra.data import load_text_classification
-from qra.evaluation import load_run_model
-from qra.models import load_tokenizer
+from qra.attention_maps import attention_statistics, attention_subset
+from qra.evaluation import load_finished_run
 from qra.provenance import write_json_atomic
-from qra.training import TrainConfig, resolve_device
 
 
 def main() -> None:
@@ -27,12 +22,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the statistics here as JSON")
     args = parser.parse_args()
 
-    config = TrainConfig.from_json(args.run_dir / "config.json")
-    model = load_run_model(args.run_dir).to(resolve_device(args.device or config.device))
-    tokenizer = load_tokenizer(str(args.run_dir / "model"), config.max_length)
-    texts = load_text_classification(config.data_dir, 1, config.max_eval_samples, config.seed)["test"]["text"]
-    order = sorted(np.random.default_rng(config.seed).permutation(len(texts))[: args.samples])
-    result = attention_statistics(model, tokenizer, [texts[i] for i in order], config.max_length)
+    run = load_finished_run(args.run_dir, args.device)
+    subset = attention_subset(run.texts, args.samples, run.config.seed)
+    result = attention_statistics(run.model, run.tokenizer, subset, run.config.max_length)
     if args.out:
         write_json_atomic(args.out, result)
     print(json.dumps(result, indent=2))

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -40,6 +41,12 @@ def capture_attention(model: PreTrainedModel) -> Iterator[list[torch.Tensor | No
         for handle in handles:
             handle.remove()
         model.set_attn_implementation(previous)
+
+
+def attention_subset(texts: Sequence[str], count: int, seed: int) -> list[str]:
+    """The fixed, seeded subset of test reviews the attention metrics use, in test-set order."""
+    chosen = np.random.default_rng(seed).permutation(len(texts))[:count]
+    return [texts[i] for i in sorted(chosen)]
 
 
 def _autocast(device: torch.device):

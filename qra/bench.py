@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .featuremaps import get
-from .provenance import provenance, write_json_atomic
+from .provenance import device_name, provenance, write_json_atomic
 
 
 @dataclass
@@ -121,7 +121,7 @@ def bench_featuremaps(
                         "inputs": count, "measured_inputs": measured, "extrapolated": measured != count,
                         "pass": kind, "ms": timing.median_ms * scale, "ms_per_input": timing.median_ms / measured,
                         "peak_bytes": timing.peak_bytes if measured == count else None,
-                        "device": provenance(run_device)["device"], "torch": torch.__version__,
+                        "device": device_name(run_device), "torch": torch.__version__,
                     })  # fmt: skip
                 del fm, x
                 if run_device.type == "cuda":
@@ -173,7 +173,7 @@ def bench_attention(
         for impl, attention in impls.items():
             row = {"impl": impl, "mode": None if impl == "sdpa" else impl, "N": length, "B": batch, "H": heads,
                    "d": head_dim, "m": None if impl == "sdpa" else features, "dtype": str(dtype).removeprefix("torch."),
-                   "device": provenance(device)["device"], "torch": torch.__version__}  # fmt: skip
+                   "device": device_name(device), "torch": torch.__version__}  # fmt: skip
             for kind in ("fwd", "fwd_bwd"):
                 progress(f"attention {impl}, N={length}, {kind}")
 
@@ -258,7 +258,7 @@ def bench_train(
             optimizer.step()
 
         row = {"variant": variant, "B": batch, "N": length, "layers": layers,
-               "device": provenance(device)["device"], "torch": torch.__version__}  # fmt: skip
+               "device": device_name(device), "torch": torch.__version__}  # fmt: skip
         try:
             timing = time_it(step, device, repeats=repeats, warmup=3)
             row |= {"step_ms": timing.median_ms, "samples_per_second": batch / timing.median_ms * 1000,

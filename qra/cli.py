@@ -272,13 +272,12 @@ def _parse_ints(text: str, option: str, minimum: int = 1) -> list[int]:
 
 
 def _device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise typer.BadParameter("--device cuda was asked for but torch sees no CUDA device; use cpu or auto")
-    if choice not in ("cpu", "cuda"):
-        raise typer.BadParameter(f"--device takes auto, cpu or cuda; got {choice!r}")
-    return torch.device(choice)
+    from .training import resolve_device
+
+    try:
+        return resolve_device(choice)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 @bench_app.command("featuremaps")

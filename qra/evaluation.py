@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,44 @@ def load_run_model(run_dir: Path) -> PreTrainedModel:
     return AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa")
 
 
+@dataclass
+class FinishedRun:
+    """A trained run, loaded back for evaluation on the test reviews its config names."""
+
+    path: Path
+    config: TrainConfig
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    texts: list[str]
+    labels: np.ndarray
+
+    def scores(self, texts: Sequence[str] | None = None) -> dict[str, float]:
+        """Accuracy and F1 on ``texts`` (default: the clean test reviews), labels from the test set."""
+        logits = predict(self.model, self.tokenizer, self.texts if texts is None else texts,
+                         self.config.max_length, self.config.eval_batch_size)  # fmt: skip
+        return classification_metrics(logits, self.labels)
+
+    def record(self, key: str, value: Any, merge: bool = False) -> None:
+        """Write ``value`` into the run's metrics.json under ``key`` (atomically); ``merge`` keeps other entries."""
+        metrics_path = self.path / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        metrics[key] = (metrics.get(key, {}) | value) if merge else value
+        write_json_atomic(metrics_path, metrics)
+
+
+def load_finished_run(run_dir: str | Path, device: str | None = None) -> FinishedRun:
+    """The run's model (patched as trained) on ``device`` (default: the run's), tokenizer and test set.
+
+    The test set, seed and length come from the run's own config, so evaluations match training's.
+    """
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_json(run_dir / "config.json")
+    model = load_run_model(run_dir).to(resolve_device(device or config.device))
+    tokenizer = load_tokenizer(str(run_dir / "model"), config.max_length)
+    test = load_text_classification(config.data_dir, 1, config.max_eval_samples, config.seed)["test"]
+    return FinishedRun(run_dir, config, model, tokenizer, list(test["text"]), np.asarray(test["label"]))
+
+
 @torch.inference_mode()
 def predict(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, batch_size: int
@@ -61,23 +100,16 @@ def evaluate_robustness(
 ) -> dict[str, Any]:
     """Accuracy/F1 on perturbed test texts for each (perturbation, rate); merged into ``metrics.json``.
 
-    The test set, seed and length come from the run's own config, so the clean numbers match
-    training's evaluation and every run perturbs the same reviews the same way.
+    Every run perturbs the same reviews the same way (seeded by the run's seed).
     """
-    run_dir = Path(run_dir)
-    config = TrainConfig.from_json(run_dir / "config.json")
-    chosen = resolve_device(device or config.device)
-    tokenizer = load_tokenizer(str(run_dir / "model"), config.max_length)
-    model = load_run_model(run_dir).to(chosen)
-    test = load_text_classification(config.data_dir, 1, config.max_eval_samples, config.seed)["test"]
-    texts, labels = list(test["text"]), np.asarray(test["label"])
-    clean = classification_metrics(predict(model, tokenizer, texts, config.max_length, config.eval_batch_size), labels)
+    run = load_finished_run(run_dir, device)
+    texts = run.texts
+    clean = run.scores()
     results: dict[str, Any] = {"clean": clean}
     for kind, rates in settings.items():
         for rate in rates:
-            perturbed = perturb(texts, kind, rate, seed=config.seed, synonyms=synonyms)
-            logits = predict(model, tokenizer, perturbed, config.max_length, config.eval_batch_size)
-            scores = classification_metrics(logits, labels)
+            perturbed = perturb(texts, kind, rate, seed=run.config.seed, synonyms=synonyms)
+            scores = run.scores(perturbed)
             changed = [i for i, (a, b) in enumerate(zip(texts, perturbed, strict=True)) if a != b]
             results[f"{kind}={rate:g}"] = scores | {
                 "kind": kind,
@@ -89,10 +121,7 @@ def evaluate_robustness(
                     for i in changed[:EXAMPLES_PER_SETTING]
                 ],
             }
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics["robustness"] = metrics.get("robustness", {}) | results
-    write_json_atomic(metrics_path, metrics)
+    run.record("robustness", results, merge=True)
     return results
 
 
@@ -121,25 +150,15 @@ def evaluate_quantum(
     from .attention import KernelAttention
     from .featuremaps.circuit import CircuitFeatureMap
 
-    run_dir = Path(run_dir)
-    config = TrainConfig.from_json(run_dir / "config.json")
-    chosen = resolve_device(device or config.device)
-    model = load_run_model(run_dir).to(chosen)
-    maps = [m.featuremap for m in model.modules() if isinstance(m, KernelAttention)]
+    run = load_finished_run(run_dir, device)
+    maps = [m.featuremap for m in run.model.modules() if isinstance(m, KernelAttention)]
     if not maps or not all(isinstance(fm, CircuitFeatureMap) for fm in maps):
         raise ValueError(f"{run_dir} was not trained with a quantum circuit feature map; nothing to sample or perturb")
-    tokenizer = load_tokenizer(str(run_dir / "model"), config.max_length)
-    test = load_text_classification(config.data_dir, 1, config.max_eval_samples, config.seed)["test"]
-    texts, labels = list(test["text"]), np.asarray(test["label"])
     results = []
     for setting in quantum_settings(shots, depolarizing, readout):
         for fm in maps:
             fm.shots, fm.depolarizing, fm.readout_error = setting["shots"], setting["depolarizing"], setting["readout"]
             fm._sampling_calls = 0  # every setting draws the same shot noise stream
-        logits = predict(model, tokenizer, texts, config.max_length, config.eval_batch_size)
-        results.append(setting | classification_metrics(logits, labels))
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics["quantum"] = results
-    write_json_atomic(metrics_path, metrics)
+        results.append(setting | run.scores())
+    run.record("quantum", results)
     return {"settings": results}

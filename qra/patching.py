@@ -97,13 +97,20 @@ def _make_attention_function(base: str) -> Callable:
     return qra_attention_forward
 
 
-def register_implementation(base: str) -> str:
-    """Register ``qra_<base>`` (attention and mask functions) once; returns the name."""
-    name = IMPLEMENTATION_PREFIX + base
+def register_attention(name: str, function: Callable, mask_of: str) -> str:
+    """Register ``function`` as attention implementation ``name`` (once), with ``mask_of``'s mask function.
+
+    Both registrations are needed: transformers hands unknown implementations no mask at all.
+    """
     if name not in ALL_ATTENTION_FUNCTIONS:
-        AttentionInterface.register(name, _make_attention_function(base))
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+        AttentionInterface.register(name, function)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_of])
     return name
+
+
+def register_implementation(base: str) -> str:
+    """Register ``qra_<base>``: kernel attention for patched modules, ``base`` for the rest."""
+    return register_attention(IMPLEMENTATION_PREFIX + base, _make_attention_function(base), base)
 
 
 def attention_modules(model: PreTrainedModel) -> list[nn.Module]:

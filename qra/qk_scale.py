@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .patching import attention_modules, stock_attention_function
+from .patching import attention_modules, register_attention, stock_attention_function
 
 RECORDER = "qra_record_sdpa"
 
@@ -29,9 +28,7 @@ def _recording_attention(module, query, key, value, attention_mask, **kwargs):
 @contextmanager
 def recording_queries_and_keys(model: PreTrainedModel):
     """While active, each attention module keeps its last (q, k) ``[B, H, N, d]`` as ``_qra_recorded``."""
-    if RECORDER not in ALL_MASK_ATTENTION_FUNCTIONS:
-        AttentionInterface.register(RECORDER, _recording_attention)
-        AttentionMaskInterface.register(RECORDER, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    register_attention(RECORDER, _recording_attention, "sdpa")
     previous = model.config._attn_implementation
     model.set_attn_implementation(RECORDER)
     try:

@@ -34,7 +34,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from . import distributed, patching
-from .attention_maps import attention_example, attention_statistics
+from .attention_maps import attention_example, attention_statistics, attention_subset
 from .data import load_text_classification
 from .metrics import classification_metrics
 from .models import DEFAULT_MODEL, load_classifier, load_tokenizer
@@ -242,8 +242,7 @@ def measure_attention(
     model: PreTrainedModel, tokenizer: Any, texts: list[str], config: TrainConfig, run_dir: Path
 ) -> dict[str, Any]:
     """Attention entropy and distance on a fixed, seeded subset of test reviews; one example map saved."""
-    order = np.random.default_rng(config.seed).permutation(len(texts))[: config.attention_samples]
-    subset = [texts[i] for i in sorted(order)]
+    subset = attention_subset(texts, config.attention_samples, config.seed)
     statistics = attention_statistics(model, tokenizer, subset, config.max_length, batch_size=config.eval_batch_size)
     example = attention_example(model, tokenizer, texts[0])
     np.savez_compressed(run_dir / "attention_example.npz", maps=example["maps"], tokens=np.array(example["tokens"]))

@@ -175,10 +175,9 @@ class CircuitFeatureMap(FeatureMap):
         return self.simulate(self.angles(x), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.readout_error > 0:
-            states = self.states(x)
-            return torch.cat([states, self.readout_operators(x).flatten(-2)], dim=-1)
         states = self.states(x)
+        if self.readout_error > 0:
+            return torch.cat([states, self.readout_operators(x).flatten(-2)], dim=-1)
         return density_features(states) if self.real_lift and not self.noisy else states
 
     def readout_operators(self, x: torch.Tensor) -> torch.Tensor:
