@@ -145,7 +145,8 @@ def evaluate_quantum(
 
     The model is trained with exact kernels; each setting switches every patched layer's circuit
     map to ``shots`` samples per kernel value, or adds depolarizing or readout noise, and
-    re-evaluates the test set.  Results go into ``metrics.json["quantum"]``.
+    re-evaluates the test set.  Results go into ``metrics.json["quantum"]``, each setting as soon as
+    it is measured: a repeated call skips the settings already there, so an interrupted sweep resumes.
     """
     from .attention import KernelAttention
     from .featuremaps.circuit import CircuitFeatureMap
@@ -154,11 +155,19 @@ def evaluate_quantum(
     maps = [m.featuremap for m in run.model.modules() if isinstance(m, KernelAttention)]
     if not maps or not all(isinstance(fm, CircuitFeatureMap) for fm in maps):
         raise ValueError(f"{run_dir} was not trained with a quantum circuit feature map; nothing to sample or perturb")
+    knobs = ("shots", "depolarizing", "readout")
+    metrics_file = run.path / "metrics.json"
+    earlier = json.loads(metrics_file.read_text()).get("quantum", []) if metrics_file.is_file() else []
+    done = {tuple(result[k] for k in knobs): result for result in earlier}
     results = []
     for setting in quantum_settings(shots, depolarizing, readout):
-        for fm in maps:
-            fm.shots, fm.depolarizing, fm.readout_error = setting["shots"], setting["depolarizing"], setting["readout"]
-            fm._sampling_calls = 0  # every setting draws the same shot noise stream
-        results.append(setting | run.scores())
+        key = tuple(setting[k] for k in knobs)
+        if key not in done:  # an interrupted evaluation picks up where it stopped
+            for fm in maps:
+                fm.shots, fm.depolarizing, fm.readout_error = key
+                fm._sampling_calls = 0  # every setting draws the same shot noise stream
+            done[key] = setting | run.scores()
+            run.record("quantum", list(done.values()))
+        results.append(done[key])
     run.record("quantum", results)
     return {"settings": results}

@@ -20,6 +20,8 @@ from scipy import stats
 from .provenance import write_json_atomic, write_text_atomic
 
 BASELINE = "none"
+#: the training budget; runs that differ in it are different configurations
+BUDGET_FIELDS = ("epochs", "max_train_samples", "max_eval_samples", "max_length", "batch_size", "lr")
 
 
 @dataclass
@@ -36,12 +38,24 @@ class Run:
         return qra.get("featuremap_params", self.config["fm_params"])
 
     @property
+    def budget(self) -> dict[str, Any]:
+        """What the run was trained and tested on; runs group only with runs of the same budget."""
+        return {name: self.config.get(name) for name in BUDGET_FIELDS}
+
+    @property
     def key(self) -> tuple:
         c = self.config
+        budget = json.dumps(self.budget, sort_keys=True)
         if c["featuremap"] == BASELINE:
-            return (c["model"], BASELINE, "{}", None, None)
+            return (c["model"], BASELINE, "{}", None, None, budget)
         params = json.dumps(self.featuremap_params, sort_keys=True)
-        return (c["model"], c["featuremap"], params, c["mode"], tuple(c["layers"]))
+        mode = c["mode"] + (" learned-β" if c.get("learn_beta") else "")
+        return (c["model"], c["featuremap"], params, mode, tuple(c["layers"]), budget)
+
+    @property
+    def had_device_to_itself(self) -> bool:
+        """False for runs trained beside others on one GPU: their speed is not the configuration's."""
+        return self.record.get("training", {}).get("runs_sharing_device", 1) == 1
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
@@ -91,11 +105,11 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
     rows = []
     for key, members in sorted(groups.items(), key=lambda item: (item[0][1] != BASELINE, str(item[0]))):
         members.sort(key=lambda run: run.config["seed"])
-        model, featuremap, params, mode, layers = key
+        model, featuremap, params, mode, layers, budget = key
         accuracy = mean_std_ci([r.metrics["accuracy"] for r in members])
         f1 = mean_std_ci([r.metrics["f1"] for r in members])
         memory = [r.metrics.get("peak_gpu_memory_bytes") for r in members]
-        speed = [r.metrics.get("train_samples_per_second") for r in members]
+        speed = [r.metrics.get("train_samples_per_second") for r in members if r.had_device_to_itself]
         robustness: dict[str, dict[str, float]] = {}
         settings = sorted({s for r in members for s in r.metrics.get("robustness", {}) if s != "clean"})
         for setting in settings:
@@ -113,7 +127,9 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
             "accuracy_mean": accuracy[0], "accuracy_std": accuracy[1], "accuracy_ci95": accuracy[2],
             "f1_mean": f1[0], "f1_std": f1[1], "f1_ci95": f1[2],
             "peak_gpu_memory_bytes_mean": float(np.mean(memory)) if None not in memory else None,
-            "train_samples_per_second_mean": float(np.mean(speed)) if None not in speed else None,
+            "train_samples_per_second_mean": float(np.mean(speed)) if speed and None not in speed else None,
+            "train_samples_per_second_runs": len(speed),
+            "budget": json.loads(budget),
             "attention_entropy_mean": _per_layer_mean(members, lambda m: m["attention_entropy"]["mean"]),
             "attention_entropy_normalized_mean": _per_layer_mean(
                 members, lambda m: m["attention_entropy"]["normalized"]
@@ -147,12 +163,17 @@ def _non_default(featuremap: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def label(row: dict[str, Any]) -> str:
-    """A short name for a configuration: ``baseline`` or ``rff(m=64) softmax L4,5`` (non-default parameters)."""
+    """A short name: ``baseline`` or ``rff(m=64) softmax L4,5`` (non-default parameters; a subset if not all data)."""
+    budget = row.get("budget", {})
+    subset = (
+        f" [{budget.get('max_train_samples') or 'all'} train / {budget.get('max_eval_samples') or 'all'} test]"
+        if budget.get("max_train_samples") or budget.get("max_eval_samples") else ""
+    )  # fmt: skip
     if row["featuremap"] == BASELINE:
-        return "baseline"
+        return "baseline" + subset
     params = ",".join(f"{k}={v}" for k, v in sorted(_non_default(row["featuremap"], row["params"]).items()))
     layers = ",".join(map(str, row["layers"]))
-    return f"{row['featuremap']}{f'({params})' if params else ''} {row['mode']} L{layers}"
+    return f"{row['featuremap']}{f'({params})' if params else ''} {row['mode']} L{layers}{subset}"
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -173,6 +194,8 @@ def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run], notes: str = "
         f"Model(s): {', '.join(models)}. Device(s): {', '.join(devices)}.",
         f"{len(runs)} runs in {len(rows)} configurations.",
         "Means over seeds; ± is the 95% confidence interval (Student's t) where there are ≥ 2 seeds.",
+        "Train samples/s counts only runs that had their GPU to themselves (– where every seed shared one",
+        "with other runs); `qra bench train` compares speed side by side.",
         "",
         "| configuration | seeds | accuracy | F1 | peak GPU memory (GiB) | train samples/s "
         "| entropy L4 / L5 (normalised) | mean distance L4 / L5 |",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,10 @@ from .provenance import provenance, write_json_atomic
 
 logger = logging.getLogger("qra")
 BASELINE = "none"
+DATALOADER_WORKERS = 2
+#: set by a launcher that runs several trainings on one GPU at once (experiments/sweep.py --jobs-per-gpu);
+#: recorded so that a report does not read their shared-GPU speeds as a single run's
+SHARED_DEVICE_ENV = "QRA_RUNS_SHARING_DEVICE"
 
 
 @dataclass
@@ -132,7 +137,8 @@ def _training_arguments(config: TrainConfig, run_dir: Path, device: torch.device
         save_total_limit=1,
         logging_steps=max(1, min(50, config.save_steps)),
         report_to="none",
-        dataloader_num_workers=0,
+        # collating in worker processes overlaps it with the GPU's work; on the CPU it would compete
+        dataloader_num_workers=DATALOADER_WORKERS if device.type == "cuda" else 0,
         **sampling,
     )
 
@@ -276,6 +282,7 @@ def _config_record(
             * args.gradient_accumulation_steps,
             "learning_rate": args.learning_rate,
             "bf16": args.bf16,
+            "runs_sharing_device": int(os.environ.get(SHARED_DEVICE_ENV, "1")),
         },
         **provenance(device),
     }

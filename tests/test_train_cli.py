@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import qra
 from qra.cli import app
-from qra.evaluation import evaluate_robustness, load_run_model
+from qra.evaluation import FinishedRun, evaluate_robustness, load_run_model
 from qra.robustness import SynonymTable
 
 METRIC_KEYS = {"accuracy", "f1", "peak_gpu_memory_bytes", "train_samples_per_second", "eval_samples_per_second",
@@ -140,7 +140,7 @@ def test_a_model_that_cannot_be_loaded_points_to_the_offline_options(tiny_data_d
     assert "bundled:all-MiniLM-L6-v2" in " ".join(result.output.split())
 
 
-def test_eval_with_sampled_and_noisy_quantum_kernels(tiny_model_dir, tiny_data_dir, tmp_path):
+def test_eval_with_sampled_and_noisy_quantum_kernels(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
     pytest.importorskip("qra_pennylane")
     out = tmp_path / "zz"
     args = train_args(tiny_model_dir, tiny_data_dir, out, "--featuremap", "pennylane-zz", "--fm", "qubits=2",
@@ -153,6 +153,13 @@ def test_eval_with_sampled_and_noisy_quantum_kernels(tiny_model_dir, tiny_data_d
     assert settings == [(None, 0.0, 0.0), (8, 0.0, 0.0), (64, 0.0, 0.0), (None, 0.1, 0.0), (None, 0.0, 0.05)]
     assert metrics["quantum"][0]["accuracy"] == pytest.approx(metrics["accuracy"])
     assert "robustness" not in metrics  # only the quantum settings were asked for
+    evaluated = []
+    original_scores = FinishedRun.scores
+    monkeypatch.setattr(FinishedRun, "scores", lambda self, texts=None: evaluated.append(1) or original_scores(self))
+    assert invoke(["eval", str(out), "--shots", "8,64,256"]).exit_code == 0
+    assert len(evaluated) == 1  # only the new setting (256 shots) was evaluated; the rest were on record
+    resumed = json.loads((out / "metrics.json").read_text())["quantum"]
+    assert [s["shots"] for s in resumed] == [None, 8, 64, 256] and resumed[1] == metrics["quantum"][1]
     baseline = tmp_path / "baseline"
     assert invoke(train_args(tiny_model_dir, tiny_data_dir, baseline, "--featuremap", "none")).exit_code == 0
     refused = invoke(["eval", str(baseline), "--shots", "8"])

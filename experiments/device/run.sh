@@ -8,16 +8,21 @@
 #   bash ../shared/tools/device-bundle wheels .device-bundle  (+ this repo's wheels into .whl, see below)
 #   zip -r .stage/nltk_data.zip nltk_data   (WordNet for synonym swaps, from $HOME)
 #   git rev-parse HEAD > .stage/COMMIT       (the copy on the GPU machine has no .git; results record this)
-# then, in consecutive calls:
-#   1. carry .device-bundle/model .stage           command: bash experiments/device/run.sh stage
-#   2. carry .device-bundle/wheels .whl            command: bash experiments/device/run.sh setup [bench]
-#   3. carry .device-bundle/data                   command: bash experiments/device/run.sh study CONFIG [--only ARM ...]
-# Results come back as $OUT/runs.tgz (run directories without weights or checkpoints) and $OUT/*.json.
+# then, in consecutive calls (each phase can also be chained in one call's command):
+#   1. carry .device-bundle/model .stage           bash experiments/device/run.sh stage
+#   2. carry .device-bundle/wheels .whl .device-bundle/data
+#        bash experiments/device/run.sh setup && bash experiments/device/run.sh data && ...
+#   then any of, side by side on disjoint GPUs (every phase leaves its runs under runs/):
+#        bash experiments/device/run.sh scale 0,1                 (experiments/scale.py run)
+#        bash experiments/device/run.sh study CONFIG --gpus 2,3 --jobs-per-gpu 5 [--only ARM ...]
+#        bash experiments/device/run.sh bench [attention|train|featuremaps ...]   (on GPU $BENCH_GPU, default 0)
+#   and last: bash experiments/device/run.sh pack    ($OUT/runs.tgz and the benches' JSON)
+# Phases that may outlast the call stop after $PHASE_SECONDS (default 540); their runs resume next time.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 STAGE=/tmp/qra-stage
 SITE=/tmp/qra-site
-phase=${1:?usage: run.sh stage|setup [bench]|study CONFIG [sweep options]}
+phase=${1:?usage: run.sh stage|setup|data|bench [NAME ...]|scale [GPUS]|study CONFIG [sweep options]|pack}
 shift
 
 environment() {
@@ -47,20 +52,39 @@ setup)
   environment
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 -c "import torch, transformers, qra; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-  if [ "${1:-}" = bench ]; then
-    python3 -m qra bench featuremaps --repeats 3 --output "$OUT/featuremaps.json"
-  fi
+  ;;
+data)
+  mkdir -p ../shared/data/imdb runs/imdb
+  cp .device-bundle/data/*.jsonl.gz ../shared/data/imdb/
+  cp -rn results/imdb/runs/. runs/imdb/  # runs finished in earlier sessions are skipped, not trained again
+  ;;
+bench)
+  environment
+  mkdir -p "$OUT/bench"
+  benches=("$@")
+  [ ${#benches[@]} -gt 0 ] || benches=(attention train)
+  for bench in "${benches[@]}"; do
+    CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0} timeout "${PHASE_SECONDS:-540}" \
+      python3 -m qra bench "$bench" --output "$OUT/bench/$bench.json" || echo "bench $bench exit status $?"
+  done
+  ;;
+scale)
+  environment
+  status=0
+  timeout "${PHASE_SECONDS:-540}" python3 experiments/scale.py run --gpus "${1:-0,1}" || status=$?
+  echo "scale exit status $status"
   ;;
 study)
   environment
-  config=${1:?usage: run.sh study CONFIG [--only ARM ...]}
+  config=${1:?usage: run.sh study CONFIG [sweep options]}
   shift
-  mkdir -p ../shared/data/imdb
-  cp .device-bundle/data/*.jsonl.gz ../shared/data/imdb/
   status=0
-  timeout "${STUDY_SECONDS:-540}" python3 experiments/sweep.py "$config" --no-report "$@" || status=$?
-  tar czf "$OUT/runs.tgz" --exclude=model --exclude=checkpoints runs
+  timeout "${PHASE_SECONDS:-540}" python3 experiments/sweep.py "$config" --no-report "$@" || status=$?
   echo "sweep exit status $status"
+  ;;
+pack)
+  tar czf "$OUT/runs.tgz" --exclude=model --exclude=checkpoints runs
+  ls -la "$OUT"
   ;;
 *)
   echo "unknown phase $phase" >&2

@@ -1,0 +1,79 @@
+"""experiments/sweep.py: a study grid from YAML, run in this process or in parallel processes, resumable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+SWEEP = Path(__file__).parent.parent / "experiments" / "sweep.py"
+
+
+def write_study(tmp_path, model_dir, data_dir, arms) -> Path:
+    study = {
+        "runs_dir": str(tmp_path / "runs"),
+        "report_dir": str(tmp_path / "report"),
+        "common": {"model": str(model_dir), "data_dir": str(data_dir), "max_length": 48, "epochs": 1,
+                   "batch_size": 8, "eval_batch_size": 8, "attention_samples": 8, "device": "cpu"},
+        "arms": arms,
+    }  # fmt: skip
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def sweep(config: Path, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SWEEP), str(config), *options], capture_output=True, text=True)
+
+
+def test_parallel_sweep_runs_every_job_once_records_sharing_and_skips_finished_runs(
+    tiny_model_dir, tiny_data_dir, tmp_path
+):
+    pytest.importorskip("qra_pennylane")
+    arms = [
+        {"name": "baseline", "featuremap": "none", "seeds": [0, 1]},
+        {"name": "zz", "featuremap": "pennylane-zz", "fm_params": {"qubits": 2, "engine": "native"},
+         "quantum_eval": {"shots": [16]}, "seeds": [0]},
+    ]  # fmt: skip
+    config = write_study(tmp_path, tiny_model_dir, tiny_data_dir, arms)
+    # "GPU" 0 does not exist on a CPU machine: the children see CUDA_VISIBLE_DEVICES=0 and train on the CPU
+    completed = sweep(config, "--jobs-per-gpu", "3", "--gpus", "0")
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    runs = tmp_path / "runs"
+    for name in ("baseline/seed0", "baseline/seed1", "zz/seed0"):
+        record = json.loads((runs / name / "config.json").read_text())
+        assert record["training"]["runs_sharing_device"] == 3
+        assert (runs / name / "sweep.log").is_file()
+    quantum = json.loads((runs / "zz" / "seed0" / "metrics.json").read_text())["quantum"]
+    assert [setting["shots"] for setting in quantum] == [None, 16]
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    # every run shared its device, so no configuration reports a training speed
+    assert {row["train_samples_per_second_runs"] for row in summary} == {0}
+    assert all(row["train_samples_per_second_mean"] is None for row in summary)
+    again = sweep(config, "--no-report", "--dry-run")
+    assert again.returncode == 0 and again.stdout.count("done") == 3 and "train " not in again.stdout
+
+
+def test_sweep_names_an_unknown_arm(tiny_model_dir, tiny_data_dir, tmp_path):
+    config = write_study(tmp_path, tiny_model_dir, tiny_data_dir, [{"name": "baseline", "featuremap": "none"}])
+    completed = sweep(config, "--only", "rff", "--dry-run")
+    assert completed.returncode != 0 and "no arm(s) rff" in completed.stderr
+
+
+def test_runs_with_a_smaller_budget_are_their_own_configuration(tiny_model_dir, tiny_data_dir, tmp_path):
+    arms = [
+        {"name": "full", "featuremap": "none", "seeds": [0]},
+        {"name": "subset", "featuremap": "none", "seeds": [0], "max_train_samples": 16},
+    ]
+    config = write_study(tmp_path, tiny_model_dir, tiny_data_dir, arms)
+    completed = sweep(config)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert sorted(row["budget"]["max_train_samples"] or 0 for row in summary) == [0, 16]
+    assert all(row["train_samples_per_second_runs"] == 1 for row in summary)  # trained alone: speed kept
+    readme = (tmp_path / "report" / "README.md").read_text()
+    assert "baseline [16 train / all test]" in readme
