@@ -6,8 +6,9 @@
 ``run`` trains each arm (baseline; rff with the seed's defaults) first on one GPU each, side by side
 (one arm per GPU, so each 1-GPU run has its card to itself), then on both GPUs through ``torchrun
 --nproc_per_node 2`` with half the per-device batch, one arm after the other.  Finished runs are
-skipped.  ``report`` compares training throughput (the Trainer's samples/s over the whole run),
-accuracy and per-GPU peak memory; a hand-written NOTES.md in the output folder is kept on top.
+skipped; an interrupted one starts over.  ``report`` compares training throughput (the
+Trainer's samples/s over the whole run), accuracy and per-GPU peak memory; a hand-written
+NOTES.md in the output folder is kept on top.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +52,9 @@ def run_all(runs_dir: Path, gpus: list[str]) -> None:
         if (run_dir / "metrics.json").is_file():
             print(f"done     {run_dir}")
             return None
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if run_dir.exists():  # an interrupted run starts over: its throughput must cover one whole run
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
         env = os.environ | NCCL_ENV | {"CUDA_VISIBLE_DEVICES": ",".join(devices)}
         print(f"start    {run_dir} on GPU(s) {','.join(devices)}", flush=True)
         with (run_dir / "launch.log").open("a") as log:
