@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,11 +50,25 @@ class Job:
     def name(self) -> str:
         return f"{self.run_dir.parent.name}/{self.run_dir.name}"
 
-    def finished(self) -> bool:
+    def pending_evaluations(self) -> list[str]:
+        """What a trained run still lacks: ``robustness`` and/or ``quantum`` (every setting asked for)."""
         metrics_file = self.run_dir / "metrics.json"
-        if not metrics_file.is_file():
-            return False
-        return not self.quantum_eval or "quantum" in json.loads(metrics_file.read_text())
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        pending = []
+        asked = {f"{kind}={rate:g}" for kind, rates in self.config.robustness.items() for rate in rates}
+        if asked - set(metrics.get("robustness", {})):
+            pending.append("robustness")
+        if self.quantum_eval:
+            from qra.evaluation import quantum_settings
+
+            knobs = ("shots", "depolarizing", "readout")
+            wanted = {tuple(s[k] for k in knobs) for s in quantum_settings(**self.quantum_eval)}
+            if wanted - {tuple(s[k] for k in knobs) for s in metrics.get("quantum", [])}:
+                pending.append("quantum")
+        return pending
+
+    def finished(self) -> bool:
+        return (self.run_dir / "metrics.json").is_file() and not self.pending_evaluations()
 
 
 def load_plan(path: Path) -> tuple[dict[str, Any], list[Job]]:
@@ -75,10 +90,23 @@ def load_plan(path: Path) -> tuple[dict[str, Any], list[Job]]:
 
 
 def run_job(job: Job) -> None:
-    """Train (or resume) one job in this process, then run its quantum evaluation if it asks for one."""
-    if not (job.run_dir / "metrics.json").is_file():
+    """Train (or resume) one job in this process, then the evaluations it asks for and still lacks.
+
+    A record whose evaluations are incomplete and whose model is gone (only config and metrics were
+    kept, e.g. copied back from a GPU machine) is trained again from scratch.
+    """
+    trained = (job.run_dir / "metrics.json").is_file()
+    if trained and job.pending_evaluations() and not (job.run_dir / "model").is_dir():
+        print(f"{job.name}: evaluations {job.pending_evaluations()} missing and no model kept; training again")
+        shutil.rmtree(job.run_dir)
+        trained = False
+    if not trained:
         train(job.config, resume=(job.run_dir / "checkpoints").is_dir())
-    if job.quantum_eval and not job.finished():
+    if "robustness" in job.pending_evaluations():
+        from qra.evaluation import evaluate_robustness
+
+        evaluate_robustness(job.run_dir, job.config.robustness)
+    if "quantum" in job.pending_evaluations():
         from qra.evaluation import evaluate_quantum
 
         evaluate_quantum(job.run_dir, **job.quantum_eval)

@@ -100,18 +100,27 @@ def evaluate_robustness(
 ) -> dict[str, Any]:
     """Accuracy/F1 on perturbed test texts for each (perturbation, rate); merged into ``metrics.json``.
 
-    Every run perturbs the same reviews the same way (seeded by the run's seed).
+    Every run perturbs the same reviews the same way (seeded by the run's seed).  Each setting is
+    recorded as soon as it is measured and settings already on record are not measured again, so
+    an interrupted evaluation resumes.
     """
     run = load_finished_run(run_dir, device)
+    metrics_file = run.path / "metrics.json"
+    earlier = json.loads(metrics_file.read_text()).get("robustness", {}) if metrics_file.is_file() else {}
     texts = run.texts
-    clean = run.scores()
+    clean = earlier.get("clean") or run.scores()
     results: dict[str, Any] = {"clean": clean}
+    run.record("robustness", results, merge=True)
     for kind, rates in settings.items():
         for rate in rates:
+            key = f"{kind}={rate:g}"
+            if key in earlier:
+                results[key] = earlier[key]
+                continue
             perturbed = perturb(texts, kind, rate, seed=run.config.seed, synonyms=synonyms)
             scores = run.scores(perturbed)
             changed = [i for i, (a, b) in enumerate(zip(texts, perturbed, strict=True)) if a != b]
-            results[f"{kind}={rate:g}"] = scores | {
+            results[key] = scores | {
                 "kind": kind,
                 "rate": rate,
                 "accuracy_drop": clean["accuracy"] - scores["accuracy"],
@@ -121,11 +130,13 @@ def evaluate_robustness(
                     for i in changed[:EXAMPLES_PER_SETTING]
                 ],
             }
-    run.record("robustness", results, merge=True)
+            run.record("robustness", {key: results[key]}, merge=True)
     return results
 
 
-def quantum_settings(shots: Sequence[int], depolarizing: Sequence[float], readout: Sequence[float]) -> list[dict]:
+def quantum_settings(
+    shots: Sequence[int] = (), depolarizing: Sequence[float] = (), readout: Sequence[float] = ()
+) -> list[dict]:
     """One evaluation setting per value: each varies one knob from the exact, noiseless kernel."""
     settings = [{"shots": None, "depolarizing": 0.0, "readout": 0.0}]
     settings += [{"shots": n, "depolarizing": 0.0, "readout": 0.0} for n in shots]

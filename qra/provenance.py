@@ -41,11 +41,14 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
 def git_commit() -> str | None:
     """The commit of the source tree qra runs from, with ``+dirty`` when it has local changes.
 
-    Where the tree has no git metadata (a copy shipped to a GPU machine), ``QRA_GIT_COMMIT`` says it.
+    ``QRA_GIT_COMMIT``, where set, says it instead: a copy shipped to a GPU machine may have no git
+    metadata, or a stale copy of it that names an older commit.
     """
+    if os.environ.get("QRA_GIT_COMMIT"):
+        return os.environ["QRA_GIT_COMMIT"]
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
-        return os.environ.get("QRA_GIT_COMMIT")
+        return None
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

@@ -93,3 +93,14 @@ def test_write_report_makes_summary_readme_and_plots(tmp_path):
 def test_no_runs_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         load_runs([tmp_path])
+
+
+def test_a_commit_named_by_the_environment_overrides_the_tree(monkeypatch):
+    """A GPU machine's copy can carry a stale .git; the launcher's QRA_GIT_COMMIT must win."""
+    from qra.provenance import git_commit
+
+    monkeypatch.delenv("QRA_GIT_COMMIT", raising=False)
+    local = git_commit()
+    assert local is None or len(local.split("+")[0]) == 40
+    monkeypatch.setenv("QRA_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
+    assert git_commit() == "0123456789abcdef0123456789abcdef01234567"

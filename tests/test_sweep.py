@@ -77,3 +77,23 @@ def test_runs_with_a_smaller_budget_are_their_own_configuration(tiny_model_dir, 
     assert all(row["train_samples_per_second_runs"] == 1 for row in summary)  # trained alone: speed kept
     readme = (tmp_path / "report" / "README.md").read_text()
     assert "baseline [16 train / all test]" in readme
+
+
+def test_a_record_missing_its_evaluations_is_finished_again(tiny_model_dir, tiny_data_dir, tmp_path):
+    """metrics.json without the robustness asked for (killed mid-evaluation, model not kept): train again."""
+    sys.path.insert(0, str(SWEEP.parent))
+    import sweep as sweep_module
+
+    study = {"word-dropout": [0.1]}
+    arms = [{"name": "baseline", "featuremap": "none", "seeds": [0], "robustness": True}]
+    config = write_study(tmp_path, tiny_model_dir, tiny_data_dir, arms)
+    raw = yaml.safe_load(config.read_text()) | {"robustness": study}
+    config.write_text(yaml.safe_dump(raw))
+    _, [job] = sweep_module.load_plan(config)
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "robustness": {"clean": {}}}))
+    assert job.pending_evaluations() == ["robustness"] and not job.finished()
+    sweep_module.run_job(job)
+    metrics = json.loads((job.run_dir / "metrics.json").read_text())
+    assert "word-dropout=0.1" in metrics["robustness"] and (job.run_dir / "model").is_dir()
+    assert job.finished() and job.pending_evaluations() == []

@@ -166,3 +166,33 @@ def test_eval_with_sampled_and_noisy_quantum_kernels(tiny_model_dir, tiny_data_d
     assert refused.exit_code == 2 and "not trained with a quantum circuit feature map" in " ".join(
         refused.output.split()
     )
+
+
+def test_quantum_report_tables_and_plots_an_evaluated_run(tiny_model_dir, tiny_data_dir, tmp_path):
+    pytest.importorskip("qra_pennylane")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "zz" / "seed0"
+    args = train_args(tiny_model_dir, tiny_data_dir, run, "--featuremap", "pennylane-zz", "--fm", "qubits=2",
+                      "--fm", "engine=native")  # fmt: skip
+    assert invoke(args).exit_code == 0
+    assert invoke(["eval", str(run), "--shots", "8,64", "--depolarizing", "0.5"]).exit_code == 0
+    script = Path(__file__).parent.parent / "experiments" / "quantum_report.py"
+    out = tmp_path / "quantum"
+    completed = subprocess.run([sys.executable, str(script), str(run), "--out", str(out), "--shot-rate", "1000"],
+                               capture_output=True, text=True)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads((out / "quantum.json").read_text())
+    [result] = report["results"]
+    rows = result["rows"]
+    assert [(r["shots"], r["depolarizing"]) for r in rows] == [(None, 0.0), (8, 0.0), (64, 0.0), (None, 0.5)]
+    assert rows[0]["accuracy_change"] == 0.0
+    # one review of 48 tokens, 4 heads, layers 4 and 5: 2 · 4 · 48² circuits, each run `shots` times
+    circuits = result["run"]["qpu_cost_per_review"]["circuits_per_forward"]
+    assert circuits == 2 * 4 * 48**2
+    assert rows[2]["qpu_shots_per_review"] == circuits * 64
+    assert rows[2]["qpu_seconds_per_review"] == circuits * 64 / 1000
+    assert (out / "accuracy_vs_shots_and_noise.png").stat().st_size > 0
+    assert "| 64 | 0 | 0 |" in (out / "README.md").read_text()

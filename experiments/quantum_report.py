@@ -1,0 +1,158 @@
+"""The quantum-readiness study's results: accuracy vs shots and vs noise, and what it would cost on a QPU.
+
+    qra eval RUN --shots 64,256,1024,4096 --depolarizing 0.01,0.05,0.1 --readout 0.01,0.05   # on the GPU
+    python experiments/quantum_report.py RUN [RUN ...] --out results/quantum
+
+Reads each run's ``metrics.json["quantum"]`` (written by ``qra eval --shots/--depolarizing/--readout``),
+and writes ``quantum.json`` (every setting, with its accuracy change from the exact kernel and, for
+finite shots, the QPU cost of one review at that many shots per kernel value), ``README.md`` (a
+hand-written NOTES.md in the output folder is kept on top) and ``accuracy_vs_shots_and_noise.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from qra.provenance import write_json_atomic, write_text_atomic
+from qra.quantum_cost import quantum_cost
+
+PLOT = "accuracy_vs_shots_and_noise.png"
+
+
+def run_rows(run_dir: Path, shot_rate: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run's description and one row per evaluated setting."""
+    record = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    settings = metrics.get("quantum")
+    if not settings:
+        raise SystemExit(f"{run_dir} has no quantum evaluation; run `qra eval {run_dir} --shots ...` first")
+    config = record["config"]
+    params = (record["model"].get("qra") or {}).get("featuremap_params", config["fm_params"])
+    cost = quantum_cost(config["model"], config["featuremap"], params, config["layers"], config["max_length"],
+                        batch_size=1, epsilon=0.01, shot_rate=shot_rate)  # fmt: skip
+    exact = next(s for s in settings if s["shots"] is None and not s["depolarizing"] and not s["readout"])
+    rows = []
+    for setting in settings:
+        row = {key: setting[key] for key in ("shots", "depolarizing", "readout", "accuracy", "f1")}
+        row["accuracy_change"] = setting["accuracy"] - exact["accuracy"]
+        if setting["shots"]:
+            shots_per_review = cost["circuits_per_forward"] * setting["shots"]
+            row["qpu_shots_per_review"] = shots_per_review
+            row["qpu_seconds_per_review"] = shots_per_review / shot_rate
+        rows.append(row)
+    run = {
+        "run": f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.startswith("seed") else run_dir.name,
+        "path": str(run_dir),
+        "model": config["model"],
+        "featuremap": config["featuremap"],
+        "featuremap_params": params,
+        "mode": config["mode"],
+        "layers": config["layers"],
+        "seed": config["seed"],
+        "test_reviews": metrics.get("eval_samples"),
+        "device": record.get("device"),
+        "commit": record.get("commit"),
+        "qpu_cost_per_review": cost,
+        "eval_options": eval_options(settings),
+    }
+    return run, rows
+
+
+def eval_options(settings: list[dict[str, Any]]) -> str:
+    """The ``qra eval`` options that produce these settings."""
+    values = {knob: [str(s[knob]) for s in settings if s[knob]] for knob in ("shots", "depolarizing", "readout")}
+    return " ".join(f"--{knob} {','.join(v)}" for knob, v in values.items() if v)
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy against shots (log scale), depolarizing strength and readout error, exact kernel dashed."""
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    knobs = (("shots", "shots per kernel value", True), ("depolarizing", "depolarizing p", False),
+             ("readout", "readout error per qubit", False))  # fmt: skip
+    for result in results:
+        rows = result["rows"]
+        exact = next(r for r in rows if not r["shots"] and not r["depolarizing"] and not r["readout"])
+        for axis, (knob, title, log) in zip(axes, knobs, strict=True):
+            points = sorted((r[knob], r["accuracy"]) for r in rows if r[knob])
+            if points:
+                axis.plot(*zip(*points, strict=True), marker="o", label=result["run"]["run"])
+            axis.axhline(exact["accuracy"], linestyle="--", color="grey", linewidth=1)
+            axis.set_xlabel(title)
+            if log:
+                axis.set_xscale("log", base=2)
+    axes[0].set_ylabel("test accuracy (dashed: exact kernel)")
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def markdown(results: list[dict[str, Any]], notes: str, shot_rate: float) -> str:
+    lines = ["# Quantum readiness: accuracy with sampled and noisy kernels", ""]
+    if notes.strip():
+        lines += [notes.strip(), "", "## Measurements", ""]
+    for result in results:
+        run, rows = result["run"], result["rows"]
+        cost = run["qpu_cost_per_review"]
+        circuit = cost["circuit"]
+        shots = run["featuremap_params"].get("shots")
+        trained_with = f"kernels sampled from {shots} shots" if shots else "exact kernels"
+        lines += [
+            f"### {run['run']}: {run['featuremap']} {json.dumps(run['featuremap_params'])}, {run['mode']}, "
+            f"layers {run['layers']}",
+            "",
+            f"Model {run['model']}, seed {run['seed']}, trained with {trained_with}; "
+            f"{run['test_reviews']:,} test reviews; {run['device']}; commit {run['commit']}.",
+            f"One review (N = {cost['sequence_length']}) needs {cost['circuits_per_forward']:,} kernel circuits "
+            f"({circuit['qubits']} qubits, depth {circuit['depth']}, {circuit['two_qubit_gates']} two-qubit gates).",
+            "",
+            f"| shots | depolarizing p | readout error | accuracy | F1 | change vs exact | QPU time per review at "
+            f"{shot_rate:g} shots/s |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in rows:
+            qpu = f"{row['qpu_seconds_per_review']:,.0f} s" if "qpu_seconds_per_review" in row else "–"
+            lines.append(
+                f"| {row['shots'] or 'exact'} | {row['depolarizing']:g} | {row['readout']:g} | {row['accuracy']:.4f} "
+                f"| {row['f1']:.4f} | {row['accuracy_change']:+.4f} | {qpu} |"
+            )
+        lines.append("")
+    lines += [f"![accuracy vs shots and noise]({PLOT})", "", "## Reproduce", "", "```bash",
+              *[f"qra eval {r['run']['path']} {r['run']['eval_options']}" for r in results],
+              "python experiments/quantum_report.py " + " ".join(r["run"]["path"] for r in results),
+              "```", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def write(run_dirs: list[Path], out: Path, shot_rate: float) -> Path:
+    results = []
+    for run_dir in run_dirs:
+        run, rows = run_rows(run_dir, shot_rate)
+        results.append({"run": run, "rows": rows})
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "quantum.json", {"shot_rate_per_second": shot_rate, "results": results})
+    plot(results, out / PLOT)
+    notes = (out / "NOTES.md").read_text() if (out / "NOTES.md").is_file() else ""
+    write_text_atomic(out / "README.md", markdown(results, notes, shot_rate))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path, nargs="+", help="run directories evaluated with qra eval --shots ...")
+    parser.add_argument("--out", type=Path, default=Path("results/quantum"))
+    parser.add_argument("--shot-rate", type=float, default=1e5, help="QPU shots per second for the cost column")
+    args = parser.parse_args()
+    print(write(args.runs, args.out, args.shot_rate))
+
+
+if __name__ == "__main__":
+    main()
