@@ -49,7 +49,8 @@ class Run:
         if c["featuremap"] == BASELINE:
             return (c["model"], BASELINE, "{}", None, None, budget)
         params = json.dumps(self.featuremap_params, sort_keys=True)
-        mode = c["mode"] + (" learned-β" if c.get("learn_beta") else "")
+        beta = c.get("beta", 1.0)
+        mode = c["mode"] + (f" β={beta:g}" if beta != 1.0 else "") + (" learned-β" if c.get("learn_beta") else "")
         return (c["model"], c["featuremap"], params, mode, tuple(c["layers"]), budget)
 
     @property

@@ -10,11 +10,11 @@ import pytest
 from qra.report import load_runs, mean_std_ci, summarise, write_report
 
 
-def fake_run(root, name, seed, featuremap, accuracy, params=None, robustness=None):
+def fake_run(root, name, seed, featuremap, accuracy, params=None, robustness=None, **settings):
     directory = root / name / f"seed{seed}"
     directory.mkdir(parents=True)
     config = {"featuremap": featuremap, "fm_params": params or {}, "mode": "softmax", "layers": [4, 5],
-              "model": "tiny", "seed": seed}  # fmt: skip
+              "model": "tiny", "seed": seed} | settings  # fmt: skip
     qra = {"featuremap_params": (params or {}) | {"seed": 0}} if featuremap != "none" else None
     record = {"config": config, "model": {"qra": qra}, "device": "cpu", "command": f"qra train --seed {seed}",
               "commit": "abc"}  # fmt: skip
@@ -104,3 +104,17 @@ def test_a_commit_named_by_the_environment_overrides_the_tree(monkeypatch):
     assert local is None or len(local.split("+")[0]) == 40
     monkeypatch.setenv("QRA_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
     assert git_commit() == "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_temperature_learned_beta_and_budget_make_separate_configurations(tmp_path):
+    fake_run(tmp_path, "rff", 0, "rff", 0.9, params={"m": 64})
+    fake_run(tmp_path, "rff-b32", 0, "rff", 0.8, params={"m": 64}, beta=32.0)
+    fake_run(tmp_path, "rff-learned", 0, "rff", 0.7, params={"m": 64}, learn_beta=True)
+    fake_run(tmp_path, "rff-small", 0, "rff", 0.6, params={"m": 64}, max_train_samples=100)
+    rows = summarise(load_runs([tmp_path]))
+    from qra.report import label
+
+    assert sorted(label(row) for row in rows) == [
+        "rff(m=64) softmax L4,5", "rff(m=64) softmax L4,5 [100 train / all test]", "rff(m=64) softmax learned-β L4,5",
+        "rff(m=64) softmax β=32 L4,5",
+    ]  # fmt: skip
