@@ -113,6 +113,7 @@ def train_command(
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     robustness: list[str] = typer.Option([], help="After training: e.g. word-dropout=0.1,0.2 (repeatable)."),
+    profile_steps: int = typer.Option(0, min=0, help="Profile N training steps after 10 (profile.txt in the run)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
 ) -> None:
     """Fine-tune an encoder with kernel attention in chosen layers (or the baseline), then measure it."""
@@ -131,7 +132,7 @@ def train_command(
             batch_size=batch_size, eval_batch_size=eval_batch_size, lr=lr, seed=seed,
             max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
             attention_samples=attention_samples, save_steps=save_steps, device=device,
-            robustness=parse_settings(robustness),
+            robustness=parse_settings(robustness), profile_steps=profile_steps,
         )  # fmt: skip
         if featuremap != "none":
             featuremaps.registry.feature_map_class(featuremap)  # unknown names fail before any loading

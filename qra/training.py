@@ -7,6 +7,7 @@ A run directory holds:
 - ``model/``       — the trained model (safetensors) and tokenizer; ``qra.load_patched`` reloads it
 - ``checkpoints/`` — Trainer checkpoints, for ``--resume``
 - ``train_log.jsonl`` and ``train.log`` — the training log
+- ``profile.txt`` — with ``profile_steps``: where the time of a training step goes
 
 The Trainer runs unchanged under ``torchrun`` / ``accelerate launch``; only the main process
 writes results.
@@ -18,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,7 @@ class TrainConfig:
     attention_samples: int = 512
     save_steps: int = 500
     device: str = "auto"
+    profile_steps: int = 0
     robustness: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
@@ -112,6 +115,46 @@ class JsonlLogCallback(TrainerCallback):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as stream:
                 stream.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+class StepProfilerCallback(TrainerCallback):
+    """Profile ``steps`` training steps after a warm-up of ``start`` steps; write ``profile.txt``.
+
+    Where a step's time goes (host-side Python and data work vs GPU kernels) decides whether more
+    GPUs can help: DDP divides the GPU work of a step, not its host overhead.  The table lists the
+    operations by self CPU time and, on CUDA, by self device time, and the wall time per step.
+    """
+
+    def __init__(self, path: Path, steps: int, start: int = 10) -> None:
+        self.path, self.steps, self.start = path, steps, start
+        self.profiler: torch.profiler.profile | None = None
+        self.began = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.start and self.profiler is None:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+                torch.cuda.synchronize()
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+            self.began = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.profiler is None or state.global_step != self.start + self.steps:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - self.began) / self.steps
+        self.profiler.__exit__(None, None, None)
+        averages = self.profiler.key_averages()
+        tables = [f"{self.steps} steps after {self.start}: {wall * 1000:.1f} ms per step (wall, synchronised)\n",
+                  averages.table(sort_by="self_cpu_time_total", row_limit=40)]  # fmt: skip
+        if torch.cuda.is_available():
+            tables.append(averages.table(sort_by="self_device_time_total", row_limit=40))
+        if state.is_world_process_zero:
+            self.path.write_text("\n".join(tables))
+        self.profiler = None
 
 
 def _training_arguments(config: TrainConfig, run_dir: Path, device: torch.device) -> TrainingArguments:
@@ -192,7 +235,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint:
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=_evaluation_metrics,
-        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl")],
+        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl")]
+        + ([StepProfilerCallback(run_dir / "profile.txt", config.profile_steps)] if config.profile_steps else []),
     )
     # Seeded draws should agree everywhere; a rank that drew differently would train another model.
     if not distributed.identical_across_ranks(distributed.kernel_attention_state(model)):

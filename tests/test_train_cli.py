@@ -196,3 +196,13 @@ def test_quantum_report_tables_and_plots_an_evaluated_run(tiny_model_dir, tiny_d
     assert rows[2]["qpu_seconds_per_review"] == circuits * 64 / 1000
     assert (out / "accuracy_vs_shots_and_noise.png").stat().st_size > 0
     assert "| 64 | 0 | 0 |" in (out / "README.md").read_text()
+
+
+def test_profile_steps_writes_where_a_training_step_spends_its_time(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "profiled"
+    args = train_args(tiny_model_dir, tiny_data_dir, out, "--featuremap", "rff", "--m", "16", "--profile-steps", "3")
+    args[args.index("--epochs") + 1] = "3"  # 48 reviews / batch 8 = 6 steps an epoch; profiling starts at step 10
+    assert invoke(args).exit_code == 0
+    profile = (out / "profile.txt").read_text()
+    assert "3 steps after 10" in profile and "ms per step" in profile
+    assert "aten::" in profile  # torch's own operations, with their self CPU times
