@@ -18,6 +18,9 @@
 #        bash experiments/device/run.sh bench [attention|train|featuremaps ...]   (on GPU $BENCH_GPU, default 0)
 #   and last: bash experiments/device/run.sh pack    ($OUT/runs.tgz and the benches' JSON)
 # Phases that may outlast the call stop after $PHASE_SECONDS (default 540); their runs resume next time.
+# Leave room inside the call's 600 s for what comes before and after (setup takes ~60 s, pack a few):
+# a call that runs setup, a phase and pack wants PHASE_SECONDS=480 or less, or nothing comes back.
+# Background phases (`... &`) are killed when the command returns: wait for them before `pack`.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 STAGE=/tmp/qra-stage
