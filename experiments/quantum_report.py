@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from qra.evaluation import QUANTUM_KNOBS
 from qra.provenance import write_json_atomic, write_text_atomic
 from qra.quantum_cost import quantum_cost
 
@@ -41,7 +42,7 @@ def run_rows(run_dir: Path, shot_rate: float) -> tuple[dict[str, Any], list[dict
     exact = next(s for s in settings if s["shots"] is None and not s["depolarizing"] and not s["readout"])
     rows = []
     for setting in settings:
-        row = {key: setting[key] for key in ("shots", "depolarizing", "readout", "accuracy", "f1")}
+        row = {key: setting[key] for key in (*QUANTUM_KNOBS, "accuracy", "f1")}
         row["accuracy_change"] = setting["accuracy"] - exact["accuracy"]
         if setting["shots"]:
             shots_per_review = cost["circuits_per_forward"] * setting["shots"]
@@ -68,7 +69,7 @@ def run_rows(run_dir: Path, shot_rate: float) -> tuple[dict[str, Any], list[dict
 
 def eval_options(settings: list[dict[str, Any]]) -> str:
     """The ``qra eval`` options that produce these settings."""
-    values = {knob: [str(s[knob]) for s in settings if s[knob]] for knob in ("shots", "depolarizing", "readout")}
+    values = {knob: [str(s[knob]) for s in settings if s[knob]] for knob in QUANTUM_KNOBS}
     return " ".join(f"--{knob} {','.join(v)}" for knob, v in values.items() if v)
 
 

@@ -59,11 +59,10 @@ class Job:
         if asked - set(metrics.get("robustness", {})):
             pending.append("robustness")
         if self.quantum_eval:
-            from qra.evaluation import quantum_settings
+            from qra.evaluation import quantum_setting_key, quantum_settings
 
-            knobs = ("shots", "depolarizing", "readout")
-            wanted = {tuple(s[k] for k in knobs) for s in quantum_settings(**self.quantum_eval)}
-            if wanted - {tuple(s[k] for k in knobs) for s in metrics.get("quantum", [])}:
+            wanted = {quantum_setting_key(s) for s in quantum_settings(**self.quantum_eval)}
+            if wanted - {quantum_setting_key(s) for s in metrics.get("quantum", [])}:
                 pending.append("quantum")
         return pending
 

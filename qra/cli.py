@@ -176,6 +176,8 @@ def _parse_floats(text: str) -> list[float]:
 
 
 def _print_metrics(run_dir: Path) -> None:
+    from .evaluation import QUANTUM_KNOBS
+
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
     table = Table(title=f"{run_dir}")
     table.add_column("metric")
@@ -184,7 +186,7 @@ def _print_metrics(run_dir: Path) -> None:
         if metrics.get(key) is not None:
             table.add_row(key, f"{metrics[key]:.4g}")
     for result in metrics.get("quantum", []):
-        knobs = ", ".join(f"{k}={result[k]}" for k in ("shots", "depolarizing", "readout") if result[k])
+        knobs = ", ".join(f"{k}={result[k]}" for k in QUANTUM_KNOBS if result[k])
         table.add_row(escape(f"accuracy [{knobs or 'exact kernel'}]"), f"{result['accuracy']:.4g}")
     for setting, result in metrics.get("robustness", {}).items():
         if setting != "clean":

@@ -134,6 +134,15 @@ def evaluate_robustness(
     return results
 
 
+#: what a quantum evaluation setting varies, one at a time from the exact, noiseless kernel
+QUANTUM_KNOBS = ("shots", "depolarizing", "readout")
+
+
+def quantum_setting_key(setting: dict[str, Any]) -> tuple:
+    """The setting's (shots, depolarizing, readout): how results on record are matched to requests."""
+    return tuple(setting[knob] for knob in QUANTUM_KNOBS)
+
+
 def quantum_settings(
     shots: Sequence[int] = (), depolarizing: Sequence[float] = (), readout: Sequence[float] = ()
 ) -> list[dict]:
@@ -166,13 +175,12 @@ def evaluate_quantum(
     maps = [m.featuremap for m in run.model.modules() if isinstance(m, KernelAttention)]
     if not maps or not all(isinstance(fm, CircuitFeatureMap) for fm in maps):
         raise ValueError(f"{run_dir} was not trained with a quantum circuit feature map; nothing to sample or perturb")
-    knobs = ("shots", "depolarizing", "readout")
     metrics_file = run.path / "metrics.json"
     earlier = json.loads(metrics_file.read_text()).get("quantum", []) if metrics_file.is_file() else []
-    done = {tuple(result[k] for k in knobs): result for result in earlier}
+    done = {quantum_setting_key(result): result for result in earlier}
     results = []
     for setting in quantum_settings(shots, depolarizing, readout):
-        key = tuple(setting[k] for k in knobs)
+        key = quantum_setting_key(setting)
         if key not in done:  # an interrupted evaluation picks up where it stopped
             for fm in maps:
                 fm.shots, fm.depolarizing, fm.readout_error = key
