@@ -80,8 +80,16 @@ def _program_name() -> str:
     if program.name == "__main__.py":
         return f"python -m {program.parent.name}"
     if program.suffix == ".py":
-        return f"python {program if not program.is_absolute() else program.name}"
+        return f"python {_relative_to_project(program) if program.is_absolute() else program}"
     return program.name
+
+
+def _relative_to_project(path: Path) -> Path:
+    """A script's path inside this project (no machine paths in records), else its name alone."""
+    try:
+        return path.relative_to(Path(__file__).resolve().parent.parent)
+    except ValueError:
+        return Path(path.name)
 
 
 def provenance(device: torch.device) -> dict[str, Any]:

@@ -118,3 +118,19 @@ def test_temperature_learned_beta_and_budget_make_separate_configurations(tmp_pa
         "rff(m=64) softmax L4,5", "rff(m=64) softmax L4,5 [100 train / all test]", "rff(m=64) softmax learned-β L4,5",
         "rff(m=64) softmax β=32 L4,5",
     ]  # fmt: skip
+
+
+def test_commands_name_scripts_by_their_path_in_the_project(monkeypatch):
+    """The parallel sweep starts its children with an absolute path; records keep only the project's part."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from qra.provenance import provenance
+
+    script = Path(__file__).resolve().parent.parent / "experiments" / "sweep.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "study.yaml", "--run", "rff/seed0"])
+    assert provenance(torch.device("cpu"))["command"] == ("python experiments/sweep.py study.yaml --run rff/seed0")
+    monkeypatch.setattr(sys, "argv", ["/elsewhere/tool.py", "x"])
+    assert provenance(torch.device("cpu"))["command"] == "python tool.py x"
