@@ -136,7 +136,7 @@ def kernel_attention(
 
     dtype = compute_dtype(v)
     stabilised = None if mode == "softmax" else _stabilised_features(featuremap, q, k, keep)
-    fq, fk = stabilised if stabilised is not None else (featuremap(q), featuremap(k))
+    fq, fk = stabilised if stabilised is not None else (featuremap.query_features(q), featuremap(k))
     keep_keys = None if keep is None else keep[:, None, None, :]  # broadcast over heads and queries
 
     if mode == "linear":

@@ -46,10 +46,10 @@ class FinishedRun:
     texts: list[str]
     labels: np.ndarray
 
-    def scores(self, texts: Sequence[str] | None = None) -> dict[str, float]:
+    def scores(self, texts: Sequence[str] | None = None, batch_size: int | None = None) -> dict[str, float]:
         """Accuracy and F1 on ``texts`` (default: the clean test reviews), labels from the test set."""
         logits = predict(self.model, self.tokenizer, self.texts if texts is None else texts,
-                         self.config.max_length, self.config.eval_batch_size)  # fmt: skip
+                         self.config.max_length, batch_size or self.config.eval_batch_size)  # fmt: skip
         return classification_metrics(logits, self.labels)
 
     def record(self, key: str, value: Any, merge: bool = False) -> None:
@@ -134,6 +134,8 @@ def evaluate_robustness(
     return results
 
 
+#: Readout noise gives every key a 2^q × 2^q operator (B·H·N·4^q numbers per layer): batches stay this small
+READOUT_EVAL_BATCH = 16
 #: what a quantum evaluation setting varies, one at a time from the exact, noiseless kernel
 QUANTUM_KNOBS = ("shots", "depolarizing", "readout")
 
@@ -185,7 +187,8 @@ def evaluate_quantum(
             for fm in maps:
                 fm.shots, fm.depolarizing, fm.readout_error = key
                 fm._sampling_calls = 0  # every setting draws the same shot noise stream
-            done[key] = setting | run.scores()
+            batch = min(run.config.eval_batch_size, READOUT_EVAL_BATCH) if setting["readout"] else None
+            done[key] = setting | run.scores(batch_size=batch)
             run.record("quantum", list(done.values()))
         results.append(done[key])
     run.record("quantum", results)

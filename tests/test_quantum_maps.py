@@ -320,6 +320,8 @@ def test_noisy_kernels_equal_pennylane_default_mixed(name, qubits):
 
     expected = np.array([[compute_uncompute(a.numpy(), b.numpy())[0] for b in y] for a in x])
     assert np.abs(kernel.detach().numpy() - expected).max() < 1e-10
+    # a query needs only its state: the kernel from the queries' lighter features is the same
+    torch.testing.assert_close(fm.similarity(fm.query_features(x), fm(y)), kernel)
 
 
 def test_depolarizing_alone_is_the_closed_form_and_noise_is_validated():

@@ -155,7 +155,8 @@ def test_eval_with_sampled_and_noisy_quantum_kernels(tiny_model_dir, tiny_data_d
     assert "robustness" not in metrics  # only the quantum settings were asked for
     evaluated = []
     original_scores = FinishedRun.scores
-    monkeypatch.setattr(FinishedRun, "scores", lambda self, texts=None: evaluated.append(1) or original_scores(self))
+    monkeypatch.setattr(FinishedRun, "scores", lambda self, texts=None, batch_size=None: evaluated.append(1)
+                        or original_scores(self, texts, batch_size))  # fmt: skip
     assert invoke(["eval", str(out), "--shots", "8,64,256"]).exit_code == 0
     assert len(evaluated) == 1  # only the new setting (256 shots) was evaluated; the rest were on record
     resumed = json.loads((out / "metrics.json").read_text())["quantum"]

@@ -75,6 +75,14 @@ class FeatureMap(nn.Module, metaclass=ABCMeta):
         """
         return fx @ fy.transpose(-1, -2)
 
+    def query_features(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(x) of the queries, the left argument of :meth:`similarity`; by default the same as :meth:`forward`.
+
+        An asymmetric similarity may need less of its left argument (the readout-noisy quantum
+        kernel reads only the query's state, not the operator it builds for a key).
+        """
+        return self(x)
+
     def log_features(self, x: torch.Tensor) -> torch.Tensor | None:
         """log φ(x) for maps with positive exponential features, else None (the default).
 

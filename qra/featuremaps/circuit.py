@@ -180,6 +180,10 @@ class CircuitFeatureMap(FeatureMap):
             return torch.cat([states, self.readout_operators(x).flatten(-2)], dim=-1)
         return density_features(states) if self.real_lift and not self.noisy else states
 
+    def query_features(self, x: torch.Tensor) -> torch.Tensor:
+        """With readout noise a query needs only its state: the operator U M U† is the key's."""
+        return self.states(x) if self.readout_error > 0 else self(x)
+
     def readout_operators(self, x: torch.Tensor) -> torch.Tensor:
         """U(x) M U(x)† ``[..., 2^q, 2^q]``, M = ⊗_k diag(1−e, e): the readout-noisy all-zeros projector."""
         dim = 2**self.qubits
@@ -203,9 +207,11 @@ class CircuitFeatureMap(FeatureMap):
         """
         dim = 2**self.qubits
         if self.readout_error > 0:
-            states, operators = fx[..., :dim], fy[..., dim:].unflatten(-1, (dim, dim))
-            applied = torch.einsum("...mij,...nj->...nmi", operators, states)
-            kernel = torch.einsum("...ni,...nmi->...nm", states.conj(), applied).real
+            # ⟨ψ_n|O_m|ψ_n⟩ = Σ_ij conj(ψ_n,i) ψ_n,j O_m,ij: one matrix product of the flattened
+            # |ψ⟩⟨ψ|ᵀ with the keys' operators, with no [n, m, 2^q] intermediate
+            states, operators = fx[..., :dim], fy[..., dim:]
+            outer = (states.conj().unsqueeze(-1) * states.unsqueeze(-2)).flatten(-2)
+            kernel = (outer @ operators.transpose(-1, -2)).real
         elif self.real_lift and not self.noisy:
             kernel = fx @ fy.transpose(-1, -2)
         else:
