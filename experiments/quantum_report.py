@@ -21,9 +21,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from qra.evaluation import QUANTUM_KNOBS
+from qra.evaluation import QUANTUM_KNOBS, is_exact
 from qra.provenance import write_json_atomic, write_text_atomic
 from qra.quantum_cost import quantum_cost
+from qra.report import read_notes
 
 PLOT = "accuracy_vs_shots_and_noise.png"
 
@@ -39,7 +40,7 @@ def run_rows(run_dir: Path, shot_rate: float) -> tuple[dict[str, Any], list[dict
     params = (record["model"].get("qra") or {}).get("featuremap_params", config["fm_params"])
     cost = quantum_cost(config["model"], config["featuremap"], params, config["layers"], config["max_length"],
                         batch_size=1, epsilon=0.01, shot_rate=shot_rate)  # fmt: skip
-    exact = next(s for s in settings if s["shots"] is None and not s["depolarizing"] and not s["readout"])
+    exact = next(filter(is_exact, settings))
     rows = []
     for setting in settings:
         row = {key: setting[key] for key in (*QUANTUM_KNOBS, "accuracy", "f1")}
@@ -80,7 +81,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
              ("readout", "readout error per qubit", False))  # fmt: skip
     for result in results:
         rows = result["rows"]
-        exact = next(r for r in rows if not r["shots"] and not r["depolarizing"] and not r["readout"])
+        exact = next(filter(is_exact, rows))
         for axis, (knob, title, log) in zip(axes, knobs, strict=True):
             points = sorted((r[knob], r["accuracy"]) for r in rows if r[knob])
             if points:
@@ -141,7 +142,7 @@ def write(run_dirs: list[Path], out: Path, shot_rate: float) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "quantum.json", {"shot_rate_per_second": shot_rate, "results": results})
     plot(results, out / PLOT)
-    notes = (out / "NOTES.md").read_text() if (out / "NOTES.md").is_file() else ""
+    notes = read_notes(out)
     write_text_atomic(out / "README.md", markdown(results, notes, shot_rate))
     return out
 

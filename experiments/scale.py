@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qra.provenance import write_json_atomic, write_text_atomic
+from qra.report import read_notes
 
 EFFECTIVE_BATCH = 32
 COMMON = ["--model", "bundled:all-MiniLM-L6-v2", "--data-dir", "../shared/data/imdb", "--max-length", "512",
@@ -151,7 +152,7 @@ def write(runs_dir: Path, out: Path) -> Path:
         raise SystemExit(f"no finished scale runs under {runs_dir}")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "scale.json", summary)
-    notes = (out / "NOTES.md").read_text() if (out / "NOTES.md").is_file() else ""
+    notes = read_notes(out)
     write_text_atomic(out / "README.md", markdown(summary, notes))
     return out
 

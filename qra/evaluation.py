@@ -52,12 +52,19 @@ class FinishedRun:
                          self.config.max_length, batch_size or self.config.eval_batch_size)  # fmt: skip
         return classification_metrics(logits, self.labels)
 
+    def _metrics(self) -> dict[str, Any]:
+        metrics_path = self.path / "metrics.json"
+        return json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+
+    def recorded(self, key: str, default: Any) -> Any:
+        """What the run's metrics.json holds under ``key`` (``default`` if nothing): what need not be measured again."""
+        return self._metrics().get(key, default)
+
     def record(self, key: str, value: Any, merge: bool = False) -> None:
         """Write ``value`` into the run's metrics.json under ``key`` (atomically); ``merge`` keeps other entries."""
-        metrics_path = self.path / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        metrics = self._metrics()
         metrics[key] = (metrics.get(key, {}) | value) if merge else value
-        write_json_atomic(metrics_path, metrics)
+        write_json_atomic(self.path / "metrics.json", metrics)
 
 
 def load_finished_run(run_dir: str | Path, device: str | None = None) -> FinishedRun:
@@ -105,8 +112,7 @@ def evaluate_robustness(
     an interrupted evaluation resumes.
     """
     run = load_finished_run(run_dir, device)
-    metrics_file = run.path / "metrics.json"
-    earlier = json.loads(metrics_file.read_text()).get("robustness", {}) if metrics_file.is_file() else {}
+    earlier = run.recorded("robustness", {})
     texts = run.texts
     clean = earlier.get("clean") or run.scores()
     results: dict[str, Any] = {"clean": clean}
@@ -145,6 +151,11 @@ def quantum_setting_key(setting: dict[str, Any]) -> tuple:
     return tuple(setting[knob] for knob in QUANTUM_KNOBS)
 
 
+def is_exact(setting: dict[str, Any]) -> bool:
+    """The exact, noiseless kernel: the reference every other setting is compared with."""
+    return not any(setting[knob] for knob in QUANTUM_KNOBS)
+
+
 def quantum_settings(
     shots: Sequence[int] = (), depolarizing: Sequence[float] = (), readout: Sequence[float] = ()
 ) -> list[dict]:
@@ -177,9 +188,7 @@ def evaluate_quantum(
     maps = [m.featuremap for m in run.model.modules() if isinstance(m, KernelAttention)]
     if not maps or not all(isinstance(fm, CircuitFeatureMap) for fm in maps):
         raise ValueError(f"{run_dir} was not trained with a quantum circuit feature map; nothing to sample or perturb")
-    metrics_file = run.path / "metrics.json"
-    earlier = json.loads(metrics_file.read_text()).get("quantum", []) if metrics_file.is_file() else []
-    done = {quantum_setting_key(result): result for result in earlier}
+    done = {quantum_setting_key(result): result for result in run.recorded("quantum", [])}
     results = []
     for setting in quantum_settings(shots, depolarizing, readout):
         key = quantum_setting_key(setting)

@@ -184,6 +184,12 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
 NOTES_FILE = "NOTES.md"
 
 
+def read_notes(out: Path) -> str:
+    """The hand-written conclusions (``NOTES.md``) kept at the top of a regenerated README, or ""."""
+    path = Path(out) / NOTES_FILE
+    return path.read_text() if path.is_file() else ""
+
+
 def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run], notes: str = "") -> str:
     """The README: the author's notes (conclusions) if any, what was run, the table, how to reproduce it."""
     models = sorted({row["model"] for row in rows})
@@ -248,6 +254,6 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "summary.json", rows)
     plot_all(rows, runs, out)
-    notes = (out / NOTES_FILE).read_text() if (out / NOTES_FILE).is_file() else ""
+    notes = read_notes(out)
     write_text_atomic(out / "README.md", markdown(rows, runs, notes))
     return out
