@@ -110,7 +110,8 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
         accuracy = mean_std_ci([r.metrics["accuracy"] for r in members])
         f1 = mean_std_ci([r.metrics["f1"] for r in members])
         memory = [r.metrics.get("peak_gpu_memory_bytes") for r in members]
-        speed = [r.metrics.get("train_samples_per_second") for r in members if r.had_device_to_itself]
+        speed = [r.metrics["train_samples_per_second"] for r in members
+                 if r.had_device_to_itself and r.metrics.get("train_samples_per_second") is not None]  # fmt: skip
         robustness: dict[str, dict[str, float]] = {}
         settings = sorted({s for r in members for s in r.metrics.get("robustness", {}) if s != "clean"})
         for setting in settings:
@@ -128,7 +129,7 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
             "accuracy_mean": accuracy[0], "accuracy_std": accuracy[1], "accuracy_ci95": accuracy[2],
             "f1_mean": f1[0], "f1_std": f1[1], "f1_ci95": f1[2],
             "peak_gpu_memory_bytes_mean": float(np.mean(memory)) if None not in memory else None,
-            "train_samples_per_second_mean": float(np.mean(speed)) if speed and None not in speed else None,
+            "train_samples_per_second_mean": float(np.mean(speed)) if speed else None,
             "train_samples_per_second_runs": len(speed),
             "budget": json.loads(budget),
             "attention_entropy_mean": _per_layer_mean(members, lambda m: m["attention_entropy"]["mean"]),

@@ -180,6 +180,9 @@ def _training_arguments(config: TrainConfig, run_dir: Path, device: torch.device
         save_total_limit=1,
         logging_steps=max(1, min(50, config.save_steps)),
         report_to="none",
+        # the default (True) tests every step's loss for NaN in Python, a GPU sync per step that keeps the
+        # host from queuing the next step; a non-finite loss then shows in the logged loss instead
+        logging_nan_inf_filter=False,
         # collating in worker processes overlaps it with the GPU's work; on the CPU it would compete
         dataloader_num_workers=DATALOADER_WORKERS if device.type == "cuda" else 0,
         **sampling,
@@ -265,7 +268,9 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint:
             "peak_gpu_memory_bytes": max(peaks) if peaks else None,
             "peak_gpu_memory_bytes_per_device": peaks,
             "distributed": replicas,
-            "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
+            # a resumed run's Trainer divides all samples by the time of the last part: not a throughput
+            "train_samples_per_second": None if checkpoint else train_output.metrics.get("train_samples_per_second"),
+            "resumed_from_checkpoint": Path(checkpoint).name if checkpoint else None,
             "eval_samples_per_second": evaluation.get("eval_samples_per_second"),
             "train_loss": train_output.metrics.get("train_loss"),
             "train_samples": len(tokenized["train"]),

@@ -79,6 +79,17 @@ def test_runs_group_by_configuration_across_seeds(tmp_path):
         assert key in baseline  # the keys later tools rely on
 
 
+def test_speed_averages_only_runs_that_measured_it(tmp_path):
+    """A resumed run records no throughput; the mean covers the seeds that did and says how many."""
+    for seed in range(3):
+        fake_run(tmp_path, "rff", seed, "rff", 0.9, params={"m": 64})
+    resumed = json.loads((tmp_path / "rff" / "seed1" / "metrics.json").read_text())
+    resumed |= {"train_samples_per_second": None, "resumed_from_checkpoint": "checkpoint-700"}
+    (tmp_path / "rff" / "seed1" / "metrics.json").write_text(json.dumps(resumed))
+    (row,) = summarise(load_runs([tmp_path]))
+    assert row["train_samples_per_second_mean"] == pytest.approx(10.0) and row["train_samples_per_second_runs"] == 2
+
+
 def test_write_report_makes_summary_readme_and_plots(tmp_path):
     for seed in range(2):
         fake_run(tmp_path / "runs", "baseline", seed, "none", 0.8 + seed / 10)

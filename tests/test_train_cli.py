@@ -97,7 +97,10 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_model_dir, tiny_dat
     assert resumed.exit_code == 0, resumed.output
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 6  # 48 reviews / batch 8 = 6 steps, the last four after the restart
-    assert json.loads((out / "metrics.json").read_text())["accuracy"] >= 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0
+    # the Trainer's throughput of a resumed run counts every sample over the last part's time only
+    assert metrics["resumed_from_checkpoint"] == "checkpoint-2" and metrics["train_samples_per_second"] is None
     finished_again = invoke(args)
     assert finished_again.exit_code == 2 and "already holds a finished run" in finished_again.output
 

@@ -16,6 +16,7 @@
 #        bash experiments/device/run.sh scale 0,1                 (experiments/scale.py run)
 #        bash experiments/device/run.sh study CONFIG --gpus 2,3 --jobs-per-gpu 5 [--only ARM ...]
 #        bash experiments/device/run.sh bench [attention|train|featuremaps ...]   (on GPU $BENCH_GPU, default 0)
+#        bash experiments/device/run.sh profile GPU     (where a Trainer step's time goes: runs/profile/*/profile.txt)
 #   and last: bash experiments/device/run.sh pack    ($OUT/runs.tgz and the benches' JSON)
 # Phases that may outlast the call stop after $PHASE_SECONDS (default 540); their runs resume next time.
 # Leave room inside the call's 600 s for what comes before and after (setup takes ~60 s, pack a few):
@@ -25,7 +26,7 @@ set -euo pipefail
 export PYTHONUNBUFFERED=1
 STAGE=/tmp/qra-stage
 SITE=/tmp/qra-site
-phase=${1:?usage: run.sh stage|setup|data|bench [NAME ...]|scale [GPUS]|study CONFIG [sweep options]|pack}
+phase=${1:?usage: run.sh stage|setup|data|bench [NAME ...]|profile GPU|scale [GPUS]|study CONFIG [sweep options]|pack}
 shift
 
 environment() {
@@ -69,6 +70,17 @@ bench)
   for bench in "${benches[@]}"; do
     CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0} timeout "${PHASE_SECONDS:-540}" \
       python3 -m qra bench "$bench" --output "$OUT/bench/$bench.json" || echo "bench $bench exit status $?"
+  done
+  ;;
+profile)
+  # 20 profiled steps (after 10 of warm-up) of the scale runs' baseline and RFF training on one GPU
+  environment
+  for arm in "none" "rff --fm m=128 --fm sigma=1.0"; do
+    # shellcheck disable=SC2086  # the arm's words are separate options
+    CUDA_VISIBLE_DEVICES=${1:-0} timeout "${PHASE_SECONDS:-540}" python3 -m qra train --featuremap $arm \
+      --model bundled:all-MiniLM-L6-v2 --data-dir ../shared/data/imdb --max-length 512 --epochs 1 --batch-size 32 \
+      --layers 4,5 --max-train-samples 1600 --max-eval-samples 256 --profile-steps 20 \
+      --output-dir "runs/profile/${arm%% *}" || echo "profile $arm exit status $?"
   done
   ;;
 scale)
