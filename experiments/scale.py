@@ -17,8 +17,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,21 @@ def command(arm: str, processes: int, run_dir: Path) -> list[str]:
 
 
 def run_all(runs_dir: Path, gpus: list[str]) -> None:
-    """1-GPU runs side by side (one arm per GPU), then the 2-GPU runs one after the other."""
+    """1-GPU runs side by side (one arm per GPU), then the 2-GPU runs one after the other.
+
+    On SIGTERM (e.g. ``timeout``) the runs in flight are stopped too: a torchrun left running would
+    share its GPUs with the next attempt at the same run and write into the same directory.
+    """
+    running: list[subprocess.Popen] = []
+
+    def stop(signum, frame):
+        for process in running:
+            process.terminate()
+        for process in running:
+            process.wait()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
     def launch(arm: str, processes: int, devices: list[str]) -> subprocess.Popen | None:
         run_dir = runs_dir / f"{arm}-{processes}gpu"
@@ -59,10 +75,15 @@ def run_all(runs_dir: Path, gpus: list[str]) -> None:
         env = os.environ | NCCL_ENV | {"CUDA_VISIBLE_DEVICES": ",".join(devices)}
         print(f"start    {run_dir} on GPU(s) {','.join(devices)}", flush=True)
         with (run_dir / "launch.log").open("a") as log:
-            return subprocess.Popen(command(arm, processes, run_dir), env=env, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command(arm, processes, run_dir), env=env, stdout=log, stderr=subprocess.STDOUT)
+        running.append(process)
+        return process
 
     def wait(processes: list[subprocess.Popen | None]) -> None:
-        codes = [p.wait() for p in processes if p is not None]
+        started = [p for p in processes if p is not None]
+        while any(p.poll() is None for p in started):  # polling: a blocking wait() would hold the lock stop() needs
+            time.sleep(1)
+        codes = [p.returncode for p in started]
         if any(codes):
             raise SystemExit(f"a scale run failed (exit codes {codes}); see launch.log in its run directory")
 

@@ -15,7 +15,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 
 from .data import load_text_classification
 from .metrics import classification_metrics
-from .models import load_tokenizer
+from .models import load_tokenizer, sdpa_without_cudnn
 from .patching import load_patched
 from .provenance import write_json_atomic
 from .robustness import SynonymSource, perturb
@@ -90,11 +90,11 @@ def predict(
     order = np.argsort([len(text) for text in texts])
     logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for start in tqdm(range(0, len(texts), batch_size), desc="evaluating", leave=False):
+    for start in tqdm(range(0, len(texts), batch_size), desc="evaluating", leave=False, mininterval=10):
         index = order[start : start + batch_size]
         batch = tokenizer([texts[i] for i in index], truncation=True, max_length=max_length, padding=True,
                           return_tensors="pt").to(device)  # fmt: skip
-        with autocast:
+        with autocast, sdpa_without_cudnn():
             logits[index] = model(**batch).logits.float().cpu().numpy()
     return logits
 

@@ -1,7 +1,10 @@
 """The seed's metrics: accuracy/F1, and per-layer attention entropy and attention-distance bias.
 
 Attention metrics are averaged over heads and real (non-padding) queries; padded keys carry no
-weight and padded queries are skipped.  Distances |i−j| fall into log-spaced bins
+weight and padded queries are skipped.  Signed weights — linear attention with a map whose
+features can be negative, such as RFF's cosines, whose kernel estimates dip below zero — are not
+a distribution: for a row with negative weights, entropy and distances use |w|/Σ|w|, and
+``attention_negative_mass`` records the share of Σ|w| that is negative.  Distances |i−j| fall into log-spaced bins
 [0,1), [1,2), [2,4), [4,8), …, so the histogram shows how local each layer's attention is.
 """
 
@@ -46,6 +49,7 @@ class LayerAccumulator:
     entropy: float = 0.0
     normalized_entropy: float = 0.0
     distance: float = 0.0
+    negative_mass: float = 0.0
     histogram: np.ndarray = field(default_factory=lambda: np.zeros(len(DISTANCE_BIN_EDGES)))
     rows: int = 0
 
@@ -60,6 +64,10 @@ class AttentionStatistics:
     def update(self, layer: int, weights: torch.Tensor, padding_mask: torch.Tensor) -> None:
         """Add attention ``weights[B, H, N, N]`` of one batch; ``padding_mask[B, N]`` is True for real tokens."""
         weights = weights.float()
+        magnitude = weights.abs()
+        total = magnitude.sum(-1, keepdim=True).clamp_min(1e-30)
+        negative_mass = (magnitude - weights).sum(-1) / (2 * total.squeeze(-1))  # Σ max(−w, 0) / Σ|w|
+        weights = torch.where((weights < 0).any(-1, keepdim=True), magnitude / total, weights)
         keep = padding_mask.to(device=weights.device, dtype=torch.bool)
         batch, heads, length, _ = weights.shape
         real_queries = keep[:, None, :].expand(batch, heads, length)  # [B, H, N]
@@ -77,6 +85,7 @@ class AttentionStatistics:
         accumulator.entropy += entropy[real_queries].sum().item()
         accumulator.normalized_entropy += normalized[real_queries].sum().item()
         accumulator.distance += mean_distance[real_queries].sum().item()
+        accumulator.negative_mass += negative_mass[real_queries].sum().item()
         accumulator.histogram += mass[real_queries].sum(0).cpu().numpy()
         accumulator.rows += int(real_queries.sum().item())
 
@@ -96,4 +105,5 @@ class AttentionStatistics:
                 "histogram": [(a.histogram / a.rows).tolist() if a.rows else None for a in self.layers],
                 "mean": [mean(a.distance, a.rows) for a in self.layers],
             },
+            "attention_negative_mass": [mean(a.negative_mass, a.rows) for a in self.layers],
         }

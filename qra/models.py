@@ -8,6 +8,7 @@ without the hub.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
 
@@ -64,3 +65,17 @@ def load_classifier(spec: str, num_labels: int = 2, dtype: torch.dtype = torch.f
         AutoModelForSequenceClassification.from_pretrained, spec, num_labels=num_labels,
         attn_implementation="sdpa", dtype=dtype,
     )  # fmt: skip
+
+
+def sdpa_without_cudnn() -> contextlib.AbstractContextManager:
+    """Let SDPA use its flash, memory-efficient or math kernels, but not cuDNN, inside the block.
+
+    On Hopper PyTorch prefers cuDNN's attention, which builds a cuDNN graph for every new tensor
+    shape.  Batches padded to their longest review change shape almost every step, so each
+    attention call paid a graph build: profiling a MiniLM training step on an H200 put 75% of the
+    host's time (8–17 ms per call) in ``_cudnn_attention_forward``/``_backward`` while the GPU
+    worked 8 ms per step (results/scale/profile-*.txt).  The other kernels need no per-shape setup.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])

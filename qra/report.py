@@ -137,6 +137,8 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 members, lambda m: m["attention_entropy"]["normalized"]
             ),
             "attention_distance_mean": _per_layer_mean(members, lambda m: m["attention_distance"]["mean"]),
+            # signed (linear RFF) attention only; absent from records made before it was measured
+            "attention_negative_mass_mean": _per_layer_mean(members, lambda m: m.get("attention_negative_mass") or []),
             "attention_distance_bin_edges": members[0].metrics["attention_distance"]["bin_edges"],
             "attention_distance_histogram_mean": [
                 np.mean([r.metrics["attention_distance"]["histogram"][layer] for r in members], axis=0).tolist()

@@ -40,7 +40,7 @@ from . import distributed, patching
 from .attention_maps import attention_example, attention_statistics, attention_subset
 from .data import load_text_classification
 from .metrics import classification_metrics
-from .models import DEFAULT_MODEL, load_classifier, load_tokenizer
+from .models import DEFAULT_MODEL, load_classifier, load_tokenizer, sdpa_without_cudnn
 from .provenance import provenance, write_json_atomic
 
 logger = logging.getLogger("qra")
@@ -250,8 +250,9 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(args.device)
     logger.info("training %s on %d reviews", config.featuremap, len(tokenized["train"]))
-    train_output = trainer.train(resume_from_checkpoint=checkpoint)
-    evaluation = trainer.evaluate()  # gathered over all ranks by the Trainer, each test review once
+    with sdpa_without_cudnn():
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+        evaluation = trainer.evaluate()  # gathered over all ranks by the Trainer, each test review once
     trained = trainer.model
     peaks = distributed.peak_memory_per_device(args.device)
     replicas = {
@@ -277,7 +278,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint:
             "eval_samples": len(tokenized["test"]),
             "eval_predictions": int(evaluation["eval_predictions"]),  # gathered over ranks: each review once
         }
-        metrics |= measure_attention(trained, tokenizer, data["test"]["text"], config, run_dir)
+        with sdpa_without_cudnn():
+            metrics |= measure_attention(trained, tokenizer, data["test"]["text"], config, run_dir)
         write_json_atomic(run_dir / "metrics.json", metrics)
         if config.robustness:
             from .evaluation import evaluate_robustness

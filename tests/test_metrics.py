@@ -51,6 +51,19 @@ def test_padding_queries_are_excluded_and_keys_counted_per_sequence():
     assert result["normalized"][0] == pytest.approx(1.0, rel=1e-6)
 
 
+def test_signed_weights_use_their_magnitudes_and_record_the_negative_share():
+    """Linear RFF attention can give rows like (1.5, −0.5): entropy of |w|/Σ|w|, negative mass 0.25."""
+    weights = torch.tensor([[1.5, -0.5], [0.5, 0.5]])
+    statistics = AttentionStatistics(1)
+    statistics.update(0, batch_of(weights), torch.ones(1, 2, dtype=torch.bool))
+    result = statistics.result()
+    p = torch.tensor([0.75, 0.25])
+    signed_row = -(p * p.log()).sum().item()
+    assert result["attention_entropy"]["mean"][0] == pytest.approx((signed_row + math.log(2)) / 2, rel=1e-6)
+    assert result["attention_negative_mass"][0] == pytest.approx(0.25 / 2)
+    assert result["attention_distance"]["mean"][0] == pytest.approx((0.25 + 0.5) / 2)  # row 0: |w| at distance 1
+
+
 def test_distance_bins_are_log_spaced():
     bins = distance_bins(600)
     assert bins[0, 0] == 0 and bins[0, 1] == 1 and bins[0, 3] == 2 and bins[0, 4] == 3

@@ -210,3 +210,34 @@ def test_profile_steps_writes_where_a_training_step_spends_its_time(tiny_model_d
     profile = (out / "profile.txt").read_text()
     assert "3 steps after 10" in profile and "ms per step" in profile
     assert "aten::" in profile  # torch's own operations, with their self CPU times
+
+
+def test_training_and_evaluation_keep_sdpa_off_cudnn(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
+    """cuDNN attention rebuilds a graph per batch shape (results/scale/profile-*.txt); qra keeps it off while it
+    trains and predicts, and gives the process its setting back afterwards."""
+    import torch
+    from transformers import Trainer
+
+    from qra import evaluation
+
+    seen = []
+    original_step, original_predict = Trainer.training_step, evaluation.predict
+
+    def recording_step(self, *a, **k):
+        seen.append(("train", torch.backends.cuda.cudnn_sdp_enabled()))
+        return original_step(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "training_step", recording_step)
+    out = tmp_path / "run"
+    assert invoke(train_args(tiny_model_dir, tiny_data_dir, out)).exit_code == 0
+    run = evaluation.load_finished_run(out, device="cpu")
+    model_forward = run.model.forward
+
+    def recording_forward(*a, **k):
+        seen.append(("predict", torch.backends.cuda.cudnn_sdp_enabled()))
+        return model_forward(*a, **k)
+
+    monkeypatch.setattr(run.model, "forward", recording_forward)
+    original_predict(run.model, run.tokenizer, run.texts[:4], 32, 4)
+    assert {kind for kind, _ in seen} == {"train", "predict"} and not any(enabled for _, enabled in seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
