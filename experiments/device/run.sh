@@ -22,6 +22,9 @@
 # Leave room inside the call's 600 s for what comes before and after (setup takes ~60 s, pack a few):
 # a call that runs setup, a phase and pack wants PHASE_SECONDS=480 or less, or nothing comes back.
 # Background phases (`... &`) are killed when the command returns: wait for them before `pack`.
+# A process that `timeout` orphans can outlive the call (a torchrun did, and shared its GPUs with the
+# next call's retry of the same run): sweep.py and scale.py stop their children on SIGTERM, and
+# `profile` runs in the foreground; a new phase must do the same.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 STAGE=/tmp/qra-stage
