@@ -17,13 +17,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from qra.launching import stop_children_on_sigterm
 from qra.provenance import write_json_atomic, write_text_atomic
 from qra.report import read_notes
 
@@ -54,15 +54,7 @@ def run_all(runs_dir: Path, gpus: list[str]) -> None:
     share its GPUs with the next attempt at the same run and write into the same directory.
     """
     running: list[subprocess.Popen] = []
-
-    def stop(signum, frame):
-        for process in running:
-            process.terminate()
-        for process in running:
-            process.wait()
-        sys.exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
+    stop_children_on_sigterm(running)
 
     def launch(arm: str, processes: int, devices: list[str]) -> subprocess.Popen | None:
         run_dir = runs_dir / f"{arm}-{processes}gpu"
@@ -81,7 +73,7 @@ def run_all(runs_dir: Path, gpus: list[str]) -> None:
 
     def wait(processes: list[subprocess.Popen | None]) -> None:
         started = [p for p in processes if p is not None]
-        while any(p.poll() is None for p in started):  # polling: a blocking wait() would hold the lock stop() needs
+        while any(p.poll() is None for p in started):  # polled: see stop_children_on_sigterm
             time.sleep(1)
         codes = [p.returncode for p in started]
         if any(codes):

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from qra.launching import stop_children_on_sigterm
 from qra.report import write_report
 from qra.training import SHARED_DEVICE_ENV, TrainConfig, train
 
@@ -121,14 +121,7 @@ def run_in_parallel(config_path: Path, jobs: list[Job], gpus: list[str], per_gpu
     running: dict[subprocess.Popen, tuple[Job, str]] = {}
     failed = []
 
-    def stop(signum, frame):
-        for process in running:
-            process.terminate()
-        for process in running:
-            process.wait()
-        sys.exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
+    stop_children_on_sigterm(running)
     while queue or running:
         busy = [gpu for _, gpu in running.values()]
         free = [gpu for gpu in gpus if busy.count(gpu) < per_gpu]
