@@ -72,7 +72,7 @@ def sdpa_without_cudnn() -> contextlib.AbstractContextManager:
 
     On Hopper PyTorch prefers cuDNN's attention, which builds a cuDNN graph for every new tensor
     shape.  Batches padded to their longest review change shape almost every step, so each
-    attention call paid a graph build: profiling a MiniLM training step on an H200 put 75% of the
+    attention call paid a graph build: profiling a MiniLM training step on an H200 put 74–83% of the
     host's time (8–17 ms per call) in ``_cudnn_attention_forward``/``_backward`` while the GPU
     worked 8 ms per step (results/scale/profile-*.txt).  The other kernels need no per-shape setup.
     """

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # scale.py's run loop, with every training replaced by a process that records its pid and sleeps
 LAUNCHER = """
-import os, sys, time
+import sys
 sys.path.insert(0, {experiments!r})
 import scale
 scale.command = lambda arm, processes, run_dir: [sys.executable, "-c",
