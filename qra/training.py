@@ -210,7 +210,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _file_logging(run_dir) if distributed.is_main_process() else None
     try:
-        return _train(config, run_dir, device, last_checkpoint if resume else None)
+        with sdpa_without_cudnn():  # training, evaluation and the attention metrics alike
+            return _train(config, run_dir, device, last_checkpoint if resume else None)
     finally:
         if handler is not None:
             for name in ("qra", "transformers"):
@@ -250,9 +251,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(args.device)
     logger.info("training %s on %d reviews", config.featuremap, len(tokenized["train"]))
-    with sdpa_without_cudnn():
-        train_output = trainer.train(resume_from_checkpoint=checkpoint)
-        evaluation = trainer.evaluate()  # gathered over all ranks by the Trainer, each test review once
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    evaluation = trainer.evaluate()  # gathered over all ranks by the Trainer, each test review once
     trained = trainer.model
     peaks = distributed.peak_memory_per_device(args.device)
     replicas = {
@@ -278,8 +278,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint:
             "eval_samples": len(tokenized["test"]),
             "eval_predictions": int(evaluation["eval_predictions"]),  # gathered over ranks: each review once
         }
-        with sdpa_without_cudnn():
-            metrics |= measure_attention(trained, tokenizer, data["test"]["text"], config, run_dir)
+        metrics |= measure_attention(trained, tokenizer, data["test"]["text"], config, run_dir)
         write_json_atomic(run_dir / "metrics.json", metrics)
         if config.robustness:
             from .evaluation import evaluate_robustness
