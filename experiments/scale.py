@@ -3,12 +3,13 @@
     python experiments/scale.py run --gpus 0,1 [--runs-dir runs/scale]   # on a machine with 2 GPUs
     python experiments/scale.py report runs/scale --out results/scale    # scale.json + README.md
 
-``run`` trains each arm (baseline; rff with the seed's defaults) first on one GPU each, side by side
-(one arm per GPU, so each 1-GPU run has its card to itself), then on both GPUs through ``torchrun
---nproc_per_node 2`` with half the per-device batch, one arm after the other.  Finished runs are
-skipped; an interrupted one starts over.  ``report`` compares training throughput (the
-Trainer's samples/s over the whole run), accuracy and per-GPU peak memory; a hand-written
-NOTES.md in the output folder is kept on top.
+``run`` trains each pair in ``PAIRS`` (baseline and rff with the seed's defaults at the issue's
+effective batch of 32; the baseline again at 64, where each GPU has twice the work per step) first on
+one GPU, then on two through ``torchrun --nproc_per_node 2`` with half the per-device batch.  The
+runs go one at a time, so each has the host to itself: the step is host-bound, and a neighbour's
+CPU load would bias the comparison.  Finished runs are skipped; an interrupted one starts over.
+``report`` compares training throughput (the Trainer's samples/s over the whole run), accuracy and
+per-GPU peak memory; a hand-written NOTES.md in the output folder is kept on top.
 """
 
 from __future__ import annotations
@@ -27,20 +28,21 @@ from qra.launching import stop_children_on_sigterm
 from qra.provenance import write_json_atomic, write_text_atomic
 from qra.report import read_notes
 
-EFFECTIVE_BATCH = 32
 COMMON = ["--model", "bundled:all-MiniLM-L6-v2", "--data-dir", "../shared/data/imdb", "--max-length", "512",
           "--epochs", "2", "--lr", "5e-5", "--layers", "4,5", "--seed", "0", "--eval-batch-size", "128"]  # fmt: skip
 ARMS = {
     "baseline": ["--featuremap", "none"],
     "rff-seed-defaults": ["--featuremap", "rff", "--fm", "m=128", "--fm", "sigma=1.0", "--mode", "softmax"],
 }
+#: (run-name prefix, arm, effective batch), each trained on 1 GPU and on 2, in this order
+PAIRS = [("baseline", "baseline", 32), ("rff-seed-defaults", "rff-seed-defaults", 32), ("baseline-b64", "baseline", 64)]
 #: NVLink multicast stays off on the shared GPU hosts (see the device tool's notes)
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
-def command(arm: str, processes: int, run_dir: Path) -> list[str]:
+def command(arm: str, processes: int, effective_batch: int, run_dir: Path) -> list[str]:
     """``qra train`` for one GPU, or the same under torchrun for several, with the same effective batch."""
-    train = ["-m", "qra", "train", *ARMS[arm], *COMMON, "--batch-size", str(EFFECTIVE_BATCH // processes),
+    train = ["-m", "qra", "train", *ARMS[arm], *COMMON, "--batch-size", str(effective_batch // processes),
              "--output-dir", str(run_dir)]  # fmt: skip
     if processes == 1:
         return [sys.executable, *train]
@@ -48,41 +50,35 @@ def command(arm: str, processes: int, run_dir: Path) -> list[str]:
 
 
 def run_all(runs_dir: Path, gpus: list[str]) -> None:
-    """1-GPU runs side by side (one arm per GPU), then the 2-GPU runs one after the other.
+    """Every pair's 1-GPU run (on the first GPU) and then its 2-GPU run, one run at a time.
 
-    On SIGTERM (e.g. ``timeout``) the runs in flight are stopped too: a torchrun left running would
+    On SIGTERM (e.g. ``timeout``) the run in flight is stopped too: a torchrun left running would
     share its GPUs with the next attempt at the same run and write into the same directory.
     """
     running: list[subprocess.Popen] = []
     stop_children_on_sigterm(running)
-
-    def launch(arm: str, processes: int, devices: list[str]) -> subprocess.Popen | None:
-        run_dir = runs_dir / f"{arm}-{processes}gpu"
-        if (run_dir / "metrics.json").is_file():
-            print(f"done     {run_dir}")
-            return None
-        if run_dir.exists():  # an interrupted run starts over: its throughput must cover one whole run
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        env = os.environ | NCCL_ENV | {"CUDA_VISIBLE_DEVICES": ",".join(devices)}
-        print(f"start    {run_dir} on GPU(s) {','.join(devices)}", flush=True)
-        with (run_dir / "launch.log").open("a") as log:
-            process = subprocess.Popen(command(arm, processes, run_dir), env=env, stdout=log, stderr=subprocess.STDOUT)
-        running.append(process)
-        return process
-
-    def wait(processes: list[subprocess.Popen | None]) -> None:
-        started = [p for p in processes if p is not None]
-        while any(p.poll() is None for p in started):  # polled: see stop_children_on_sigterm
-            time.sleep(1)
-        codes = [p.returncode for p in started]
-        if any(codes):
-            raise SystemExit(f"a scale run failed (exit codes {codes}); see launch.log in its run directory")
-
-    single = [launch(arm, 1, [gpus[i % len(gpus)]]) for i, arm in enumerate(ARMS)]
-    wait(single)
-    for arm in ARMS:
-        wait([launch(arm, 2, gpus[:2])])
+    for name, arm, effective_batch in PAIRS:
+        for processes in (1, 2):
+            run_dir = runs_dir / f"{name}-{processes}gpu"
+            if (run_dir / "metrics.json").is_file():
+                print(f"done     {run_dir}")
+                continue
+            if run_dir.exists():  # an interrupted run starts over: its throughput must cover one whole run
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
+            devices = gpus[:processes]
+            env = os.environ | NCCL_ENV | {"CUDA_VISIBLE_DEVICES": ",".join(devices)}
+            print(f"start    {run_dir} on GPU(s) {','.join(devices)}", flush=True)
+            with (run_dir / "launch.log").open("a") as log:
+                process = subprocess.Popen(
+                    command(arm, processes, effective_batch, run_dir), env=env, stdout=log, stderr=subprocess.STDOUT
+                )
+            running.append(process)
+            while process.poll() is None:  # polled: see stop_children_on_sigterm
+                time.sleep(1)
+            running.remove(process)
+            if process.returncode:
+                raise SystemExit(f"{run_dir} failed (exit code {process.returncode}); see its launch.log")
 
 
 def _train_runtime(run_dir: Path) -> float | None:
