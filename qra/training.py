@@ -183,6 +183,11 @@ def _training_arguments(config: TrainConfig, run_dir: Path, device: torch.device
         # the default (True) tests every step's loss for NaN in Python, a GPU sync per step that keeps the
         # host from queuing the next step; a non-finite loss then shows in the logged loss instead
         logging_nan_inf_filter=False,
+        # every trainable parameter gets a gradient (tested for each registered map), and the buffers
+        # (the maps' draws) are identical on every rank and never change (checked after training): DDP
+        # need not search the autograd graph for unused parameters nor broadcast buffers before each step
+        ddp_find_unused_parameters=False,
+        ddp_broadcast_buffers=False,
         # collating in worker processes overlaps it with the GPU's work; on the CPU it would compete
         dataloader_num_workers=DATALOADER_WORKERS if device.type == "cuda" else 0,
         **sampling,

@@ -9,6 +9,7 @@ import torch
 from transformers import GPT2Config, GPT2Model
 
 import qra
+from qra import featuremaps
 from qra.featuremaps import get
 
 from .conftest import HEAD_DIM, HEADS, LAYERS, GaussianKernelMap, ScaledIdentity, tiny_bert, tiny_distilbert
@@ -93,6 +94,19 @@ def test_gradients_reach_the_patched_layers_projections_and_knobs(padded_batch):
             attention.qra_attention.featuremap.log_sigma,
         ):
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+
+
+WORKING_MAPS = sorted(name for name, info in featuremaps.available().items() if info.status == "ok")
+
+
+@pytest.mark.parametrize("featuremap", WORKING_MAPS)
+def test_every_trainable_parameter_gets_a_gradient(model_factory, padded_batch, featuremap):
+    """qra train runs DDP with ``find_unused_parameters=False``: a parameter without a gradient would hang it."""
+    model = qra.patch(model_factory(), featuremap, layers=(4, 5), learn_beta=True)
+    model.train()
+    model(**padded_batch, labels=torch.tensor([0, 1])).loss.backward()
+    trainable = dict(model.named_parameters())
+    assert not [name for name, parameter in trainable.items() if parameter.requires_grad and parameter.grad is None]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -73,13 +73,13 @@ def test_runs_go_one_at_a_time_with_the_same_effective_batch(tmp_path, monkeypat
     lines = [line.split() for line in log.read_text().splitlines()]
     assert [line[:3] for line in lines] == [
         ["baseline-2gpu", "3,5", "1"],  # only its launch.log: the leftover was removed
+        ["baseline-b256-1gpu", "3", "1"],
+        ["baseline-b256-2gpu", "3,5", "1"],
         ["rff-seed-defaults-1gpu", "3", "1"],
         ["rff-seed-defaults-2gpu", "3,5", "1"],
-        ["baseline-b64-1gpu", "3", "1"],
-        ["baseline-b64-2gpu", "3,5", "1"],
     ]
     for line in lines:
         gpus = len(line[1].split(","))
-        effective = 64 if line[0].startswith("baseline-b64") else 32
+        effective = 256 if line[0].startswith("baseline-b256") else 32
         assert line[line.index("--batch-size") + 1] == str(effective // gpus)
         assert ("--nproc_per_node=2" in line) == (gpus == 2)
