@@ -74,7 +74,8 @@ def sdpa_without_cudnn() -> contextlib.AbstractContextManager:
     shape.  Batches padded to their longest review change shape almost every step, so each
     attention call paid a graph build: profiling a MiniLM training step on an H200 put 74–83% of the
     host's time (8–17 ms per call) in ``_cudnn_attention_forward``/``_backward`` while the GPU
-    worked 8 ms per step (results/scale/profile-*.txt).  The other kernels need no per-shape setup.
+    worked 8 ms per step (results/scale/profile-*-cudnn.txt).  The other kernels need no per-shape
+    setup: without cuDNN the profiled step took 44 ms instead of 167-249 ms (results/scale/NOTES.md).
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
