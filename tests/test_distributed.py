@@ -1,21 +1,37 @@
-"""qra train under torchrun: two CPU processes (gloo) train a tiny model; ranks agree, rank 0 writes."""
+"""qra train under torchrun and accelerate launch: two CPU processes (gloo) train a tiny model; ranks agree."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import socket
 import subprocess
 import sys
 
 import pytest
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="needs torchrun")
-def test_two_processes_agree_and_write_once(tiny_model_dir, tiny_data_dir, tmp_path):
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# accelerate's --cpu starts one process (several CPU processes need mpirun); --multi_gpu starts them through
+# torch's elastic launcher, the README's command, and qra's --device cpu makes them gloo processes
+LAUNCHERS = {
+    "torchrun": lambda: ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+    "accelerate": lambda: ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--main_process_port", str(free_port())],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_agree_and_write_once(tiny_model_dir, tiny_data_dir, tmp_path, launcher):
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "qra", "train",
+        sys.executable, *LAUNCHERS[launcher](), "-m", "qra", "train",
         "--featuremap", "rff", "--fm", "m=16", "--model", str(tiny_model_dir), "--data-dir", str(tiny_data_dir),
         "--max-length", "48", "--epochs", "1", "--batch-size", "4", "--eval-batch-size", "4",
         "--max-eval-samples", "23", "--attention-samples", "8", "--device", "cpu", "--output-dir", str(out),
