@@ -52,8 +52,10 @@ def test_sigterm_stops_the_runs_in_flight(tmp_path):
 
 def test_runs_go_one_at_a_time_with_the_same_effective_batch(tmp_path, monkeypatch):
     """Each pair: 1 GPU × B, then 2 GPUs × B/2 under torchrun; a finished run is skipped, a broken one redone."""
-    sys.path.insert(0, str(ROOT / "experiments"))
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
     import scale
+
+    monkeypatch.setattr(scale, "stop_children_on_sigterm", lambda children: None)  # leave pytest's handler be
 
     runs = tmp_path / "runs"
     (runs / "baseline-1gpu").mkdir(parents=True)
