@@ -79,9 +79,9 @@ def test_runs_with_a_smaller_budget_are_their_own_configuration(tiny_model_dir, 
     assert "baseline [16 train / all test]" in readme
 
 
-def test_a_record_missing_its_evaluations_is_finished_again(tiny_model_dir, tiny_data_dir, tmp_path):
+def test_a_record_missing_its_evaluations_is_finished_again(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
     """metrics.json without the robustness asked for (killed mid-evaluation, model not kept): train again."""
-    sys.path.insert(0, str(SWEEP.parent))
+    monkeypatch.syspath_prepend(str(SWEEP.parent))
     import sweep as sweep_module
 
     study = {"word-dropout": [0.1]}
