@@ -2,16 +2,16 @@
 
     python experiments/metrics_attention.py runs/rff-... --samples 512 [--out attention.json]
 
-Patched layers report qra's attention maps, the others eager attention's (see qra.attention_maps).
+Patched layers report qra's attention maps, the others eager attention's (see qra.experiment.attention_maps).
 """
 
 import argparse
 import json
 from pathlib import Path
 
-from qra.attention_maps import attention_statistics, attention_subset
-from qra.evaluation import load_finished_run
-from qra.provenance import write_json_atomic
+from qra.experiment.attention_maps import attention_statistics, attention_subset
+from qra.experiment.evaluation import load_finished_run
+from qra.experiment.provenance import write_json_atomic
 
 
 def main() -> None:

@@ -10,16 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from qra.data import load_text_classification
-from qra.models import load_classifier, load_tokenizer
-from qra.provenance import provenance, write_json_atomic
-from qra.qk_scale import query_key_distances
-from qra.training import resolve_device
+from qra.experiment.data import load_text_classification
+from qra.experiment.models import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_device
+from qra.experiment.provenance import provenance, write_json_atomic
+from qra.experiment.qk_scale import query_key_distances
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="distilbert-base-uncased")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--reviews", type=int, default=64, help="test reviews (a seeded random subset)")
     parser.add_argument("--max-length", type=int, default=512)

@@ -21,23 +21,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from qra.evaluation import QUANTUM_KNOBS, is_exact
-from qra.provenance import write_json_atomic, write_text_atomic
-from qra.quantum_cost import quantum_cost
-from qra.report import read_notes
+from qra.experiment.evaluation import QUANTUM_KNOBS, is_exact
+from qra.experiment.provenance import write_json_atomic, write_text_atomic
+from qra.experiment.quantum_cost import quantum_cost
+from qra.experiment.runs import FinishedRecord, read_notes
 
 PLOT = "accuracy_vs_shots_and_noise.png"
 
 
 def run_rows(run_dir: Path, shot_rate: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The run's description and one row per evaluated setting."""
-    record = json.loads((run_dir / "config.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    found = FinishedRecord.read(run_dir)
+    record, metrics, config = found.record, found.metrics, found.config
     settings = metrics.get("quantum")
     if not settings:
         raise SystemExit(f"{run_dir} has no quantum evaluation; run `qra eval {run_dir} --shots ...` first")
-    config = record["config"]
-    params = (record["model"].get("qra") or {}).get("featuremap_params", config["fm_params"])
+    params = found.featuremap_params
     cost = quantum_cost(config["model"], config["featuremap"], params, config["layers"], config["max_length"],
                         batch_size=1, epsilon=0.01, shot_rate=shot_rate)  # fmt: skip
     exact = next(filter(is_exact, settings))

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qra.launching import stop_children_on_sigterm
-from qra.provenance import write_json_atomic, write_text_atomic
-from qra.report import read_notes
+from qra.experiment.launching import stop_children_on_sigterm
+from qra.experiment.provenance import write_json_atomic, write_text_atomic
+from qra.experiment.runs import FinishedRecord, RunDirectory, read_notes
 
 COMMON = ["--model", "bundled:all-MiniLM-L6-v2", "--data-dir", "../shared/data/imdb", "--max-length", "512",
           "--epochs", "2", "--lr", "5e-5", "--layers", "4,5", "--seed", "0", "--eval-batch-size", "128"]  # fmt: skip
@@ -65,7 +65,7 @@ def run_all(runs_dir: Path, gpus: list[str]) -> None:
     for name, arm, effective_batch in PAIRS:
         for processes in (1, 2):
             run_dir = runs_dir / f"{name}-{processes}gpu"
-            if (run_dir / "metrics.json").is_file():
+            if RunDirectory(run_dir).is_finished:
                 print(f"done     {run_dir}")
                 continue
             if run_dir.exists():  # an interrupted run starts over: its throughput must cover one whole run
@@ -98,8 +98,8 @@ def summarise(runs_dir: Path) -> dict[str, Any]:
     """One row per (arm, GPUs), and the 2-GPU/1-GPU speedup per arm."""
     rows = []
     for run_dir in sorted(p.parent for p in runs_dir.glob("*/metrics.json")):
-        record = json.loads((run_dir / "config.json").read_text())
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        found = FinishedRecord.read(run_dir)
+        record, metrics = found.record, found.metrics
         rows.append({
             "arm": run_dir.name.rsplit("-", 1)[0],
             "gpus": record["training"]["world_size"],

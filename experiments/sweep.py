@@ -30,9 +30,12 @@ from typing import Any
 
 import yaml
 
-from qra.launching import stop_children_on_sigterm
-from qra.report import write_report
-from qra.training import SHARED_DEVICE_ENV, TrainConfig, train
+from qra.experiment.config import TrainConfig
+from qra.experiment.evaluation import evaluate_quantum, evaluate_robustness, quantum_setting_key, quantum_settings
+from qra.experiment.launching import stop_children_on_sigterm
+from qra.experiment.report import write_report
+from qra.experiment.runs import RunDirectory
+from qra.experiment.training import SHARED_DEVICE_ENV, train
 
 
 @dataclass
@@ -52,22 +55,19 @@ class Job:
 
     def pending_evaluations(self) -> list[str]:
         """What a trained run still lacks: ``robustness`` and/or ``quantum`` (every setting asked for)."""
-        metrics_file = self.run_dir / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        metrics = RunDirectory(self.run_dir).metrics()
         pending = []
         asked = {f"{kind}={rate:g}" for kind, rates in self.config.robustness.items() for rate in rates}
         if asked - set(metrics.get("robustness", {})):
             pending.append("robustness")
         if self.quantum_eval:
-            from qra.evaluation import quantum_setting_key, quantum_settings
-
             wanted = {quantum_setting_key(s) for s in quantum_settings(**self.quantum_eval)}
             if wanted - {quantum_setting_key(s) for s in metrics.get("quantum", [])}:
                 pending.append("quantum")
         return pending
 
     def finished(self) -> bool:
-        return (self.run_dir / "metrics.json").is_file() and not self.pending_evaluations()
+        return RunDirectory(self.run_dir).is_finished and not self.pending_evaluations()
 
 
 def load_plan(path: Path) -> tuple[dict[str, Any], list[Job]]:
@@ -94,20 +94,17 @@ def run_job(job: Job) -> None:
     A record whose evaluations are incomplete and whose model is gone (only config and metrics were
     kept, e.g. copied back from a GPU machine) is trained again from scratch.
     """
-    trained = (job.run_dir / "metrics.json").is_file()
-    if trained and job.pending_evaluations() and not (job.run_dir / "model").is_dir():
+    run = RunDirectory(job.run_dir)
+    trained = run.is_finished
+    if trained and job.pending_evaluations() and not run.model_dir.is_dir():
         print(f"{job.name}: evaluations {job.pending_evaluations()} missing and no model kept; training again")
         shutil.rmtree(job.run_dir)
         trained = False
     if not trained:
-        train(job.config, resume=(job.run_dir / "checkpoints").is_dir())
+        train(job.config, resume=run.checkpoints_dir.is_dir())
     if "robustness" in job.pending_evaluations():
-        from qra.evaluation import evaluate_robustness
-
         evaluate_robustness(job.run_dir, job.config.robustness)
     if "quantum" in job.pending_evaluations():
-        from qra.evaluation import evaluate_quantum
-
         evaluate_quantum(job.run_dir, **job.quantum_eval)
 
 
@@ -192,7 +189,8 @@ def main() -> None:
             continue
         todo.append(job)
         resume = (job.run_dir / "checkpoints").is_dir()
-        print(f"{'resume' if resume else 'train'}    {job.run_dir}: {json.dumps(job.config.fm_params)}", flush=True)
+        settings = json.dumps(job.config.featuremap_params)
+        print(f"{'resume' if resume else 'train'}    {job.run_dir}: {settings}", flush=True)
     if args.dry_run:
         return
     if args.jobs_per_gpu > 0:

@@ -19,6 +19,8 @@ and the quadratic evaluation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -28,17 +30,16 @@ from torch.nn import functional as F
 from .featuremaps.base import FeatureMap, compute_dtype
 
 Mode = Literal["softmax", "normalized", "linear"]
-MODES: tuple[str, ...] = ("softmax", "normalized", "linear")
 DEFAULT_EPS = 1e-6
 
 
 def check_mode(mode: str, featuremap: FeatureMap) -> None:
-    """Raise a clear error for an unknown mode, or ``linear`` with a map that cannot factor."""
-    if mode not in MODES:
-        raise ValueError(f"unknown attention mode {mode!r}; accepted: {', '.join(MODES)}")
-    if mode == "linear" and not featuremap.is_linear:
+    """Raise a clear error for an unknown mode, or a mode the map cannot run (``linear`` needs a dot product)."""
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"unknown attention mode {mode!r}; accepted: {', '.join(ATTENTION_MODES)}")
+    if ATTENTION_MODES[mode].needs_linear_map and not featuremap.is_linear:
         raise ValueError(
-            f"mode='linear' needs a feature map whose similarity is a real dot product (is_linear=True); "
+            f"mode={mode!r} needs a feature map whose similarity is a real dot product (is_linear=True); "
             f"{type(featuremap).__name__} is not. Use mode='softmax' or 'normalized'."
         )
 
@@ -91,6 +92,110 @@ def _softmax_through_sdpa(
     return torch.nan_to_num(out, nan=0.0)  # a sequence without any real key attends to nothing
 
 
+@dataclass(frozen=True)
+class AttentionInputs:
+    """What every mode gets: features of the queries and keys, the values, and the options."""
+
+    featuremap: FeatureMap
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    keep: torch.Tensor | None  # [B, Nk] bool, True for real keys; None: no padding
+    beta: torch.Tensor | float | None
+    dropout_p: float
+    return_weights: bool
+    eps: float
+
+    @property
+    def keep_keys(self) -> torch.Tensor | None:
+        """The key mask broadcast over heads and queries, [B, 1, 1, Nk]."""
+        return None if self.keep is None else self.keep[:, None, None, :]
+
+
+AttentionResult = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _weighted_values(inputs: AttentionInputs, weights: torch.Tensor, dtype: torch.dtype) -> AttentionResult:
+    """Dropout on the weights (when asked), then weights @ V in ``dtype``, returned in V's dtype."""
+    if inputs.dropout_p > 0:
+        weights = F.dropout(weights, p=inputs.dropout_p, training=True)
+    out = weights @ inputs.v.to(dtype)
+    return out.to(inputs.v.dtype), (weights if inputs.return_weights else None)
+
+
+def softmax_mode(inputs: AttentionInputs) -> AttentionResult:
+    """softmax(β·S) over the real keys; dot-product maps run through fused SDPA kernels (no N×N matrix)."""
+    fm = inputs.featuremap
+    fq, fk = fm.query_features(inputs.q), fm(inputs.k)
+    if fm.is_linear and not inputs.return_weights:
+        return _softmax_through_sdpa(fq, fk, inputs.v, inputs.keep, inputs.beta, inputs.dropout_p), None
+    dtype = compute_dtype(inputs.v)
+    scores = fm.similarity(fq, fk).to(dtype)
+    if inputs.beta is not None:
+        beta = torch.as_tensor(inputs.beta, dtype=dtype, device=scores.device)
+        scores = scores * (beta.view(1, -1, 1, 1) if beta.dim() else beta)
+    keep_keys = inputs.keep_keys
+    if keep_keys is not None:
+        scores = scores.masked_fill(~keep_keys, torch.finfo(dtype).min)
+    weights = torch.softmax(scores, dim=-1)
+    if keep_keys is not None:  # exact zeros, also for a row whose keys are all padding
+        weights = weights * keep_keys
+    return _weighted_values(inputs, weights, dtype)
+
+
+def _features(inputs: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """φ(q), φ(k) for the modes where a constant factor cancels: stabilised where the map allows."""
+    stabilised = _stabilised_features(inputs.featuremap, inputs.q, inputs.k, inputs.keep)
+    if stabilised is not None:
+        return stabilised
+    return inputs.featuremap.query_features(inputs.q), inputs.featuremap(inputs.k)
+
+
+def normalized_mode(inputs: AttentionInputs) -> AttentionResult:
+    """max(S, 0) / Σ_j max(S, 0): a kernel smoother (Nadaraya–Watson)."""
+    fq, fk = _features(inputs)
+    dtype = compute_dtype(inputs.v)
+    weights = inputs.featuremap.similarity(fq, fk).to(dtype).clamp_min(0)
+    if inputs.keep_keys is not None:
+        weights = weights * inputs.keep_keys
+    weights = weights / guard_denominator(weights.sum(dim=-1, keepdim=True), inputs.eps)
+    return _weighted_values(inputs, weights, dtype)
+
+
+def linear_mode(inputs: AttentionInputs) -> AttentionResult:
+    """φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1) in O(N·m·d); the weights only on demand."""
+    fq, fk = _features(inputs)
+    dtype = compute_dtype(inputs.v)
+    fq, fk, values = fq.to(dtype), fk.to(dtype), inputs.v.to(dtype)
+    if inputs.keep is not None:
+        fk = fk * inputs.keep[:, None, :, None].to(dtype)
+    key_value = fk.transpose(-1, -2) @ values  # [B, H, m, dv]
+    normaliser = guard_denominator(fq @ fk.sum(dim=-2).unsqueeze(-1), inputs.eps)  # [B, H, Nq, 1]
+    out = (fq @ key_value) / normaliser
+    weights = None
+    if inputs.return_weights:
+        scores = fq @ fk.transpose(-1, -2)
+        weights = scores / guard_denominator(scores.sum(dim=-1, keepdim=True), inputs.eps)
+    return out.to(inputs.v.dtype), weights
+
+
+@dataclass(frozen=True)
+class AttentionMode:
+    """One way of turning kernel values into attention: its function and what it needs of the map."""
+
+    function: Callable[[AttentionInputs], AttentionResult]
+    needs_linear_map: bool = False
+
+
+#: The attention modes by name.  A new mode is one function of :class:`AttentionInputs` and one row here.
+ATTENTION_MODES: dict[str, AttentionMode] = {
+    "softmax": AttentionMode(softmax_mode),
+    "normalized": AttentionMode(normalized_mode),
+    "linear": AttentionMode(linear_mode, needs_linear_map=True),
+}
+MODES: tuple[str, ...] = tuple(ATTENTION_MODES)
+
+
 def kernel_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -109,7 +214,7 @@ def kernel_attention(
         q, k: queries ``[B, H, Nq, d]`` and keys ``[B, H, Nk, d]``; d must equal ``featuremap.d_in``.
         v: values ``[B, H, Nk, dv]``.
         featuremap: the map φ.
-        mode: ``softmax``, ``normalized`` or ``linear`` (module docstring).
+        mode: a name in :data:`ATTENTION_MODES` — ``softmax``, ``normalized`` or ``linear`` (module docstring).
         key_padding_mask: ``[B, Nk]`` bool, True for real tokens; None means no padding.
         beta: softmax temperature, a float or a per-head tensor ``[H]`` (default 1).  Unused by the
             other modes, where a scale of S cancels.
@@ -133,48 +238,8 @@ def kernel_attention(
                 f"key_padding_mask must be [B, Nk] = {(k.shape[0], k.shape[2])}, got {tuple(key_padding_mask.shape)}"
             )
         keep = key_padding_mask.to(device=k.device, dtype=torch.bool)
-
-    dtype = compute_dtype(v)
-    stabilised = None if mode == "softmax" else _stabilised_features(featuremap, q, k, keep)
-    fq, fk = stabilised if stabilised is not None else (featuremap.query_features(q), featuremap(k))
-    keep_keys = None if keep is None else keep[:, None, None, :]  # broadcast over heads and queries
-
-    if mode == "linear":
-        fq, fk, values = fq.to(dtype), fk.to(dtype), v.to(dtype)
-        if keep is not None:
-            fk = fk * keep[:, None, :, None].to(dtype)
-        key_value = fk.transpose(-1, -2) @ values  # [B, H, m, dv]
-        normaliser = guard_denominator(fq @ fk.sum(dim=-2).unsqueeze(-1), eps)  # [B, H, Nq, 1]
-        out = (fq @ key_value) / normaliser
-        weights = None
-        if return_weights:
-            scores = fq @ fk.transpose(-1, -2)
-            weights = scores / guard_denominator(scores.sum(dim=-1, keepdim=True), eps)
-        return out.to(v.dtype), weights
-
-    if mode == "softmax" and featuremap.is_linear and not return_weights:
-        return _softmax_through_sdpa(fq, fk, v, keep, beta, dropout_p), None
-
-    scores = featuremap.similarity(fq, fk).to(dtype)
-    if mode == "softmax":
-        if beta is not None:
-            beta = torch.as_tensor(beta, dtype=dtype, device=scores.device)
-            scores = scores * (beta.view(1, -1, 1, 1) if beta.dim() else beta)
-        if keep_keys is not None:
-            scores = scores.masked_fill(~keep_keys, torch.finfo(dtype).min)
-        weights = torch.softmax(scores, dim=-1)
-        if keep_keys is not None:  # exact zeros, also for a row whose keys are all padding
-            weights = weights * keep_keys
-    else:  # normalized
-        weights = scores.clamp_min(0)
-        if keep_keys is not None:
-            weights = weights * keep_keys
-        weights = weights / guard_denominator(weights.sum(dim=-1, keepdim=True), eps)
-
-    if dropout_p > 0:
-        weights = F.dropout(weights, p=dropout_p, training=True)
-    out = weights @ v.to(dtype)
-    return out.to(v.dtype), (weights if return_weights else None)
+    inputs = AttentionInputs(featuremap, q, k, v, keep, beta, dropout_p, return_weights, eps)
+    return ATTENTION_MODES[mode].function(inputs)
 
 
 class KernelAttention(nn.Module):

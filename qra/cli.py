@@ -1,10 +1,17 @@
-"""The ``qra`` command line."""
+"""The ``qra`` command line: a thin layer over the library (``qra``) and the application (``qra.experiment``).
+
+``qra train``'s options are generated from :class:`~qra.experiment.config.TrainConfig`; the other
+commands parse their options and call one function of the application each.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import inspect
 import json
+import typing
 from pathlib import Path
+from typing import Any
 
 import torch
 import typer
@@ -13,6 +20,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import featuremaps
+from .experiment.config import TrainConfig, parse_featuremap_params, parse_floats, parse_ints
+from .experiment.models import DEFAULT_MODEL
+from .experiment.runs import RunDirectory
+from .patching import DEFAULT_LAYERS
 
 app = typer.Typer(
     help="qra: kernelized, quantum-ready attention for pretrained encoders.",
@@ -45,27 +56,6 @@ def list_featuremaps(
     Console(width=160).print(table)
 
 
-def parse_fm_params(pairs: list[str]) -> dict[str, object]:
-    """``["m=64", "orthogonal=true", "paulis=Z,ZZ"]`` -> ``{"m": 64, "orthogonal": True, "paulis": "Z,ZZ"}``."""
-    params: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"--fm takes KEY=VALUE, got {pair!r}")
-        lowered = raw.strip().lower()
-        if lowered in ("true", "false"):
-            value: object = lowered == "true"
-        elif lowered in ("none", "null"):
-            value = None
-        else:
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
-        params[key.strip()] = value
-    return params
-
-
 def _fail(error: Exception) -> typer.Exit:
     Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
     return typer.Exit(code=2)
@@ -74,73 +64,70 @@ def _fail(error: Exception) -> typer.Exit:
 USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
 
 
-def default_run_dir(featuremap: str, params: dict, mode: str, layers: list[int], seed: int) -> Path:
-    """``runs/none-seed0`` or ``runs/rff-softmax-L4,5-<hash of params>-seed0``: stable, so reruns resume."""
-    if featuremap == "none":
-        return Path("runs") / f"none-seed{seed}"
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
-    return Path("runs") / f"{featuremap}-{mode}-L{','.join(map(str, layers))}-{digest}-seed{seed}"
+def _train_options() -> list[inspect.Parameter]:
+    """One ``qra train`` option per :class:`TrainConfig` field: its name, type, default and help, written once there."""
+    hints = typing.get_type_hints(TrainConfig)
+    options = []
+    for config_field in dataclasses.fields(TrainConfig):
+        cli = config_field.metadata.get("cli")
+        factory = config_field.default_factory
+        default = factory() if factory is not dataclasses.MISSING else config_field.default
+        declarations = [cli.flag] if cli and cli.flag else []
+        bounds = {} if config_field.metadata.get("minimum") is None else {"min": config_field.metadata["minimum"]}
+        option = typer.Option(cli.show(default) if cli else default, *declarations,
+                              help=config_field.metadata.get("help"), **bounds)  # fmt: skip
+        annotation = cli.type if cli else hints[config_field.name]
+        options.append(inspect.Parameter(config_field.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                         annotation=annotation))  # fmt: skip
+    return options
 
 
-@app.command("train")
-def train_command(
-    featuremap: str = typer.Option(
-        "rff", help="Registered feature map (see `qra featuremaps`), or 'none' for the baseline."
-    ),
-    fm: list[str] = typer.Option([], "--fm", help="Feature-map parameter KEY=VALUE (repeatable), e.g. --fm m=64."),
-    m: int | None = typer.Option(None, help="Shorthand for --fm m=M (rff/performer features)."),
-    sigma: float | None = typer.Option(None, help="Shorthand for --fm sigma=S (rff bandwidth)."),
-    layers: str = typer.Option("4,5", help="Comma-separated 0-based layers to patch."),
-    mode: str = typer.Option("softmax", help="softmax, normalized or linear."),
-    beta: float = typer.Option(1.0, help="Softmax temperature per head (softmax mode)."),
-    learn_beta: bool = typer.Option(False, help="Train the per-head temperature."),
-    model: str = typer.Option("distilbert-base-uncased", help="Hub id, local directory or bundled:all-MiniLM-L6-v2."),
-    data_dir: str | None = typer.Option(
-        None, help="Folder with train/test .jsonl(.gz)/.csv/.parquet; default: hub imdb."
-    ),
-    max_length: int = typer.Option(512, min=8),
-    epochs: float = typer.Option(2.0, min=0.0),
-    batch_size: int = typer.Option(32, min=1),
-    eval_batch_size: int = typer.Option(64, min=1),
-    lr: float = typer.Option(5e-5, min=0.0),
-    seed: int = typer.Option(0),
-    max_train_samples: int | None = typer.Option(None, min=1),
-    max_eval_samples: int | None = typer.Option(None, min=1),
-    attention_samples: int = typer.Option(512, min=1, help="Test reviews for attention entropy/distance."),
-    save_steps: int = typer.Option(500, min=1, help="Checkpoint every N steps (what --resume restarts from)."),
-    output_dir: Path | None = typer.Option(
-        None, help="Run directory (config.json, metrics.json, model/, logs); default runs/<map>-<settings>-seed<N>."
-    ),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    robustness: list[str] = typer.Option([], help="After training: e.g. word-dropout=0.1,0.2 (repeatable)."),
-    profile_steps: int = typer.Option(0, min=0, help="Profile N training steps after 10 (profile.txt in the run)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
-) -> None:
+#: options of ``qra train`` that are not settings of the run
+_TRAIN_COMMAND_OPTIONS = [
+    inspect.Parameter("m", inspect.Parameter.KEYWORD_ONLY, annotation=int | None,
+                      default=typer.Option(None, help="Shorthand for --fm m=M (rff/performer features).")),
+    inspect.Parameter("sigma", inspect.Parameter.KEYWORD_ONLY, annotation=float | None,
+                      default=typer.Option(None, help="Shorthand for --fm sigma=S (rff bandwidth).")),
+    inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, help="Continue an interrupted run from its last checkpoint.")),
+]  # fmt: skip
+
+
+def config_from_options(options: dict[str, Any]) -> TrainConfig:
+    """The run's settings from ``qra train``'s options (the field parsers turn option text into values)."""
+    values = {}
+    for config_field in dataclasses.fields(TrainConfig):
+        cli = config_field.metadata.get("cli")
+        value = options[config_field.name]
+        values[config_field.name] = cli.parse(value) if cli else value
+    shorthands = {name: options.get(name) for name in ("m", "sigma")}
+    values["featuremap_params"] |= {name: value for name, value in shorthands.items() if value is not None}
+    return TrainConfig(**values)
+
+
+def train_command(**options: Any) -> None:
     """Fine-tune an encoder with kernel attention in chosen layers (or the baseline), then measure it."""
-    from .distributed import is_main_process
-    from .robustness import RobustnessError, parse_settings
-    from .training import TrainConfig, train
+    from .experiment.distributed import is_main_process
+    from .experiment.evaluation import evaluate_robustness
+    from .experiment.robustness import RobustnessError
+    from .experiment.training import train
 
     try:
-        params = parse_fm_params(fm)
-        params |= {key: value for key, value in (("m", m), ("sigma", sigma)) if value is not None}
-        layer_list = _parse_ints(layers, "--layers", minimum=0)
-        output_dir = output_dir or default_run_dir(featuremap, params, mode, layer_list, seed)
-        config = TrainConfig(
-            output_dir=str(output_dir), featuremap=featuremap, fm_params=params, layers=layer_list, mode=mode,
-            beta=beta, learn_beta=learn_beta, model=model, data_dir=data_dir, max_length=max_length, epochs=epochs,
-            batch_size=batch_size, eval_batch_size=eval_batch_size, lr=lr, seed=seed,
-            max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
-            attention_samples=attention_samples, save_steps=save_steps, device=device,
-            robustness=parse_settings(robustness), profile_steps=profile_steps,
-        )  # fmt: skip
-        if featuremap != "none":
-            featuremaps.registry.feature_map_class(featuremap)  # unknown names fail before any loading
-        run_dir = train(config, resume=resume)
+        config = config_from_options(options)
+        if not config.is_baseline:
+            featuremaps.registry.feature_map_class(config.featuremap)  # unknown names fail before any loading
+        run_dir = train(config, resume=options["resume"])
+        if config.robustness and is_main_process():
+            evaluate_robustness(run_dir, config.robustness, device=config.device)
     except (*USER_ERRORS, RobustnessError) as error:
         raise _fail(error) from error
     if is_main_process():  # under torchrun only rank 0 wrote (and prints) the results
         _print_metrics(run_dir)
+
+
+train_command.__signature__ = inspect.Signature(_train_options() + _TRAIN_COMMAND_OPTIONS)  # type: ignore[attr-defined]
+train_command.__annotations__ = {p.name: p.annotation for p in train_command.__signature__.parameters.values()}
+app.command("train")(train_command)
 
 
 @app.command("eval")
@@ -153,32 +140,33 @@ def eval_command(
     device: str | None = typer.Option(None, help="auto, cpu or cuda (default: the run's)."),
 ) -> None:
     """Evaluate a trained run again: perturbed texts, or sampled/noisy quantum kernels; into its metrics.json."""
-    from .evaluation import evaluate_quantum, evaluate_robustness
-    from .robustness import RobustnessError, parse_settings
+    from .experiment.evaluation import evaluate_quantum, evaluate_robustness
+    from .experiment.robustness import RobustnessError, parse_settings
 
     try:
         settings = parse_settings(robustness)
         if settings or not (shots or depolarizing or readout):
             evaluate_robustness(run_dir, settings, device=device)
         if shots or depolarizing or readout:
-            evaluate_quantum(run_dir, _parse_ints(shots, "--shots") if shots else [], _parse_floats(depolarizing),
-                             _parse_floats(readout), device=device)  # fmt: skip
+            evaluate_quantum(run_dir, _parse_ints(shots, "--shots") if shots else [],
+                             _parse_floats(depolarizing, "--depolarizing"), _parse_floats(readout, "--readout"),
+                             device=device)  # fmt: skip
     except (*USER_ERRORS, RobustnessError) as error:
         raise _fail(error) from error
     _print_metrics(run_dir)
 
 
-def _parse_floats(text: str) -> list[float]:
+def _parse_floats(text: str, option: str) -> list[float]:
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+        return parse_floats(text, option)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 def _print_metrics(run_dir: Path) -> None:
-    from .evaluation import QUANTUM_KNOBS
+    from .experiment.evaluation import QUANTUM_KNOBS
 
-    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    metrics = RunDirectory(run_dir).metrics()
     table = Table(title=f"{run_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -202,7 +190,7 @@ def report_command(
     out: Path = typer.Option(Path("results/imdb"), help="Where summary.json, README.md and the plots go."),
 ) -> None:
     """Group runs across seeds; write summary.json, a README table and plots."""
-    from .report import write_report
+    from .experiment.report import write_report
 
     try:
         path = write_report(run_dirs, out)
@@ -215,8 +203,8 @@ def report_command(
 def quantum_cost_command(
     featuremap: str = typer.Option("qiskit-zz", help="A quantum circuit map (`qra featuremaps`)."),
     fm: list[str] = typer.Option([], "--fm", help="Feature-map parameter KEY=VALUE (repeatable), e.g. qubits=6."),
-    model: str = typer.Option("distilbert-base-uncased", help="Model id or directory (only its config is read)."),
-    layers: str = typer.Option("4,5", help="Patched layers."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Model id or directory (only its config is read)."),
+    layers: str = typer.Option(",".join(map(str, DEFAULT_LAYERS)), help="Patched layers."),
     seq_len: int = typer.Option(512, min=1, help="Sequence length N."),
     batch_size: int = typer.Option(1, min=1, help="Sequences per forward pass."),
     epsilon: float = typer.Option(0.01, help="Target standard error of each kernel value."),
@@ -224,12 +212,13 @@ def quantum_cost_command(
     output: Path | None = typer.Option(None, help="Also write the result as JSON here."),
 ) -> None:
     """Circuits, shots and QPU time of one forward pass with quantum-kernel attention."""
-    from .provenance import write_json_atomic
-    from .quantum_cost import quantum_cost
+    from .experiment.provenance import write_json_atomic
+    from .experiment.quantum_cost import quantum_cost
 
     try:
-        result = quantum_cost(model, featuremap, parse_fm_params(fm), _parse_ints(layers, "--layers", minimum=0),
-                              seq_len, batch_size, epsilon, shot_rate)  # fmt: skip
+        result = quantum_cost(model, featuremap, parse_featuremap_params(fm),
+                              _parse_ints(layers, "--layers", minimum=0), seq_len, batch_size, epsilon,
+                              shot_rate)  # fmt: skip
     except USER_ERRORS as error:
         raise _fail(error) from error
     circuit = result["circuit"]
@@ -266,16 +255,13 @@ app.add_typer(bench_app, name="bench")
 
 def _parse_ints(text: str, option: str, minimum: int = 1) -> list[int]:
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"{option} takes comma-separated integers, e.g. 4,5; got {text!r}") from None
-    if not values or min(values) < minimum:
-        raise typer.BadParameter(f"{option} takes integers >= {minimum}; got {text!r}")
-    return values
+        return parse_ints(text, option, minimum)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 def _device(choice: str) -> torch.device:
-    from .training import resolve_device
+    from .experiment.models import resolve_device
 
     try:
         return resolve_device(choice)
@@ -295,7 +281,7 @@ def bench_featuremaps_command(
     output: Path = typer.Option(Path("results/bench/featuremaps.json"), help="Where to write the JSON."),
 ) -> None:
     """ZZ feature map states: qra's native engine vs PennyLane default.qubit vs Qiskit, fwd and fwd+bwd."""
-    from .bench import add_speedups, bench_featuremaps, write_results
+    from .experiment.bench import add_speedups, bench_featuremaps, write_results
 
     chosen = _device(device)
     qubit_list, input_list = _parse_ints(qubits, "--qubits"), _parse_ints(inputs, "--inputs")
@@ -330,7 +316,7 @@ def bench_attention_command(
     output: Path = typer.Option(Path("results/bench/attention.json")),
 ) -> None:
     """SDPA vs qra kernel attention (rff; softmax, normalized, linear): fwd and fwd+bwd time, peak memory."""
-    from .bench import bench_attention, write_results
+    from .experiment.bench import bench_attention, write_results
 
     chosen = _device(device)
     dtype = torch.bfloat16 if chosen.type == "cuda" else torch.float32
@@ -363,7 +349,7 @@ def bench_train_command(
     output: Path = typer.Option(Path("results/bench/train.json")),
 ) -> None:
     """One training step of a DistilBERT-base-shaped model: baseline vs patched L4,L5."""
-    from .bench import bench_train, write_results
+    from .experiment.bench import bench_train, write_results
 
     chosen = _device(device)
     with Console(stderr=True).status("benchmarking") as status:

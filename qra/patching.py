@@ -42,6 +42,8 @@ SUPPORTED_ATTENTION_CLASSES: dict[str, str] = {
 #: The base attention implementations qra can wrap (their masks are boolean or additive float).
 WRAPPABLE_IMPLEMENTATIONS = ("sdpa", "eager")
 KERNEL_ATTENTION_ATTRIBUTE = "qra_attention"
+#: the layers patched when none are named: the last two of a 6-layer DistilBERT/MiniLM (the seed's L4, L5)
+DEFAULT_LAYERS: tuple[int, ...] = (4, 5)
 CONFIG_KEY = "qra"
 IMPLEMENTATION_PREFIX = "qra_"
 
@@ -165,7 +167,7 @@ def is_patched(model: PreTrainedModel) -> bool:
 def patch(
     model: PreTrainedModel,
     featuremap: FeatureMap | str,
-    layers: Sequence[int] = (4, 5),
+    layers: Sequence[int] = DEFAULT_LAYERS,
     mode: Mode = "softmax",
     *,
     featuremap_params: dict[str, Any] | None = None,
@@ -215,7 +217,7 @@ def patch(
         CONFIG_KEY,
         {
             "featuremap": featuremap_registry.reference(type(featuremap)),
-            "featuremap_params": featuremap.hparams,
+            "featuremap_params": featuremap.featuremap_params,
             "layers": chosen,
             "mode": mode,
             "beta": beta,
@@ -251,6 +253,14 @@ def _saved_kernel_tensors(path: Path) -> dict[str, torch.Tensor]:
                 if marker in key:
                     tensors[key] = handle.get_tensor(key)
     return tensors
+
+
+def saved_patch_settings(path: str | Path) -> dict[str, Any] | None:
+    """The qra settings a ``save_pretrained`` directory records, or None for a model saved unpatched."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: expected a save_pretrained directory")
+    return json.loads(config_file.read_text()).get(CONFIG_KEY)
 
 
 def load_patched(path: str | Path, model_class: type[PreTrainedModel] | None = None, **kwargs: Any) -> PreTrainedModel:

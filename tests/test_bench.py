@@ -63,7 +63,7 @@ def test_bench_featuremaps_extrapolates_the_slow_frameworks(tmp_path):
 
 
 def test_bench_train_compares_patched_steps_with_the_baseline(tmp_path):
-    from qra.bench import bench_train, write_results
+    from qra.experiment.bench import bench_train, write_results
 
     cpu = torch.device("cpu")
     rows = bench_train(cpu, batch=1, length=16, variants=("baseline", "rff-linear"), repeats=1)

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from qra.data import DataError, load_text_classification
+from qra.experiment.data import DataError, load_text_classification
 
 from .conftest import synthetic_reviews
 

@@ -55,7 +55,7 @@ def test_two_processes_agree_and_write_once(tiny_model_dir, tiny_data_dir, tmp_p
 def test_digests_tell_tensors_apart_whatever_their_order():
     import torch
 
-    from qra.distributed import identical_across_ranks, tensor_digest
+    from qra.experiment.distributed import identical_across_ranks, tensor_digest
 
     a = {"w": torch.arange(4.0), "b": torch.tensor(1.5)}
     assert tensor_digest(a) == tensor_digest(dict(reversed(list(a.items()))))

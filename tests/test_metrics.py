@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from qra.metrics import DISTANCE_BIN_EDGES, AttentionStatistics, classification_metrics, distance_bins
+from qra.experiment.metrics import DISTANCE_BIN_EDGES, AttentionStatistics, classification_metrics, distance_bins
 
 
 def batch_of(rows: torch.Tensor, heads: int = 2) -> torch.Tensor:

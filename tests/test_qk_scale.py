@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer
 
-from qra.models import load_classifier
-from qra.qk_scale import query_key_distances, recording_queries_and_keys
+from qra.experiment.models import load_classifier
+from qra.experiment.qk_scale import query_key_distances, recording_queries_and_keys
 
 
 def test_distances_per_layer_and_the_model_is_restored(tiny_model_dir):

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qra.cli import app
-from qra.quantum_cost import quantum_cost, shots_for_precision
+from qra.experiment.quantum_cost import quantum_cost, shots_for_precision
 
 pytest.importorskip("qra_qiskit")
 pytest.importorskip("qra_pennylane")

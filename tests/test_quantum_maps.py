@@ -70,13 +70,21 @@ REFERENCES = {
     "qiskit-zz": lambda x: qiskit_reference(zz_feature_map(x.shape[-1], reps=2), x),
     "qiskit-pauli": lambda x: qiskit_reference(pauli_feature_map(x.shape[-1], reps=2, paulis=["X", "XY"]), x),
 }
+PENNYLANE_ENGINES = ["framework", "native"]
+QISKIT_ENGINES = ["native", "framework:statevector", "framework:aer"]  # engine:device
 ENGINES = {
-    "pennylane-zz": ["pennylane", "native"],
-    "pennylane-iqp": ["pennylane", "native"],
-    "pennylane-angle": ["pennylane", "native"],
-    "qiskit-zz": ["native", "statevector", "aer"],
-    "qiskit-pauli": ["native", "statevector", "aer"],
+    "pennylane-zz": PENNYLANE_ENGINES,
+    "pennylane-iqp": PENNYLANE_ENGINES,
+    "pennylane-angle": PENNYLANE_ENGINES,
+    "qiskit-zz": QISKIT_ENGINES,
+    "qiskit-pauli": QISKIT_ENGINES,
 }
+
+
+def engine_params(engine: str) -> dict[str, str]:
+    """``"framework:aer"`` -> ``{"engine": "framework", "device": "aer"}``."""
+    name, _, device = engine.partition(":")
+    return {"engine": name} | ({"device": device} if device else {})
 CASES = [
     (name, engine, qubits)
     for name, engines in ENGINES.items()
@@ -90,7 +98,7 @@ CASES = [
 def test_states_equal_the_frameworks_own_simulator(name, engine, qubits):
     x = angles(qubits)
     expected = REFERENCES[name](x)
-    params = {"engine": engine} | ({"paulis": "X,XY"} if name == "qiskit-pauli" else {})
+    params = engine_params(engine) | ({"paulis": "X,XY"} if name == "qiskit-pauli" else {})
     assert up_to_global_phase(states(name, x, torch.complex128, **params), expected) <= 1e-10
     assert up_to_global_phase(states(name, x, torch.complex64, **params), expected) <= 1e-5
 
@@ -100,7 +108,7 @@ def test_pennylane_zz_is_qiskit_zz_exactly(qubits):
     x = angles(qubits, seed=3)
     reference = states("qiskit-zz", x, torch.complex128)
     assert np.abs(reference - zz_reference(x)).max() <= 1e-10
-    for engine in ("pennylane", "native"):
+    for engine in ("framework", "native"):
         assert np.abs(states("pennylane-zz", x, torch.complex128, engine=engine) - reference).max() <= 1e-10
 
 
@@ -118,7 +126,7 @@ def test_fidelity_gram_matrix_equals_qiskit_machine_learning():
 def test_native_gradients_equal_pennylane_backprop():
     x = torch.randn(6, 16, dtype=torch.float64)
     losses = {}
-    for engine in ("pennylane", "native"):
+    for engine in ("framework", "native"):
         torch.manual_seed(0)
         fm = get("pennylane-zz", d_in=16, qubits=4, engine=engine).double()
         inputs = x.clone().requires_grad_()
@@ -149,9 +157,9 @@ def test_any_user_circuit_runs_through_the_generic_qiskit_map():
     assert torch.autograd.gradcheck(lambda t: fm.states(t).real, (x[:2].clone().requires_grad_(),))
 
 
-@pytest.mark.parametrize("engine", ["statevector", "aer"])
-def test_forward_only_engines_refuse_gradients_clearly(engine):
-    fm = get("qiskit-zz", d_in=8, qubits=3, engine=engine)
+@pytest.mark.parametrize("simulator", ["statevector", "aer"])
+def test_forward_only_engines_refuse_gradients_clearly(simulator):
+    fm = get("qiskit-zz", d_in=8, qubits=3, engine="framework", device=simulator)
     with pytest.raises(RuntimeError, match="forward-only: use engine='native'"):
         fm(torch.randn(2, 8))
     with torch.no_grad():
@@ -179,9 +187,9 @@ def test_projection_errors_and_parameters_are_explained():
         get("qiskit-zz", d_in=8, qubits=4, projection="identity")
     with pytest.raises(ValueError, match="accepted: identity, random, learned"):
         get("pennylane-zz", d_in=8, qubits=4, projection="pca")
-    with pytest.raises(ValueError, match="accepted: pennylane, native"):
+    with pytest.raises(ValueError, match="accepted: native, framework"):
         get("pennylane-zz", d_in=8, qubits=4, engine="lightning")
-    with pytest.raises(TypeError, match="accepted: qubits, reps"):
+    with pytest.raises(TypeError, match=r"wires; accepted: reps, .*qubits"):
         get("pennylane-zz", d_in=8, wires=4)
 
 
@@ -343,3 +351,41 @@ def test_noisy_kernels_work_in_attention_and_train():
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 5))
     out.sum().backward()
     assert q.grad.abs().sum() > 0 and k.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "legacy", "expected"),
+    [
+        ("pennylane-zz", {"engine": "pennylane"}, ("framework", "default.qubit")),
+        ("qiskit-zz", {"engine": "statevector"}, ("framework", "statevector")),
+        ("qiskit-zz", {"engine": "aer"}, ("framework", "aer")),
+    ],
+)
+def test_engine_names_of_earlier_versions_still_load(name, legacy, expected):
+    """Saved models record the engine names of earlier versions; they map onto native/framework."""
+    fm = get(name, d_in=4, qubits=2, **legacy)
+    assert (fm.engine, fm.device_name) == expected
+    assert type(fm).upgrade_params(legacy)["engine"] == "framework"
+
+
+def test_one_engine_vocabulary_and_a_clear_error_for_others():
+    for name in ("pennylane-zz", "qiskit-zz", "pennylane-angle", "qiskit-pauli"):
+        with pytest.raises(ValueError, match="accepted: native, framework"):
+            get(name, d_in=4, qubits=2, engine="fast")
+
+
+def test_set_measurement_switches_shots_and_noise_on_a_built_map():
+    x = torch.rand(3, 4, dtype=torch.float64)[:, :2]
+    fm = get("qiskit-zz", d_in=2, qubits=2, projection="identity").double()
+    exact = fm.similarity(fm(x), fm(x))
+    fm.set_measurement(shots=16)
+    first = fm.similarity(fm(x), fm(x))
+    fm.set_measurement(shots=16)  # the same setting draws the same samples again
+    torch.testing.assert_close(fm.similarity(fm(x), fm(x)), first)
+    assert not torch.allclose(first, exact) and torch.all((first * 16).round() == first * 16)
+    fm.set_measurement(noise={"depolarizing": 0.5})
+    torch.testing.assert_close(fm.similarity(fm(x), fm(x)), 0.5 * exact + 0.5 / 4)
+    fm.set_measurement()
+    torch.testing.assert_close(fm.similarity(fm(x), fm(x)), exact)
+    with pytest.raises(ValueError, match="unknown noise"):
+        fm.set_measurement(noise={"thermal": 0.1})

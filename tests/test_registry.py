@@ -134,8 +134,8 @@ def test_a_map_by_import_path_needs_no_registration():
     assert fm.dim == HEAD_DIM
 
 
-def test_hparams_record_every_setting_with_defaults():
-    assert featuremaps.get("performer", d_in=8, m=16).hparams == {
+def test_featuremap_params_record_every_setting_with_defaults():
+    assert featuremaps.get("performer", d_in=8, m=16).featuremap_params == {
         "m": 16,
         "seed": 0,
         "orthogonal": True,

@@ -7,13 +7,13 @@ import math
 
 import pytest
 
-from qra.report import load_runs, mean_std_ci, summarise, write_report
+from qra.experiment.report import load_runs, mean_std_ci, summarise, write_report
 
 
 def fake_run(root, name, seed, featuremap, accuracy, params=None, robustness=None, **settings):
     directory = root / name / f"seed{seed}"
     directory.mkdir(parents=True)
-    config = {"featuremap": featuremap, "fm_params": params or {}, "mode": "softmax", "layers": [4, 5],
+    config = {"featuremap": featuremap, "featuremap_params": params or {}, "mode": "softmax", "layers": [4, 5],
               "model": "tiny", "seed": seed} | settings  # fmt: skip
     qra = {"featuremap_params": (params or {}) | {"seed": 0}} if featuremap != "none" else None
     record = {"config": config, "model": {"qra": qra}, "device": "cpu", "command": f"qra train --seed {seed}",
@@ -108,7 +108,7 @@ def test_no_runs_is_an_error(tmp_path):
 
 def test_a_commit_named_by_the_environment_overrides_the_tree(monkeypatch):
     """A GPU machine's copy can carry a stale .git; the launcher's QRA_GIT_COMMIT must win."""
-    from qra.provenance import git_commit
+    from qra.experiment.provenance import git_commit
 
     monkeypatch.delenv("QRA_GIT_COMMIT", raising=False)
     local = git_commit()
@@ -123,7 +123,7 @@ def test_temperature_learned_beta_and_budget_make_separate_configurations(tmp_pa
     fake_run(tmp_path, "rff-learned", 0, "rff", 0.7, params={"m": 64}, learn_beta=True)
     fake_run(tmp_path, "rff-small", 0, "rff", 0.6, params={"m": 64}, max_train_samples=100)
     rows = summarise(load_runs([tmp_path]))
-    from qra.report import label
+    from qra.experiment.report import label
 
     assert sorted(label(row) for row in rows) == [
         "rff(m=64) softmax L4,5", "rff(m=64) softmax L4,5 [100 train / all test]", "rff(m=64) softmax learned-β L4,5",
@@ -138,7 +138,7 @@ def test_commands_name_scripts_by_their_path_in_the_project(monkeypatch):
 
     import torch
 
-    from qra.provenance import provenance
+    from qra.experiment.provenance import provenance
 
     script = Path(__file__).resolve().parent.parent / "experiments" / "sweep.py"
     monkeypatch.setattr(sys, "argv", [str(script), "study.yaml", "--run", "rff/seed0"])

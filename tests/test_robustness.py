@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qra import robustness
-from qra.robustness import RobustnessError, SynonymTable, parse_settings, perturb, synonym_swap, word_dropout
+from qra.experiment import robustness
+from qra.experiment.robustness import RobustnessError, SynonymTable, parse_settings, perturb, synonym_swap, word_dropout
 
 TABLE = SynonymTable({"good": ["fine"], "movie": ["film"], "actors": ["players"], "plot": ["storyline"]})
 

@@ -36,7 +36,7 @@ def test_parallel_sweep_runs_every_job_once_records_sharing_and_skips_finished_r
     pytest.importorskip("qra_pennylane")
     arms = [
         {"name": "baseline", "featuremap": "none", "seeds": [0, 1]},
-        {"name": "zz", "featuremap": "pennylane-zz", "fm_params": {"qubits": 2, "engine": "native"},
+        {"name": "zz", "featuremap": "pennylane-zz", "featuremap_params": {"qubits": 2, "engine": "native"},
          "quantum_eval": {"shots": [16]}, "seeds": [0]},
     ]  # fmt: skip
     config = write_study(tmp_path, tiny_model_dir, tiny_data_dir, arms)

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 import qra
 from qra.cli import app
-from qra.evaluation import FinishedRun, evaluate_robustness, load_run_model
-from qra.robustness import SynonymTable
+from qra.experiment.evaluation import FinishedRun, evaluate_robustness, load_run_model
+from qra.experiment.robustness import SynonymTable
 
 METRIC_KEYS = {"accuracy", "f1", "peak_gpu_memory_bytes", "train_samples_per_second", "eval_samples_per_second",
                "attention_entropy", "attention_distance"}  # fmt: skip
@@ -134,7 +134,8 @@ def test_seed_entry_point_accepts_the_seed_flags(tiny_model_dir, tiny_data_dir, 
                       "--layers", "4,5", "--max-train-samples", "8", "--max-eval-samples", "8")[1:]  # fmt: skip
     completed = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-2000:]
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["fm_params"] == {"m": 16, "sigma": 1.0}
+    settings = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert settings["featuremap_params"] == {"m": 16, "sigma": 1.0}
 
 
 def test_a_model_that_cannot_be_loaded_points_to_the_offline_options(tiny_data_dir, tmp_path):
@@ -218,7 +219,7 @@ def test_training_and_evaluation_keep_sdpa_off_cudnn(tiny_model_dir, tiny_data_d
     import torch
     from transformers import Trainer
 
-    from qra import evaluation
+    from qra.experiment import evaluation
 
     seen = []
     original_step, original_predict = Trainer.training_step, evaluation.predict

@@ -21,7 +21,7 @@ class FeatureMap(nn.Module, metaclass=ABCMeta):
 
     Subclasses take ``d_in`` as their first argument and every other setting as a keyword
     argument with a default; those keyword arguments are the map's *parameters*: the registry
-    validates them by name, and :attr:`hparams` records them so a patched model can be rebuilt
+    validates them by name, and :attr:`featuremap_params` records them so a patched model can be rebuilt
     from its saved config.
 
     Class attributes a subclass may override:
@@ -34,23 +34,27 @@ class FeatureMap(nn.Module, metaclass=ABCMeta):
     """
 
     is_linear: ClassVar[bool] = True
+    #: constructor parameters that this class sets itself, for itself or for a parent, and so does not
+    #: take from users (read per class, not inherited; see :func:`parameter_names`)
+    fixed_parameters: ClassVar[tuple[str, ...]] = ()
 
     def __new__(cls, *args: Any, **kwargs: Any) -> FeatureMap:
-        # Record the constructor arguments of the outermost class without asking subclasses to
-        # do anything: this is what lets any plugin's map be saved and rebuilt by name.
+        # Record the constructor arguments without asking subclasses to do anything: this is what
+        # lets any plugin's map be saved and rebuilt by name.  The record lists the arguments in the
+        # order given, then every other parameter with its default (a parameter a subclass passes
+        # on through **kwargs with the default of the class that declares it).
         self = super().__new__(cls)
         try:
             bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
         except TypeError:  # e.g. copy/pickle call __new__ without arguments; __dict__ is restored after.
             return self
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        arguments.pop("self", None)
-        arguments.pop("d_in", None)
-        for name, parameter in inspect.signature(cls.__init__).parameters.items():
-            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-                arguments.update(arguments.pop(name, {}))
-        object.__setattr__(self, "_hparams", arguments)
+        positional = [name for name in bound.arguments if name not in kwargs][: len(args) + 1]  # self, then args
+        arguments = {name: bound.arguments[name] for name in positional} | dict(kwargs)
+        for name in ("self", "d_in"):
+            arguments.pop(name, None)
+        for name, default in parameter_defaults(cls).items():
+            arguments.setdefault(name, default)
+        object.__setattr__(self, "_featuremap_params", arguments)
         return self
 
     def __init__(self, d_in: int) -> None:
@@ -92,31 +96,74 @@ class FeatureMap(nn.Module, metaclass=ABCMeta):
         """
         return None
 
+    @classmethod
+    def upgrade_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Parameters recorded by an earlier version, in today's names and values (default: unchanged)."""
+        return dict(params)
+
     @property
-    def hparams(self) -> dict[str, Any]:
+    def featuremap_params(self) -> dict[str, Any]:
         """The keyword arguments this map was built with (everything but ``d_in``), defaults included."""
-        return dict(getattr(self, "_hparams", {}))
+        return dict(getattr(self, "_featuremap_params", {}))
 
     def extra_repr(self) -> str:
-        settings = ", ".join(f"{key}={value!r}" for key, value in self.hparams.items())
+        settings = ", ".join(f"{key}={value!r}" for key, value in self.featuremap_params.items())
         return f"d_in={self.d_in}, dim={self.dim}" + (f", {settings}" if settings else "")
 
 
+def _constructor_chain(map_class: type[FeatureMap]) -> list[inspect.Signature]:
+    """The ``__init__`` signatures a map's parameters come from, outermost first.
+
+    The chain follows ``**kwargs`` up the class hierarchy: a subclass that declares only its own
+    parameters and hands the rest to ``super().__init__(d_in, **kwargs)`` accepts its parents' too.
+    It stops at the first constructor without ``**kwargs``, and at :class:`FeatureMap` itself.
+    """
+    chain = []
+    for klass in map_class.__mro__:
+        if "__init__" not in vars(klass) or klass is FeatureMap or not issubclass(klass, FeatureMap):
+            continue
+        signature = inspect.signature(klass.__init__)
+        chain.append(signature)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+            break
+    return chain
+
+
+def _user_parameters(map_class: type[FeatureMap]) -> list[inspect.Parameter]:
+    """The parameters users may give, outermost class first; each class's ``fixed_parameters`` hide
+    that name in its own and its parents' constructors (a subclass that sets a parent's parameter)."""
+    chain = _constructor_chain(map_class)
+    classes = [k for k in map_class.__mro__ if "__init__" in vars(k) and k is not FeatureMap
+               and issubclass(k, FeatureMap)][: len(chain)]  # fmt: skip
+    hidden: set[str] = set()
+    found: dict[str, inspect.Parameter] = {}
+    for klass, signature in zip(classes, chain, strict=True):
+        hidden |= set(vars(klass).get("fixed_parameters", ()))
+        for name, parameter in signature.parameters.items():
+            if name in ("self", "d_in") or name in hidden or name in found:
+                continue
+            if parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+                found[name] = parameter
+    return list(found.values())
+
+
 def parameter_names(map_class: type[FeatureMap]) -> list[str]:
-    """The keyword parameters a map class accepts besides ``d_in`` (what ``get(name, d_in, **params)`` takes)."""
-    signature = inspect.signature(map_class.__init__)
-    return [
-        name
-        for name, parameter in signature.parameters.items()
-        if name not in ("self", "d_in")
-        and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    ]
+    """The keyword parameters a map class accepts besides ``d_in`` (what ``get(name, d_in, **params)`` takes).
+
+    Includes the parameters its parents accept through ``**kwargs`` (see :func:`_constructor_chain`).
+    """
+    return [parameter.name for parameter in _user_parameters(map_class)]
+
+
+def parameter_defaults(map_class: type[FeatureMap]) -> dict[str, Any]:
+    """Each parameter's default, the outermost class's where a subclass re-declares a parent's parameter."""
+    return {p.name: p.default for p in _user_parameters(map_class) if p.default is not inspect.Parameter.empty}
 
 
 def accepts_any_parameter(map_class: type[FeatureMap]) -> bool:
-    """True when the map's constructor takes ``**kwargs`` and so validates its own parameters."""
-    signature = inspect.signature(map_class.__init__)
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    """True when the map validates its own parameters: its last constructor in the chain takes ``**kwargs``."""
+    chain = _constructor_chain(map_class)
+    return bool(chain) and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in chain[-1].parameters.values())
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -17,6 +17,12 @@ from .base import FeatureMap, compute_dtype
 from .statevector import Gate, simulate
 
 PROJECTIONS = ("identity", "random", "learned")
+#: How a circuit map's states are computed: ``native`` = qra's batched, differentiable engine from
+#: :meth:`CircuitFeatureMap.gates`; ``framework`` = the framework's own simulator (a PennyLane device,
+#: Qiskit's ``Statevector`` or Aer), chosen by the backend's ``device`` parameter.
+ENGINES = ("native", "framework")
+#: engine names of earlier versions, as saved models may record them
+LEGACY_ENGINES = {"pennylane": "framework", "statevector": "framework", "aer": "framework"}
 NOISE_KINDS = ("depolarizing", "readout")
 #: Above this many qubits the real lift (4^q features per vector) is too large to be useful.
 MAX_REAL_LIFT_QUBITS = 6
@@ -42,6 +48,9 @@ class CircuitFeatureMap(FeatureMap):
         Return the real vectorised density matrix (4^q features: |ψ_i|², and √2·Re, √2·Im of ψ_i ψ_j*
         for i < j) instead of the state.  Its dot product equals the fidelity, so the map becomes
         ``is_linear`` and usable in linear attention.  Only for q ≤ 6.
+    engine:
+        ``native`` (qra's engine, the default) or ``framework`` (the backend's own simulator, named by
+        its ``device`` parameter); see :data:`ENGINES`.
     shots:
         ``None`` (default): exact fidelities.  An integer: every kernel value is what a QPU would
         return from that many shots of the compute–uncompute circuit U(y)†U(x)|0⟩ — the frequency
@@ -63,6 +72,8 @@ class CircuitFeatureMap(FeatureMap):
     input, so complex64 states keep their accuracy when phases grow large.
     """
 
+    fixed_parameters = ("num_angles",)
+
     def __init__(
         self,
         d_in: int,
@@ -73,10 +84,13 @@ class CircuitFeatureMap(FeatureMap):
         real_lift: bool = False,
         shots: int | None = None,
         noise: dict[str, float] | None = None,
+        engine: str = "native",
         *,
         num_angles: int | None = None,
     ) -> None:
         super().__init__(d_in)
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; accepted: {', '.join(ENGINES)}")
         qubits = d_in if qubits is None else qubits
         num_angles = qubits if num_angles is None else num_angles
         if not isinstance(qubits, int) or qubits < 1:
@@ -88,13 +102,6 @@ class CircuitFeatureMap(FeatureMap):
                 f"projection='identity' needs d_in equal to the circuit's {num_angles} angles, got d_in={d_in}; "
                 "use projection='random' or 'learned' to map d_in values to the angles"
             )
-        if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
-            raise ValueError(f"shots must be a positive integer or None (exact kernel), got {shots!r}")
-        noise = dict(noise or {})
-        if unknown := sorted(set(noise) - set(NOISE_KINDS)):
-            raise ValueError(f"unknown noise {', '.join(unknown)}; accepted: {', '.join(NOISE_KINDS)}")
-        if any(not 0.0 <= float(value) <= 1.0 for value in noise.values()):
-            raise ValueError(f"noise strengths are probabilities in [0, 1], got {noise}")
         if real_lift and qubits > MAX_REAL_LIFT_QUBITS:
             raise ValueError(f"real_lift makes 4^qubits features; it is limited to qubits <= {MAX_REAL_LIFT_QUBITS}")
         self.qubits = qubits
@@ -102,11 +109,9 @@ class CircuitFeatureMap(FeatureMap):
         self.projection = projection
         self.angle_scale = float(angle_scale)
         self.real_lift = bool(real_lift)
-        self.shots = shots
-        self.depolarizing = float(noise.get("depolarizing", 0.0))
-        self.readout_error = float(noise.get("readout", 0.0))
+        self.engine = engine
         self.seed = int(seed)
-        self._sampling_calls = 0
+        self.set_measurement(shots, noise)
         if projection != "identity":
             generator = torch.Generator().manual_seed(int(seed))
             weight = torch.randn(num_angles, d_in, generator=generator, dtype=torch.float64) / math.sqrt(d_in)
@@ -117,6 +122,32 @@ class CircuitFeatureMap(FeatureMap):
                 with torch.no_grad():
                     self.encoder.weight.copy_(weight)
                     self.encoder.bias.zero_()
+
+    @classmethod
+    def upgrade_params(cls, params: dict[str, object]) -> dict[str, object]:
+        """Engine names of earlier versions (``pennylane``, ``statevector``, ``aer``) become ``framework``."""
+        params = dict(params)
+        if params.get("engine") in LEGACY_ENGINES:
+            params["engine"] = LEGACY_ENGINES[params["engine"]]
+        return params
+
+    def set_measurement(self, shots: int | None = None, noise: dict[str, float] | None = None) -> None:
+        """Estimate kernel values as a QPU would: from ``shots`` samples, with ``noise`` (class docstring).
+
+        ``shots=None`` and no noise give the exact fidelity.  The shot-noise stream restarts from the
+        map's seed, so two evaluations with the same setting draw the same samples.
+        """
+        if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
+            raise ValueError(f"shots must be a positive integer or None (exact kernel), got {shots!r}")
+        noise = dict(noise or {})
+        if unknown := sorted(set(noise) - set(NOISE_KINDS)):
+            raise ValueError(f"unknown noise {', '.join(unknown)}; accepted: {', '.join(NOISE_KINDS)}")
+        if any(not 0.0 <= float(value) <= 1.0 for value in noise.values()):
+            raise ValueError(f"noise strengths are probabilities in [0, 1], got {noise}")
+        self.shots = shots
+        self.depolarizing = float(noise.get("depolarizing", 0.0))
+        self.readout_error = float(noise.get("readout", 0.0))
+        self._sampling_calls = 0
 
     @property
     def is_linear(self) -> bool:  # type: ignore[override]
@@ -164,10 +195,16 @@ class CircuitFeatureMap(FeatureMap):
                 "basis": "qra engine gates"}  # fmt: skip
 
     def simulate(self, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """States ``[..., 2^q]`` for angles ``[..., num_angles]``; the default runs :meth:`gates` on qra's engine."""
+        """States ``[..., 2^q]`` for angles ``[..., num_angles]`` on the map's engine."""
+        if self.engine == "framework":
+            return self.framework_states(angles, dtype)
         return simulate(
             self.gates(angles), self.qubits, dtype=dtype, device=angles.device, batch_shape=angles.shape[:-1]
         )
+
+    def framework_states(self, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """States from the framework's own simulator (``engine="framework"``); backends implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no framework simulator; use engine='native'")
 
     def states(self, x: torch.Tensor) -> torch.Tensor:
         """|ψ(x)⟩ as a complex tensor ``[..., 2^qubits]`` in Qiskit's little-endian order."""

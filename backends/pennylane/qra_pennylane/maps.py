@@ -13,10 +13,9 @@ from functools import lru_cache, partial
 import pennylane as qml
 import torch
 
-from qra.featuremaps.circuit import CircuitFeatureMap
+from qra.featuremaps.circuit import LEGACY_ENGINES, CircuitFeatureMap
 from qra.featuremaps.statevector import Gate
 
-ENGINES = ("pennylane", "native")
 ROTATIONS = ("X", "Y", "Z")
 
 #: PennyLane operation name -> qra engine gate name (same qubit roles: control first).
@@ -50,31 +49,16 @@ def _device(name: str, qubits: int) -> qml.devices.Device:
 class PennyLaneCircuitMap(CircuitFeatureMap):
     """A circuit feature map whose circuit is the PennyLane template :meth:`template`.
 
-    ``engine="pennylane"`` runs a QNode (torch interface, parameter broadcasting over the whole
-    batch, differentiable) on the PennyLane device named by ``device``, on the input's torch
-    device.  ``engine="native"`` records the same operations on a PennyLane tape, decomposes them
-    with PennyLane's rules and runs them on qra's batched engine — much faster, same states.
-    The remaining parameters are :class:`~qra.featuremaps.circuit.CircuitFeatureMap`'s.
+    ``engine="framework"`` (the default) runs a QNode (torch interface, parameter broadcasting over
+    the whole batch, differentiable) on the PennyLane device named by ``device``, on the input's
+    torch device.  ``engine="native"`` records the same operations on a PennyLane tape, decomposes
+    them with PennyLane's rules and runs them on qra's batched engine — much faster, same states.
+    Every other parameter is :class:`~qra.featuremaps.circuit.CircuitFeatureMap`'s.
     """
 
-    def __init__(
-        self,
-        d_in: int,
-        qubits: int | None = None,
-        projection: str = "learned",
-        angle_scale: float = 1.0,
-        seed: int = 0,
-        real_lift: bool = False,
-        device: str = "default.qubit",
-        engine: str = "pennylane",
-        shots: int | None = None,
-        noise: dict[str, float] | None = None,
-    ) -> None:
-        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, shots, noise)
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; accepted: {', '.join(ENGINES)}")
+    def __init__(self, d_in: int, device: str = "default.qubit", engine: str = "framework", **kwargs) -> None:
+        super().__init__(d_in, engine=LEGACY_ENGINES.get(engine, engine), **kwargs)
         self.device_name = device
-        self.engine = engine
 
     def template(self, angles: torch.Tensor, wires: list[int]) -> None:
         """Queue the circuit's operations for angles ``[batch, qubits]``; ``wires[k]`` is qubit k's wire."""
@@ -89,9 +73,11 @@ class PennyLaneCircuitMap(CircuitFeatureMap):
         return operations_to_gates(tape.operations, self.qubits)
 
     def simulate(self, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        flat = angles.reshape(-1, self.qubits)
-        states = super().simulate(flat, dtype) if self.engine == "native" else self._run_qnode(flat).to(dtype)
+        states = super().simulate(angles.reshape(-1, self.qubits), dtype)  # the tape's gates take a flat batch
         return states.reshape(*angles.shape[:-1], 2**self.qubits)
+
+    def framework_states(self, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self._run_qnode(angles).to(dtype)
 
     def resources(self) -> dict[str, object]:
         """The compute–uncompute circuit as PennyLane builds it, decomposed to one-qubit gates and CNOTs."""
@@ -128,21 +114,8 @@ class PennyLaneCircuitMap(CircuitFeatureMap):
 class RepeatedPennyLaneMap(PennyLaneCircuitMap):
     """A PennyLane circuit map whose template repeats ``reps`` times (default 2)."""
 
-    def __init__(
-        self,
-        d_in: int,
-        qubits: int | None = None,
-        reps: int = 2,
-        projection: str = "learned",
-        angle_scale: float = 1.0,
-        seed: int = 0,
-        real_lift: bool = False,
-        device: str = "default.qubit",
-        engine: str = "pennylane",
-        shots: int | None = None,
-        noise: dict[str, float] | None = None,
-    ) -> None:
-        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine, shots, noise)
+    def __init__(self, d_in: int, reps: int = 2, **kwargs) -> None:
+        super().__init__(d_in, **kwargs)
         if not isinstance(reps, int) or reps < 1:
             raise ValueError(f"reps must be a positive integer, got {reps!r}")
         self.reps = reps
@@ -186,21 +159,8 @@ class PennyLaneAngle(PennyLaneCircuitMap):
     ``rotation``: ``X`` (default), ``Y`` or ``Z``.  A product state: no entanglement.
     """
 
-    def __init__(
-        self,
-        d_in: int,
-        qubits: int | None = None,
-        rotation: str = "X",
-        projection: str = "learned",
-        angle_scale: float = 1.0,
-        seed: int = 0,
-        real_lift: bool = False,
-        device: str = "default.qubit",
-        engine: str = "pennylane",
-        shots: int | None = None,
-        noise: dict[str, float] | None = None,
-    ) -> None:
-        super().__init__(d_in, qubits, projection, angle_scale, seed, real_lift, device, engine, shots, noise)
+    def __init__(self, d_in: int, rotation: str = "X", **kwargs) -> None:
+        super().__init__(d_in, **kwargs)
         if rotation not in ROTATIONS:
             raise ValueError(f"unknown rotation {rotation!r}; accepted: {', '.join(ROTATIONS)}")
         self.rotation = rotation

@@ -22,7 +22,8 @@ from qiskit.circuit.library import pauli_feature_map, zz_feature_map
 from qra.featuremaps.circuit import CircuitFeatureMap
 from qra.featuremaps.statevector import GATES, Gate
 
-ENGINES = ("native", "statevector", "aer")
+#: Qiskit's own simulators for ``engine="framework"``
+DEVICES = ("statevector", "aer")
 NATIVE_BASIS = [name for name in GATES if name not in ("id", "multirz", "parity_phase", "global_phase")]
 _TORCH_FUNCTIONS = {
     "sin": torch.sin, "cos": torch.cos, "tan": torch.tan, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt,
@@ -47,35 +48,29 @@ class QiskitCircuitMap(CircuitFeatureMap):
     """Any parameterised Qiskit ``QuantumCircuit`` as a feature map (from Python; not registered).
 
     ``circuit``: its parameters are the angles (``circuit.num_parameters`` of them, in
-    ``circuit.parameters`` order); the projection maps d_in to that many.  ``engine``:
-    ``native`` (qra's batched, differentiable engine; the default, for training),
-    ``statevector`` (``qiskit.quantum_info.Statevector`` per input) or ``aer`` (qiskit-aer with
-    batched parameter binds) — those two are forward-only, for verification and inference.
-    The remaining parameters are :class:`~qra.featuremaps.circuit.CircuitFeatureMap`'s.
+    ``circuit.parameters`` order); the projection maps d_in to that many.  ``engine``: ``native``
+    (qra's batched, differentiable engine; the default, for training) or ``framework``: Qiskit's
+    own simulator named by ``device`` — ``statevector`` (``qiskit.quantum_info.Statevector`` per
+    input) or ``aer`` (qiskit-aer with batched parameter binds), forward-only, for verification and
+    inference.  Every other parameter is :class:`~qra.featuremaps.circuit.CircuitFeatureMap`'s.
     """
 
+    fixed_parameters = ("qubits",)  # the circuit's own width
+
     def __init__(
-        self,
-        d_in: int,
-        circuit: QuantumCircuit,
-        projection: str = "learned",
-        angle_scale: float = 1.0,
-        seed: int = 0,
-        real_lift: bool = False,
-        engine: str = "native",
-        shots: int | None = None,
-        noise: dict[str, float] | None = None,
+        self, d_in: int, circuit: QuantumCircuit, device: str = "statevector", engine: str = "native", **kwargs
     ) -> None:
         if not isinstance(circuit, QuantumCircuit):
             raise TypeError(f"circuit must be a qiskit QuantumCircuit, got {type(circuit).__name__}")
         if circuit.num_parameters == 0:
             raise ValueError("the circuit has no parameters: nothing for the inputs to set")
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; accepted: {', '.join(ENGINES)}")
-        super().__init__(d_in, circuit.num_qubits, projection, angle_scale, seed, real_lift, shots, noise,
-                         num_angles=circuit.num_parameters)  # fmt: skip
+        if engine in DEVICES:  # earlier versions named the simulator as the engine
+            engine, device = "framework", engine
+        if device not in DEVICES:
+            raise ValueError(f"unknown Qiskit simulator device={device!r}; accepted: {', '.join(DEVICES)}")
+        super().__init__(d_in, circuit.num_qubits, engine=engine, num_angles=circuit.num_parameters, **kwargs)
         self.circuit = circuit
-        self.engine = engine
+        self.device_name = device
         self._circuit_parameters = list(circuit.parameters)
         self._program: list[tuple[str, tuple[int, ...], tuple[AngleFunction | float, ...]]] | None = None
 
@@ -123,16 +118,21 @@ class QiskitCircuitMap(CircuitFeatureMap):
             for name, qubits, params in self._native_program()
         ]
 
-    def simulate(self, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if self.engine == "native":
-            return super().simulate(angles, dtype)
+    @classmethod
+    def upgrade_params(cls, params: dict[str, object]) -> dict[str, object]:
+        """``engine="statevector"``/``"aer"`` of earlier versions: ``engine="framework"`` with that ``device``."""
+        if params.get("engine") in DEVICES:
+            params = {**params, "device": params["engine"]}
+        return super().upgrade_params(params)
+
+    def framework_states(self, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if torch.is_grad_enabled() and angles.requires_grad:
             raise RuntimeError(
-                f"engine={self.engine!r} runs Qiskit's own simulator and is forward-only: use engine='native' "
-                "to train, or call it under torch.no_grad()"
+                f"engine='framework' runs Qiskit's {self.device_name} simulator and is forward-only: use "
+                "engine='native' to train, or call it under torch.no_grad()"
             )
         values = angles.detach().reshape(-1, self.num_angles).cpu().numpy()
-        states = self._statevector(values) if self.engine == "statevector" else self._aer(values)
+        states = self._statevector(values) if self.device_name == "statevector" else self._aer(values)
         states = torch.from_numpy(states).to(device=angles.device, dtype=dtype)
         return states.reshape(*angles.shape[:-1], 2**self.qubits)
 
@@ -162,22 +162,13 @@ class QiskitZZ(QiskitCircuitMap):
     ``qubits`` (None: d_in), ``reps`` (2), ``entanglement`` (``full``, ``linear``, ``circular``…).
     """
 
+    fixed_parameters = ("circuit",)
+
     def __init__(
-        self,
-        d_in: int,
-        qubits: int | None = None,
-        reps: int = 2,
-        entanglement: str = "full",
-        projection: str = "learned",
-        angle_scale: float = 1.0,
-        seed: int = 0,
-        real_lift: bool = False,
-        engine: str = "native",
-        shots: int | None = None,
-        noise: dict[str, float] | None = None,
+        self, d_in: int, qubits: int | None = None, reps: int = 2, entanglement: str = "full", **kwargs
     ) -> None:
         circuit = zz_feature_map(d_in if qubits is None else qubits, reps=reps, entanglement=entanglement)
-        super().__init__(d_in, circuit, projection, angle_scale, seed, real_lift, engine, shots, noise)
+        super().__init__(d_in, circuit, **kwargs)
 
 
 class QiskitPauli(QiskitCircuitMap):
@@ -187,6 +178,8 @@ class QiskitPauli(QiskitCircuitMap):
     string is accepted too.  ``qubits`` (None: d_in), ``reps`` (2), ``entanglement`` (``full``).
     """
 
+    fixed_parameters = ("circuit",)
+
     def __init__(
         self,
         d_in: int,
@@ -194,15 +187,9 @@ class QiskitPauli(QiskitCircuitMap):
         paulis: Sequence[str] | str = ("Z", "ZZ"),
         reps: int = 2,
         entanglement: str = "full",
-        projection: str = "learned",
-        angle_scale: float = 1.0,
-        seed: int = 0,
-        real_lift: bool = False,
-        engine: str = "native",
-        shots: int | None = None,
-        noise: dict[str, float] | None = None,
+        **kwargs,
     ) -> None:
         paulis = [p.strip() for p in paulis.split(",")] if isinstance(paulis, str) else list(paulis)
         circuit = pauli_feature_map(d_in if qubits is None else qubits, reps=reps, entanglement=entanglement,
                                     paulis=paulis)  # fmt: skip
-        super().__init__(d_in, circuit, projection, angle_scale, seed, real_lift, engine, shots, noise)
+        super().__init__(d_in, circuit, **kwargs)

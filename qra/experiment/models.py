@@ -80,3 +80,14 @@ def sdpa_without_cudnn() -> contextlib.AbstractContextManager:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` (CUDA when torch sees it), ``cpu`` or ``cuda``; a clear error for anything else."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice not in ("cpu", "cuda"):
+        raise ValueError(f"--device takes auto, cpu or cuda; got {choice!r}")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(choice)

@@ -13,14 +13,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .labels import label, report_layers
 from .metrics import DISTANCE_BIN_EDGES
-
-HEATMAP_LAYERS = (4, 5)
 
 
 def _labels(rows: Sequence[dict[str, Any]]) -> list[str]:
-    from .report import label
-
     return [label(row) for row in rows]
 
 
@@ -55,9 +52,11 @@ def plot_distance(rows: Sequence[dict[str, Any]], path: Path) -> None:
     edges = rows[0].get("attention_distance_bin_edges", DISTANCE_BIN_EDGES)
     bins = [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(edges)]
     bins.append(f"{edges[-1]}+")
-    figure, axes = plt.subplots(1, len(HEATMAP_LAYERS), figsize=(11, 4), sharey=True)
+    layers = report_layers(rows)
+    figure, axes = plt.subplots(1, len(layers), figsize=(11, 4), sharey=True, squeeze=False)
+    axes = axes[0]
     width = 0.8 / max(1, len(rows))
-    for axis, layer in zip(axes, HEATMAP_LAYERS, strict=True):
+    for axis, layer in zip(axes, layers, strict=True):
         for i, (row, name) in enumerate(zip(rows, _labels(rows), strict=True)):
             histogram = row["attention_distance_histogram_mean"]
             if layer < len(histogram) and histogram[layer] is not None:
@@ -95,7 +94,7 @@ def plot_robustness(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def plot_attention_maps(rows: Sequence[dict[str, Any]], runs: Sequence[Any], path: Path) -> None:
-    """Head-averaged maps of one review in layers 4 and 5, one row per configuration (its first seed)."""
+    """Head-averaged maps of one review in the patched layers, one row per configuration (its first seed)."""
     examples = []
     for row, name in zip(rows, _labels(rows), strict=True):
         file = Path(row["runs"][0]) / "attention_example.npz"
@@ -103,13 +102,14 @@ def plot_attention_maps(rows: Sequence[dict[str, Any]], runs: Sequence[Any], pat
             examples.append((name, np.load(file)["maps"]))
     if not examples:
         return
-    figure, axes = plt.subplots(len(examples), len(HEATMAP_LAYERS), figsize=(8, 3.8 * len(examples)), squeeze=False)
+    layers = report_layers(rows)
+    figure, axes = plt.subplots(len(examples), len(layers), figsize=(8, 3.8 * len(examples)), squeeze=False)
     # one colour scale per layer, shared by all configurations, so flat attention looks flat
     top = {
-        layer: max(float(maps[layer].max()) for _, maps in examples if layer < len(maps)) for layer in HEATMAP_LAYERS
+        layer: max(float(maps[layer].max()) for _, maps in examples if layer < len(maps)) for layer in layers
     }
     for (name, maps), axis_row in zip(examples, axes, strict=True):
-        for axis, layer in zip(axis_row, HEATMAP_LAYERS, strict=True):
+        for axis, layer in zip(axis_row, layers, strict=True):
             if layer < len(maps):
                 image = axis.imshow(maps[layer], cmap="viridis", vmin=0.0, vmax=top[layer])
                 figure.colorbar(image, ax=axis, fraction=0.046)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .patching import attention_modules, register_attention, stock_attention_function
+from ..patching import attention_modules, register_attention, stock_attention_function
 
 RECORDER = "qra_record_sdpa"
 

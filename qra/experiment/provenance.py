@@ -38,6 +38,10 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
+#: the source tree qra runs from (qra/experiment/provenance.py is three levels down)
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
 def git_commit() -> str | None:
     """The commit of the source tree qra runs from, with ``+dirty`` when it has local changes.
 
@@ -46,7 +50,7 @@ def git_commit() -> str | None:
     """
     if os.environ.get("QRA_GIT_COMMIT"):
         return os.environ["QRA_GIT_COMMIT"]
-    root = Path(__file__).resolve().parent.parent
+    root = PROJECT_ROOT
     if not (root / ".git").exists():
         return None
     try:
@@ -87,7 +91,7 @@ def _program_name() -> str:
 def _relative_to_project(path: Path) -> Path:
     """A script's path inside this project (no machine paths in records), else its name alone."""
     try:
-        return path.relative_to(Path(__file__).resolve().parent.parent)
+        return path.relative_to(PROJECT_ROOT)
     except ValueError:
         return Path(path.name)
 

@@ -15,8 +15,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..patching import attention_modules, is_patched, register_implementation
 from .metrics import AttentionStatistics
-from .patching import attention_modules, is_patched, register_implementation
 
 
 @contextmanager

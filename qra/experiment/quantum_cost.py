@@ -14,8 +14,8 @@ from typing import Any
 
 from transformers import AutoConfig
 
-from .featuremaps import get
-from .featuremaps.circuit import CircuitFeatureMap
+from ..featuremaps import get
+from ..featuremaps.circuit import CircuitFeatureMap
 from .models import resolve_model
 
 
@@ -54,7 +54,7 @@ def quantum_cost(
     return {
         "model": model,
         "featuremap": featuremap,
-        "featuremap_params": fm.hparams,
+        "featuremap_params": fm.featuremap_params,
         "layers": layers,
         "heads": heads,
         "sequence_length": sequence_length,

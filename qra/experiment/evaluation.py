@@ -1,8 +1,11 @@
-"""Evaluate a finished run again: clean accuracy/F1 and robustness to perturbed test texts."""
+"""Evaluate a finished run again: robustness to perturbed test texts, and sampled or noisy quantum kernels.
+
+Each result is merged into the run's ``metrics.json`` as soon as it is measured, and settings
+already on record are not measured again, so an interrupted evaluation resumes.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,24 +16,25 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..attention import KernelAttention
+from ..featuremaps.circuit import CircuitFeatureMap
+from ..patching import load_patched, saved_patch_settings
+from .config import TrainConfig
 from .data import load_text_classification
 from .metrics import classification_metrics
-from .models import load_tokenizer, sdpa_without_cudnn
-from .patching import load_patched
-from .provenance import write_json_atomic
+from .models import load_tokenizer, resolve_device, sdpa_without_cudnn
 from .robustness import SynonymSource, perturb
-from .training import TrainConfig, resolve_device
+from .runs import RunDirectory
 
 EXAMPLES_PER_SETTING = 3
 
 
 def load_run_model(run_dir: Path) -> PreTrainedModel:
     """The trained model of a run directory, patched as it was trained."""
-    model_dir = run_dir / "model"
+    model_dir = RunDirectory(run_dir).model_dir
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} has no trained model (model/config.json); did the run finish?")
-    saved = json.loads((model_dir / "config.json").read_text())
-    if "qra" in saved:
+    if saved_patch_settings(model_dir) is not None:
         return load_patched(model_dir)
     return AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa")
 
@@ -52,19 +56,13 @@ class FinishedRun:
                          self.config.max_length, batch_size or self.config.eval_batch_size)  # fmt: skip
         return classification_metrics(logits, self.labels)
 
-    def _metrics(self) -> dict[str, Any]:
-        metrics_path = self.path / "metrics.json"
-        return json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-
     def recorded(self, key: str, default: Any) -> Any:
         """What the run's metrics.json holds under ``key`` (``default`` if nothing): what need not be measured again."""
-        return self._metrics().get(key, default)
+        return RunDirectory(self.path).metrics().get(key, default)
 
     def record(self, key: str, value: Any, merge: bool = False) -> None:
         """Write ``value`` into the run's metrics.json under ``key`` (atomically); ``merge`` keeps other entries."""
-        metrics = self._metrics()
-        metrics[key] = (metrics.get(key, {}) | value) if merge else value
-        write_json_atomic(self.path / "metrics.json", metrics)
+        RunDirectory(self.path).update_metrics(key, value, merge)
 
 
 def load_finished_run(run_dir: str | Path, device: str | None = None) -> FinishedRun:
@@ -73,9 +71,9 @@ def load_finished_run(run_dir: str | Path, device: str | None = None) -> Finishe
     The test set, seed and length come from the run's own config, so evaluations match training's.
     """
     run_dir = Path(run_dir)
-    config = TrainConfig.from_json(run_dir / "config.json")
+    config = RunDirectory(run_dir).config()
     model = load_run_model(run_dir).to(resolve_device(device or config.device))
-    tokenizer = load_tokenizer(str(run_dir / "model"), config.max_length)
+    tokenizer = load_tokenizer(str(RunDirectory(run_dir).model_dir), config.max_length)
     test = load_text_classification(config.data_dir, 1, config.max_eval_samples, config.seed)["test"]
     return FinishedRun(run_dir, config, model, tokenizer, list(test["text"]), np.asarray(test["label"]))
 
@@ -181,9 +179,6 @@ def evaluate_quantum(
     re-evaluates the test set.  Results go into ``metrics.json["quantum"]``, each setting as soon as
     it is measured: a repeated call skips the settings already there, so an interrupted sweep resumes.
     """
-    from .attention import KernelAttention
-    from .featuremaps.circuit import CircuitFeatureMap
-
     run = load_finished_run(run_dir, device)
     maps = [m.featuremap for m in run.model.modules() if isinstance(m, KernelAttention)]
     if not maps or not all(isinstance(fm, CircuitFeatureMap) for fm in maps):
@@ -193,9 +188,9 @@ def evaluate_quantum(
     for setting in quantum_settings(shots, depolarizing, readout):
         key = quantum_setting_key(setting)
         if key not in done:  # an interrupted evaluation picks up where it stopped
-            for fm in maps:
-                fm.shots, fm.depolarizing, fm.readout_error = key
-                fm._sampling_calls = 0  # every setting draws the same shot noise stream
+            for fm in maps:  # every setting draws the same shot-noise stream
+                fm.set_measurement(shots=setting["shots"], noise={"depolarizing": setting["depolarizing"],
+                                                                  "readout": setting["readout"]})
             batch = min(run.config.eval_batch_size, READOUT_EVAL_BATCH) if setting["readout"] else None
             done[key] = setting | run.scores(batch_size=batch)
             run.record("quantum", list(done.values()))

@@ -1,7 +1,8 @@
 """Aggregate run directories across seeds into ``summary.json``, a README table and plots.
 
 Runs are grouped by (model, feature map, its parameters, mode, layers); each group reports means,
-standard deviations and 95% confidence intervals (Student's t over seeds).
+standard deviations and 95% confidence intervals (Student's t over seeds).  The layers the
+tables and plots show per layer are the runs' own patched layers (:func:`~qra.experiment.labels.report_layers`).
 """
 
 from __future__ import annotations
@@ -10,32 +11,24 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
+from .config import BASELINE
+from .labels import label, report_layers
+from .plots import plot_all
 from .provenance import write_json_atomic, write_text_atomic
+from .runs import FinishedRecord, find_finished, read_notes
 
-BASELINE = "none"
 #: the training budget; runs that differ in it are different configurations
 BUDGET_FIELDS = ("epochs", "max_train_samples", "max_eval_samples", "max_length", "batch_size", "lr")
 
 
-@dataclass
-class Run:
-    path: Path
-    config: dict[str, Any]
-    record: dict[str, Any]
-    metrics: dict[str, Any]
-
-    @property
-    def featuremap_params(self) -> dict[str, Any]:
-        """The map's full parameters, defaults included (what the model was patched with)."""
-        qra = self.record.get("model", {}).get("qra") or {}
-        return qra.get("featuremap_params", self.config["fm_params"])
+class Run(FinishedRecord):
+    """A finished run as the report groups it: by configuration and training budget."""
 
     @property
     def budget(self) -> dict[str, Any]:
@@ -46,7 +39,7 @@ class Run:
     def key(self) -> tuple:
         c = self.config
         budget = json.dumps(self.budget, sort_keys=True)
-        if c["featuremap"] == BASELINE:
+        if self.is_baseline:
             return (c["model"], BASELINE, "{}", None, None, budget)
         params = json.dumps(self.featuremap_params, sort_keys=True)
         beta = c.get("beta", 1.0)
@@ -61,20 +54,7 @@ class Run:
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     """Finished runs (config.json and metrics.json present) under the given directories, recursively."""
-    runs = []
-    for root in map(Path, paths):
-        candidates = (
-            [root] if (root / "metrics.json").is_file() else sorted(p.parent for p in root.rglob("metrics.json"))
-        )
-        for directory in candidates:
-            config_file = directory / "config.json"
-            if not config_file.is_file():
-                continue
-            record = json.loads(config_file.read_text())
-            runs.append(Run(directory, record["config"], record, json.loads((directory / "metrics.json").read_text())))
-    if not runs:
-        raise FileNotFoundError(f"no finished runs (config.json + metrics.json) under {', '.join(map(str, paths))}")
-    return runs
+    return [Run(found.path, found.config, found.record, found.metrics) for found in find_finished(paths)]
 
 
 def mean_std_ci(values: Sequence[float]) -> tuple[float, float, float | None]:
@@ -152,50 +132,15 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return rows
 
 
-def _non_default(featuremap: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The parameters that differ from the map's defaults (all of them if the map is not installed)."""
-    import inspect
-
-    from .featuremaps.registry import feature_map_class
-
-    try:
-        signature = inspect.signature(feature_map_class(featuremap).__init__)
-    except Exception:  # a report must not need the plugin that made the runs
-        return params
-    defaults = {name: p.default for name, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
-    return {key: value for key, value in params.items() if key not in defaults or defaults[key] != value}
-
-
-def label(row: dict[str, Any]) -> str:
-    """A short name: ``baseline`` or ``rff(m=64) softmax L4,5`` (non-default parameters; a subset if not all data)."""
-    budget = row.get("budget", {})
-    subset = (
-        f" [{budget.get('max_train_samples') or 'all'} train / {budget.get('max_eval_samples') or 'all'} test]"
-        if budget.get("max_train_samples") or budget.get("max_eval_samples") else ""
-    )  # fmt: skip
-    if row["featuremap"] == BASELINE:
-        return "baseline" + subset
-    params = ",".join(f"{k}={v}" for k, v in sorted(_non_default(row["featuremap"], row["params"]).items()))
-    layers = ",".join(map(str, row["layers"]))
-    return f"{row['featuremap']}{f'({params})' if params else ''} {row['mode']} L{layers}{subset}"
-
-
 def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "–" if value is None else format(value, spec)
-
-
-NOTES_FILE = "NOTES.md"
-
-
-def read_notes(out: Path) -> str:
-    """The hand-written conclusions (``NOTES.md``) kept at the top of a regenerated README, or ""."""
-    path = Path(out) / NOTES_FILE
-    return path.read_text() if path.is_file() else ""
 
 
 def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run], notes: str = "") -> str:
     """The README: the author's notes (conclusions) if any, what was run, the table, how to reproduce it."""
     models = sorted({row["model"] for row in rows})
+    shown = report_layers(rows)
+    layer_names = " / ".join(f"L{layer}" for layer in shown)
     devices = sorted({str(row["device"]) for row in rows})
     lines = [
         "# Results",
@@ -208,7 +153,7 @@ def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run], notes: str = "
         "with other runs); `qra bench train` compares speed side by side.",
         "",
         "| configuration | seeds | accuracy | F1 | peak GPU memory (GiB) | train samples/s "
-        "| entropy L4 / L5 (normalised) | mean distance L4 / L5 |",
+        f"| entropy {layer_names} (normalised) | mean distance {layer_names} |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
@@ -221,8 +166,8 @@ def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run], notes: str = "
         lines.append(
             f"| {label(row)} | {row['n_seeds']} | {row['accuracy_mean']:.4f}{ci} | {row['f1_mean']:.4f} "
             f"| {_fmt(gib, '.2f')} | {_fmt(row['train_samples_per_second_mean'], '.1f')} "
-            f"| {_fmt(pick(entropy, 4), '.3f')} / {_fmt(pick(entropy, 5), '.3f')} "
-            f"| {_fmt(pick(distance, 4), '.1f')} / {_fmt(pick(distance, 5), '.1f')} |"
+            f"| {' / '.join(_fmt(pick(entropy, layer), '.3f') for layer in shown)} "
+            f"| {' / '.join(_fmt(pick(distance, layer), '.1f') for layer in shown)} |"
         )
     settings = sorted({s for row in rows for s in row["robustness"]})
     if settings:
@@ -249,8 +194,6 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     A hand-written ``NOTES.md`` in ``out`` (the conclusions) is kept at the top of the README, so the
     report can be regenerated as runs are added without losing them.
     """
-    from .plots import plot_all
-
     out = Path(out)
     runs = load_runs(run_dirs)
     rows = summarise(runs)

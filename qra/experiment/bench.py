@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .featuremaps import get
+from ..featuremaps import get
 from .provenance import device_name, provenance, write_json_atomic
 
 
@@ -51,28 +51,42 @@ def time_it(step: Callable[[], None], device: torch.device, repeats: int = 5, wa
 
 @dataclass(frozen=True)
 class FeatureMapImpl:
-    """One way to compute ZZ-map states: a registered map and engine, and how many inputs it may run."""
+    """One way to compute ZZ-map states: a registered map, its engine and simulator, and how it may run.
+
+    ``simulator`` names the framework simulator for ``engine="framework"`` (the map's ``device``
+    parameter) and the row's ``engine`` column: ``native``, ``pennylane``, ``statevector`` or ``aer``.
+    """
 
     label: str
     featuremap: str
     engine: str
     differentiable: bool
+    simulator: str | None = None
     runs_on_cpu_only: bool = False
+
+    @property
+    def params(self) -> dict[str, str]:
+        return {"engine": self.engine} | ({"device": self.simulator} if self.simulator else {})
+
+    @property
+    def name(self) -> str:
+        """The implementation as the rows name it: ``native`` or the framework simulator's short name."""
+        return "native" if self.engine == "native" else self.simulator.split(".")[0].replace("default", "pennylane")
 
 
 FEATUREMAP_IMPLS = (
     FeatureMapImpl("qra native (PennyLane tape)", "pennylane-zz", "native", True),
     FeatureMapImpl("qra native (Qiskit circuit)", "qiskit-zz", "native", True),
-    FeatureMapImpl("PennyLane default.qubit", "pennylane-zz", "pennylane", True),
-    FeatureMapImpl("Qiskit Statevector (per input)", "qiskit-zz", "statevector", False, runs_on_cpu_only=True),
-    FeatureMapImpl("Qiskit Aer (batched binds)", "qiskit-zz", "aer", False, runs_on_cpu_only=True),
+    FeatureMapImpl("PennyLane default.qubit", "pennylane-zz", "framework", True, "default.qubit"),
+    FeatureMapImpl("Qiskit Statevector (per input)", "qiskit-zz", "framework", False, "statevector", True),
+    FeatureMapImpl("Qiskit Aer (batched binds)", "qiskit-zz", "framework", False, "aer", True),
 )
 
 
 def _input_cap(impl: FeatureMapImpl, device: torch.device, caps: dict[str, int]) -> int | None:
-    if impl.engine in ("statevector", "aer"):
-        return caps[impl.engine]
-    if impl.engine == "pennylane" and device.type == "cpu":
+    if impl.name in ("statevector", "aer"):
+        return caps[impl.name]
+    if impl.name == "pennylane" and device.type == "cpu":
         return caps["pennylane-cpu"]
     return None
 
@@ -98,7 +112,7 @@ def bench_featuremaps(
                 run_device = torch.device("cpu") if impl.runs_on_cpu_only else device
                 cap = _input_cap(impl, device, caps)
                 measured = min(count, cap) if cap else count
-                fm = get(impl.featuremap, d_in=q, qubits=q, projection="identity", engine=impl.engine).to(run_device)
+                fm = get(impl.featuremap, d_in=q, qubits=q, projection="identity", **impl.params).to(run_device)
                 x = torch.rand(measured, q, device=run_device) * 2 * torch.pi
                 passes = ("fwd", "fwd_bwd") if impl.differentiable else ("fwd",)
                 for kind in passes:
@@ -117,7 +131,7 @@ def bench_featuremaps(
                     timing = time_it(step, run_device, repeats=reps, warmup=1)
                     scale = count / measured
                     rows.append({
-                        "impl": impl.label, "featuremap": impl.featuremap, "engine": impl.engine, "qubits": q,
+                        "impl": impl.label, "featuremap": impl.featuremap, "engine": impl.name, "qubits": q,
                         "inputs": count, "measured_inputs": measured, "extrapolated": measured != count,
                         "pass": kind, "ms": timing.median_ms * scale, "ms_per_input": timing.median_ms / measured,
                         "peak_bytes": timing.peak_bytes if measured == count else None,
@@ -157,7 +171,7 @@ def bench_attention(
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
     """SDPA against qra kernel attention (RFF, each mode) at B·N = ``tokens``; fwd and fwd+bwd."""
-    from .attention import MODES, kernel_attention
+    from ..attention import MODES, kernel_attention
 
     rows = []
     featuremap = get("rff", d_in=head_dim, m=features).to(device)
@@ -210,7 +224,7 @@ def _train_step_model(variant: str, layers: int, device: torch.device) -> torch.
     """A DistilBERT-base-shaped classifier with random weights, patched as ``variant`` says."""
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    from .patching import patch
+    from ..patching import DEFAULT_LAYERS, patch
 
     torch.manual_seed(0)
     config = DistilBertConfig(n_layers=layers, num_labels=2, attn_implementation="sdpa")
@@ -224,7 +238,7 @@ def _train_step_model(variant: str, layers: int, device: torch.device) -> torch.
     }
     if variants[variant] is not None:
         name, params, mode = variants[variant]
-        patch(model, get(name, d_in=head_dim, **params).to(device), layers=(4, 5), mode=mode)
+        patch(model, get(name, d_in=head_dim, **params).to(device), layers=DEFAULT_LAYERS, mode=mode)
     return model
 
 

@@ -1,13 +1,9 @@
 """Fine-tune a (patched) encoder on IMDb with the Hugging Face Trainer, then measure it.
 
-A run directory holds:
-
-- ``config.json``  — every setting, the model and data, versions, device and git commit
-- ``metrics.json`` — accuracy, F1, speed, peak GPU memory, attention entropy/distance, robustness
-- ``model/``       — the trained model (safetensors) and tokenizer; ``qra.load_patched`` reloads it
-- ``checkpoints/`` — Trainer checkpoints, for ``--resume``
-- ``train_log.jsonl`` and ``train.log`` — the training log
-- ``profile.txt`` — with ``profile_steps``: where the time of a training step goes
+What a run directory holds is described in :mod:`qra.experiment.runs`; training writes its
+``config.json`` before the first step and its ``metrics.json`` (accuracy, F1, speed, memory and the
+attention measurements) at the end.  Re-evaluations (robustness, quantum settings) are the job of
+:mod:`qra.experiment.evaluation`, run after training by whoever asked for them.
 
 The Trainer runs unchanged under ``torchrun`` / ``accelerate launch``; only the main process
 writes results.
@@ -20,7 +16,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,72 +31,30 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import distributed, patching
+from .. import patching
+from . import distributed
 from .attention_maps import attention_example, attention_statistics, attention_subset
+from .config import TrainConfig
 from .data import load_text_classification
 from .metrics import classification_metrics
-from .models import DEFAULT_MODEL, load_classifier, load_tokenizer, sdpa_without_cudnn
-from .provenance import provenance, write_json_atomic
+from .models import load_classifier, load_tokenizer, resolve_device, sdpa_without_cudnn
+from .provenance import provenance
+from .runs import RunDirectory
 
 logger = logging.getLogger("qra")
-BASELINE = "none"
 DATALOADER_WORKERS = 2
 #: set by a launcher that runs several trainings on one GPU at once (experiments/sweep.py --jobs-per-gpu);
 #: recorded so that a report does not read their shared-GPU speeds as a single run's
 SHARED_DEVICE_ENV = "QRA_RUNS_SHARING_DEVICE"
 
 
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; saved as ``config.json`` and enough to repeat the run."""
-
-    output_dir: str
-    featuremap: str = BASELINE
-    fm_params: dict[str, Any] = field(default_factory=dict)
-    layers: list[int] = field(default_factory=lambda: [4, 5])
-    mode: str = "softmax"
-    beta: float = 1.0
-    learn_beta: bool = False
-    model: str = DEFAULT_MODEL
-    data_dir: str | None = None
-    max_length: int = 512
-    epochs: float = 2.0
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    seed: int = 0
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    attention_samples: int = 512
-    save_steps: int = 500
-    device: str = "auto"
-    profile_steps: int = 0
-    robustness: dict[str, list[float]] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, path: Path) -> TrainConfig:
-        saved = json.loads(path.read_text())["config"]
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in saved.items() if key in names})
-
-
-def resolve_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice not in ("cpu", "cuda"):
-        raise ValueError(f"--device takes auto, cpu or cuda; got {choice!r}")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device(choice)
-
-
 def build_model(config: TrainConfig) -> PreTrainedModel:
     """The pretrained classifier, patched with the configured feature map unless it is the baseline."""
     model = load_classifier(config.model)
-    if config.featuremap != BASELINE:
+    if not config.is_baseline:
         patching.patch(model, config.featuremap, layers=config.layers, mode=config.mode,
-                       featuremap_params=config.fm_params, beta=config.beta, learn_beta=config.learn_beta)  # fmt: skip
+                       featuremap_params=config.featuremap_params, beta=config.beta,
+                       learn_beta=config.learn_beta)  # fmt: skip
     return model
 
 
@@ -164,7 +117,7 @@ def _training_arguments(config: TrainConfig, run_dir: Path, device: torch.device
         else {"group_by_length": True}
     )  # fmt: skip
     return TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(RunDirectory(run_dir).checkpoints_dir),
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.eval_batch_size,
@@ -205,10 +158,11 @@ def _file_logging(run_dir: Path) -> logging.Handler:
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Run one experiment end to end; returns the run directory."""
-    run_dir = Path(config.output_dir)
-    if (run_dir / "metrics.json").exists() and not resume:
+    run = RunDirectory(Path(config.output_dir))
+    run_dir = run.path
+    if run.is_finished and not resume:
         raise FileExistsError(f"{run_dir} already holds a finished run (metrics.json); choose another --output-dir")
-    last_checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
+    last_checkpoint = get_last_checkpoint(str(run.checkpoints_dir)) if run.checkpoints_dir.is_dir() else None
     if last_checkpoint and not resume:
         raise FileExistsError(f"{run_dir} holds an unfinished run ({last_checkpoint}); continue it with --resume")
     device = resolve_device(config.device)
@@ -216,7 +170,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     handler = _file_logging(run_dir) if distributed.is_main_process() else None
     try:
         with sdpa_without_cudnn():  # training, evaluation and the attention metrics alike
-            return _train(config, run_dir, device, last_checkpoint if resume else None)
+            return _train(config, run, device, last_checkpoint if resume else None)
     finally:
         if handler is not None:
             for name in ("qra", "transformers"):
@@ -224,7 +178,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             handler.close()
 
 
-def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint: str | None) -> Path:
+def _train(config: TrainConfig, run: RunDirectory, device: torch.device, checkpoint: str | None) -> Path:
+    run_dir = run.path
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model, config.max_length)
     model = build_model(config)  # before the data: a bad feature map or parameter fails fast
@@ -252,7 +207,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint:
         raise RuntimeError("the feature-map draws differ between ranks; check that every rank uses the same seed")
     main_process = trainer.is_world_process_zero()
     if main_process:
-        write_json_atomic(run_dir / "config.json", _config_record(config, model, data, device, trainer))
+        run.write_record(_config_record(config, model, data, device, trainer))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(args.device)
     logger.info("training %s on %d reviews", config.featuremap, len(tokenized["train"]))
@@ -266,7 +221,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint:
         "final_weights_identical": distributed.identical_across_ranks(trained.state_dict()),
     }
     if main_process:
-        trainer.save_model(str(run_dir / "model"))
+        trainer.save_model(str(run.model_dir))
         metrics = {
             "accuracy": evaluation["eval_accuracy"],
             "f1": evaluation["eval_f1"],
@@ -284,11 +239,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, checkpoint:
             "eval_predictions": int(evaluation["eval_predictions"]),  # gathered over ranks: each review once
         }
         metrics |= measure_attention(trained, tokenizer, data["test"]["text"], config, run_dir)
-        write_json_atomic(run_dir / "metrics.json", metrics)
-        if config.robustness:
-            from .evaluation import evaluate_robustness
-
-            evaluate_robustness(run_dir, config.robustness)
+        run.write_metrics(metrics)
     return run_dir
 
 
@@ -315,7 +266,7 @@ def _config_record(
 ) -> dict:
     args = trainer.args
     return {
-        "config": dataclasses.asdict(config),
+        "config": config.as_dict(),
         "model": {
             "name": config.model,
             "architecture": type(model).__name__,

@@ -1,0 +1,163 @@
+"""Every setting of a training run, in one place: :class:`TrainConfig`.
+
+The ``qra train`` options are generated from this dataclass (names, types, defaults and help
+come from the fields below), so a default or a help text is written exactly once.  Fields whose
+command-line form differs from their stored form (``--layers 4,5`` for ``[4, 5]``, ``--fm m=64``
+for ``{"m": 64}``) say so in their :class:`CommandLine` metadata: the option's type, flag and the
+parser that turns the option's value into the field's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..attention import MODES
+from ..patching import DEFAULT_LAYERS
+from .models import DEFAULT_MODEL
+from .robustness import parse_settings
+
+BASELINE = "none"
+FEATUREMAP_PARAMS_FLAG = "--fm"
+
+
+def parse_featuremap_params(pairs: list[str]) -> dict[str, Any]:
+    """``["m=64", "orthogonal=true", "paulis=Z,ZZ"]`` -> ``{"m": 64, "orthogonal": True, "paulis": "Z,ZZ"}``.
+
+    Values are JSON where they parse as JSON (numbers, lists, objects), ``true``/``false``/``none``
+    in any case, and strings otherwise.
+    """
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{FEATUREMAP_PARAMS_FLAG} takes KEY=VALUE, got {pair!r}")
+        lowered = raw.strip().lower()
+        if lowered in ("true", "false"):
+            value: Any = lowered == "true"
+        elif lowered in ("none", "null"):
+            value = None
+        else:
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+        params[key.strip()] = value
+    return params
+
+
+def parse_ints(text: str, option: str, minimum: int = 1) -> list[int]:
+    """``"4,5"`` -> ``[4, 5]``; a clear error for anything else or values below ``minimum``."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated integers, e.g. 4,5; got {text!r}") from None
+    if not values or min(values) < minimum:
+        raise ValueError(f"{option} takes integers >= {minimum}; got {text!r}")
+    return values
+
+
+def parse_floats(text: str, option: str) -> list[float]:
+    """``"0.1,0.2"`` -> ``[0.1, 0.2]`` (empty text: no values)."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated numbers, e.g. 0.01,0.05; got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """How a field appears on the command line when that differs from the field itself.
+
+    ``type`` is the option's Python type for the CLI library, ``parse`` turns the option's value
+    into the field's, ``show`` turns the field's default into the option's default.
+    """
+
+    type: Any
+    parse: Callable[[Any], Any]
+    show: Callable[[Any], Any]
+    flag: str | None = None
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+            minimum: float | None = None, cli: CommandLine | None = None) -> Any:  # fmt: skip
+    """A :class:`TrainConfig` field with what the command line needs to offer it."""
+    metadata = {"help": help, "minimum": minimum, "cli": cli}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_LAYERS = CommandLine(
+    str, lambda text: parse_ints(text, "--layers", minimum=0), lambda layers: ",".join(map(str, layers))
+)
+_PARAMS = CommandLine(list[str], parse_featuremap_params, lambda params: [], flag=FEATUREMAP_PARAMS_FLAG)
+_ROBUSTNESS = CommandLine(list[str], parse_settings, lambda settings: [])
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in ``config.json`` and enough to repeat the run."""
+
+    featuremap: str = setting("rff", "Registered feature map (see `qra featuremaps`), or 'none' for the baseline.")
+    featuremap_params: dict[str, Any] = setting(
+        factory=dict, help="Feature-map parameter KEY=VALUE (repeatable), e.g. --fm m=64.", cli=_PARAMS
+    )
+    layers: list[int] = setting(
+        factory=lambda: list(DEFAULT_LAYERS), help="Comma-separated 0-based layers to patch.", cli=_LAYERS
+    )
+    mode: str = setting("softmax", f"Attention mode: {', '.join(MODES)}.")
+    beta: float = setting(1.0, "Softmax temperature per head (softmax mode).")
+    learn_beta: bool = setting(False, "Train the per-head temperature.")
+    model: str = setting(DEFAULT_MODEL, "Hub id, local directory or bundled:all-MiniLM-L6-v2.")
+    data_dir: str | None = setting(None, "Folder with train/test .jsonl(.gz)/.csv/.parquet; default: hub imdb.")
+    max_length: int = setting(512, "Tokens per review (longer ones are truncated).", minimum=8)
+    epochs: float = setting(2.0, "Training epochs.", minimum=0.0)
+    batch_size: int = setting(32, "Training batch per process.", minimum=1)
+    eval_batch_size: int = setting(64, "Evaluation batch per process.", minimum=1)
+    lr: float = setting(5e-5, "AdamW learning rate.", minimum=0.0)
+    weight_decay: float = setting(0.01, "AdamW weight decay.", minimum=0.0)
+    seed: int = setting(0, "Seed of the data order, the classifier head and the feature-map draws.")
+    max_train_samples: int | None = setting(None, "Train on a seeded subset of this many reviews.", minimum=1)
+    max_eval_samples: int | None = setting(None, "Test on a seeded subset of this many reviews.", minimum=1)
+    attention_samples: int = setting(512, "Test reviews for attention entropy/distance.", minimum=1)
+    save_steps: int = setting(500, "Checkpoint every N steps (what --resume restarts from).", minimum=1)
+    device: str = setting("auto", "auto, cpu or cuda.")
+    profile_steps: int = setting(0, "Profile N training steps after 10 (profile.txt in the run).", minimum=0)
+    robustness: dict[str, list[float]] = setting(
+        factory=dict, help="After training: e.g. word-dropout=0.1,0.2 (repeatable).", cli=_ROBUSTNESS
+    )
+    output_dir: str | None = setting(
+        None, "Run directory (config.json, metrics.json, model/, logs); default runs/<map>-<settings>-seed<N>."
+    )
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None:
+            self.output_dir = str(default_run_dir(self))
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.featuremap == BASELINE
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> TrainConfig:
+        """A config from a saved record; keys this version does not know are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in names})
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    """``runs/none-seed0`` or ``runs/rff-softmax-L4,5-<hash of params>-seed0``: stable, so reruns resume."""
+    if config.is_baseline:
+        return Path("runs") / f"none-seed{config.seed}"
+    digest = hashlib.sha1(json.dumps(config.featuremap_params, sort_keys=True).encode()).hexdigest()[:8]
+    layers = ",".join(map(str, config.layers))
+    return Path("runs") / f"{config.featuremap}-{config.mode}-L{layers}-{digest}-seed{config.seed}"

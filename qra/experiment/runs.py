@@ -1,0 +1,157 @@
+"""A run directory: what it holds, with one reader and one writer.
+
+A run directory holds:
+
+- ``config.json``  — every setting (:class:`~qra.experiment.config.TrainConfig` under ``"config"``), the model,
+  the data, versions, device and git commit
+- ``metrics.json`` — accuracy, F1, speed, peak GPU memory, attention entropy/distance, robustness,
+  quantum evaluations; its presence means the run finished training
+- ``model/``       — the trained model (safetensors) and tokenizer; ``qra.load_patched`` reloads it
+- ``checkpoints/`` — Trainer checkpoints, for ``--resume``
+- ``train_log.jsonl``, ``train.log`` and, when asked for, ``profile.txt``
+
+Every other module reads and writes these files through :class:`RunDirectory`, so their layout
+(and the translation of records written by earlier versions) lives here only.  Writes are atomic.
+A results folder may hold a hand-written ``NOTES.md`` (:func:`read_notes`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import BASELINE, TrainConfig
+from .provenance import write_json_atomic
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+MODEL_DIR = "model"
+CHECKPOINTS_DIR = "checkpoints"
+NOTES_FILE = "NOTES.md"
+#: keys that earlier versions wrote under another name in ``config.json["config"]``
+RENAMED_CONFIG_KEYS = {"fm_params": "featuremap_params"}
+
+
+@dataclass(frozen=True)
+class RunDirectory:
+    """One run's folder.  Reading never changes it; each write replaces one file atomically."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / MODEL_DIR
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def is_finished(self) -> bool:
+        """Training finished and was measured: ``metrics.json`` is written last, at the end of a run."""
+        return (self.path / METRICS_FILE).is_file()
+
+    @property
+    def is_readable(self) -> bool:
+        """A finished run whose settings are on record too (what reports read)."""
+        return self.is_finished and (self.path / CONFIG_FILE).is_file()
+
+    def record(self) -> dict[str, Any]:
+        """The whole ``config.json``, its settings under the names this version uses."""
+        file = self.path / CONFIG_FILE
+        if not file.is_file():
+            raise FileNotFoundError(f"{self.path} is not a run directory: it has no {CONFIG_FILE}")
+        record = json.loads(file.read_text())
+        settings = record.get("config", {})
+        for old, new in RENAMED_CONFIG_KEYS.items():
+            if old in settings and new not in settings:
+                settings[new] = settings.pop(old)
+        return record
+
+    def settings(self) -> dict[str, Any]:
+        """The run's :class:`TrainConfig` fields as saved (a dict: fields of other versions kept)."""
+        return self.record()["config"]
+
+    def config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.settings())
+
+    def metrics(self) -> dict[str, Any]:
+        """``metrics.json``, or ``{}`` while the run has not finished."""
+        file = self.path / METRICS_FILE
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        write_json_atomic(self.path / CONFIG_FILE, record)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json_atomic(self.path / METRICS_FILE, metrics)
+
+    def update_metrics(self, key: str, value: Any, merge: bool = False) -> None:
+        """Set ``metrics[key]`` (``merge``: update the dict there instead of replacing it)."""
+        metrics = self.metrics()
+        metrics[key] = (metrics.get(key, {}) | value) if merge else value
+        self.write_metrics(metrics)
+
+
+@dataclass
+class FinishedRecord:
+    """What a finished run has on record, read once: its settings, its ``config.json`` and its metrics."""
+
+    path: Path
+    config: dict[str, Any]
+    record: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: str | Path) -> FinishedRecord:
+        directory = RunDirectory(path)
+        record = directory.record()
+        return cls(directory.path, record["config"], record, directory.metrics())
+
+    @property
+    def featuremap(self) -> str:
+        return self.config["featuremap"]
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.featuremap == BASELINE
+
+    @property
+    def featuremap_params(self) -> dict[str, Any]:
+        """The map's full parameters, defaults included (what the model was patched with)."""
+        qra = self.record.get("model", {}).get("qra") or {}
+        return qra.get("featuremap_params", self.config.get("featuremap_params", {}))
+
+    @property
+    def patched_layers(self) -> list[int]:
+        """The layers that ran kernel attention (none for the baseline)."""
+        return [] if self.is_baseline else list(self.config.get("layers", []))
+
+    @property
+    def model_layers(self) -> int | None:
+        """How many layers the encoder has, as recorded."""
+        return self.record.get("model", {}).get("layers")
+
+
+def find_finished(paths: Iterable[str | Path]) -> list[FinishedRecord]:
+    """Every finished run at or under ``paths`` (recursively), each read once; an error if there is none."""
+    paths = list(paths)
+    found = []
+    for root in map(Path, paths):
+        candidates = [root] if RunDirectory(root).is_finished else sorted(p.parent for p in root.rglob(METRICS_FILE))
+        found += [FinishedRecord.read(directory) for directory in candidates if RunDirectory(directory).is_readable]
+    if not found:
+        raise FileNotFoundError(f"no finished runs ({CONFIG_FILE} + {METRICS_FILE}) under {', '.join(map(str, paths))}")
+    return found
+
+
+def read_notes(folder: str | Path) -> str:
+    """The hand-written conclusions (``NOTES.md``) kept at the top of a regenerated README, or ""."""
+    path = Path(folder) / NOTES_FILE
+    return path.read_text() if path.is_file() else ""
