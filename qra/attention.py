@@ -14,11 +14,14 @@ Three ways to turn the kernel matrix S_ij = similarity(φ(q_i), φ(k_j)) into at
 
 Masked keys get exactly zero weight in every mode.  Denominators are guarded: a value with
 |den| < eps is replaced by ±eps (its sign kept, 0 counted as positive), identically in the linear
-and the quadratic evaluation.
+and the quadratic evaluation.  Maps with positive (log-space) features have positive denominators
+of any scale; for them the guard is only the smallest normal number, so large query/key norms
+cannot trip it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import kernels
 from .featuremaps.base import FeatureMap, compute_dtype
 
 Mode = Literal["softmax", "normalized", "linear"]
@@ -44,9 +48,10 @@ def check_mode(mode: str, featuremap: FeatureMap) -> None:
         )
 
 
-def guard_denominator(den: torch.Tensor, eps: float) -> torch.Tensor:
-    """Replace values with |den| < eps by ±eps, keeping the sign (0 counts as positive)."""
-    floor = torch.where(den < 0, -eps, eps).to(den.dtype)
+def guard_denominator(den: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    """Replace values with |den| < eps by ±eps, keeping the sign (0 counts as positive); eps may vary by row."""
+    eps = torch.as_tensor(eps, dtype=den.dtype, device=den.device)
+    floor = torch.where(den < 0, -eps, eps)
     return torch.where(den.abs() < eps, floor, den)
 
 
@@ -143,57 +148,160 @@ def softmax_mode(inputs: AttentionInputs) -> AttentionResult:
     return _weighted_values(inputs, weights, dtype)
 
 
-def _features(inputs: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """φ(q), φ(k) for the modes where a constant factor cancels: stabilised where the map allows."""
+def _features(inputs: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """φ(q), φ(k) for the modes where a constant factor cancels, and the denominator guard to use.
+
+    Maps with log features have positive features, so their denominators are sums of positive
+    terms, scaled by the stabiliser by factors that can be astronomically small or large: an
+    absolute ``eps`` would fire on a perfectly good denominator.  Their guard only keeps an
+    underflow to 0 from dividing by zero.  Signed maps (RFF) keep the absolute ``eps``.
+    """
     stabilised = _stabilised_features(inputs.featuremap, inputs.q, inputs.k, inputs.keep)
-    if stabilised is not None:
-        return stabilised
-    return inputs.featuremap.query_features(inputs.q), inputs.featuremap(inputs.k)
+    if stabilised is None:
+        return inputs.featuremap.query_features(inputs.q), inputs.featuremap(inputs.k), inputs.eps
+    return *stabilised, torch.finfo(compute_dtype(inputs.v)).tiny
+
+
+#: the normalized mode forms its N×N weights this many elements at a time (by blocks of queries)
+NORMALIZED_BLOCK_ELEMENTS = 2**28
 
 
 def normalized_mode(inputs: AttentionInputs) -> AttentionResult:
-    """max(S, 0) / Σ_j max(S, 0): a kernel smoother (Nadaraya–Watson)."""
-    fq, fk = _features(inputs)
+    """max(S, 0) / Σ_j max(S, 0): a kernel smoother (Nadaraya–Watson).
+
+    Quadratic, so without returned weights it runs over blocks of queries: memory stays at about
+    :data:`NORMALIZED_BLOCK_ELEMENTS` weights, whatever N (32,768 tokens would otherwise need an
+    N×N matrix per head).
+    """
+    fq, fk, eps = _features(inputs)
     dtype = compute_dtype(inputs.v)
-    weights = inputs.featuremap.similarity(fq, fk).to(dtype).clamp_min(0)
-    if inputs.keep_keys is not None:
-        weights = weights * inputs.keep_keys
-    weights = weights / guard_denominator(weights.sum(dim=-1, keepdim=True), inputs.eps)
-    return _weighted_values(inputs, weights, dtype)
+    batch, heads, queries, keys = fq.shape[0], fq.shape[1], fq.shape[-2], fk.shape[-2]
+    rows = queries if inputs.return_weights else max(1, NORMALIZED_BLOCK_ELEMENTS // max(1, batch * heads * keys))
+    outputs, all_weights = [], []
+    for start in range(0, queries, rows):
+        weights = inputs.featuremap.similarity(fq[..., start : start + rows, :], fk).to(dtype).clamp_min(0)
+        if inputs.keep_keys is not None:
+            weights = weights * inputs.keep_keys
+        weights = weights / guard_denominator(weights.sum(dim=-1, keepdim=True), eps)
+        out, kept = _weighted_values(inputs, weights, dtype)
+        outputs.append(out)
+        all_weights.append(kept)
+    return torch.cat(outputs, dim=-2), (all_weights[0] if inputs.return_weights else None)
 
 
 def linear_mode(inputs: AttentionInputs) -> AttentionResult:
     """φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1) in O(N·m·d); the weights only on demand."""
-    fq, fk = _features(inputs)
+    fq, fk, eps = _features(inputs)
     dtype = compute_dtype(inputs.v)
     fq, fk, values = fq.to(dtype), fk.to(dtype), inputs.v.to(dtype)
     if inputs.keep is not None:
         fk = fk * inputs.keep[:, None, :, None].to(dtype)
     key_value = fk.transpose(-1, -2) @ values  # [B, H, m, dv]
-    normaliser = guard_denominator(fq @ fk.sum(dim=-2).unsqueeze(-1), inputs.eps)  # [B, H, Nq, 1]
+    normaliser = guard_denominator(fq @ fk.sum(dim=-2).unsqueeze(-1), eps)  # [B, H, Nq, 1]
     out = (fq @ key_value) / normaliser
     weights = None
     if inputs.return_weights:
         scores = fq @ fk.transpose(-1, -2)
-        weights = scores / guard_denominator(scores.sum(dim=-1, keepdim=True), inputs.eps)
+        weights = scores / guard_denominator(scores.sum(dim=-1, keepdim=True), eps)
     return out.to(inputs.v.dtype), weights
+
+
+def _fusable(inputs: AttentionInputs, *tensors: torch.Tensor | None) -> bool:
+    """Whether :mod:`qra.kernels` can take these inputs (CUDA, Triton, supported dtypes and sizes)."""
+    return (
+        inputs.featuremap.dim <= kernels.MAX_FEATURE_DIM
+        and inputs.v.shape[-1] <= kernels.MAX_VALUE_DIM
+        and kernels.fused_available(inputs.q, inputs.k, inputs.v, inputs.keep, *tensors)
+    )
+
+
+def _beta_per_head(inputs: AttentionInputs, dtype: torch.dtype) -> torch.Tensor | None:
+    if inputs.beta is None:
+        return None
+    beta = torch.as_tensor(inputs.beta, dtype=dtype, device=inputs.v.device)
+    return beta.view(1, -1, 1, 1) if beta.dim() else beta
+
+
+def fused_softmax(inputs: AttentionInputs) -> AttentionResult | None:
+    """Flash-style fused softmax for dot-product maps, or the fidelity kernel for exact circuit maps."""
+    fm = inputs.featuremap
+    if inputs.return_weights or not (fm.is_linear or fm.is_fidelity) or not _fusable(inputs):
+        return None
+    if fm.is_linear:
+        fq, fk = fm.query_features(inputs.q), fm(inputs.k)
+        beta = _beta_per_head(inputs, fq.dtype)
+        queries = fq if beta is None else fq * beta
+        out = kernels.softmax_attention(queries, fk, inputs.v, inputs.keep, inputs.dropout_p)
+        return out.to(inputs.v.dtype), None
+    states_q, states_k = fm.query_features(inputs.q), fm(inputs.k)
+    beta = inputs.beta if isinstance(inputs.beta, torch.Tensor) or inputs.beta is None else float(inputs.beta)
+    # the fidelity kernel takes float32 values (its 16-bit path is not enabled): V is small next to the states
+    out = kernels.fidelity_attention(states_q, states_k, inputs.v.float(), inputs.keep, beta, inputs.dropout_p)
+    return out.to(inputs.v.dtype), None
+
+
+def fused_linear(inputs: AttentionInputs) -> AttentionResult | None:
+    """The two-pass fused linear kernel (weights, when asked for, need the PyTorch path)."""
+    if inputs.return_weights or not _fusable(inputs):
+        return None
+    fq, fk, eps = _features(inputs)
+    return kernels.linear_attention(fq, fk, inputs.v, inputs.keep, eps).to(inputs.v.dtype), None
 
 
 @dataclass(frozen=True)
 class AttentionMode:
-    """One way of turning kernel values into attention: its function and what it needs of the map."""
+    """One way of turning kernel values into attention.
 
-    function: Callable[[AttentionInputs], AttentionResult]
+    ``pytorch`` computes it anywhere (and is the tests' oracle); ``fused``, where given, runs
+    :mod:`qra.kernels` and returns None for inputs it cannot take.  ``fused_by_default``: ``auto``
+    picks the fused kernel (only where it was measured faster than the PyTorch path on an H200,
+    results/bench/).  ``needs_linear_map``: the mode needs a map whose similarity is a real dot product.
+    """
+
+    pytorch: Callable[[AttentionInputs], AttentionResult]
+    fused: Callable[[AttentionInputs], AttentionResult | None] | None = None
+    fused_by_default: bool = False
     needs_linear_map: bool = False
 
 
 #: The attention modes by name.  A new mode is one function of :class:`AttentionInputs` and one row here.
 ATTENTION_MODES: dict[str, AttentionMode] = {
-    "softmax": AttentionMode(softmax_mode),
+    # softmax's PyTorch path already runs dot-product maps through SDPA's fused kernels, which beat
+    # qra's Triton softmax on the H200: the Triton kernels are there on request (implementation="fused")
+    "softmax": AttentionMode(softmax_mode, fused=fused_softmax),
     "normalized": AttentionMode(normalized_mode),
-    "linear": AttentionMode(linear_mode, needs_linear_map=True),
+    "linear": AttentionMode(linear_mode, fused=fused_linear, fused_by_default=True, needs_linear_map=True),
 }
 MODES: tuple[str, ...] = tuple(ATTENTION_MODES)
+#: which code computes a mode: ``auto`` (the fused kernel where the mode prefers it and it can take the
+#: inputs, else PyTorch),
+#: ``pytorch`` (always the PyTorch path) or ``fused`` (an error where the kernels cannot run)
+IMPLEMENTATIONS = ("auto", "pytorch", "fused")
+#: set to ``pytorch`` to force the PyTorch path everywhere (as ``implementation="pytorch"`` does)
+IMPLEMENTATION_ENV = "QRA_ATTENTION_IMPLEMENTATION"
+
+
+def run_mode(mode: str, inputs: AttentionInputs, implementation: str = "auto") -> tuple[AttentionResult, str]:
+    """The mode's result and the path that computed it (``fused`` or ``pytorch``)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; accepted: {', '.join(IMPLEMENTATIONS)}")
+    forced = os.environ.get(IMPLEMENTATION_ENV, "")
+    if forced and forced not in IMPLEMENTATIONS:
+        raise ValueError(f"{IMPLEMENTATION_ENV}={forced!r}; accepted: {', '.join(IMPLEMENTATIONS)}")
+    implementation = forced or implementation
+    entry = ATTENTION_MODES[mode]
+    wanted = implementation == "fused" or (implementation == "auto" and entry.fused_by_default)
+    if wanted and entry.fused is not None:
+        result = entry.fused(inputs)
+        if result is not None:
+            return result, "fused"
+    if implementation == "fused":
+        raise ValueError(
+            f"implementation='fused': the fused kernels cannot take these inputs (mode {mode!r}, device "
+            f"{inputs.v.device.type}, dtype {inputs.v.dtype}, map {type(inputs.featuremap).__name__}); they need CUDA, "
+            "Triton, a dot-product or exact fidelity map, and no returned weights"
+        )
+    return entry.pytorch(inputs), "pytorch"
 
 
 def kernel_attention(
@@ -207,6 +315,7 @@ def kernel_attention(
     dropout_p: float = 0.0,
     return_weights: bool = False,
     eps: float = DEFAULT_EPS,
+    implementation: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention output (and optionally its weights) with a kernel similarity.
 
@@ -222,10 +331,29 @@ def kernel_attention(
             mode, where the weights are never formed.
         return_weights: also return A ``[B, H, Nq, Nk]`` (computed on demand in ``linear`` mode).
         eps: the denominator guard.
+        implementation: ``auto``, ``pytorch`` or ``fused`` (:data:`IMPLEMENTATIONS`).
 
     Returns:
         ``(out [B, H, Nq, dv] in v's dtype, weights or None)``.
     """
+    inputs = attention_inputs(q, k, v, featuremap, mode, key_padding_mask, beta, dropout_p, return_weights, eps)
+    result, _ = run_mode(mode, inputs, implementation)
+    return result
+
+
+def attention_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    featuremap: FeatureMap,
+    mode: str,
+    key_padding_mask: torch.Tensor | None,
+    beta: torch.Tensor | float | None,
+    dropout_p: float,
+    return_weights: bool,
+    eps: float,
+) -> AttentionInputs:
+    """The validated inputs of a mode: shapes, head dim and key mask checked, the mask made boolean."""
     check_mode(mode, featuremap)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be [B, H, N, d]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -238,14 +366,15 @@ def kernel_attention(
                 f"key_padding_mask must be [B, Nk] = {(k.shape[0], k.shape[2])}, got {tuple(key_padding_mask.shape)}"
             )
         keep = key_padding_mask.to(device=k.device, dtype=torch.bool)
-    inputs = AttentionInputs(featuremap, q, k, v, keep, beta, dropout_p, return_weights, eps)
-    return ATTENTION_MODES[mode].function(inputs)
+    return AttentionInputs(featuremap, q, k, v, keep, beta, dropout_p, return_weights, eps)
 
 
 class KernelAttention(nn.Module):
     """The state kernel attention keeps in a patched layer: φ, the mode and the per-head temperature β.
 
     Each patched layer owns one, so φ's buffers and learnable knobs (σ, β) are saved with the model.
+    ``implementation`` (``auto``, ``pytorch``, ``fused``) picks the code that runs it;
+    :attr:`last_path` says which ran last (``fused`` or ``pytorch``), for the run's records.
     """
 
     def __init__(
@@ -256,12 +385,17 @@ class KernelAttention(nn.Module):
         beta: float = 1.0,
         learn_beta: bool = False,
         eps: float = DEFAULT_EPS,
+        implementation: str = "auto",
     ) -> None:
         super().__init__()
         check_mode(mode, featuremap)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown implementation {implementation!r}; accepted: {', '.join(IMPLEMENTATIONS)}")
         self.featuremap = featuremap
         self.mode = mode
         self.eps = eps
+        self.implementation = implementation
+        self.last_path: str | None = None
         initial = torch.full((num_heads,), float(beta))
         if learn_beta:
             self.beta = nn.Parameter(initial)
@@ -277,9 +411,12 @@ class KernelAttention(nn.Module):
         dropout_p: float = 0.0,
         return_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return kernel_attention(
-            q, k, v, self.featuremap, self.mode, key_padding_mask, self.beta, dropout_p, return_weights, self.eps
-        )
+        inputs = attention_inputs(q, k, v, self.featuremap, self.mode, key_padding_mask, self.beta, dropout_p,
+                                  return_weights, self.eps)  # fmt: skip
+        result, self.last_path = run_mode(self.mode, inputs, self.implementation)
+        return result
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, heads={self.beta.numel()}, learn_beta={isinstance(self.beta, nn.Parameter)}"
+        learned = isinstance(self.beta, nn.Parameter)
+        return (f"mode={self.mode!r}, heads={self.beta.numel()}, learn_beta={learned}, "
+                f"implementation={self.implementation!r}")  # fmt: skip

@@ -22,6 +22,7 @@ from rich.table import Table
 from . import featuremaps
 from .experiment.config import TrainConfig, parse_featuremap_params, parse_floats, parse_ints
 from .experiment.models import DEFAULT_MODEL
+from .experiment.provenance import device_name as device_label
 from .experiment.runs import RunDirectory
 from .patching import DEFAULT_LAYERS
 
@@ -48,12 +49,15 @@ def list_featuremaps(
         typer.echo(json.dumps({name: info.as_dict() for name, info in listing.items()}, indent=2))
         return
     table = Table(title=f"Feature maps (entry-point group {featuremaps.ENTRY_POINT_GROUP!r})")
-    for column in ("name", "distribution", "version", "summary", "status"):
-        table.add_column(column, overflow="fold")
-    for info in listing.values():
-        status = "ok" if info.status == "ok" else f"[red]error[/red]: {info.error}"
-        table.add_row(info.name, info.distribution, info.version, info.summary, status)
-    Console(width=160).print(table)
+    # rich fits the table to the terminal's width (80 columns where it cannot tell), wrapping long cells
+    table.add_column("name", overflow="fold", no_wrap=False, min_width=10)
+    table.add_column("distribution", overflow="fold", min_width=10)
+    table.add_column("summary", overflow="fold", ratio=2)
+    table.add_column("status", overflow="fold", ratio=1)
+    for key, info in listing.items():
+        status = "ok" if info.status == "ok" else f"[red]error[/red]: {escape(str(info.error))}"
+        table.add_row(escape(key), escape(f"{info.distribution} {info.version}"), escape(info.summary), status)
+    Console().print(table)
 
 
 def _fail(error: Exception) -> typer.Exit:
@@ -249,7 +253,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3g} s"
 
 
-bench_app = typer.Typer(help="Benchmarks that write JSON under results/bench/ and print a table.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks that write JSON with their provenance (default: runs/bench/) and print a table.",
+    no_args_is_help=True,
+)
+#: where benchmarks write unless told: the user's runs folder, never the committed results/
+BENCH_DIR = Path("runs") / "bench"
 app.add_typer(bench_app, name="bench")
 
 
@@ -269,104 +278,145 @@ def _device(choice: str) -> torch.device:
         raise typer.BadParameter(str(error)) from None
 
 
+def _run_bench(title: str, cases: list, finish, output: Path, device: torch.device, settings: dict,
+               overwrite: bool) -> list[dict]:  # fmt: skip
+    """Run benchmark cases with a progress bar (count, elapsed, time left), saving after every case.
+
+    ``finish`` adds the ratios to the rows so far; the file says ``"complete": false`` until the
+    last case is done, so a stopped benchmark keeps what it measured and says it is partial.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from .experiment.bench import write_results
+
+    if output.exists() and not overwrite:
+        raise _fail(FileExistsError(f"{output} exists; pass --overwrite to replace it, or another --output"))
+    rows: list[dict] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
+               TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task(title, total=len(cases))
+        for case in cases:
+            progress.update(task, description=case.description)
+            rows += case.measure()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            write_results(output, finish(rows), device, settings, complete=False)
+            progress.advance(task)
+    write_results(output, finish(rows), device, settings, complete=True)
+    return rows
+
+
+def _print_table(title: str, columns: dict[str, str], rows: list[dict]) -> None:
+    """``columns``: header -> row key; numbers are formatted, missing values shown as ``–``."""
+    table = Table(title=title)
+    for header in columns:
+        table.add_column(header, justify="left" if header in ("impl", "model", "variant", "note", "path") else "right")
+    for row in rows:
+        cells = []
+        for key in columns.values():
+            value = row.get(key)
+            cells.append("–" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value))
+        table.add_row(*cells)
+    Console().print(table)
+
+
 @bench_app.command("featuremaps")
 def bench_featuremaps_command(
-    qubits: str = typer.Option("4,8", help="Comma-separated qubit counts."),
-    inputs: str = typer.Option("8192,196608", help="Comma-separated numbers of input vectors."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda (Qiskit's simulators always run on the CPU)."),
+    qubits: str = typer.Option("4,6,8,10,12", help="Comma-separated qubit counts."),
+    inputs: str = typer.Option("196608", help="Comma-separated numbers of input vectors."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (Qiskit's simulators and lightning run on the CPU)."),
     repeats: int = typer.Option(5, min=1, help="Timed repeats per case (median reported)."),
     qiskit_inputs: int = typer.Option(256, min=1, help="Inputs timed for Qiskit Statevector; the rest extrapolated."),
     aer_inputs: int = typer.Option(2048, min=1, help="Inputs timed for Qiskit Aer; the rest extrapolated."),
+    lightning_inputs: int = typer.Option(256, min=1, help="Inputs timed for PennyLane lightning.qubit."),
     pennylane_cpu_inputs: int = typer.Option(8192, min=1, help="Inputs timed for PennyLane on a CPU."),
-    output: Path = typer.Option(Path("results/bench/featuremaps.json"), help="Where to write the JSON."),
+    output: Path = typer.Option(BENCH_DIR / "featuremaps.json", help="Where to write the JSON."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
-    """ZZ feature map states: qra's native engine vs PennyLane default.qubit vs Qiskit, fwd and fwd+bwd."""
-    from .experiment.bench import add_speedups, bench_featuremaps, write_results
+    """ZZ feature map states: qra's engine vs its earlier engine, PennyLane and Qiskit; fwd and fwd+bwd."""
+    from .experiment.bench import add_speedups, featuremap_cases
 
     chosen = _device(device)
     qubit_list, input_list = _parse_ints(qubits, "--qubits"), _parse_ints(inputs, "--inputs")
-    caps = {"statevector": qiskit_inputs, "aer": aer_inputs, "pennylane-cpu": pennylane_cpu_inputs}
-    console = Console(stderr=True)
-    with console.status("benchmarking") as status:
-        rows = bench_featuremaps(qubit_list, input_list, chosen, repeats, caps, progress=status.update)
-    add_speedups(rows)
+    caps = {"statevector": qiskit_inputs, "aer": aer_inputs, "pennylane-cpu": pennylane_cpu_inputs,
+            "lightning": lightning_inputs}  # fmt: skip
     settings = {"qubits": qubit_list, "inputs": input_list, "repeats": repeats, "caps": caps, "reps": 2}
-    path = write_results(output, rows, chosen, settings)
-    table = Table(title=f"ZZ feature map states on {rows[0]['device'] if rows else chosen}")
-    for column in ("impl", "qubits", "inputs", "pass", "ms", "x slower than native", "note"):
-        table.add_column(column, justify="right" if column not in ("impl", "note") else "left")
-    for row in rows:
-        slower = row["x_slower_than_native"]
-        note = f"timed {row['measured_inputs']}, extrapolated" if row["extrapolated"] else ""
-        table.add_row(row["impl"], str(row["qubits"]), str(row["inputs"]), row["pass"], f"{row['ms']:.2f}",
-                      f"{slower:.1f}" if slower else "", note)  # fmt: skip
-    Console(width=160).print(table)
-    typer.echo(f"wrote {path}")
+    rows = _run_bench("featuremaps", featuremap_cases(qubit_list, input_list, chosen, repeats, caps), add_speedups,
+                      output, chosen, settings, overwrite)  # fmt: skip
+    _print_table(f"ZZ feature map states on {device_label(chosen)}",
+                 {"impl": "impl", "qubits": "qubits", "inputs": "inputs", "pass": "pass", "ms": "ms",
+                  "x slower than native": "x_slower_than_native", "timed inputs": "measured_inputs"}, rows)  # fmt: skip
+    typer.echo(f"wrote {output}")
 
 
 @bench_app.command("attention")
 def bench_attention_command(
-    lengths: str = typer.Option("512,2048,8192,32768", help="Sequence lengths N."),
+    lengths: str = typer.Option("512,2048,8192,32768,65536", help="Sequence lengths N."),
     tokens: int = typer.Option(16384, min=1, help="B·N, fixed across N."),
     heads: int = typer.Option(12, min=1),
     head_dim: int = typer.Option(64, min=1),
     m: int = typer.Option(128, min=1, help="RFF features."),
+    qubits: int = typer.Option(6, min=1, max=8, help="Qubits of the fidelity rows' states."),
+    compile_paths: bool = typer.Option(True, "--compile/--no-compile", help="Add torch.compile of the PyTorch path."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     repeats: int = typer.Option(5, min=1),
-    output: Path = typer.Option(Path("results/bench/attention.json")),
+    output: Path = typer.Option(BENCH_DIR / "attention.json"),
+    overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
-    """SDPA vs qra kernel attention (rff; softmax, normalized, linear): fwd and fwd+bwd time, peak memory."""
-    from .experiment.bench import bench_attention, write_results
+    """SDPA (default, flash, cuDNN) vs qra attention (fused, PyTorch, compiled): fwd, fwd+bwd, peak memory."""
+    from .experiment.bench import add_sdpa_ratios, attention_cases
 
     chosen = _device(device)
     dtype = torch.bfloat16 if chosen.type == "cuda" else torch.float32
     length_list = _parse_ints(lengths, "--lengths")
-    with Console(stderr=True).status("benchmarking") as status:
-        rows = bench_attention(length_list, tokens, heads, head_dim, m, chosen, dtype, repeats, status.update)
+    cases = attention_cases(length_list, tokens, heads, head_dim, m, chosen, dtype, repeats, qubits, compile_paths)
     settings = {"lengths": length_list, "tokens": tokens, "heads": heads, "head_dim": head_dim, "m": m,
-                "dtype": str(dtype)}  # fmt: skip
-    path = write_results(output, rows, chosen, settings)
-    table = Table(title=f"attention, B·N={tokens}, H={heads}, d={head_dim}, {rows[0]['device']}")
-    for column in ("impl", "N", "B", "fwd ms", "fwd+bwd ms", "peak MiB", "fwd+bwd vs sdpa"):
-        table.add_column(column, justify="left" if column == "impl" else "right")
-    for row in rows:
-        cells = [row["fwd_ms"], row["fwd_bwd_ms"]]
-        peak = row["peak_bytes"] / 2**20 if row["peak_bytes"] else None
-        ratio = row["fwd_bwd_vs_sdpa"]
-        table.add_row(row["impl"], str(row["N"]), str(row["B"]), *(f"{c:.3f}" if c else "OOM" for c in cells),
-                      f"{peak:.0f}" if peak else "", f"{ratio:.2f}" if ratio else "")  # fmt: skip
-    Console(width=160).print(table)
-    typer.echo(f"wrote {path}")
+                "qubits": qubits, "dtype": str(dtype)}  # fmt: skip
+    rows = _run_bench("attention", cases, add_sdpa_ratios, output, chosen, settings, overwrite)
+    _print_table(f"attention, B·N={tokens}, H={heads}, d={head_dim}, {device_label(chosen)}",
+                 {"impl": "impl", "N": "N", "fwd ms": "fwd_ms", "fwd+bwd ms": "fwd_bwd_ms", "peak bytes": "peak_bytes",
+                  "fwd+bwd vs sdpa": "fwd_bwd_vs_sdpa"}, rows)  # fmt: skip
+    typer.echo(f"wrote {output}")
 
 
 @bench_app.command("train")
 def bench_train_command(
     batch_size: int = typer.Option(32, min=1),
     length: int = typer.Option(512, min=8),
-    layers: int = typer.Option(6, min=6, help="DistilBERT layers (patched: 4 and 5)."),
+    layers: int = typer.Option(6, min=6, help="Encoder layers (patched: 4 and 5)."),
+    models: str = typer.Option("distilbert,minilm", help="Model shapes (random weights): distilbert, minilm."),
+    variants: str = typer.Option("", help="Comma-separated variants (default: all; see qra.experiment.bench)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     repeats: int = typer.Option(10, min=1),
-    output: Path = typer.Option(Path("results/bench/train.json")),
+    output: Path = typer.Option(BENCH_DIR / "train.json"),
+    overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
-    """One training step of a DistilBERT-base-shaped model: baseline vs patched L4,L5."""
-    from .experiment.bench import bench_train, write_results
+    """One training step of DistilBERT-base- and MiniLM-shaped models: baseline vs patched L4, L5."""
+    from .experiment.bench import TRAIN_MODELS, TRAIN_VARIANTS, add_baseline_ratios, train_cases
 
     chosen = _device(device)
-    with Console(stderr=True).status("benchmarking") as status:
-        rows = bench_train(chosen, batch_size, length, layers, repeats=repeats, progress=status.update)
+    model_list = [name.strip() for name in models.split(",") if name.strip()]
+    variant_list = [name.strip() for name in variants.split(",") if name.strip()] or list(TRAIN_VARIANTS)
+    for name, known, option in ((model_list, TRAIN_MODELS, "--models"), (variant_list, TRAIN_VARIANTS, "--variants")):
+        if unknown := sorted(set(name) - set(known)):
+            raise typer.BadParameter(f"{option}: unknown {', '.join(unknown)}; accepted: {', '.join(known)}")
+    cases = train_cases(chosen, batch_size, length, layers, tuple(variant_list), tuple(model_list), repeats)
     settings = {"batch_size": batch_size, "length": length, "layers": layers, "bf16": chosen.type == "cuda"}
-    path = write_results(output, rows, chosen, settings)
-    table = Table(title=f"train step, B={batch_size}, N={length}, {rows[0]['device']}")
-    for column in ("variant", "step ms", "samples/s", "peak MiB", "throughput vs baseline"):
-        table.add_column(column, justify="left" if column == "variant" else "right")
-    for row in rows:
-        ok = row["step_ms"] is not None
-        table.add_row(row["variant"], f"{row['step_ms']:.1f}" if ok else "OOM",
-                      f"{row['samples_per_second']:.1f}" if ok else "",
-                      f"{row['peak_bytes'] / 2**20:.0f}" if row["peak_bytes"] else "",
-                      f"{row['throughput_vs_baseline']:.3f}" if row["throughput_vs_baseline"] else "")  # fmt: skip
-    Console(width=160).print(table)
-    typer.echo(f"wrote {path}")
+    rows = _run_bench("train", cases, add_baseline_ratios, output, chosen, settings, overwrite)
+    _print_table(f"train step, B={batch_size}, N={length}, {device_label(chosen)}",
+                 {"model": "model", "variant": "variant", "path": "attention_path", "step ms": "step_ms",
+                  "samples/s": "samples_per_second", "peak bytes": "peak_bytes",
+                  "throughput vs baseline": "throughput_vs_baseline", "memory vs baseline": "memory_vs_baseline"},
+                 rows)  # fmt: skip
+    typer.echo(f"wrote {output}")
 
 
 def main() -> None:

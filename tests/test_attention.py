@@ -172,3 +172,33 @@ def test_bad_mode_and_shapes_are_explained():
         kernel_attention(q[..., :4], k[..., :4], v, fm)
     with pytest.raises(ValueError, match="key_padding_mask"):
         kernel_attention(q, k, v, fm, key_padding_mask=keep[:, :3])
+
+
+def test_normalized_mode_in_blocks_of_queries_equals_the_whole_matrix(monkeypatch):
+    import qra.attention as attention
+
+    fm = get("rff", d_in=8, m=16, sigma=2.0).double()
+    q, k, v = (torch.randn(2, 3, 37, 8, dtype=torch.float64) for _ in range(3))
+    keep = torch.ones(2, 37, dtype=torch.bool)
+    keep[1, 30:] = False
+    whole, weights = kernel_attention(q, k, v, fm, "normalized", key_padding_mask=keep, return_weights=True)
+    monkeypatch.setattr(attention, "NORMALIZED_BLOCK_ELEMENTS", 2 * 3 * 37 * 5)  # 5 queries a block
+    blocked, none = kernel_attention(q, k, v, fm, "normalized", key_padding_mask=keep)
+    assert none is None
+    torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(blocked, weights @ v)
+
+
+def test_the_pytorch_path_runs_without_cuda_and_fused_is_refused_clearly(monkeypatch):
+    fm = get("rff", d_in=8, m=16)
+    q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
+    layer = KernelAttention(fm, num_heads=2, mode="linear")
+    layer(q, k, v)
+    assert layer.last_path == "pytorch"
+    with pytest.raises(ValueError, match="implementation='fused': the fused kernels cannot take these inputs"):
+        kernel_attention(q, k, v, fm, "linear", implementation="fused")
+    with pytest.raises(ValueError, match="unknown implementation 'triton'; accepted: auto, pytorch, fused"):
+        KernelAttention(fm, num_heads=2, implementation="triton")
+    monkeypatch.setenv("QRA_ATTENTION_IMPLEMENTATION", "fast")
+    with pytest.raises(ValueError, match="QRA_ATTENTION_IMPLEMENTATION='fast'"):
+        layer(q, k, v)

@@ -14,37 +14,50 @@ from typer.testing import CliRunner
 from qra.cli import app
 
 
-def run(args):
+def run(args, code=0):
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output
     return result
 
 
-def test_bench_attention_writes_sdpa_and_every_mode(tmp_path):
+def test_bench_attention_writes_sdpa_and_every_mode_and_path(tmp_path):
     out = tmp_path / "attention.json"
     run(["bench", "attention", "--lengths", "16,32", "--tokens", "64", "--heads", "2", "--head-dim", "8", "--m", "8",
-         "--repeats", "1", "--device", "cpu", "--output", str(out)])  # fmt: skip
+         "--qubits", "2", "--no-compile", "--repeats", "1", "--device", "cpu", "--output", str(out)])  # fmt: skip
     payload = json.loads(out.read_text())
-    assert {"command", "device", "versions", "commit"} <= set(payload["provenance"])
+    assert {"command", "device", "versions", "commit"} <= set(payload["provenance"]) and payload["complete"]
     rows = payload["rows"]
-    assert {(r["impl"], r["N"]) for r in rows} == {(i, n) for i in ("sdpa", "softmax", "normalized", "linear")
-                                                   for n in (16, 32)}  # fmt: skip
+    impls = ("sdpa", "softmax-pytorch", "normalized-pytorch", "linear-pytorch", "fidelity-pytorch")
+    assert {(r["impl"], r["N"]) for r in rows} == {(i, n) for i in impls for n in (16, 32)}
     for row in rows:
-        assert {
-            "impl",
-            "mode",
-            "N",
-            "B",
-            "H",
-            "d",
-            "m",
-            "fwd_ms",
-            "fwd_bwd_ms",
-            "peak_bytes",
-            "device",
-            "torch",
-        } <= set(row)
+        assert {"impl", "mode", "path", "N", "B", "H", "d", "m", "fwd_ms", "fwd_bwd_ms", "peak_bytes", "device",
+                "torch", "fwd_bwd_vs_sdpa"} <= set(row)  # fmt: skip
         assert row["B"] * row["N"] == 64 and row["fwd_ms"] > 0
+    assert next(r for r in rows if r["impl"] == "fidelity-pytorch")["m"] == 4
+
+
+def test_bench_refuses_to_overwrite_and_keeps_finished_cases_when_stopped(tmp_path, monkeypatch):
+    out = tmp_path / "attention.json"
+    args = ["bench", "attention", "--lengths", "16", "--tokens", "16", "--heads", "1", "--head-dim", "4", "--m", "4",
+            "--qubits", "1", "--no-compile", "--repeats", "1", "--device", "cpu", "--output", str(out)]  # fmt: skip
+    run(args)
+    result = run(args, code=2)
+    assert "exists; pass --overwrite" in result.output
+    from qra.experiment import bench
+
+    original = bench._attention_row
+    calls = []
+
+    def stop_on_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    monkeypatch.setattr(bench, "_attention_row", stop_on_third)
+    CliRunner().invoke(app, [*args, "--overwrite"])
+    payload = json.loads(out.read_text())
+    assert not payload["complete"] and [r["impl"] for r in payload["rows"]] == ["sdpa", "softmax-pytorch"]
 
 
 def test_bench_featuremaps_extrapolates_the_slow_frameworks(tmp_path):
@@ -52,22 +65,32 @@ def test_bench_featuremaps_extrapolates_the_slow_frameworks(tmp_path):
     pytest.importorskip("qra_qiskit")
     out = tmp_path / "featuremaps.json"
     run(["bench", "featuremaps", "--qubits", "2", "--inputs", "16", "--repeats", "1", "--qiskit-inputs", "4",
-         "--aer-inputs", "8", "--device", "cpu", "--output", str(out)])  # fmt: skip
+         "--aer-inputs", "8", "--lightning-inputs", "4", "--device", "cpu", "--output", str(out)])  # fmt: skip
     rows = json.loads(out.read_text())["rows"]
     statevector = next(r for r in rows if r["engine"] == "statevector")
     assert statevector["extrapolated"] and statevector["measured_inputs"] == 4
     assert statevector["ms"] == pytest.approx(statevector["ms_per_input"] * 16)
-    assert {r["impl"] for r in rows if r["pass"] == "fwd_bwd"} == {
-        "qra native (PennyLane tape)", "qra native (Qiskit circuit)", "PennyLane default.qubit"
-    }  # fmt: skip
+    differentiable = {r["impl"] for r in rows if r["pass"] == "fwd_bwd"}
+    assert {"qra native (PennyLane tape)", "qra native (Qiskit circuit)", "qra reference engine (gate by gate)",
+            "PennyLane default.qubit"} <= differentiable  # fmt: skip
+    native = next(r for r in rows if r["engine"] == "native" and r["pass"] == "fwd")
+    assert native["x_slower_than_native"] == 1.0
 
 
 def test_bench_train_compares_patched_steps_with_the_baseline(tmp_path):
-    from qra.experiment.bench import bench_train, write_results
-
-    cpu = torch.device("cpu")
-    rows = bench_train(cpu, batch=1, length=16, variants=("baseline", "rff-linear"), repeats=1)
-    write_results(tmp_path / "train.json", rows, cpu, {})
-    assert [r["variant"] for r in rows] == ["baseline", "rff-linear"]
+    out = tmp_path / "train.json"
+    run(["bench", "train", "--batch-size", "1", "--length", "16", "--models", "minilm", "--variants",
+         "baseline,rff-linear", "--repeats", "1", "--device", "cpu", "--output", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["variant"]) for r in rows] == [("minilm", "baseline"), ("minilm", "rff-linear")]
     assert rows[0]["throughput_vs_baseline"] == 1.0 and rows[1]["step_ms"] > 0
-    assert json.loads((tmp_path / "train.json").read_text())["rows"][1]["variant"] == "rff-linear"
+    assert rows[1]["attention_path"] == "pytorch" and rows[0]["attention_path"] is None
+    result = run(["bench", "train", "--models", "gpt", "--device", "cpu", "--output", str(tmp_path / "x.json")], 2)
+    assert "unknown gpt; accepted: distilbert, minilm" in result.output
+
+
+def test_the_default_output_is_a_user_folder_not_the_committed_results():
+    from qra.cli import BENCH_DIR
+
+    assert BENCH_DIR.parts[0] == "runs"
+    assert torch.tensor(1)  # the module imports without a GPU

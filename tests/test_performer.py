@@ -82,3 +82,28 @@ def test_bfloat16_inputs_give_bfloat16_features():
     x = points().float().view(3, 10, 16)
     assert fm(x.bfloat16()).dtype == torch.bfloat16
     torch.testing.assert_close(fm(x.bfloat16()).float(), fm(x), rtol=2e-2, atol=1e-3)
+
+
+def log_space_reference(fm: PositiveRandomFeatures, q, k, v, keep):
+    """Normalised performer attention computed from log features in float64: no guard, no underflow."""
+    log_q, log_k = fm.double()._log_features(q.double()), fm.double()._log_features(k.double())
+    log_scores = torch.logsumexp(log_q.unsqueeze(-2) + log_k.unsqueeze(-3), dim=-1)  # log Σ_r φ_r(q)φ_r(k)
+    log_scores = log_scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+    return torch.softmax(log_scores, dim=-1) @ v.double()
+
+
+@pytest.mark.parametrize("mode", ["linear", "normalized"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_large_query_and_key_norms_stay_normalised(mode, dtype):
+    """‖q‖, ‖k‖ ≈ 20 at d = 16: the guard scales with the stabiliser, rows still sum to one."""
+    generator = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(2, 3, 8, 16, generator=generator, dtype=dtype) * 5 for _ in range(2))
+    v = torch.randn(2, 3, 8, 4, generator=generator, dtype=dtype)
+    keep = torch.ones(2, 8, dtype=torch.bool)
+    keep[1, 6:] = False
+    fm = get("performer", d_in=16, m=64).to(dtype)
+    out, weights = kernel_attention(q, k, v, fm, mode, key_padding_mask=keep, return_weights=True)
+    expected = log_space_reference(fm, q, k, v, keep)
+    tolerance = 1e-9 if dtype == torch.float64 else 2e-4
+    torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(weights.sum(-1).double(), torch.ones(2, 3, 8, dtype=torch.float64), rtol=0, atol=1e-5)

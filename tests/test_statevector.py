@@ -111,21 +111,6 @@ def test_cuda_states_equal_cpu_states():
         assert (on_gpu.cpu() - simulate(gates, 5, dtype=dtype)).abs().max() < tolerance
 
 
-@pytest.mark.parametrize("name", ["qiskit-zz", "pennylane-zz", "pennylane-iqp"])
-def test_zz_and_iqp_maps_take_the_fast_path(name, monkeypatch):
-    # Hadamard layers plus diagonal blocks: no gate should fall back to a dense matrix product.
-    pytest.importorskip("pennylane")
-    import qra.featuremaps.statevector as engine
-    from qra.featuremaps import get
-
-    fm = get(name, d_in=5, qubits=5, projection="identity", engine="native")
-    applied = []
-    original = engine._apply_matrix
-    monkeypatch.setattr(engine, "_apply_matrix", lambda *args: applied.append(1) or original(*args))
-    fm.states(torch.rand(3, 5, dtype=torch.float64))
-    assert applied == []
-
-
 def test_schedule_keeps_non_commuting_order_and_groups_layers():
     from qra.featuremaps.statevector import schedule
 

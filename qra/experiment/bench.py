@@ -1,8 +1,10 @@
-"""Benchmarks that write their results: ``qra bench featuremaps``.
+"""Benchmarks that write their results: ``qra bench featuremaps | attention | train``.
 
-Timings are medians over repeats after warm-up, with CUDA events and synchronisation on a GPU.
-Ratios mean something when measured side by side in one run; absolute times only with the
-device named, which every results file records.
+Each benchmark is a list of :class:`Case` s; the CLI runs them with a progress bar (count and
+time left) and writes the JSON after every finished case, so a stopped benchmark keeps what it
+measured.  Timings are medians over repeats after warm-up, with CUDA events and synchronisation
+on a GPU.  Ratios mean something when measured side by side in one run; absolute times only with
+the device named, which every results file records.
 """
 
 from __future__ import annotations
@@ -16,8 +18,19 @@ from typing import Any
 
 import torch
 
-from ..featuremaps import get
+from ..attention import MODES, kernel_attention
+from ..featuremaps import FeatureMap, get
 from .provenance import device_name, provenance, write_json_atomic
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured case: what it is (for the progress bar) and how to measure it (its rows)."""
+
+    description: str
+    measure: Callable[[], list[Row]]
 
 
 @dataclass
@@ -51,115 +64,202 @@ def time_it(step: Callable[[], None], device: torch.device, repeats: int = 5, wa
 
 @dataclass(frozen=True)
 class FeatureMapImpl:
-    """One way to compute ZZ-map states: a registered map, its engine and simulator, and how it may run.
+    """One way to compute ZZ-map states: a registered map with its engine settings, and how it may run.
 
-    ``simulator`` names the framework simulator for ``engine="framework"`` (the map's ``device``
-    parameter) and the row's ``engine`` column: ``native``, ``pennylane``, ``statevector`` or ``aer``.
+    ``engine`` is the row's short name (``native``, ``reference``, ``pennylane``, ``lightning``,
+    ``statevector``, ``aer``); ``cap`` names the input cap of slow implementations (see
+    :data:`DEFAULT_CAPS`); ``reference`` runs the map's gates on qra's earlier gate-by-gate engine.
     """
 
     label: str
     featuremap: str
     engine: str
+    params: dict[str, str]
     differentiable: bool
-    simulator: str | None = None
     runs_on_cpu_only: bool = False
-
-    @property
-    def params(self) -> dict[str, str]:
-        return {"engine": self.engine} | ({"device": self.simulator} if self.simulator else {})
-
-    @property
-    def name(self) -> str:
-        """The implementation as the rows name it: ``native`` or the framework simulator's short name."""
-        return "native" if self.engine == "native" else self.simulator.split(".")[0].replace("default", "pennylane")
+    cap: str | None = None
+    reference: bool = False
+    requires: str | None = None  # a module the implementation needs; the row is skipped without it
 
 
 FEATUREMAP_IMPLS = (
-    FeatureMapImpl("qra native (PennyLane tape)", "pennylane-zz", "native", True),
-    FeatureMapImpl("qra native (Qiskit circuit)", "qiskit-zz", "native", True),
-    FeatureMapImpl("PennyLane default.qubit", "pennylane-zz", "framework", True, "default.qubit"),
-    FeatureMapImpl("Qiskit Statevector (per input)", "qiskit-zz", "framework", False, "statevector", True),
-    FeatureMapImpl("Qiskit Aer (batched binds)", "qiskit-zz", "framework", False, "aer", True),
-)
+    FeatureMapImpl("qra native (PennyLane tape)", "pennylane-zz", "native", {"engine": "native"}, True),
+    FeatureMapImpl("qra native (Qiskit circuit)", "qiskit-zz", "native", {"engine": "native"}, True),
+    FeatureMapImpl("qra reference engine (gate by gate)", "pennylane-zz", "reference", {"engine": "native"}, True,
+                   reference=True),
+    FeatureMapImpl("PennyLane default.qubit", "pennylane-zz", "pennylane",
+                   {"engine": "framework", "device": "default.qubit"}, True, cap="pennylane-cpu"),
+    # lightning's adjoint method differentiates expectation values, not states: forward only here
+    FeatureMapImpl("PennyLane lightning.qubit", "pennylane-zz", "lightning",
+                   {"engine": "framework", "device": "lightning.qubit"}, False, runs_on_cpu_only=True,
+                   cap="lightning", requires="pennylane_lightning"),
+    FeatureMapImpl("Qiskit Statevector (per input)", "qiskit-zz", "statevector",
+                   {"engine": "framework", "device": "statevector"}, False, runs_on_cpu_only=True, cap="statevector"),
+    FeatureMapImpl("Qiskit Aer (batched binds)", "qiskit-zz", "aer", {"engine": "framework", "device": "aer"}, False,
+                   runs_on_cpu_only=True, cap="aer", requires="qiskit_aer"),
+)  # fmt: skip
+#: inputs actually timed for the slow implementations (the rest extrapolated linearly)
+DEFAULT_CAPS = {"statevector": 256, "aer": 2048, "pennylane-cpu": 8192, "lightning": 256}
 
 
 def _input_cap(impl: FeatureMapImpl, device: torch.device, caps: dict[str, int]) -> int | None:
-    if impl.name in ("statevector", "aer"):
-        return caps[impl.name]
-    if impl.name == "pennylane" and device.type == "cpu":
-        return caps["pennylane-cpu"]
-    return None
+    if impl.cap == "pennylane-cpu" and device.type != "cpu":
+        return None  # PennyLane default.qubit runs on the GPU at full size
+    return caps[impl.cap] if impl.cap else None
 
 
-def bench_featuremaps(
-    qubits: list[int],
-    inputs: list[int],
-    device: torch.device,
-    repeats: int = 5,
-    caps: dict[str, int] | None = None,
-    progress: Callable[[str], None] = lambda _: None,
-) -> list[dict[str, Any]]:
-    """ZZ-map states (reps=2), forward and forward+backward, for every implementation.
+def _states_function(impl: FeatureMapImpl, fm: FeatureMap) -> Callable[[torch.Tensor], torch.Tensor]:
+    if not impl.reference:
+        return fm.states
+    from ..featuremaps.statevector import reference_simulate
 
-    Implementations that would take minutes (Qiskit per input, PennyLane on a CPU) run on the
-    first ``caps[...]`` inputs and are extrapolated linearly; their rows say so.
+    def states(x: torch.Tensor) -> torch.Tensor:
+        angles = fm.angles(x).reshape(-1, fm.qubits)
+        return reference_simulate(fm.gates(angles), fm.qubits, dtype=torch.complex64, device=x.device)
+
+    return states
+
+
+def featuremap_cases(
+    qubits: list[int], inputs: list[int], device: torch.device, repeats: int = 5, caps: dict[str, int] | None = None
+) -> list[Case]:
+    """ZZ-map states (reps=2), forward and forward+backward, for every implementation installed.
+
+    Implementations that would take minutes (Qiskit per input, PennyLane on a CPU, lightning) run
+    on the first ``caps[...]`` inputs and are extrapolated linearly; their rows say so.
     """
-    caps = {"statevector": 256, "aer": 2048, "pennylane-cpu": 8192} | (caps or {})
+    import importlib.util
+
+    caps = DEFAULT_CAPS | (caps or {})
+    impls = [i for i in FEATUREMAP_IMPLS if i.requires is None or importlib.util.find_spec(i.requires)]
+    def case(impl: FeatureMapImpl, q: int, count: int) -> Case:
+        return Case(f"{impl.label}: {q} qubits, {count:,} inputs",
+                    lambda: _featuremap_rows(impl, q, count, device, repeats, caps))  # fmt: skip
+
+    return [case(impl, q, count) for q in qubits for count in inputs for impl in impls]
+
+
+def _featuremap_rows(
+    impl: FeatureMapImpl, q: int, count: int, device: torch.device, repeats: int, caps: dict[str, int]
+) -> list[Row]:
+    run_device = torch.device("cpu") if impl.runs_on_cpu_only else device
+    cap = _input_cap(impl, device, caps)
+    measured = min(count, cap) if cap else count
+    fm = get(impl.featuremap, d_in=q, qubits=q, projection="identity", **impl.params).to(run_device)
+    states = _states_function(impl, fm)
+    x = torch.rand(measured, q, device=run_device) * 2 * torch.pi
     rows = []
-    for q in qubits:
-        for count in inputs:
-            for impl in FEATUREMAP_IMPLS:
-                run_device = torch.device("cpu") if impl.runs_on_cpu_only else device
-                cap = _input_cap(impl, device, caps)
-                measured = min(count, cap) if cap else count
-                fm = get(impl.featuremap, d_in=q, qubits=q, projection="identity", **impl.params).to(run_device)
-                x = torch.rand(measured, q, device=run_device) * 2 * torch.pi
-                passes = ("fwd", "fwd_bwd") if impl.differentiable else ("fwd",)
-                for kind in passes:
-                    progress(f"{impl.label}: {q} qubits, {count} inputs, {kind}")
+    for kind in ("fwd", "fwd_bwd") if impl.differentiable else ("fwd",):
 
-                    def step(fm=fm, x=x, kind=kind) -> None:
-                        if kind == "fwd":
-                            with torch.no_grad():
-                                fm.states(x)
-                        else:
-                            leaf = x.detach().requires_grad_()
-                            states = fm.states(leaf)
-                            (states.real.sum() + states.imag.sum()).backward()
+        def step(kind=kind) -> None:
+            if kind == "fwd":
+                with torch.no_grad():
+                    states(x)
+            else:
+                leaf = x.detach().requires_grad_()
+                result = states(leaf)
+                (result.real.sum() + result.imag.sum()).backward()
 
-                    reps = repeats if measured == count else max(1, repeats // 2)
-                    timing = time_it(step, run_device, repeats=reps, warmup=1)
-                    scale = count / measured
-                    rows.append({
-                        "impl": impl.label, "featuremap": impl.featuremap, "engine": impl.name, "qubits": q,
-                        "inputs": count, "measured_inputs": measured, "extrapolated": measured != count,
-                        "pass": kind, "ms": timing.median_ms * scale, "ms_per_input": timing.median_ms / measured,
-                        "peak_bytes": timing.peak_bytes if measured == count else None,
-                        "device": device_name(run_device), "torch": torch.__version__,
-                    })  # fmt: skip
-                del fm, x
-                if run_device.type == "cuda":
-                    torch.cuda.empty_cache()
+        reps = repeats if measured == count else max(1, repeats // 2)
+        row = {"impl": impl.label, "featuremap": impl.featuremap, "engine": impl.engine, "qubits": q, "inputs": count,
+               "measured_inputs": measured, "extrapolated": measured != count, "pass": kind,
+               "device": device_name(run_device), "torch": torch.__version__}  # fmt: skip
+        try:
+            timing = time_it(step, run_device, repeats=reps, warmup=1)
+        except RuntimeError as error:
+            if not _is_out_of_memory(error):
+                raise
+            rows.append(row | {"ms": None, "ms_per_input": None, "peak_bytes": None, "oom": True})
+            continue
+        rows.append(row | {"ms": timing.median_ms * count / measured, "ms_per_input": timing.median_ms / measured,
+                           "peak_bytes": timing.peak_bytes if measured == count else None})  # fmt: skip
     return rows
 
 
-def add_speedups(rows: list[dict[str, Any]], reference: str = "qra native (PennyLane tape)") -> None:
+def add_speedups(rows: list[Row], reference: str = "qra native (PennyLane tape)") -> list[Row]:
     """Each row's ``x_slower_than_native``: its time over qra native's for the same case."""
     native = {(r["qubits"], r["inputs"], r["pass"]): r["ms"] for r in rows if r["impl"] == reference}
     for row in rows:
         base = native.get((row["qubits"], row["inputs"], row["pass"]))
-        row["x_slower_than_native"] = row["ms"] / base if base else None
+        row["x_slower_than_native"] = row["ms"] / base if base and row["ms"] else None
+    return rows
 
 
-def write_results(path: Path, rows: list[dict[str, Any]], device: torch.device, settings: dict[str, Any]) -> Path:
-    return write_json_atomic(path, {"provenance": provenance(device), "settings": settings, "rows": rows})
+def write_results(
+    path: Path, rows: list[Row], device: torch.device, settings: dict[str, Any], complete: bool = True
+) -> Path:
+    """The benchmark's JSON: provenance, settings, rows, and whether every case has been measured."""
+    payload = {"provenance": provenance(device), "settings": settings, "complete": complete, "rows": rows}
+    return write_json_atomic(path, payload)
 
 
 def _is_out_of_memory(error: RuntimeError) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def bench_attention(
+class StatesAsFeatures(FeatureMap):
+    """Given statevectors, stored as real pairs ``[..., 2·2^n]``, as a circuit map's features: the
+    attention benchmark's fidelity rows time the attention on states alone, not their simulation."""
+
+    is_linear = False
+    is_fidelity = True
+
+    @property
+    def dim(self) -> int:
+        return self.d_in // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
+
+    def similarity(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        overlap = fx @ fy.conj().transpose(-1, -2)
+        return overlap.real.square() + overlap.imag.square()
+
+
+def _sdpa_with(backend: str | None) -> Callable[..., torch.Tensor]:
+    """SDPA with PyTorch's own choice of kernel (``None``) or a named backend (flash, cudnn, efficient)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION}  # fmt: skip
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if backend is None:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        with sdpa_kernel(backends[backend]):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    return attention
+
+
+def _attention_impls(
+    device: torch.device, features: int, head_dim: int, qubits: int, compile_paths: bool
+) -> dict[str, tuple[str | None, str, Callable[..., torch.Tensor]]]:
+    """name -> (mode, path, attention(q, k, v)) for every row of the attention benchmark."""
+    impls: dict[str, tuple[str | None, str, Callable[..., torch.Tensor]]] = {"sdpa": (None, "sdpa", _sdpa_with(None))}
+    if device.type == "cuda":
+        for backend in ("flash", "cudnn"):
+            impls[f"sdpa-{backend}"] = (None, f"sdpa-{backend}", _sdpa_with(backend))
+    rff = get("rff", d_in=head_dim, m=features).to(device)
+    states = StatesAsFeatures(2 * 2**qubits).to(device)
+    for mode in (*MODES, "fidelity"):
+        fm, name = (states, "softmax") if mode == "fidelity" else (rff, mode)
+        for path in ("fused", "pytorch", "compiled"):
+            if path == "fused" and (device.type != "cuda" or mode == "normalized"):
+                continue  # the fused kernels need CUDA; normalized mode has none
+            if path == "compiled" and (not compile_paths or mode != "linear"):
+                continue  # softmax already runs through SDPA; one compiled row shows what compile does
+
+            def attention(q, k, v, fm=fm, name=name, path=path):
+                implementation = "fused" if path == "fused" else "pytorch"
+                return kernel_attention(q, k, v, fm, name, implementation=implementation)[0]
+
+            compiled = torch.compile(attention, dynamic=True) if path == "compiled" else attention
+            impls[f"{mode}-{path}"] = (mode, path, compiled)
+    return impls
+
+
+def attention_cases(
     lengths: list[int],
     tokens: int,
     heads: int,
@@ -168,49 +268,80 @@ def bench_attention(
     device: torch.device,
     dtype: torch.dtype,
     repeats: int = 5,
-    progress: Callable[[str], None] = lambda _: None,
-) -> list[dict[str, Any]]:
-    """SDPA against qra kernel attention (RFF, each mode) at B·N = ``tokens``; fwd and fwd+bwd."""
-    from ..attention import MODES, kernel_attention
+    qubits: int = 6,
+    compile_paths: bool = True,
+) -> list[Case]:
+    """SDPA (default choice, flash, cuDNN) against qra kernel attention at B·N = ``tokens``.
 
-    rows = []
-    featuremap = get("rff", d_in=head_dim, m=features).to(device)
-    for length in lengths:
-        batch = max(1, tokens // length)
-        shape = (batch, heads, length, head_dim)
-        inputs = tuple(torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
-        impls: dict[str, Callable[..., torch.Tensor]] = {
-            "sdpa": lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        }
-        for mode in MODES:
-            impls[mode] = lambda q, k, v, mode=mode: kernel_attention(q, k, v, featuremap, mode)[0]
-        for impl, attention in impls.items():
-            row = {"impl": impl, "mode": None if impl == "sdpa" else impl, "N": length, "B": batch, "H": heads,
-                   "d": head_dim, "m": None if impl == "sdpa" else features, "dtype": str(dtype).removeprefix("torch."),
-                   "device": device_name(device), "torch": torch.__version__}  # fmt: skip
-            for kind in ("fwd", "fwd_bwd"):
-                progress(f"attention {impl}, N={length}, {kind}")
+    Every mode with RFF features (m = ``features``) on the fused kernels, the PyTorch path and
+    ``torch.compile`` of the PyTorch path; and the fidelity softmax on given ``qubits``-qubit
+    states (their simulation not timed).  Forward and forward + backward, peak memory.
+    """
+    impls = _attention_impls(device, features, head_dim, qubits, compile_paths)
+    def case(name: str, length: int) -> Case:
+        return Case(f"attention {name}, N={length:,}",
+                    lambda: [_attention_row(name, impls[name], length, tokens, heads, head_dim, features, qubits,
+                                            device, dtype, repeats)])  # fmt: skip
 
-                def step(attention=attention, kind=kind, inputs=inputs) -> None:
-                    if kind == "fwd":
-                        with torch.no_grad():
-                            attention(*inputs)
-                        return
-                    leaves = [t.detach().requires_grad_() for t in inputs]
-                    attention(*leaves).float().sum().backward()
+    return [case(name, length) for length in lengths for name in impls]
 
-                try:
-                    timing = time_it(step, device, repeats=repeats, warmup=2)
-                    row[f"{kind}_ms"], row[f"{kind}_peak_bytes"] = timing.median_ms, timing.peak_bytes
-                except RuntimeError as error:
-                    if not _is_out_of_memory(error):
-                        raise
-                    row[f"{kind}_ms"], row[f"{kind}_peak_bytes"], row["oom"] = None, None, True
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-            row["peak_bytes"] = row.get("fwd_bwd_peak_bytes")
-            rows.append(row)
-        del inputs
+
+def _attention_row(
+    name: str,
+    impl: tuple[str | None, str, Callable[..., torch.Tensor]],
+    length: int,
+    tokens: int,
+    heads: int,
+    head_dim: int,
+    features: int,
+    qubits: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    repeats: int,
+) -> Row:
+    mode, path, attention = impl
+    batch = max(1, tokens // length)
+    generator = torch.Generator(device=device).manual_seed(length)
+    query_dim = 2 * 2**qubits if mode == "fidelity" else head_dim
+
+    def draw(dim: int) -> torch.Tensor:
+        return torch.randn((batch, heads, length, dim), device=device, dtype=dtype, generator=generator)
+
+    if mode == "fidelity":  # normalised states, as real pairs
+        q, k = (torch.nn.functional.normalize(draw(query_dim).float(), dim=-1) for _ in range(2))
+    else:
+        q, k = draw(query_dim), draw(query_dim)
+    inputs = (q, k, draw(head_dim))
+    row = {"impl": name, "mode": mode, "path": path, "N": length, "B": batch, "H": heads, "d": head_dim,
+           "m": None if mode is None else (2**qubits if mode == "fidelity" else features),
+           "dtype": str(dtype).removeprefix("torch."), "device": device_name(device),
+           "torch": torch.__version__}  # fmt: skip
+    for kind in ("fwd", "fwd_bwd"):
+
+        def step(kind=kind) -> None:
+            if kind == "fwd":
+                with torch.no_grad():
+                    attention(*inputs)
+                return
+            leaves = [t.detach().requires_grad_() for t in inputs]
+            attention(*leaves).float().sum().backward()
+
+        try:
+            timing = time_it(step, device, repeats=repeats, warmup=2)
+            row[f"{kind}_ms"], row[f"{kind}_peak_bytes"] = timing.median_ms, timing.peak_bytes
+        except (RuntimeError, ValueError) as error:
+            if not _is_out_of_memory(error) and "cannot take these inputs" not in str(error):
+                raise
+            row[f"{kind}_ms"], row[f"{kind}_peak_bytes"] = None, None
+            row["error"] = "out of memory" if _is_out_of_memory(error) else str(error)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    row["peak_bytes"] = row.get("fwd_bwd_peak_bytes")
+    return row
+
+
+def add_sdpa_ratios(rows: list[Row]) -> list[Row]:
+    """Each row's time over SDPA's (PyTorch's default choice) at the same N: ``fwd_vs_sdpa``, ``fwd_bwd_vs_sdpa``."""
     reference = {r["N"]: r for r in rows if r["impl"] == "sdpa"}
     for row in rows:
         base = reference.get(row["N"], {})
@@ -220,73 +351,104 @@ def bench_attention(
     return rows
 
 
-def _train_step_model(variant: str, layers: int, device: torch.device) -> torch.nn.Module:
-    """A DistilBERT-base-shaped classifier with random weights, patched as ``variant`` says."""
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+#: the encoders of ``qra bench train``, random weights in the shapes of the real models
+TRAIN_MODELS = ("distilbert", "minilm")
+#: variant -> (feature map, its parameters, mode, implementation); None is the unpatched baseline
+TRAIN_VARIANTS: dict[str, tuple[str, dict[str, Any], str, str] | None] = {
+    "baseline": None,
+    "rff-softmax": ("rff", {"m": 128}, "softmax", "auto"),
+    "rff-softmax-pytorch": ("rff", {"m": 128}, "softmax", "pytorch"),
+    "rff-linear": ("rff", {"m": 128}, "linear", "auto"),
+    "rff-linear-pytorch": ("rff", {"m": 128}, "linear", "pytorch"),
+    "pennylane-zz-native": ("pennylane-zz", {"qubits": 6, "engine": "native"}, "softmax", "auto"),
+    "pennylane-zz-native-pytorch": ("pennylane-zz", {"qubits": 6, "engine": "native"}, "softmax", "pytorch"),
+}
+
+
+def _train_step_model(model_name: str, variant: str, layers: int, device: torch.device) -> torch.nn.Module:
+    """A DistilBERT-base- or MiniLM-shaped classifier with random weights, patched as ``variant`` says."""
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+    )
 
     from ..patching import DEFAULT_LAYERS, patch
 
     torch.manual_seed(0)
-    config = DistilBertConfig(n_layers=layers, num_labels=2, attn_implementation="sdpa")
-    model = DistilBertForSequenceClassification(config).to(device)
-    head_dim = config.dim // config.n_heads
-    variants = {
-        "baseline": None,
-        "rff-softmax": ("rff", {"m": 128}, "softmax"),
-        "rff-linear": ("rff", {"m": 128}, "linear"),
-        "pennylane-zz-native": ("pennylane-zz", {"qubits": 6, "engine": "native"}, "softmax"),
-    }
-    if variants[variant] is not None:
-        name, params, mode = variants[variant]
-        patch(model, get(name, d_in=head_dim, **params).to(device), layers=DEFAULT_LAYERS, mode=mode)
+    if model_name == "distilbert":
+        config = DistilBertConfig(n_layers=layers, num_labels=2, attn_implementation="sdpa")
+        model = DistilBertForSequenceClassification(config)
+    elif model_name == "minilm":  # sentence-transformers/all-MiniLM-L6-v2's shape: hidden 384, 12 heads of 32
+        config = BertConfig(hidden_size=384, num_hidden_layers=layers, num_attention_heads=12, intermediate_size=1536,
+                            num_labels=2, attn_implementation="sdpa")  # fmt: skip
+        model = BertForSequenceClassification(config)
+    else:
+        raise ValueError(f"unknown model {model_name!r}; accepted: {', '.join(TRAIN_MODELS)}")
+    model = model.to(device)
+    head_dim = config.hidden_size // config.num_attention_heads
+    if TRAIN_VARIANTS[variant] is not None:
+        name, params, mode, implementation = TRAIN_VARIANTS[variant]
+        patch(model, get(name, d_in=head_dim, **params).to(device), layers=DEFAULT_LAYERS, mode=mode,
+              implementation=implementation)  # fmt: skip
     return model
 
 
-TRAIN_VARIANTS = ("baseline", "rff-softmax", "rff-linear", "pennylane-zz-native")
-
-
-def bench_train(
+def train_cases(
     device: torch.device,
     batch: int = 32,
     length: int = 512,
     layers: int = 6,
-    variants: tuple[str, ...] = TRAIN_VARIANTS,
+    variants: tuple[str, ...] = tuple(TRAIN_VARIANTS),
+    models: tuple[str, ...] = TRAIN_MODELS,
     repeats: int = 10,
-    progress: Callable[[str], None] = lambda _: None,
-) -> list[dict[str, Any]]:
-    """One AdamW training step (bf16 autocast on GPU) of DistilBERT-base shape, baseline vs patched L4,L5."""
-    rows = []
-    for variant in variants:
-        progress(f"train step {variant}")
-        model = _train_step_model(variant, layers, device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-        input_ids = torch.randint(1000, 30000, (batch, length), device=device)
-        labels = torch.randint(0, 2, (batch,), device=device)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+) -> list[Case]:
+    """One AdamW training step (bf16 autocast on GPU), baseline vs patched L4, L5, for each model shape."""
+    def case(model_name: str, variant: str) -> Case:
+        return Case(f"train step {model_name} {variant}",
+                    lambda: [_train_row(model_name, variant, device, batch, length, layers, repeats)])  # fmt: skip
 
-        def step(model=model, optimizer=optimizer, input_ids=input_ids, labels=labels, autocast=autocast) -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss = model(input_ids=input_ids, labels=labels).loss
-            loss.backward()
-            optimizer.step()
+    return [case(model_name, variant) for model_name in models for variant in variants]
 
-        row = {"variant": variant, "B": batch, "N": length, "layers": layers,
-               "device": device_name(device), "torch": torch.__version__}  # fmt: skip
-        try:
-            timing = time_it(step, device, repeats=repeats, warmup=3)
-            row |= {"step_ms": timing.median_ms, "samples_per_second": batch / timing.median_ms * 1000,
-                    "peak_bytes": timing.peak_bytes}  # fmt: skip
-        except RuntimeError as error:
-            if not _is_out_of_memory(error):
-                raise
-            row |= {"step_ms": None, "samples_per_second": None, "peak_bytes": None, "oom": True}
-        rows.append(row)
-        del model, optimizer
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    base = next((r for r in rows if r["variant"] == "baseline"), None)
+
+def _train_row(model_name: str, variant: str, device: torch.device, batch: int, length: int, layers: int,
+               repeats: int) -> Row:  # fmt: skip
+    model = _train_step_model(model_name, variant, layers, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    input_ids = torch.randint(1000, 30000, (batch, length), device=device)
+    labels = torch.randint(0, 2, (batch,), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+
+    row = {"model": model_name, "variant": variant, "B": batch, "N": length, "layers": layers,
+           "device": device_name(device), "torch": torch.__version__}  # fmt: skip
+    try:
+        timing = time_it(step, device, repeats=repeats, warmup=3)
+        row |= {"step_ms": timing.median_ms, "samples_per_second": batch / timing.median_ms * 1000,
+                "peak_bytes": timing.peak_bytes}  # fmt: skip
+    except RuntimeError as error:
+        if not _is_out_of_memory(error):
+            raise
+        row |= {"step_ms": None, "samples_per_second": None, "peak_bytes": None, "oom": True}
+    paths = sorted({m.last_path for m in model.modules() if getattr(m, "last_path", None)})
+    row["attention_path"] = ",".join(paths) or None
+    return row
+
+
+def add_baseline_ratios(rows: list[Row]) -> list[Row]:
+    """Each row's throughput and peak memory over its model's baseline."""
+    bases = {r["model"]: r for r in rows if r["variant"] == "baseline"}
     for row in rows:
-        ok = base and base.get("samples_per_second") and row.get("samples_per_second")
+        base = bases.get(row["model"], {})
+        ok = base.get("samples_per_second") and row.get("samples_per_second")
         row["throughput_vs_baseline"] = row["samples_per_second"] / base["samples_per_second"] if ok else None
+        memory = base.get("peak_bytes") and row.get("peak_bytes")
+        row["memory_vs_baseline"] = row["peak_bytes"] / base["peak_bytes"] if memory else None
     return rows

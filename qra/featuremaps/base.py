@@ -29,11 +29,16 @@ class FeatureMap(nn.Module, metaclass=ABCMeta):
     ``is_linear``
         True when :meth:`similarity` is the real dot product of real features, which lets
         linear-time attention factor φ(Q)(φ(K)ᵀV).
+    ``is_fidelity``
+        True when features are statevectors and :meth:`similarity` is their fidelity.
 
     A map whose features are exponentials (FAVOR+) may also implement :meth:`log_features`.
     """
 
     is_linear: ClassVar[bool] = True
+    #: True when :meth:`forward` gives complex states and :meth:`similarity` is the exact fidelity
+    #: |⟨ψx|ψy⟩|²: the fused fidelity kernel may then compute attention from the states
+    is_fidelity: ClassVar[bool] = False
     #: constructor parameters that this class sets itself, for itself or for a parent, and so does not
     #: take from users (read per class, not inherited; see :func:`parameter_names`)
     fixed_parameters: ClassVar[tuple[str, ...]] = ()

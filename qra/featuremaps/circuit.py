@@ -104,6 +104,8 @@ class CircuitFeatureMap(FeatureMap):
             )
         if real_lift and qubits > MAX_REAL_LIFT_QUBITS:
             raise ValueError(f"real_lift makes 4^qubits features; it is limited to qubits <= {MAX_REAL_LIFT_QUBITS}")
+        if isinstance(angle_scale, bool) or not isinstance(angle_scale, (int, float)) or not math.isfinite(angle_scale):
+            raise ValueError(f"angle_scale must be a finite number, got {angle_scale!r}")
         self.qubits = qubits
         self.num_angles = num_angles
         self.projection = projection
@@ -152,6 +154,11 @@ class CircuitFeatureMap(FeatureMap):
     @property
     def is_linear(self) -> bool:  # type: ignore[override]
         return self.real_lift and self.shots is None and not self.noisy
+
+    @property
+    def is_fidelity(self) -> bool:  # type: ignore[override]
+        """The features are the states and the kernel their exact fidelity (no lift, shots or noise)."""
+        return not self.real_lift and self.shots is None and not self.noisy
 
     @property
     def noisy(self) -> bool:

@@ -10,13 +10,15 @@ Conventions (Qiskit's): qubit k is bit k of the basis-state index (little-endian
 qubits (q0, q1, ...) has its matrix indexed by Σ_j bit(q_j)·2^j, so ``Gate("cx", (c, t))`` has
 control c and target t.  Gate parameters are Python floats or tensors of any common batch shape.
 
-Speed: runs of diagonal gates (Z, S, T, P, RZ, CZ, CP, CRZ, RZZ, MultiRZ, global phase) are
-fused into one phase vector, accumulated in float64 and reduced modulo 2π before the
-exponential, so complex64 states stay accurate to ~1e-7 even when phases reach hundreds of
-radians.  A layer of Hadamards on every qubit is one Walsh–Hadamard transform (a matrix product),
-and on |0…0⟩ it is just the uniform state.  The ZZ and IQP feature maps are exactly such
-Hadamard-layer-plus-diagonal circuits, so they cost one phase vector and one transform per
-repetition.
+Speed and memory: :func:`simulate` compiles the gate list once per circuit structure (see
+:mod:`qra.featuremaps.compiler`) into a few fused layers — runs of diagonal gates as one phase
+vector (a float64 matrix product, reduced modulo 2π before the exponential, so complex64 states
+stay accurate to ~1e-7 even when phases reach hundreds of radians), Hadamard layers as blocked
+Walsh–Hadamard GEMMs, runs of single-qubit gates as one 2×2 per qubit, CX/CY/SWAP as gathers —
+and runs them in one autograd node whose backward is the adjoint method, so memory grows with
+B·2^n, not with the number of gates.  The memory formula is in the compiler's docstring
+(:func:`~qra.featuremaps.compiler.estimate_bytes`); ``max_batch`` chunks large batches.
+:func:`reference_simulate` is the earlier gate-by-gate engine, kept as a plain-autograd reference.
 """
 
 from __future__ import annotations
@@ -257,13 +259,28 @@ def simulate(
     device: torch.device | str | None = None,
     batch_shape: Sequence[int] | None = None,
     initial_state: torch.Tensor | None = None,
+    *,
+    max_batch: int | None = None,
 ) -> torch.Tensor:
     """The states ``[*batch, 2^n]`` that ``gates`` prepare from |0…0⟩, one per batch element.
 
     ``batch_shape`` defaults to the broadcast shape of the tensor parameters (and of
     ``initial_state[..., 2^n]``, which replaces |0…0⟩ when given).  Gradients flow to every tensor
-    parameter.
+    parameter (and to ``initial_state``).  The circuit is compiled once per structure and cached;
+    the batch runs in chunks of at most ``max_batch`` inputs (default: what fits, see
+    :func:`~qra.featuremaps.compiler.auto_max_batch`), forward and backward.
     """
+    from .compiler import program_for, run_program
+
+    device, shape, batch, initial = _prepare(gates, num_qubits, dtype, device, batch_shape, initial_state)
+    program, values = program_for(gates, num_qubits, dtype, device)
+    values = [v if v.dim() == 0 else v.expand(shape).reshape(batch) for v in values]
+    state = run_program(program, values, batch, initial, max_batch)
+    return state.reshape(*shape, 2**num_qubits)
+
+
+def _prepare(gates, num_qubits, dtype, device, batch_shape, initial_state):
+    """Validate the call; its device, batch shape, flat batch size and flat initial state (or None)."""
     if dtype not in (torch.complex64, torch.complex128):
         raise ValueError(f"dtype must be torch.complex64 or torch.complex128, got {dtype}")
     for gate in gates:
@@ -276,6 +293,26 @@ def simulate(
         shape = torch.broadcast_shapes(shape, initial_state.shape[:-1])
     batch = math.prod(shape)
     dim = 2**num_qubits
+    if initial_state is not None:
+        initial_state = initial_state.to(device=device, dtype=dtype).expand(*shape, dim).reshape(batch, dim)
+    return device, shape, batch, initial_state
+
+
+def reference_simulate(
+    gates: Sequence[Gate],
+    num_qubits: int,
+    dtype: torch.dtype = torch.complex128,
+    device: torch.device | str | None = None,
+    batch_shape: Sequence[int] | None = None,
+    initial_state: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`simulate`'s earlier engine: gate by gate (with phase/Hadamard fusion), plain torch autograd.
+
+    Every operation is recorded by autograd, so backward keeps about one copy of the states per
+    gate; it is the reference the compiled engine is tested and benchmarked against.
+    """
+    device, shape, batch, initial_state = _prepare(gates, num_qubits, dtype, device, batch_shape, initial_state)
+    dim = 2**num_qubits
     bits = _bits(num_qubits, device)
 
     def flat(param: Param) -> Param:
@@ -287,7 +324,7 @@ def simulate(
     # when the diagonal does not touch q yet (they commute), so interleaved H/RZ templates fuse too.
     state: torch.Tensor | None = None  # None means |0…0⟩, not yet materialised
     if initial_state is not None:
-        state = initial_state.to(device=device, dtype=dtype).expand(*shape, dim).reshape(batch, dim)
+        state = initial_state
     hadamards: list[int] = []
     terms: list[tuple[torch.Tensor, torch.Tensor]] = []  # pending diagonal gates as (coefficient, pattern)
     phase_support: set[int] = set()

@@ -1,0 +1,192 @@
+"""Fused Triton kernels for kernel attention on CUDA (issue 15).
+
+Three attention modes run as single autograd Functions with Triton forward *and* backward passes;
+the PyTorch code in :mod:`qra.attention` stays the CPU path and the oracle the tests compare with.
+
+``linear_attention(fq, fk, v, key_padding_mask=None, eps=1e-6)``
+    out = φq (φkᵀ V) / guard(φq · Σ_j φk_j), non-causal, masked keys' features zeroed, fp32
+    accumulation.  Two passes: one kernel reduces the KV state φkᵀV and Σφk per (batch, head) over
+    key blocks (split over the keys, combined with fp32 atomics), one kernel walks the query blocks.
+    The backward is the same pair in reverse (a query pass that also reduces dS, dz; a key pass).
+``softmax_attention(fq, fk, v, key_padding_mask=None, dropout_p=0.0, seed=None)``
+    softmax over the keys of fq·fk (the temperature already folded into fq), flash style (online
+    softmax, the log-sum-exp kept for the backward, never an N×N tensor), query/key dim ≠ value dim,
+    attention dropout from in-kernel Philox numbers keyed by (seed, batch·head, query, key), so the
+    backward regenerates exactly the forward's mask.
+``fidelity_attention(states_q, states_k, v, key_padding_mask=None, beta=None, dropout_p=0.0, seed=None)``
+    the same softmax with scores β·|⟨ψq|ψk⟩|² computed tile by tile from the states.  The states are
+    complex64 tensors (read in place through ``torch.view_as_real``); their gradients follow torch's
+    convention for complex autograd (∂L/∂Re + i ∂L/∂Im).  β is None, a float, a 0-d tensor or a
+    per-head tensor ``[H]``; a tensor that requires grad gets one.
+
+Every function takes ``[B, H, N, ·]`` tensors of any strides and returns ``[B, H, Nq, dv]`` in v's
+dtype.  When :func:`fused_available` is False for the arguments (no CUDA, no triton, an unsupported
+dtype or size, or ``QRA_DISABLE_FUSED=1``) each function computes the same thing in plain PyTorch
+(:mod:`qra.kernels.reference`), so callers may call them unconditionally.
+
+Dropout: when ``dropout_p > 0`` the fused path draws its Philox seed from torch's default CPU
+generator (so ``torch.manual_seed`` makes runs repeatable) unless ``seed`` is given;
+:func:`dropout_keep_mask` reproduces the mask a seed gives, for tests.
+
+``TRITON_INTERPRET=1`` (Triton's CPU interpreter) makes CPU tensors eligible too: a development aid.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import reference
+
+__all__ = [
+    "dropout_keep_mask",
+    "fidelity_attention",
+    "fused_available",
+    "linear_attention",
+    "softmax_attention",
+    "triton_available",
+]
+
+#: the largest feature (query/key) dim and value dim the kernels take
+MAX_FEATURE_DIM = 256
+MAX_VALUE_DIM = 128
+_REAL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_triton_ok: bool | None = None
+
+
+def triton_available() -> bool:
+    """True when triton imports (checked once)."""
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            import triton
+            import triton.language  # noqa: F401
+
+            _triton_ok = True
+        except Exception:  # ImportError, or a broken install
+            _triton_ok = False
+    return _triton_ok
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def fused_available(*tensors: torch.Tensor) -> bool:
+    """Whether the fused kernels can take these tensors.
+
+    True when ``QRA_DISABLE_FUSED`` is not ``1``, triton imports, every tensor is on one CUDA device
+    (or on the CPU under ``TRITON_INTERPRET=1``), every floating tensor is fp32/fp16/bf16 (complex64
+    for states), 4-d tensors have a feature dim ≤ 256 (≤ 128 for values is checked by the callers)
+    and no dimension is empty.  ``None`` entries (an absent mask) are ignored.
+    """
+    if os.environ.get("QRA_DISABLE_FUSED", "0") == "1" or not triton_available():
+        return False
+    devices = set()
+    for t in tensors:
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            return False
+        if t.device.type != "cuda" and not (t.device.type == "cpu" and _interpreting()):
+            return False
+        devices.add(t.device)
+        if t.dtype not in (*_REAL_DTYPES, torch.complex64, torch.bool):
+            return False
+        if t.numel() == 0:
+            return False
+        if t.dim() == 4 and t.shape[-1] > MAX_FEATURE_DIM:
+            return False
+    return len(devices) <= 1
+
+
+def _fused_ok(fq, fk, v, key_padding_mask) -> bool:
+    if fq.dim() != 4 or fk.dim() != 4 or v.dim() != 4:
+        return False
+    if v.shape[-1] > MAX_VALUE_DIM or v.dtype not in _REAL_DTYPES:
+        return False
+    return fused_available(fq, fk, v, key_padding_mask)
+
+
+def _check(fq, fk, v, key_padding_mask) -> None:
+    if fq.dim() != 4 or fk.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"expected [B, H, N, d] tensors; got {tuple(fq.shape)}, {tuple(fk.shape)}, {tuple(v.shape)}")
+    b, h, nk, m = fk.shape
+    if fq.shape[:2] != (b, h) or fq.shape[-1] != m or v.shape[:3] != (b, h, nk):
+        raise ValueError(f"shape mismatch: fq {tuple(fq.shape)}, fk {tuple(fk.shape)}, v {tuple(v.shape)}")
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (b, nk):
+        raise ValueError(f"key_padding_mask must be [B, Nk] = {(b, nk)}, got {tuple(key_padding_mask.shape)}")
+
+
+def linear_attention(
+    fq: torch.Tensor,
+    fk: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Non-causal linear attention φq(φkᵀV) / guard(φq·Σφk) (module docstring)."""
+    _check(fq, fk, v, key_padding_mask)
+    if not _fused_ok(fq, fk, v, key_padding_mask):
+        return reference.linear_attention(fq, fk, v, key_padding_mask, eps)
+    from .linear import fused_linear_attention
+
+    return fused_linear_attention(fq, fk, v, key_padding_mask, eps)
+
+
+def softmax_attention(
+    fq: torch.Tensor,
+    fk: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    *,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """softmax(fq·fkᵀ) V over the unmasked keys, flash style, with attention dropout (module docstring)."""
+    _check(fq, fk, v, key_padding_mask)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if not _fused_ok(fq, fk, v, key_padding_mask):
+        return reference.softmax_attention(fq, fk, v, key_padding_mask, dropout_p)
+    from .flash import fused_softmax_attention
+
+    return fused_softmax_attention(fq, fk, v, key_padding_mask, dropout_p, seed)
+
+
+def fidelity_attention(
+    states_q: torch.Tensor,
+    states_k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    beta: torch.Tensor | float | None = None,
+    dropout_p: float = 0.0,
+    *,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """softmax(β·|⟨ψq|ψk⟩|²) V over the unmasked keys from complex states (module docstring)."""
+    _check(states_q, states_k, v, key_padding_mask)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if isinstance(beta, torch.Tensor) and beta.numel() not in (1, states_q.shape[1]):
+        raise ValueError(f"beta must be a scalar or one value per head ({states_q.shape[1]}), got {tuple(beta.shape)}")
+    ok = (
+        v.dtype == torch.float32  # 16-bit values: an illegal memory access on the H200, not yet found (see report)
+        and states_q.dtype == torch.complex64
+        and states_k.dtype == torch.complex64
+        and (not isinstance(beta, torch.Tensor) or beta.device == v.device)
+        and _fused_ok(states_q, states_k, v, key_padding_mask)
+    )
+    if not ok:
+        return reference.fidelity_attention(states_q, states_k, v, key_padding_mask, beta, dropout_p)
+    from .flash import fused_fidelity_attention
+
+    return fused_fidelity_attention(states_q, states_k, v, key_padding_mask, beta, dropout_p, seed)
+
+
+def dropout_keep_mask(seed: int, batch: int, heads: int, n_q: int, n_k: int, dropout_p: float, device) -> torch.Tensor:
+    """The ``[B, H, Nq, Nk]`` bool keep-mask the fused softmax/fidelity kernels use for ``seed`` (for tests)."""
+    from .flash import keep_mask
+
+    return keep_mask(seed, batch, heads, n_q, n_k, dropout_p, device)

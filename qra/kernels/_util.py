@@ -1,0 +1,46 @@
+"""Small helpers shared by the Triton kernels' launchers (imports triton)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+
+
+def pow2(n: int, floor: int = 16) -> int:
+    return max(floor, triton.next_power_of_2(int(n)))
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: few programs, each looping
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def splits(n: int, block: int, groups: int, device: torch.device, per_sm: int = 2) -> tuple[int, int]:
+    """(programs per group, blocks per program) so that groups·programs fills the GPU about per_sm times."""
+    blocks = triton.cdiv(max(n, 1), block)
+    want = min(blocks, max(1, triton.cdiv(per_sm * sm_count(device), groups)))
+    per_program = triton.cdiv(blocks, want)
+    return triton.cdiv(blocks, per_program), per_program
+
+
+def mask_bytes(key_padding_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """The [B, Nk] mask as uint8 (1 = real key), read in place when it already is a bool tensor."""
+    if key_padding_mask is None:
+        return None
+    mask = key_padding_mask.to(device=device, dtype=torch.bool)
+    if mask.stride(-1) != 1:
+        mask = mask.contiguous()
+    return mask.view(torch.uint8)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 operands multiply in full fp32 (the tests compare with fp32 PyTorch); 16-bit ones natively."""
+    return "ieee" if dtype == torch.float32 else "tf32"

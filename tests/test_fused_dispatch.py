@@ -1,0 +1,82 @@
+"""The attention modes' fused paths on CUDA against their PyTorch paths, inside patched models.
+
+Kernel-level checks (every shape, dtype and gradient) are in test_kernels.py; these check the
+dispatch: which path runs, and that a patched layer gives the same outputs and gradients on both.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qra import KernelAttention, kernel_attention
+from qra.featuremaps import get
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytest.importorskip("triton")
+
+
+def inputs(dtype, heads=4, n=77, d=16, batch=2):
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, n, d, device="cuda", dtype=dtype, generator=generator) for _ in range(3))
+    keep = torch.ones(batch, n, dtype=torch.bool, device="cuda")
+    keep[1, 50:] = False
+    return q, k, v, keep
+
+
+def gradients(fm, mode, implementation, q, k, v, keep, beta=None):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out, _ = kernel_attention(*leaves, fm, mode, key_padding_mask=keep, beta=beta, implementation=implementation)
+    params = [p for p in fm.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(out.float().square().sum(), [*leaves, *params])
+    return out, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_mode_takes_the_fused_path_by_default_and_agrees(dtype):
+    fm = get("rff", d_in=16, m=64, sigma=2.0, learn_sigma=True).cuda()
+    q, k, v, keep = inputs(dtype)
+    layer = KernelAttention(fm, num_heads=4, mode="linear").cuda()
+    layer(q, k, v, key_padding_mask=keep)
+    assert layer.last_path == "fused"
+    fused, fused_grads = gradients(fm, "linear", "auto", q, k, v, keep)
+    plain, plain_grads = gradients(fm, "linear", "pytorch", q, k, v, keep)
+    tolerance = 2e-3 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(fused.float(), plain.float(), rtol=tolerance, atol=tolerance)
+    for a, b in zip(fused_grads, plain_grads, strict=True):  # q, k, v and σ
+        torch.testing.assert_close(a.float(), b.float(), rtol=tolerance * 5, atol=tolerance * 5)
+
+
+@pytest.mark.parametrize(("name", "params"), [("rff", {"m": 64}), ("pennylane-zz", {"qubits": 4, "engine": "native"})])
+def test_softmax_on_the_fused_kernels_equals_the_pytorch_path(name, params):
+    if name.startswith("pennylane"):
+        pytest.importorskip("qra_pennylane")
+    fm = get(name, d_in=16, **params).cuda()
+    q, k, v, keep = inputs(torch.float32)
+    beta = torch.tensor([1.0, 2.0, 4.0, 8.0], device="cuda", requires_grad=True)
+    fused, fused_grads = gradients(fm, "softmax", "fused", q, k, v, keep, beta)
+    plain, plain_grads = gradients(fm, "softmax", "pytorch", q, k, v, keep, beta)
+    torch.testing.assert_close(fused, plain, rtol=2e-3, atol=2e-3)
+    for a, b in zip(fused_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+
+
+def test_a_patched_model_on_both_paths():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    import qra
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=128, attn_implementation="sdpa")  # fmt: skip
+    model = BertForSequenceClassification(config).cuda().eval()
+    ids = torch.randint(5, 100, (2, 40), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1, 30:] = 0
+    logits = {}
+    for implementation in ("auto", "pytorch"):
+        qra.patch(model, "rff", layers=(1, 2), mode="linear", featuremap_params={"m": 32},
+                  implementation=implementation)  # fmt: skip
+        with torch.no_grad():
+            logits[implementation] = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(logits["auto"], logits["pytorch"], rtol=1e-3, atol=1e-3)

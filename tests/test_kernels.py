@@ -1,0 +1,318 @@
+"""The fused Triton kernels (qra.kernels) against the PyTorch path of qra.attention.
+
+The GPU tests skip without CUDA or triton; the CPU tests check that qra.kernels imports and falls
+back without them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from qra import kernels
+from qra.attention import kernel_attention
+from qra.featuremaps import FeatureMap
+from qra.kernels import reference
+
+requires_gpu = pytest.mark.skipif(
+    not (torch.cuda.is_available() and kernels.triton_available()), reason="needs CUDA and triton"
+)
+DTYPES = [torch.float32, torch.bfloat16]
+RTOL = {torch.float32: 2e-4, torch.bfloat16: 3e-2}
+
+
+class Identity(FeatureMap):
+    """φ(x) = x: the features are given directly."""
+
+    @property
+    def dim(self) -> int:
+        return self.d_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class StateIdentity(Identity):
+    """φ(x) = x for complex states, with the fidelity |⟨x|y⟩|² as similarity."""
+
+    is_linear = False
+
+    def similarity(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        return (fx.conj() @ fy.transpose(-1, -2)).abs().square()
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str = "") -> None:
+    """max |a − e| ≤ rtol · max |e| (+ a tiny floor), with NaN anywhere a failure; complex as (re, im)."""
+    if actual.is_complex():
+        actual, expected = torch.view_as_real(actual.resolve_conj()), torch.view_as_real(expected.resolve_conj())
+    actual, expected = actual.detach().float(), expected.detach().float()
+    assert actual.shape == expected.shape, what
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+    err = (actual - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    assert err <= rtol * scale + 1e-4, f"{what}: max error {err:.3g} vs scale {scale:.3g}"
+
+
+def make_mask(batch: int, n: int, device, all_padding_row: bool = True) -> torch.Tensor:
+    g = torch.Generator().manual_seed(n)
+    mask = torch.rand(batch, n, generator=g) > 0.3
+    mask[:, 0] = True
+    if all_padding_row and batch > 1:
+        mask[0] = False  # a sequence whose keys are all padding
+    return mask.to(device)
+
+
+def leaves(*tensors):
+    return [t.detach().clone().requires_grad_() for t in tensors]
+
+
+def grads(out, inputs, grad_out):
+    return torch.autograd.grad(out, inputs, grad_out, allow_unused=False)
+
+
+# ------------------------------------------------------------------------------------------------ CPU
+
+
+def test_fused_unavailable_on_cpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = torch.randn(1, 1, 4, 8)
+    assert not kernels.fused_available(x, x, x)
+    monkeypatch.setenv("QRA_DISABLE_FUSED", "1")
+    assert not kernels.fused_available(x, x, x)
+
+
+def test_imports_and_falls_back_without_triton():
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, qra.kernels as K\n"
+        "assert not K.triton_available()\n"
+        "x = torch.rand(2, 2, 5, 8); v = torch.randn(2, 2, 5, 4)\n"
+        "assert not K.fused_available(x, x, v)\n"
+        "assert K.linear_attention(x, x, v).shape == (2, 2, 5, 4)\n"
+        "assert K.softmax_attention(x, x, v).shape == (2, 2, 5, 4)\n"
+        "s = torch.randn(2, 2, 5, 4, dtype=torch.complex64)\n"
+        "assert K.fidelity_attention(s, s, v, beta=2.0).shape == (2, 2, 5, 4)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_cpu_fallback_matches_kernel_attention():
+    torch.manual_seed(0)
+    fq, fk = torch.rand(2, 3, 6, 8), torch.rand(2, 3, 7, 8)
+    v = torch.randn(2, 3, 7, 4)
+    mask = make_mask(2, 7, "cpu")
+    expected, _ = kernel_attention(fq, fk, v, Identity(8), "linear", mask)
+    torch.testing.assert_close(kernels.linear_attention(fq, fk, v, mask), expected)
+    expected, _ = kernel_attention(fq, fk, v, Identity(8), "softmax", mask)
+    torch.testing.assert_close(kernels.softmax_attention(fq, fk, v, mask), expected)
+    sq, sk = torch.randn(2, 3, 6, 8, dtype=torch.complex64), torch.randn(2, 3, 7, 8, dtype=torch.complex64)
+    beta = torch.tensor([0.5, 1.0, 2.0])
+    expected, _ = kernel_attention(sq, sk, v, StateIdentity(8), "softmax", mask, beta=beta)
+    torch.testing.assert_close(kernels.fidelity_attention(sq, sk, v, mask, beta), expected)
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+
+
+def linear_inputs(b, h, nq, nk, m, dv, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    fq = (torch.rand(b, h, nq, m, generator=g) + 0.05).to("cuda", dtype)
+    fk = (torch.rand(b, h, nk, m, generator=g) + 0.05).to("cuda", dtype)
+    v = torch.randn(b, h, nk, dv, generator=g).to("cuda", dtype)
+    return fq, fk, v
+
+
+def check_linear(b, h, nq, nk, m, dv, dtype, mask):
+    fq, fk, v = leaves(*linear_inputs(b, h, nq, nk, m, dv, dtype))
+    assert kernels.fused_available(fq, fk, v, mask)
+    out = kernels.linear_attention(fq, fk, v, mask)
+    assert out.dtype == dtype and out.shape == (b, h, nq, dv)
+    grad_out = torch.randn_like(out)
+    got = grads(out, (fq, fk, v), grad_out)
+    rq, rk, rv = leaves(fq, fk, v)
+    expected, _ = kernel_attention(rq, rk, rv, Identity(m), "linear", mask)
+    want = grads(expected, (rq, rk, rv), grad_out)
+    assert_close(out, expected, RTOL[dtype], "out")
+    for name, a, e in zip(("dfq", "dfk", "dv"), got, want, strict=True):
+        assert_close(a, e, RTOL[dtype], name)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dv", [32, 64])
+@pytest.mark.parametrize("m", [32, 64, 128, 256])
+def test_linear_matches_pytorch(m, dv, dtype):
+    check_linear(2, 3, 100, 100, m, dv, dtype, make_mask(2, 100, "cuda"))
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("nq", "nk"), [(1, 1), (17, 17), (333, 333), (5, 333), (333, 1)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_linear_odd_lengths(nq, nk, dtype, masked):
+    mask = make_mask(3, nk, "cuda", all_padding_row=nk > 1) if masked else None
+    check_linear(3, 2, nq, nk, 64, 32, dtype, mask)
+
+
+@requires_gpu
+def test_linear_long_sequence_splits():
+    # enough key blocks that the state is reduced by many programs with atomics
+    check_linear(1, 2, 4099, 5000, 64, 64, torch.bfloat16, make_mask(1, 5000, "cuda", all_padding_row=False))
+
+
+@requires_gpu
+def test_linear_guard_and_noncontiguous():
+    torch.manual_seed(1)
+    x = torch.randn(2, 40, 3, 32, device="cuda")  # [B, N, H, m] viewed as [B, H, N, m]
+    fq = x.transpose(1, 2).detach().requires_grad_()
+    fk = torch.randn(2, 3, 40, 32, device="cuda", requires_grad=True)
+    v = torch.randn(2, 3, 40, 32, device="cuda", requires_grad=True)
+    with torch.no_grad():
+        fq[0, 0, :3] = 0.0  # zero denominators take the +eps floor
+    out = kernels.linear_attention(fq, fk, v, eps=1e-3)
+    grad_out = torch.randn_like(out)
+    got = grads(out, (fq, fk, v), grad_out)
+    rq, rk, rv = leaves(fq, fk, v)
+    expected, _ = kernel_attention(rq, rk, rv, Identity(32), "linear", eps=1e-3)
+    want = grads(expected, (rq, rk, rv), grad_out)
+    assert_close(out, expected, 1e-3, "out")
+    for name, a, e in zip(("dfq", "dfk", "dv"), got, want, strict=True):
+        assert_close(a, e, 1e-3, name)
+
+
+def softmax_inputs(b, h, nq, nk, m, dv, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    fq = (torch.randn(b, h, nq, m, generator=g) * m**-0.25).to("cuda", dtype)
+    fk = (torch.randn(b, h, nk, m, generator=g) * m**-0.25).to("cuda", dtype)
+    v = torch.randn(b, h, nk, dv, generator=g).to("cuda", dtype)
+    return fq, fk, v
+
+
+def check_softmax(b, h, nq, nk, m, dv, dtype, mask):
+    fq, fk, v = leaves(*softmax_inputs(b, h, nq, nk, m, dv, dtype))
+    out = kernels.softmax_attention(fq, fk, v, mask)
+    assert out.dtype == dtype and out.shape == (b, h, nq, dv)
+    grad_out = torch.randn_like(out)
+    got = grads(out, (fq, fk, v), grad_out)
+    rq, rk, rv = leaves(fq, fk, v)
+    # return_weights takes the explicit fp32 path (SDPA's backward is NaN for rows without keys)
+    expected, _ = kernel_attention(rq, rk, rv, Identity(m), "softmax", mask, return_weights=True)
+    want = grads(expected, (rq, rk, rv), grad_out)
+    assert_close(out, expected, RTOL[dtype], "out")
+    for name, a, e in zip(("dfq", "dfk", "dv"), got, want, strict=True):
+        assert_close(a, e, RTOL[dtype], name)
+    if mask is not None and not mask[0].any():
+        assert (out[0] == 0).all()
+        assert (got[0][0] == 0).all() and (got[1][0] == 0).all() and (got[2][0] == 0).all()
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dv", [32, 64])
+@pytest.mark.parametrize("m", [32, 64, 128, 256])
+def test_softmax_matches_pytorch(m, dv, dtype):
+    check_softmax(2, 3, 100, 100, m, dv, dtype, make_mask(2, 100, "cuda"))
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("nq", "nk"), [(1, 1), (17, 17), (333, 333), (5, 333), (333, 1)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_softmax_odd_lengths(nq, nk, dtype, masked):
+    mask = make_mask(3, nk, "cuda", all_padding_row=nk > 1) if masked else None
+    check_softmax(3, 2, nq, nk, 128, 64, dtype, mask)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_dropout_uses_one_mask(dtype):
+    b, h, n, m, dv, p = 2, 3, 77, 64, 32, 0.3
+    fq, fk, v = leaves(*softmax_inputs(b, h, n, n, m, dv, dtype))
+    mask = make_mask(b, n, "cuda")
+    out = kernels.softmax_attention(fq, fk, v, mask, dropout_p=p, seed=1234)
+    grad_out = torch.randn_like(out)
+    got = grads(out, (fq, fk, v), grad_out)
+    keep = kernels.dropout_keep_mask(1234, b, h, n, n, p, "cuda")
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.01
+    rq, rk, rv = leaves(fq, fk, v)
+    expected = reference.softmax_attention(rq, rk, rv, mask, p, keep=keep)
+    want = grads(expected, (rq, rk, rv), grad_out)
+    assert_close(out, expected, RTOL[dtype], "out")
+    for name, a, e in zip(("dfq", "dfk", "dv"), got, want, strict=True):
+        assert_close(a, e, RTOL[dtype], name)
+    # another seed, another mask; the default seed follows torch's generator
+    assert not torch.equal(out, kernels.softmax_attention(fq, fk, v, mask, dropout_p=p, seed=99))
+    torch.manual_seed(5)
+    first = kernels.softmax_attention(fq, fk, v, mask, dropout_p=p)
+    torch.manual_seed(5)
+    assert torch.equal(first, kernels.softmax_attention(fq, fk, v, mask, dropout_p=p))
+
+
+@requires_gpu
+def test_softmax_dropout_is_unbiased():
+    b, h, n, m, dv, p, draws = 1, 2, 64, 32, 32, 0.25, 400
+    fq, fk, v = softmax_inputs(b, h, n, n, m, dv, torch.float32)
+    plain = kernels.softmax_attention(fq, fk, v)
+    outs = torch.stack([kernels.softmax_attention(fq, fk, v, dropout_p=p, seed=s) for s in range(draws)])
+    mean, spread = outs.mean(0), outs.std(0) / draws**0.5
+    z = (mean - plain) / spread.clamp_min(1e-6)
+    assert z.abs().mean().item() < 1.0  # ≈ 0.8 for an unbiased estimate
+    assert z.abs().max().item() < 6.0
+
+
+def states(b, h, n, dim, seed):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.complex(torch.randn(b, h, n, dim, generator=g), torch.randn(b, h, n, dim, generator=g))
+    return (s / s.abs().square().sum(-1, keepdim=True).sqrt()).to("cuda")
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", [16, 64, 256])
+@pytest.mark.parametrize(("nq", "nk"), [(1, 1), (100, 100), (17, 333)])
+def test_fidelity_matches_pytorch(dim, dtype, nq, nk):
+    b, h, dv = 2, 3, 64
+    sq, sk = states(b, h, nq, dim, 0), states(b, h, nk, dim, 1)
+    v = torch.randn(b, h, nk, dv, device="cuda").to(dtype)
+    beta = torch.tensor([4.0, 16.0, 32.0], device="cuda")
+    mask = make_mask(b, nk, "cuda", all_padding_row=nk > 1)
+    sq, sk, v, beta = leaves(sq, sk, v, beta)
+    out = kernels.fidelity_attention(sq, sk, v, mask, beta)
+    assert out.dtype == dtype and out.shape == (b, h, nq, dv)
+    grad_out = torch.randn_like(out)
+    got = grads(out, (sq, sk, v, beta), grad_out)
+    rq, rk, rv, rb = leaves(sq, sk, v, beta)
+    expected, _ = kernel_attention(rq, rk, rv, StateIdentity(dim), "softmax", mask, beta=rb)
+    want = grads(expected, (rq, rk, rv, rb), grad_out)
+    assert_close(out, expected, RTOL[dtype], "out")
+    for name, a, e in zip(("dstates_q", "dstates_k", "dv", "dbeta"), got, want, strict=True):
+        assert a.dtype == e.dtype, name
+        assert_close(a, e, RTOL[dtype], name)
+
+
+@requires_gpu
+@pytest.mark.parametrize("beta", [None, 3.0, "scalar-tensor"])
+def test_fidelity_beta_forms_and_dropout(beta):
+    b, h, n, dim, dv, p = 2, 2, 50, 64, 32, 0.2
+    sq, sk = states(b, h, n, dim, 2), states(b, h, n, dim, 3)
+    v = torch.randn(b, h, n, dv, device="cuda")
+    if beta == "scalar-tensor":
+        beta = torch.tensor(8.0, device="cuda", requires_grad=True)
+    inputs = leaves(sq, sk, v)
+    out = kernels.fidelity_attention(*inputs, None, beta, p, seed=77)
+    grad_out = torch.randn_like(out)
+    wrt = [*inputs, beta] if isinstance(beta, torch.Tensor) else inputs
+    got = grads(out, wrt, grad_out)
+    keep = kernels.dropout_keep_mask(77, b, h, n, n, p, "cuda")
+    ref_inputs = leaves(*inputs)
+    ref_beta = beta.detach().clone().requires_grad_() if isinstance(beta, torch.Tensor) else beta
+    expected = reference.fidelity_attention(*ref_inputs, None, ref_beta, p, keep=keep)
+    ref_wrt = [*ref_inputs, ref_beta] if isinstance(beta, torch.Tensor) else ref_inputs
+    want = grads(expected, ref_wrt, grad_out)
+    assert_close(out, expected, 1e-4, "out")
+    for a, e in zip(got, want, strict=True):
+        assert a.shape == e.shape
+        assert_close(a, e, 1e-4, "grad")
