@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from . import kernels
 from .featuremaps.base import FeatureMap, compute_dtype
@@ -175,18 +176,27 @@ def normalized_mode(inputs: AttentionInputs) -> AttentionResult:
     """
     fq, fk, eps = _features(inputs)
     dtype = compute_dtype(inputs.v)
-    batch, heads, queries, keys = fq.shape[0], fq.shape[1], fq.shape[-2], fk.shape[-2]
-    rows = queries if inputs.return_weights else max(1, NORMALIZED_BLOCK_ELEMENTS // max(1, batch * heads * keys))
-    outputs, all_weights = [], []
-    for start in range(0, queries, rows):
-        weights = inputs.featuremap.similarity(fq[..., start : start + rows, :], fk).to(dtype).clamp_min(0)
+
+    def block(block_fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = inputs.featuremap.similarity(block_fq, fk).to(dtype).clamp_min(0)
         if inputs.keep_keys is not None:
             weights = weights * inputs.keep_keys
         weights = weights / guard_denominator(weights.sum(dim=-1, keepdim=True), eps)
-        out, kept = _weighted_values(inputs, weights, dtype)
-        outputs.append(out)
-        all_weights.append(kept)
-    return torch.cat(outputs, dim=-2), (all_weights[0] if inputs.return_weights else None)
+        if inputs.dropout_p > 0:
+            weights = F.dropout(weights, p=inputs.dropout_p, training=True)
+        return weights @ v.to(dtype), weights
+
+    if inputs.return_weights:
+        out, weights = block(fq, fk, inputs.v)
+        return out.to(inputs.v.dtype), weights
+    batch, heads, queries, keys = fq.shape[0], fq.shape[1], fq.shape[-2], fk.shape[-2]
+    rows = max(1, NORMALIZED_BLOCK_ELEMENTS // max(1, batch * heads * keys))
+    if rows >= queries:
+        return block(fq, fk, inputs.v)[0].to(inputs.v.dtype), None
+    # each block's weights are recomputed in backward rather than kept: memory stays one block's
+    outputs = [checkpoint(lambda *a: block(*a)[0], fq[..., start : start + rows, :], fk, inputs.v, use_reentrant=False)
+               for start in range(0, queries, rows)]  # fmt: skip
+    return torch.cat(outputs, dim=-2).to(inputs.v.dtype), None
 
 
 def linear_mode(inputs: AttentionInputs) -> AttentionResult:

@@ -202,3 +202,17 @@ def test_the_pytorch_path_runs_without_cuda_and_fused_is_refused_clearly(monkeyp
     monkeypatch.setenv("QRA_ATTENTION_IMPLEMENTATION", "fast")
     with pytest.raises(ValueError, match="QRA_ATTENTION_IMPLEMENTATION='fast'"):
         layer(q, k, v)
+
+
+def test_normalized_blocks_give_the_whole_matrix_gradients(monkeypatch):
+    import qra.attention as attention
+
+    fm = get("rff", d_in=8, m=16, sigma=2.0, learn_sigma=True).double()
+    q, k, v = (torch.randn(1, 2, 23, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    grads = []
+    for block in (attention.NORMALIZED_BLOCK_ELEMENTS, 2 * 23 * 4):
+        monkeypatch.setattr(attention, "NORMALIZED_BLOCK_ELEMENTS", block)
+        out, _ = kernel_attention(q, k, v, fm, "normalized")
+        grads.append(torch.autograd.grad(out.square().sum(), (q, k, v, fm.log_sigma)))
+    for whole, blocked in zip(*grads, strict=True):
+        torch.testing.assert_close(blocked, whole, rtol=1e-10, atol=1e-12)

@@ -270,14 +270,21 @@ def attention_cases(
     repeats: int = 5,
     qubits: int = 6,
     compile_paths: bool = True,
+    only: list[str] | None = None,
 ) -> list[Case]:
     """SDPA (default choice, flash, cuDNN) against qra kernel attention at B·N = ``tokens``.
 
     Every mode with RFF features (m = ``features``) on the fused kernels, the PyTorch path and
     ``torch.compile`` of the PyTorch path; and the fidelity softmax on given ``qubits``-qubit
     states (their simulation not timed).  Forward and forward + backward, peak memory.
+    ``only``: the rows to measure (all by default).
     """
     impls = _attention_impls(device, features, head_dim, qubits, compile_paths)
+    if only:
+        if unknown := sorted(set(only) - set(impls)):
+            raise ValueError(f"unknown attention rows {', '.join(unknown)}; accepted: {', '.join(impls)}")
+        impls = {name: impl for name, impl in impls.items() if name in only}
+
     def case(name: str, length: int) -> Case:
         return Case(f"attention {name}, N={length:,}",
                     lambda: [_attention_row(name, impls[name], length, tokens, heads, head_dim, features, qubits,
