@@ -114,7 +114,7 @@ def train_command(**options: Any) -> None:
     from .experiment.distributed import is_main_process
     from .experiment.evaluation import evaluate_robustness
     from .experiment.robustness import RobustnessError
-    from .experiment.training import train
+    from .experiment.training import TrainingInterrupted, train
 
     try:
         config = config_from_options(options)
@@ -123,6 +123,9 @@ def train_command(**options: Any) -> None:
         run_dir = train(config, resume=options["resume"])
         if config.robustness and is_main_process():
             evaluate_robustness(run_dir, config.robustness, device=config.device)
+    except TrainingInterrupted as stopped:
+        Console(stderr=True, soft_wrap=True).print(f"[yellow]stopped:[/yellow] {escape(str(stopped))}", highlight=False)
+        raise typer.Exit(code=128 + stopped.signum) from None  # the shell's code for "ended by this signal"
     except (*USER_ERRORS, RobustnessError) as error:
         raise _fail(error) from error
     if is_main_process():  # under torchrun only rank 0 wrote (and prints) the results
@@ -201,6 +204,26 @@ def report_command(
     except USER_ERRORS as error:
         raise _fail(error) from error
     typer.echo(f"wrote {path}/summary.json, README.md and plots")
+
+
+@app.command("setup-wordnet")
+def setup_wordnet_command(
+    source: Path = typer.Option(Path("/usr/share/wordnet"), help="A WordNet 3.0 dict folder (Debian's wordnet-base "
+                                "and wordnet-sense-index install it here)."),
+    data_dir: Path | None = typer.Option(None, help="NLTK data folder to build corpora/wordnet in "
+                                         "(default: the first of $NLTK_DATA, else ~/nltk_data)."),
+) -> None:
+    """Build NLTK's WordNet corpus (for synonym swaps) offline, from Debian's WordNet packages."""
+    from .experiment.wordnet import build_nltk_wordnet, default_nltk_data_dir, is_on_nltk_path
+
+    chosen = data_dir if data_dir is not None else default_nltk_data_dir()
+    try:
+        target = build_nltk_wordnet(source, chosen)
+    except USER_ERRORS as error:
+        raise _fail(error) from error
+    typer.echo(f"built NLTK's WordNet in {target}")
+    if not is_on_nltk_path(chosen):
+        typer.echo(f"NLTK does not search {chosen}: export NLTK_DATA={chosen}")
 
 
 @app.command("quantum-cost")
@@ -366,6 +389,7 @@ def bench_attention_command(
     m: int = typer.Option(128, min=1, help="RFF features."),
     qubits: int = typer.Option(6, min=1, max=8, help="Qubits of the fidelity rows' states."),
     compile_paths: bool = typer.Option(True, "--compile/--no-compile", help="Add torch.compile of the PyTorch path."),
+    only: str = typer.Option("", help="Comma-separated rows to measure, e.g. sdpa,linear-fused (default: all)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     repeats: int = typer.Option(5, min=1),
     output: Path = typer.Option(BENCH_DIR / "attention.json"),
@@ -377,7 +401,12 @@ def bench_attention_command(
     chosen = _device(device)
     dtype = torch.bfloat16 if chosen.type == "cuda" else torch.float32
     length_list = _parse_ints(lengths, "--lengths")
-    cases = attention_cases(length_list, tokens, heads, head_dim, m, chosen, dtype, repeats, qubits, compile_paths)
+    rows_wanted = [name.strip() for name in only.split(",") if name.strip()]
+    try:
+        cases = attention_cases(length_list, tokens, heads, head_dim, m, chosen, dtype, repeats, qubits,
+                                compile_paths, rows_wanted)  # fmt: skip
+    except ValueError as error:
+        raise _fail(error) from error
     settings = {"lengths": length_list, "tokens": tokens, "heads": heads, "head_dim": head_dim, "m": m,
                 "qubits": qubits, "dtype": str(dtype)}  # fmt: skip
     rows = _run_bench("attention", cases, add_sdpa_ratios, output, chosen, settings, overwrite)

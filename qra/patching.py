@@ -42,6 +42,8 @@ SUPPORTED_ATTENTION_CLASSES: dict[str, str] = {
 #: The base attention implementations qra can wrap (their masks are boolean or additive float).
 WRAPPABLE_IMPLEMENTATIONS = ("sdpa", "eager")
 KERNEL_ATTENTION_ATTRIBUTE = "qra_attention"
+#: set on the attention modules of a patched model's unpatched layers: they run the stock function on purpose
+STOCK_ATTENTION_ATTRIBUTE = "qra_stock_attention"
 #: the layers patched when none are named: the last two of a 6-layer DistilBERT/MiniLM (the seed's L4, L5)
 DEFAULT_LAYERS: tuple[int, ...] = (4, 5)
 CONFIG_KEY = "qra"
@@ -82,6 +84,8 @@ def _make_attention_function(base: str) -> Callable:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         kernel = getattr(module, KERNEL_ATTENTION_ATTRIBUTE, None)
         if kernel is None:
+            if not getattr(module, STOCK_ATTENTION_ATTRIBUTE, False):
+                raise RuntimeError(_missing_kernel_message(module, base))
             return stock_attention_function(base, module)(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
             )
@@ -99,6 +103,22 @@ def _make_attention_function(base: str) -> Callable:
     return qra_attention_forward
 
 
+def _missing_kernel_message(module: nn.Module, base: str) -> str:
+    """Why a module reached ``qra_<base>`` without kernel attention: a patched save loaded without qra, or a
+    model that was never patched; both would silently run stock attention."""
+    settings = getattr(getattr(module, "config", None), CONFIG_KEY, None)
+    if settings:
+        return (
+            f"this model was saved after qra.patch ({settings.get('featuremap')} kernel attention in layers "
+            f"{settings.get('layers')}) but loaded without its kernel attention, so it would run stock attention; "
+            "load it with qra.load_patched(path), or re-apply qra.patch"
+        )
+    return (
+        f"attn_implementation={IMPLEMENTATION_PREFIX + base!r} runs qra kernel attention, but this model was not "
+        f"patched: call qra.patch(model, ...) first, or load it with attn_implementation={base!r}"
+    )
+
+
 def register_attention(name: str, function: Callable, mask_of: str) -> str:
     """Register ``function`` as attention implementation ``name`` (once), with ``mask_of``'s mask function.
 
@@ -113,6 +133,10 @@ def register_attention(name: str, function: Callable, mask_of: str) -> str:
 def register_implementation(base: str) -> str:
     """Register ``qra_<base>``: kernel attention for patched modules, ``base`` for the rest."""
     return register_attention(IMPLEMENTATION_PREFIX + base, _make_attention_function(base), base)
+
+
+for _base in WRAPPABLE_IMPLEMENTATIONS:  # so that a saved patched model names a known implementation
+    register_implementation(_base)
 
 
 def attention_modules(model: PreTrainedModel) -> list[nn.Module]:
@@ -160,8 +184,10 @@ def _base_implementation(model: PreTrainedModel) -> str:
 
 
 def is_patched(model: PreTrainedModel) -> bool:
-    """True when :func:`patch` put kernel attention into ``model``."""
-    return hasattr(model.config, CONFIG_KEY)
+    """True when ``model`` runs kernel attention in at least one layer (the modules are checked, not the config:
+    a patched save loaded with plain ``from_pretrained`` has the config entry but no kernel attention)."""
+    return any(isinstance(getattr(module, KERNEL_ATTENTION_ATTRIBUTE, None), KernelAttention)
+               for module in model.modules())  # fmt: skip
 
 
 def patch(
@@ -174,6 +200,7 @@ def patch(
     beta: float = 1.0,
     learn_beta: bool = False,
     eps: float = 1e-6,
+    implementation: str = "auto",
 ) -> PreTrainedModel:
     """Replace q·k/√d by kernel attention in ``layers`` of a DistilBERT or BERT-family model.
 
@@ -185,6 +212,9 @@ def patch(
         mode: ``softmax`` (default), ``normalized`` or ``linear`` (see :mod:`qra.attention`).
         beta, learn_beta: per-head softmax temperature and whether it trains.
         eps: denominator guard of the normalized and linear modes.
+        implementation: ``auto`` (fused GPU kernels where they apply), ``pytorch`` or ``fused``
+            (see :func:`qra.attention.run_mode`); how attention is computed, not what, so it is
+            not saved with the model.
 
     Each patched layer gets its own copy of the map (same draws), so per-layer learnable knobs
     train independently.  Patching a patched model replaces its previous patch.  Returns ``model``.
@@ -208,10 +238,17 @@ def patch(
     unpatch(model)
 
     device = next(model.parameters()).device
-    for index in chosen:
-        kernel = KernelAttention(copy.deepcopy(featuremap), heads, mode, beta, learn_beta, eps)
-        setattr(modules[index], KERNEL_ATTENTION_ATTRIBUTE, kernel.to(device))
-    model.set_attn_implementation(register_implementation(base))
+    for index, module in enumerate(modules):
+        if index in chosen:
+            kernel = KernelAttention(copy.deepcopy(featuremap), heads, mode, beta, learn_beta, eps, implementation)
+            setattr(module, KERNEL_ATTENTION_ATTRIBUTE, kernel.to(device))
+        else:
+            setattr(module, STOCK_ATTENTION_ATTRIBUTE, True)
+    implementation = register_implementation(base)
+    model.set_attn_implementation(implementation)
+    # saved into config.json: a plain from_pretrained then selects qra_<base>, which refuses to run stock attention
+    # in the layers that should have kernel attention (see _missing_kernel_message) instead of running it silently
+    model.config.attn_implementation = implementation
     setattr(
         model.config,
         CONFIG_KEY,
@@ -231,13 +268,15 @@ def patch(
 def unpatch(model: PreTrainedModel) -> PreTrainedModel:
     """Remove every kernel attention and restore the model's original attention implementation."""
     for module in attention_modules(model):
-        if hasattr(module, KERNEL_ATTENTION_ATTRIBUTE):
-            delattr(module, KERNEL_ATTENTION_ATTRIBUTE)
+        for attribute in (KERNEL_ATTENTION_ATTRIBUTE, STOCK_ATTENTION_ATTRIBUTE):
+            if hasattr(module, attribute):
+                delattr(module, attribute)
     current = model.config._attn_implementation
     if current.startswith(IMPLEMENTATION_PREFIX):
         model.set_attn_implementation(current[len(IMPLEMENTATION_PREFIX) :])
-    if hasattr(model.config, CONFIG_KEY):
-        delattr(model.config, CONFIG_KEY)
+    for attribute in (CONFIG_KEY, "attn_implementation"):
+        if attribute in vars(model.config):
+            delattr(model.config, attribute)
     return model
 
 
@@ -263,12 +302,29 @@ def saved_patch_settings(path: str | Path) -> dict[str, Any] | None:
     return json.loads(config_file.read_text()).get(CONFIG_KEY)
 
 
-def load_patched(path: str | Path, model_class: type[PreTrainedModel] | None = None, **kwargs: Any) -> PreTrainedModel:
+def _base_implementation_of_saved(config: dict[str, Any]) -> str:
+    """The stock implementation a saved patched model wraps (``sdpa`` when its config does not say)."""
+    saved = config.get("attn_implementation") or ""
+    base = saved[len(IMPLEMENTATION_PREFIX) :] if saved.startswith(IMPLEMENTATION_PREFIX) else "sdpa"
+    return base if base in WRAPPABLE_IMPLEMENTATIONS else "sdpa"
+
+
+def load_patched(
+    path: str | Path,
+    model_class: type[PreTrainedModel] | None = None,
+    *,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> PreTrainedModel:
     """Load a model saved with ``save_pretrained`` after :func:`patch`, patched as it was saved.
 
     ``model_class`` defaults to the class recorded in the config's ``architectures``; ``kwargs``
     go to ``from_pretrained`` (e.g. ``torch_dtype``).  The feature maps' buffers and learned knobs
     are restored from the checkpoint, so the logits equal those of the saved model.
+
+    The feature map is built by its registered name (an installed ``qra.featuremaps`` entry point).
+    A config that names it by import path (``module:Class``, a map that was not registered) would
+    import and run that module: as with Hugging Face's remote code, that needs ``trust_remote_code=True``.
     """
     import transformers
 
@@ -280,12 +336,22 @@ def load_patched(path: str | Path, model_class: type[PreTrainedModel] | None = N
     settings = config.get(CONFIG_KEY)
     if settings is None:
         raise ValueError(f"{path} holds no qra settings (config.json has no {CONFIG_KEY!r} entry); use from_pretrained")
+    featuremap_name = settings.get("featuremap")
+    if not isinstance(featuremap_name, str):
+        raise ValueError(f"{config_file}: qra.featuremap must be a feature-map name, got {featuremap_name!r}")
+    if ":" in featuremap_name and not trust_remote_code:
+        raise ValueError(
+            f"{config_file} names its feature map by import path {featuremap_name!r}: loading it would import and run "
+            "that module. Only registered feature maps (`qra featuremaps`) load by default; if you trust the code of "
+            "this model folder, pass trust_remote_code=True"
+        )
     if model_class is None:
         architecture = (config.get("architectures") or [None])[0]
         model_class = getattr(transformers, architecture or "", None)
         if model_class is None:
             raise ValueError(f"cannot tell the model class from architectures={config.get('architectures')}")
 
+    register_implementation(_base_implementation_of_saved(config))
     previous_level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the kernel tensors are "unexpected" until we patch
     try:
@@ -293,7 +359,7 @@ def load_patched(path: str | Path, model_class: type[PreTrainedModel] | None = N
     finally:
         transformers.logging.set_verbosity(previous_level)
     _, head_dim = _head_layout(model)
-    featuremap = featuremap_registry.get(settings["featuremap"], d_in=head_dim, **settings["featuremap_params"])
+    featuremap = featuremap_registry.get(featuremap_name, d_in=head_dim, **settings["featuremap_params"])
     patch(
         model,
         featuremap,

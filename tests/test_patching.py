@@ -130,17 +130,59 @@ def test_save_and_load_patched_round_trip(model_factory, padded_batch, tmp_path,
         torch.testing.assert_close(reloaded(**padded_batch).logits, expected, rtol=1e-6, atol=1e-7)
 
 
-def test_plain_from_pretrained_loads_an_unpatched_model(padded_batch, tmp_path):
+def test_plain_from_pretrained_of_a_patched_save_refuses_to_run_stock_attention(padded_batch, tmp_path):
+    """A patched save loaded without qra.load_patched would run stock attention in every layer: it must say so."""
+    from transformers import AutoModelForSequenceClassification
+
+    qra.patch(tiny_bert(), "rff").save_pretrained(tmp_path)
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert not qra.is_patched(plain)  # the config has the qra entry, the modules have no kernel attention
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"qra\.load_patched"):
+        plain(**padded_batch)
+    reloaded = qra.load_patched(tmp_path)
+    assert qra.is_patched(reloaded)
+    with torch.no_grad():
+        reloaded(**padded_batch)  # the same folder through load_patched runs
+
+
+def test_explicit_qra_implementation_on_an_unpatched_model_is_refused(padded_batch, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    tiny_bert().save_pretrained(tmp_path)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path, attn_implementation="qra_sdpa").eval()
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"was not patched: call qra\.patch"):
+        model(**padded_batch)
+
+
+def test_unpatch_leaves_a_model_that_saves_and_loads_plainly(padded_batch, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     original = tiny_bert()
     with torch.no_grad():
         expected = original(**padded_batch).logits
-    qra.patch(original, "rff").save_pretrained(tmp_path)
+    qra.unpatch(qra.patch(original, "rff")).save_pretrained(tmp_path)
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert plain.config._attn_implementation == "sdpa"
     with torch.no_grad():
         torch.testing.assert_close(plain(**padded_batch).logits, expected)
+
+
+def test_load_patched_builds_unregistered_maps_only_with_trust_remote_code(padded_batch, tmp_path):
+    import json
+
+    model = qra.patch(tiny_bert(), ScaledIdentity(HEAD_DIM), layers=(5,))
+    assert model.config.qra["featuremap"] == "tests.conftest:ScaledIdentity"  # not registered: an import path
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        qra.load_patched(tmp_path)
+    reloaded = qra.load_patched(tmp_path, trust_remote_code=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**padded_batch).logits, model.eval()(**padded_batch).logits)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["qra"]["featuremap"] = "os:system"  # what a hostile folder would write
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="import path 'os:system'"):
+        qra.load_patched(tmp_path)
 
 
 def test_unpatch_restores_the_original_model(model_factory, padded_batch):
@@ -148,6 +190,8 @@ def test_unpatch_restores_the_original_model(model_factory, padded_batch):
     with torch.no_grad():
         expected = model(**padded_batch).logits
     qra.patch(model, "rff", layers=(0, 5))
+    assert qra.is_patched(model)
+    model.config.qra = None  # is_patched looks at the modules, not at the config
     assert qra.is_patched(model)
     qra.unpatch(model)
     assert not qra.is_patched(model)

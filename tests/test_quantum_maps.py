@@ -189,7 +189,7 @@ def test_projection_errors_and_parameters_are_explained():
         get("pennylane-zz", d_in=8, qubits=4, projection="pca")
     with pytest.raises(ValueError, match="accepted: native, framework"):
         get("pennylane-zz", d_in=8, qubits=4, engine="lightning")
-    with pytest.raises(TypeError, match=r"wires; accepted: reps, .*qubits"):
+    with pytest.raises(TypeError, match=r"wires; accepted: .*reps, .*qubits"):
         get("pennylane-zz", d_in=8, wires=4)
 
 
@@ -389,3 +389,75 @@ def test_set_measurement_switches_shots_and_noise_on_a_built_map():
     torch.testing.assert_close(fm.similarity(fm(x), fm(x)), exact)
     with pytest.raises(ValueError, match="unknown noise"):
         fm.set_measurement(noise={"thermal": 0.1})
+
+
+def pennylane_state_in_qra_order(template, x: torch.Tensor) -> np.ndarray:
+    """PennyLane's own circuit on wires 0..q-1 (feature k on wire k), its states' bits reversed into qra's order."""
+    qubits = x.shape[-1]
+    device = qml.device("default.qubit", wires=qubits)
+
+    @qml.qnode(device)
+    def circuit(row):
+        template(row, wires=list(range(qubits)))
+        return qml.state()
+
+    states = np.stack([np.asarray(circuit(row.numpy())) for row in x])
+    return states.reshape(len(x), *[2] * qubits).transpose(0, *range(qubits, 0, -1)).reshape(len(x), -1)
+
+
+@pytest.mark.parametrize("entanglement", ["linear", "circular", "full"])
+@pytest.mark.parametrize("qubits", [2, 3, 4, 5])
+@pytest.mark.parametrize("engine", PENNYLANE_ENGINES)
+def test_pennylane_zz_entanglement_equals_qiskit_zz(entanglement, qubits, engine):
+    x = angles(qubits, seed=4)
+    expected = qiskit_reference(zz_feature_map(qubits, reps=2, entanglement=entanglement), x)
+    found = states("pennylane-zz", x, torch.complex128, engine=engine, entanglement=entanglement)
+    assert np.abs(found - expected).max() <= 1e-10
+    qiskit_map = states("qiskit-zz", x, torch.complex128, entanglement=entanglement)
+    assert np.abs(qiskit_map - expected).max() <= 1e-10
+    with pytest.raises(ValueError, match="accepted: full, linear, circular"):
+        get("pennylane-zz", d_in=qubits, entanglement="star")
+
+
+@pytest.mark.parametrize("pattern", [[[0, 1], [1, 2]], [[2, 0]], [[0, 1], [0, 2], [1, 3], [2, 3]], []])
+@pytest.mark.parametrize("engine", PENNYLANE_ENGINES)
+def test_pennylane_iqp_pattern_equals_pennylanes_own(pattern, engine):
+    qubits = 4
+    x = angles(qubits, seed=5)
+    expected = pennylane_state_in_qra_order(lambda r, wires: qml.IQPEmbedding(r, wires, n_repeats=2,
+                                                                              pattern=pattern), x)  # fmt: skip
+    assert up_to_global_phase(states("pennylane-iqp", x, torch.complex128, engine=engine, pattern=pattern),
+                              expected) <= 1e-10  # fmt: skip
+    default = states("pennylane-iqp", x, torch.complex128, engine=engine)
+    all_pairs = pennylane_state_in_qra_order(lambda r, wires: qml.IQPEmbedding(r, wires, n_repeats=2), x)
+    assert up_to_global_phase(default, all_pairs) <= 1e-10
+    for bad in ([[0, 4]], [[1, 1]], "0-1", [[0, 1, 2]]):
+        with pytest.raises(ValueError, match=r"pairs of distinct qubit indices in 0\.\.3"):
+            get("pennylane-iqp", d_in=qubits, qubits=qubits, pattern=bad)
+
+
+def test_sign_and_conjugate_in_qiskit_expressions_run_natively():
+    theta = ParameterVector("θ", 3)
+    circuit = QuantumCircuit(2)
+    circuit.h([0, 1])
+    circuit.ry(theta[0].sign() * theta[1] + theta[2].conjugate(), 0)
+    circuit.rz((theta[1] - 1.5).sign() * theta[0], 1)
+    circuit.cx(0, 1)
+    circuit.rx(theta[2].conjugate() * theta[1], 1)
+    fm = QiskitCircuitMap(d_in=3, circuit=circuit, projection="identity").double()
+    x = torch.tensor([[0.3, 2.0, -0.7], [-1.1, 0.4, 1.3], [2.5, -0.2, 0.9]], dtype=torch.float64)
+    expected = qiskit_reference(circuit, x)
+    assert up_to_global_phase(fm.states(x).detach().numpy(), expected) <= 1e-12
+
+
+def test_expressions_the_native_engine_cannot_compute_are_refused_when_built(monkeypatch):
+    from qra_qiskit import maps
+
+    theta = ParameterVector("θ", 2)
+    circuit = QuantumCircuit(2)
+    circuit.ry(theta[0].sign() + theta[1], 0)
+    circuit.rz(theta[1], 1)
+    monkeypatch.delitem(maps._TORCH_FUNCTIONS, "sign")  # as if Qiskit grew a function qra does not know
+    with pytest.raises(ValueError, match="use sign, which engine='native' cannot compute; supported functions: Abs"):
+        QiskitCircuitMap(d_in=2, circuit=circuit, projection="identity")
+    QiskitCircuitMap(d_in=2, circuit=circuit, projection="identity", engine="framework")  # Qiskit's simulator can

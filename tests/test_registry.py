@@ -150,7 +150,7 @@ def test_cli_lists_the_registry(plugins):
     listing = json.loads(result.output)
     assert listing["rff"]["distribution"] == "qra"
     assert listing["broken"]["status"] == "error"
-    table = CliRunner().invoke(app, ["featuremaps"])
+    table = CliRunner().invoke(app, ["featuremaps"], env={"COLUMNS": "240"})  # wide enough to keep cells on one line
     assert table.exit_code == 0
     for word in ("rff", "performer", "cubic", "qra-cubic", "needs a quantum computer"):
         assert word in table.output
@@ -159,3 +159,36 @@ def test_cli_lists_the_registry(plugins):
 def test_installed_console_script_runs():
     result = subprocess.run(["qra", "featuremaps", "--json"], capture_output=True, text=True, check=True)
     assert {"rff", "performer"} <= set(json.loads(result.stdout))
+
+
+def test_a_plugin_that_takes_a_builtin_name_or_exits_on_import_is_listed_broken(plugins, tmp_path):
+    """A plugin registering 'rff' (qra's own name) or calling exit() at import breaks only itself."""
+    other = tmp_path / "squatter"
+    other.mkdir()
+    install_fake_distribution(other, "qra-squatter", {"rff": "qra_test_cubic:Cubic", "quits": "qra_test_quits:Map"},
+                              {"qra_test_quits": "raise SystemExit('plugin gave up')\n"})  # fmt: skip
+    sys.path.insert(0, str(other))
+    try:
+        listing = featuremaps.available()
+        assert listing["rff"].status == "ok" and listing["rff"].distribution == "qra"
+        squatter = listing["rff (qra-squatter)"]
+        assert squatter.status == "error" and "belongs to qra's own map" in squatter.error
+        assert listing["quits"].status == "error" and "plugin gave up" in listing["quits"].error
+        assert type(featuremaps.get("rff", d_in=4)).__name__ == "RandomFourierFeatures"
+        assert featuremaps.get("cubic", d_in=4).dim == 8
+        with pytest.raises(RuntimeError, match="failed to load: SystemExit: plugin gave up"):
+            featuremaps.get("quits", d_in=4)
+        table = CliRunner().invoke(app, ["featuremaps"], env={"COLUMNS": "240"})
+        assert table.exit_code == 0, table.output
+        assert "qra-squatter" in table.output and "plugin gave up" in table.output
+    finally:
+        sys.path.remove(str(other))
+        sys.modules.pop("qra_test_quits", None)
+
+
+def test_featuremaps_table_fits_an_80_column_terminal(plugins):
+    result = CliRunner().invoke(app, ["featuremaps"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    for name in ("rff", "performer", "cubic", "broken"):
+        assert f"│ {name} " in result.output

@@ -145,3 +145,76 @@ def test_commands_name_scripts_by_their_path_in_the_project(monkeypatch):
     assert provenance(torch.device("cpu"))["command"] == ("python experiments/sweep.py study.yaml --run rff/seed0")
     monkeypatch.setattr(sys, "argv", ["/elsewhere/tool.py", "x"])
     assert provenance(torch.device("cpu"))["command"] == "python tool.py x"
+
+
+def plot_rows(tmp_path, count=4, accuracy=0.92):
+    for i in range(count):
+        fake_run(tmp_path / "runs", f"rff{i}", 0, "rff", accuracy + i / 1000, params={"m": 64 + i})
+    fake_run(tmp_path / "runs", "baseline", 0, "none", accuracy)
+    return summarise(load_runs([tmp_path / "runs"]))
+
+
+def test_accuracy_axis_spans_a_tenth_and_its_labels_are_not_cropped(tmp_path):
+    from qra.experiment.plots import MIN_ACCURACY_SPAN, accuracy_figure
+
+    rows = plot_rows(tmp_path)
+    figure = accuracy_figure(rows)
+    figure.canvas.draw()
+    [axis] = figure.axes
+    value_axis = axis.get_xlim() if axis.get_yticklabels()[0].get_text() else axis.get_ylim()
+    assert value_axis[1] - value_axis[0] >= MIN_ACCURACY_SPAN  # gaps of 0.001 must look like 0.001
+    assert value_axis[0] <= min(r["accuracy_mean"] for r in rows) and value_axis[1] >= 0.923
+    renderer = figure.canvas.get_renderer()
+    shown = [t for t in axis.get_xticklabels() if value_axis[0] <= t.get_position()[0] <= value_axis[1]]
+    for text in [*axis.get_yticklabels(), *shown, axis.xaxis.label, axis.yaxis.label]:
+        if text.get_text():
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= figure.bbox.x1 and box.y1 <= figure.bbox.y1, text
+
+
+def test_identical_entropy_lines_stay_distinguishable(tmp_path):
+    from qra.experiment.plots import entropy_figure
+
+    rows = plot_rows(tmp_path)  # every fake run has the same entropies
+    figure = entropy_figure(rows)
+    lines = figure.axes[0].get_lines()
+    drawn = {(tuple(line.get_xdata()), line.get_marker(), line.get_linestyle()) for line in lines}
+    assert len(drawn) == len(rows)
+    assert len({tuple(line.get_xdata()) for line in lines}) == len(rows)  # side by side, not on top
+
+
+def test_distance_legend_does_not_cover_the_bars(tmp_path):
+    from qra.experiment.plots import distance_figure
+
+    figure = distance_figure(plot_rows(tmp_path))
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    legends = [*figure.legends, *(axis.get_legend() for axis in figure.axes if axis.get_legend())]
+    assert legends
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert box.x1 <= figure.bbox.x1 + 1
+        for axis in figure.axes:
+            assert not box.overlaps(axis.get_window_extent(renderer))
+
+
+def test_attention_map_panels_have_their_own_annotated_colour_scale(tmp_path):
+    import numpy as np
+
+    from qra.experiment.plots import attention_maps_figure
+
+    rows = plot_rows(tmp_path, count=1)
+    peaked = np.zeros((6, 10, 10))
+    peaked[:, :, 0] = 1.0
+    flat = np.full((6, 10, 10), 0.1)
+    flat[4:, 0, 0] = 0.11
+    for row in rows:
+        maps = peaked if row["featuremap"] == "none" else flat
+        np.savez_compressed(f"{row['runs'][0]}/attention_example.npz", maps=maps, tokens=np.array(["t"] * 10))
+    figure = attention_maps_figure(rows)
+    images = [axis.get_images()[0] for axis in figure.axes if axis.get_images()]
+    assert len(images) == 4  # two configurations x layers 4, 5
+    limits = [image.get_clim() for image in images]
+    assert limits[0][1] == 1.0 and limits[2][1] == pytest.approx(0.11)  # the kernel panels are not on the baseline's
+    texts = [text.get_text() for axis in figure.axes for text in axis.texts]
+    assert any("own scale 0.1–0.11" in text for text in texts)

@@ -135,7 +135,9 @@ def test_gradients_reach_inputs_and_learned_sigma():
     ("params", "message"),
     [
         ({"m": 0}, "m must be a positive integer"),
-        ({"sigma": 0.0}, "sigma must be > 0"),
+        ({"sigma": 0.0}, "sigma must be a finite number > 0"),
+        ({"sigma": float("inf")}, "sigma must be a finite number > 0, got inf"),
+        ({"sigma": float("nan")}, "sigma must be a finite number > 0, got nan"),
         ({"m": 7, "sincos": True}, "even m"),
     ],
 )

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..patching import attention_modules, is_patched, register_implementation
-from .metrics import AttentionStatistics
+from .metrics import AttentionStatistics, NonFiniteError
 
 
 @contextmanager
@@ -74,6 +74,8 @@ def attention_statistics(
             for layer, weights in enumerate(captured):
                 if weights is None:
                     raise RuntimeError(f"layer {layer} returned no attention weights")
+                if not torch.isfinite(weights).all():
+                    raise NonFiniteError(f"layer {layer}'s attention weights are NaN or infinite")
                 statistics.update(layer, weights, batch["attention_mask"])
     return statistics.result()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +118,7 @@ class TrainConfig:
     model: str = setting(DEFAULT_MODEL, "Hub id, local directory or bundled:all-MiniLM-L6-v2.")
     data_dir: str | None = setting(None, "Folder with train/test .jsonl(.gz)/.csv/.parquet; default: hub imdb.")
     max_length: int = setting(512, "Tokens per review (longer ones are truncated).", minimum=8)
-    epochs: float = setting(2.0, "Training epochs.", minimum=0.0)
+    epochs: float = setting(2.0, "Training epochs (> 0; fractions allowed).", minimum=0.0)
     batch_size: int = setting(32, "Training batch per process.", minimum=1)
     eval_batch_size: int = setting(64, "Evaluation batch per process.", minimum=1)
     lr: float = setting(5e-5, "AdamW learning rate.", minimum=0.0)
@@ -127,6 +128,9 @@ class TrainConfig:
     max_eval_samples: int | None = setting(None, "Test on a seeded subset of this many reviews.", minimum=1)
     attention_samples: int = setting(512, "Test reviews for attention entropy/distance.", minimum=1)
     save_steps: int = setting(500, "Checkpoint every N steps (what --resume restarts from).", minimum=1)
+    keep_checkpoints: bool = setting(
+        False, "Keep the Trainer checkpoints (optimizer state included) once the run completes; default: delete them."
+    )
     device: str = setting("auto", "auto, cpu or cuda.")
     profile_steps: int = setting(0, "Profile N training steps after 10 (profile.txt in the run).", minimum=0)
     robustness: dict[str, list[float]] = setting(
@@ -137,6 +141,13 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        for name in ("epochs", "lr", "weight_decay", "beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not self.epochs > 0:
+            raise ValueError(f"--epochs must be > 0 (a run that trains no step would report an untrained model), "
+                             f"got {self.epochs!r}")  # fmt: skip
         if self.output_dir is None:
             self.output_dir = str(default_run_dir(self))
 

@@ -17,13 +17,22 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+
+class NonFiniteError(ValueError):
+    """A loss, logits or attention weights that are NaN or infinite: the run's results would be meaningless."""
+
+
 #: left edges of the distance bins; the last bin is open-ended
 DISTANCE_BIN_EDGES: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy and F1 of the positive class (label 1)."""
-    predictions = np.asarray(logits).argmax(axis=-1)
+    """Accuracy and F1 of the positive class (label 1); an error for non-finite logits (argmax would hide them)."""
+    logits = np.asarray(logits)
+    if not np.isfinite(logits).all():
+        bad = int((~np.isfinite(logits)).any(axis=-1).sum()) if logits.ndim > 1 else int((~np.isfinite(logits)).sum())
+        raise NonFiniteError(f"the model's logits are NaN or infinite for {bad} of {len(logits)} reviews")
+    predictions = logits.argmax(axis=-1)
     return {
         "accuracy": float(accuracy_score(labels, predictions)),
         "f1": float(f1_score(labels, predictions, pos_label=1, zero_division=0)),

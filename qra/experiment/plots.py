@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,61 +14,157 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .config import BASELINE
 from .labels import label, report_layers
 from .metrics import DISTANCE_BIN_EDGES
+
+#: the accuracy axis spans at least this much, so that differences of a few tenths of a point look that small
+MIN_ACCURACY_SPAN = 0.10
+#: line styles and markers cycled with the colours, so that configurations with identical values stay apart
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+#: how far apart identical lines are drawn, in layers (0.35 spread over all configurations)
+X_SPREAD = 0.35
 
 
 def _labels(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [label(row) for row in rows]
 
 
-def plot_accuracy(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    labels = _labels(rows)
-    errors = [row["accuracy_ci95"] or 0.0 for row in rows]
-    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
-    axis.bar(range(len(rows)), [row["accuracy_mean"] for row in rows], yerr=errors, capsize=4, color="tab:blue")
-    axis.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
-    low = min(row["accuracy_mean"] - e for row, e in zip(rows, errors, strict=True))
-    axis.set_ylim(max(0.0, low - 0.02), 1.0)
-    axis.set_ylabel("test accuracy (mean ± 95% CI)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+def _label_inches(labels: Sequence[str], fontsize: float) -> float:
+    """About how wide the longest label is when drawn (0.6 em per character)."""
+    return max((len(text) for text in labels), default=0) * 0.6 * fontsize / 72
+
+
+def _save(figure: plt.Figure, path: Path, dpi: int = 120) -> None:
+    figure.savefig(path, dpi=dpi)
     plt.close(figure)
+
+
+def accuracy_limits(lows: Sequence[float], highs: Sequence[float]) -> tuple[float, float]:
+    """Limits that show every interval with a margin and span at least :data:`MIN_ACCURACY_SPAN` (within [0, 1])."""
+    low, high = min(lows), max(highs)
+    margin = max(0.1 * (high - low), 0.005)
+    low, high = low - margin, high + margin
+    if high - low < MIN_ACCURACY_SPAN:
+        middle = (low + high) / 2
+        low, high = middle - MIN_ACCURACY_SPAN / 2, middle + MIN_ACCURACY_SPAN / 2
+    if low < 0.0:
+        low, high = 0.0, max(high - low, MIN_ACCURACY_SPAN)
+    if high > 1.0:
+        low, high = max(0.0, min(low, 1.0 - MIN_ACCURACY_SPAN)), 1.0
+    return low, high
+
+
+def accuracy_figure(rows: Sequence[dict[str, Any]]) -> plt.Figure:
+    """Each configuration's mean accuracy as a point with its 95% CI (a point, not a bar: the axis need not
+    start at 0), configurations down the side so that long names stay readable, the baseline as a line."""
+    labels = _labels(rows)
+    means = [row["accuracy_mean"] for row in rows]
+    errors = [row["accuracy_ci95"] or 0.0 for row in rows]
+    fontsize = 8
+    width = 4.5 + _label_inches(labels, fontsize)
+    figure, axis = plt.subplots(figsize=(width, 1.0 + 0.3 * len(rows)))
+    positions = np.arange(len(rows))[::-1]  # the first configuration (the baseline) on top
+    axis.errorbar(means, positions, xerr=errors, fmt="o", color="tab:blue", ecolor="tab:blue", capsize=3)
+    for mean, error, position in zip(means, errors, positions, strict=True):
+        axis.annotate(f"{mean:.4f}", (mean + error, position), xytext=(4, 0), textcoords="offset points",
+                      va="center", fontsize=7)  # fmt: skip
+    baseline = [row for row in rows if row["featuremap"] == BASELINE]
+    if baseline:
+        axis.axvline(baseline[0]["accuracy_mean"], color="grey", linestyle="--", linewidth=0.8, label="baseline mean")
+        axis.legend(fontsize=7, loc="lower left")
+    axis.set_yticks(positions, labels, fontsize=fontsize)
+    axis.set_ylim(-0.7, len(rows) - 0.3)
+    low, high = accuracy_limits([m - e for m, e in zip(means, errors, strict=True)],
+                                [m + e for m, e in zip(means, errors, strict=True)])  # fmt: skip
+    axis.set_xlim(low, high + 0.12 * (high - low))  # room for the value labels
+    axis.set_xlabel(f"test accuracy (mean ± 95% CI; axis spans ≥ {MIN_ACCURACY_SPAN:g})")
+    axis.grid(axis="x", linewidth=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def plot_accuracy(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    _save(accuracy_figure(rows), path)
+
+
+def _line_style(index: int) -> dict[str, Any]:
+    """Colour, marker and line style of the index-th configuration: no two of the first 40 alike."""
+    return {"color": f"C{index % 10}", "marker": MARKERS[index % len(MARKERS)],
+            "linestyle": LINE_STYLES[(index // 10) % len(LINE_STYLES)]}  # fmt: skip
+
+
+def _offsets(count: int) -> np.ndarray:
+    """Small x offsets (in layers) that draw identical lines side by side instead of on top of each other."""
+    return np.linspace(-X_SPREAD / 2, X_SPREAD / 2, count) if count > 1 else np.zeros(count)
+
+
+def _legend_outside(figure: plt.Figure, handles: list, labels: list[str], anchor_axis: Any) -> None:
+    """One legend for the figure, to the right of the plots, never over the data."""
+    figure.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                  bbox_transform=anchor_axis.transAxes, frameon=False)  # fmt: skip
+
+
+def _fit_legend(figure: plt.Figure, labels: Sequence[str], fontsize: float = 7) -> None:
+    """Widen the figure by the legend's width and keep the plots in the part left of it."""
+    plots_width = figure.get_figwidth()
+    legend_width = _label_inches(labels, fontsize) + 0.6
+    figure.set_figwidth(plots_width + legend_width)
+    figure.tight_layout(rect=(0, 0, plots_width / (plots_width + legend_width), 1))
+
+
+def entropy_figure(rows: Sequence[dict[str, Any]]) -> plt.Figure:
+    """Normalised attention entropy per layer; every configuration has its own colour, marker and line style,
+    and a small sideways offset, so that configurations with identical values all stay visible."""
+    labels = _labels(rows)
+    height = max(4.0, 0.16 * len(rows))
+    figure, axis = plt.subplots(figsize=(6, height))
+    offsets = _offsets(len(rows))
+    for index, (row, name) in enumerate(zip(rows, labels, strict=True)):
+        values = np.array([np.nan if v is None else v for v in row["attention_entropy_normalized_mean"]], float)
+        axis.plot(np.arange(len(values)) + offsets[index], values, label=name, markersize=4, linewidth=1,
+                  alpha=0.9, **_line_style(index))  # fmt: skip
+    axis.set_xlabel(f"layer (configurations drawn up to ±{X_SPREAD / 2:g} apart)")
+    axis.set_ylabel("attention entropy / log(keys)")
+    axis.set_xticks(range(max((len(r["attention_entropy_normalized_mean"]) for r in rows), default=0)))
+    axis.grid(linewidth=0.3)
+    handles, names = axis.get_legend_handles_labels()
+    _legend_outside(figure, handles, names, axis)
+    _fit_legend(figure, labels)
+    return figure
 
 
 def plot_entropy(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for row, name in zip(rows, _labels(rows), strict=True):
-        values = row["attention_entropy_normalized_mean"]
-        axis.plot(range(len(values)), values, marker="o", label=name)
-    axis.set_xlabel("layer")
-    axis.set_ylabel("attention entropy / log(keys)")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(entropy_figure(rows), path)
 
 
-def plot_distance(rows: Sequence[dict[str, Any]], path: Path) -> None:
+def distance_figure(rows: Sequence[dict[str, Any]]) -> plt.Figure:
     edges = rows[0].get("attention_distance_bin_edges", DISTANCE_BIN_EDGES)
     bins = [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(edges)]
     bins.append(f"{edges[-1]}+")
     layers = report_layers(rows)
-    figure, axes = plt.subplots(1, len(layers), figsize=(11, 4), sharey=True, squeeze=False)
+    labels = _labels(rows)
+    figure, axes = plt.subplots(1, len(layers), figsize=(5.5 * len(layers), 4), sharey=True, squeeze=False)
     axes = axes[0]
     width = 0.8 / max(1, len(rows))
     for axis, layer in zip(axes, layers, strict=True):
-        for i, (row, name) in enumerate(zip(rows, _labels(rows), strict=True)):
+        for i, (row, name) in enumerate(zip(rows, labels, strict=True)):
             histogram = row["attention_distance_histogram_mean"]
             if layer < len(histogram) and histogram[layer] is not None:
-                axis.bar(np.arange(len(bins)) + i * width, histogram[layer], width=width, label=name)
+                axis.bar(np.arange(len(bins)) + i * width, histogram[layer], width=width, label=name,
+                         color=f"C{i % 10}", hatch=(None, "//", "..", "xx")[(i // 10) % 4])  # fmt: skip
         axis.set_xticks(np.arange(len(bins)) + 0.4 - width / 2, bins, rotation=45, fontsize=7)
         axis.set_title(f"layer {layer}: attention mass by |i − j|")
     axes[0].set_ylabel("fraction of attention")
-    axes[-1].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    handles, names = axes[0].get_legend_handles_labels()
+    _legend_outside(figure, handles, names, axes[-1])
+    _fit_legend(figure, labels)
+    return figure
+
+
+def plot_distance(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    _save(distance_figure(rows), path)
 
 
 def plot_robustness(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -93,32 +190,48 @@ def plot_robustness(rows: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def plot_attention_maps(rows: Sequence[dict[str, Any]], runs: Sequence[Any], path: Path) -> None:
-    """Head-averaged maps of one review in the patched layers, one row per configuration (its first seed)."""
+def attention_maps_figure(rows: Sequence[dict[str, Any]]) -> plt.Figure | None:
+    """Head-averaged maps of one review in the report's layers, one row per configuration (its first seed).
+
+    Each panel has its own colour scale, from its smallest to its largest weight (annotated on the panel,
+    with the uniform weight 1/keys): a kernel layer's near-uniform weights would be a dark square on a
+    peaked layer's scale, and a flat square on a scale from 0.
+    """
     examples = []
     for row, name in zip(rows, _labels(rows), strict=True):
         file = Path(row["runs"][0]) / "attention_example.npz"
         if file.is_file():
             examples.append((name, np.load(file)["maps"]))
     if not examples:
-        return
+        return None
     layers = report_layers(rows)
-    figure, axes = plt.subplots(len(examples), len(layers), figsize=(8, 3.8 * len(examples)), squeeze=False)
-    # one colour scale per layer, shared by all configurations, so flat attention looks flat
-    top = {
-        layer: max(float(maps[layer].max()) for _, maps in examples if layer < len(maps)) for layer in layers
-    }
+    figure, axes = plt.subplots(len(examples), len(layers), figsize=(4.2 * len(layers), 3.8 * len(examples)),
+                                squeeze=False)  # fmt: skip
     for (name, maps), axis_row in zip(examples, axes, strict=True):
         for axis, layer in zip(axis_row, layers, strict=True):
             if layer < len(maps):
-                image = axis.imshow(maps[layer], cmap="viridis", vmin=0.0, vmax=top[layer])
+                weights = maps[layer]
+                low, high = float(weights.min()), float(weights.max())
+                high = high if high > low else low + 1e-12
+                image = axis.imshow(weights, cmap="viridis", vmin=low, vmax=high)
                 figure.colorbar(image, ax=axis, fraction=0.046)
-            axis.set_title(f"{name}\nlayer {layer}", fontsize=8)
+                keys = weights.shape[-1]
+                axis.text(0.02, 0.98, f"own scale {low:.3g}–{high:.3g}\n(uniform = {1 / keys:.3g})",
+                          transform=axis.transAxes,
+                          va="top", ha="left", fontsize=6, color="white",
+                          bbox={"facecolor": "black", "alpha": 0.5, "linewidth": 0})  # fmt: skip
+            axis.set_title("\n".join([*textwrap.wrap(name, 48), f"layer {layer}"]), fontsize=7)
             axis.set_xlabel("key")
             axis.set_ylabel("query")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    figure.suptitle("head-averaged attention of one review; each panel on its own colour scale", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.25 / figure.get_figheight()))
+    return figure
+
+
+def plot_attention_maps(rows: Sequence[dict[str, Any]], runs: Sequence[Any], path: Path) -> None:
+    figure = attention_maps_figure(rows)
+    if figure is not None:
+        _save(figure, path, dpi=110)
 
 
 def plot_all(rows: Sequence[dict[str, Any]], runs: Sequence[Any], out: Path) -> None:

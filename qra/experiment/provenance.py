@@ -18,12 +18,23 @@ import torch
 TRACKED_PACKAGES = ("qra", "qra-pennylane", "qra-qiskit", "torch", "transformers", "pennylane", "qiskit", "qiskit-aer")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write to a temporary file beside ``path`` and rename it into place (atomic on POSIX)."""
+    """Write to a temporary file beside ``path`` and rename it into place (atomic on POSIX).
+
+    The file gets the mode any other new file would (0644 under the usual umask 022), not the 0600
+    of the temporary file: results are meant to be read by others.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
         os.replace(temporary, path)

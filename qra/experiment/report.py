@@ -21,7 +21,7 @@ from .config import BASELINE
 from .labels import label, report_layers
 from .plots import plot_all
 from .provenance import write_json_atomic, write_text_atomic
-from .runs import FinishedRecord, find_finished, read_notes
+from .runs import FailedRecord, FinishedRecord, find_failed, find_finished, read_notes
 
 #: the training budget; runs that differ in it are different configurations
 BUDGET_FIELDS = ("epochs", "max_train_samples", "max_eval_samples", "max_length", "batch_size", "lr")
@@ -136,8 +136,11 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run], notes: str = "") -> str:
-    """The README: the author's notes (conclusions) if any, what was run, the table, how to reproduce it."""
+def markdown(
+    rows: Sequence[dict[str, Any]], runs: Sequence[Run], notes: str = "", failed: Sequence[FailedRecord] = ()
+) -> str:
+    """The README: the author's notes (conclusions) if any, what was run, the table, the failed runs (if any,
+    never averaged in), how to reproduce it."""
     models = sorted({row["model"] for row in rows})
     shown = report_layers(rows)
     layer_names = " / ".join(f"L{layer}" for layer in shown)
@@ -180,6 +183,12 @@ def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run], notes: str = "
                 for s in settings
             ]  # fmt: skip
             lines.append(f"| {label(row)} | " + " | ".join(cells) + " |")
+    if failed:
+        lines += ["", "## Failed runs", "", "Stopped with an error (their `failed.json`); not in the tables or plots.",
+                  "", "| run | feature map | reason |", "| --- | --- | --- |"]  # fmt: skip
+        for record in failed:
+            reason = record.reason.replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {record.path} | {record.config.get('featuremap', '?')} | {reason} |")
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({name}.png)" for name in ("accuracy", "entropy", "distance", "robustness", "attention_maps")]
     lines += ["", "## Reproduce", "", "```bash"]
@@ -201,5 +210,5 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     write_json_atomic(out / "summary.json", rows)
     plot_all(rows, runs, out)
     notes = read_notes(out)
-    write_text_atomic(out / "README.md", markdown(rows, runs, notes))
+    write_text_atomic(out / "README.md", markdown(rows, runs, notes, find_failed(run_dirs)))
     return out

@@ -51,11 +51,14 @@ class WordNetSynonyms:
             from nltk.corpus import wordnet
 
             wordnet.ensure_loaded()
-        except (ImportError, LookupError) as error:
+        except Exception as error:  # not installed (ImportError, LookupError), or an incomplete corpus
+            cause = ("NLTK found no corpora/wordnet in its data paths (nltk.data.path, $NLTK_DATA)"
+                     if isinstance(error, LookupError) else f"{type(error).__name__}: {error}")  # fmt: skip
             raise RobustnessError(
-                "synonym-swap needs WordNet through NLTK: pip install nltk, then python -c "
-                "\"import nltk; nltk.download('wordnet')\" (offline: install Debian's wordnet-base and copy "
-                f"its files into $NLTK_DATA/corpora/wordnet, see DESIGN notes). Cause: {error}"
+                "synonym-swap needs WordNet through NLTK, which did not load. Offline: `qra setup-wordnet` builds "
+                "it from Debian's packages (apt-get install wordnet-base wordnet-sense-index); online: python -c "
+                "\"import nltk; nltk.download('wordnet')\" (it exits 0 even when the download fails: check that "
+                f"it printed no error). Cause: {cause}"
             ) from error
         self._wordnet = wordnet
 
@@ -73,6 +76,11 @@ class WordNetSynonyms:
         }
         names.discard(word.lower())
         return tuple(sorted(name for name in names if " " not in name))
+
+
+def require_wordnet() -> None:
+    """Check that WordNet loads (a :class:`RobustnessError` with the fix if not): before training, not after."""
+    WordNetSynonyms()
 
 
 def _rng(seed: int, kind: str, rate: float, index: int) -> np.random.Generator:

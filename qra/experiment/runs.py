@@ -7,7 +7,9 @@ A run directory holds:
 - ``metrics.json`` — accuracy, F1, speed, peak GPU memory, attention entropy/distance, robustness,
   quantum evaluations; its presence means the run finished training
 - ``model/``       — the trained model (safetensors) and tokenizer; ``qra.load_patched`` reloads it
-- ``checkpoints/`` — Trainer checkpoints, for ``--resume``
+- ``checkpoints/`` — Trainer checkpoints, for ``--resume`` (deleted when the run completes, unless kept)
+- ``failed.json``  — present when the run stopped on an error it cannot recover from (a non-finite loss,
+  logits or attention): the reason; reports list such runs apart and never average them in
 - ``train_log.jsonl``, ``train.log`` and, when asked for, ``profile.txt``
 
 Every other module reads and writes these files through :class:`RunDirectory`, so their layout
@@ -18,6 +20,7 @@ A results folder may hold a hand-written ``NOTES.md`` (:func:`read_notes`).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +33,13 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
+FAILED_FILE = "failed.json"
+#: what the Trainer writes last into a checkpoint: a checkpoint without it is incomplete (e.g. the disk filled up)
+CHECKPOINT_COMPLETE_FILE = "trainer_state.json"
 NOTES_FILE = "NOTES.md"
+#: settings that cannot change the trained model: resuming a run may change them, every other setting must agree
+RESUME_FREE_SETTINGS = ("output_dir", "device", "eval_batch_size", "robustness", "profile_steps", "attention_samples",
+                        "save_steps", "keep_checkpoints")  # fmt: skip
 #: keys that earlier versions wrote under another name in ``config.json["config"]``
 RENAMED_CONFIG_KEYS = {"fm_params": "featuremap_params"}
 
@@ -58,9 +67,67 @@ class RunDirectory:
         return (self.path / METRICS_FILE).is_file()
 
     @property
+    def is_failed(self) -> bool:
+        """The run stopped on an error it recorded (``failed.json``); its results must not be used."""
+        return (self.path / FAILED_FILE).is_file()
+
+    @property
+    def has_record(self) -> bool:
+        return (self.path / CONFIG_FILE).is_file()
+
+    @property
     def is_readable(self) -> bool:
-        """A finished run whose settings are on record too (what reports read)."""
-        return self.is_finished and (self.path / CONFIG_FILE).is_file()
+        """A finished run whose settings are on record too, and that did not fail (what reports read)."""
+        return self.is_finished and self.has_record and not self.is_failed
+
+    def failure(self) -> dict[str, Any] | None:
+        """What ``failed.json`` says (``{"reason": ..., "step": ...}``), or None."""
+        file = self.path / FAILED_FILE
+        return json.loads(file.read_text()) if file.is_file() else None
+
+    def write_failure(self, reason: str, **details: Any) -> None:
+        write_json_atomic(self.path / FAILED_FILE, {"reason": reason, **details})
+
+    def clear_failure(self) -> None:
+        """A new attempt starts: the previous attempt's failure no longer describes the run."""
+        (self.path / FAILED_FILE).unlink(missing_ok=True)
+
+    def checkpoints(self) -> tuple[list[Path], list[Path]]:
+        """(complete checkpoints, incomplete ones), each oldest first by step."""
+        if not self.checkpoints_dir.is_dir():
+            return [], []
+        found = sorted((p for p in self.checkpoints_dir.glob("checkpoint-*") if p.is_dir()
+                        and p.name.split("-", 1)[1].isdigit()), key=lambda p: int(p.name.split("-", 1)[1]))  # fmt: skip
+        complete = [p for p in found if _readable_json(p / CHECKPOINT_COMPLETE_FILE)]
+        return complete, [p for p in found if p not in complete]
+
+    def last_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint (what ``--resume`` continues from), or None."""
+        complete, _ = self.checkpoints()
+        return complete[-1] if complete else None
+
+    def remove_incomplete_checkpoints(self) -> list[Path]:
+        """Delete checkpoints that were never completely written (nothing can resume from them)."""
+        _, incomplete = self.checkpoints()
+        for path in incomplete:
+            shutil.rmtree(path, ignore_errors=True)
+        return incomplete
+
+    def remove_checkpoints(self) -> None:
+        """Delete every Trainer checkpoint (a completed run's model is in ``model/``)."""
+        shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
+
+    def differing_settings(self, config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+        """The settings (other than :data:`RESUME_FREE_SETTINGS`) in which ``config`` differs from the record:
+        ``{key: (recorded, new)}``."""
+        recorded = TrainConfig.from_dict(self.settings()).as_dict()
+        new = config.as_dict()
+
+        def normal(value: Any) -> Any:
+            return json.loads(json.dumps(value, sort_keys=True))
+
+        return {key: (recorded.get(key), value) for key, value in new.items()
+                if key not in RESUME_FREE_SETTINGS and normal(recorded.get(key)) != normal(value)}  # fmt: skip
 
     def record(self) -> dict[str, Any]:
         """The whole ``config.json``, its settings under the names this version uses."""
@@ -139,6 +206,35 @@ class FinishedRecord:
         return self.record.get("model", {}).get("layers")
 
 
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@dataclass
+class FailedRecord:
+    """A run that recorded a failure: where it is, what it was and why it failed."""
+
+    path: Path
+    config: dict[str, Any]
+    reason: str
+
+
+def find_failed(paths: Iterable[str | Path]) -> list[FailedRecord]:
+    """Every run at or under ``paths`` that recorded a failure (``failed.json``), in path order."""
+    found = []
+    for root in map(Path, paths):
+        candidates = [root] if RunDirectory(root).is_failed else sorted(p.parent for p in root.rglob(FAILED_FILE))
+        for directory in candidates:
+            run = RunDirectory(directory)
+            settings = run.settings() if run.has_record else {}
+            found.append(FailedRecord(run.path, settings, str((run.failure() or {}).get("reason", "unknown"))))
+    return found
+
+
 def find_finished(paths: Iterable[str | Path]) -> list[FinishedRecord]:
     """Every finished run at or under ``paths`` (recursively), each read once; an error if there is none."""
     paths = list(paths)
@@ -147,7 +243,11 @@ def find_finished(paths: Iterable[str | Path]) -> list[FinishedRecord]:
         candidates = [root] if RunDirectory(root).is_finished else sorted(p.parent for p in root.rglob(METRICS_FILE))
         found += [FinishedRecord.read(directory) for directory in candidates if RunDirectory(directory).is_readable]
     if not found:
-        raise FileNotFoundError(f"no finished runs ({CONFIG_FILE} + {METRICS_FILE}) under {', '.join(map(str, paths))}")
+        failed = len(find_failed(paths))
+        note = f" ({failed} failed run(s), with {FAILED_FILE})" if failed else ""
+        raise FileNotFoundError(
+            f"no finished runs ({CONFIG_FILE} + {METRICS_FILE}) under {', '.join(map(str, paths))}{note}"
+        )
     return found
 
 

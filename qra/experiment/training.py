@@ -7,14 +7,24 @@ attention measurements) at the end.  Re-evaluations (robustness, quantum setting
 
 The Trainer runs unchanged under ``torchrun`` / ``accelerate launch``; only the main process
 writes results.
+
+What can go wrong is handled so that nothing is lost and nothing is silent: ``--resume`` refuses other
+settings than the run's and leaves a finished run as it is; a non-finite loss (checked on the losses the
+Trainer logs, every ``logging_steps``, and at the end: no per-step GPU sync), non-finite logits or
+attention stop the run and record ``failed.json``; SIGTERM/SIGINT save a checkpoint before stopping;
+a full disk gives a clear error, and incomplete checkpoints are set aside so that a rerun can go on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
+import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,16 +39,16 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from .. import patching
 from . import distributed
 from .attention_maps import attention_example, attention_statistics, attention_subset
 from .config import TrainConfig
 from .data import load_text_classification
-from .metrics import classification_metrics
+from .metrics import NonFiniteError, classification_metrics
 from .models import load_classifier, load_tokenizer, resolve_device, sdpa_without_cudnn
 from .provenance import provenance
+from .robustness import require_wordnet
 from .runs import RunDirectory
 
 logger = logging.getLogger("qra")
@@ -46,6 +56,24 @@ DATALOADER_WORKERS = 2
 #: set by a launcher that runs several trainings on one GPU at once (experiments/sweep.py --jobs-per-gpu);
 #: recorded so that a report does not read their shared-GPU speeds as a single run's
 SHARED_DEVICE_ENV = "QRA_RUNS_SHARING_DEVICE"
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; ``--resume`` continues it."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        saved = f"checkpoint saved in {checkpoint}" if checkpoint else "no checkpoint could be saved"
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}: {saved}; "
+                         "run the same command with --resume to continue")  # fmt: skip
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from (corrupted or unreadable)."""
+
+
+class DiskFullError(OSError):
+    """No space left while training wrote a checkpoint, the model or a result."""
 
 
 def build_model(config: TrainConfig) -> PreTrainedModel:
@@ -68,6 +96,82 @@ class JsonlLogCallback(TrainerCallback):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as stream:
                 stream.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+class NonFiniteLossCallback(TrainerCallback):
+    """Stop with :class:`NonFiniteError` when a logged training loss is NaN or infinite.
+
+    The Trainer logs the mean loss since its last log every ``logging_steps`` (and the run's mean at the
+    end), so a NaN anywhere in between shows there, without a GPU sync per step.
+    """
+
+    KEYS = ("loss", "train_loss")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in self.KEYS:
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise NonFiniteError(f"the training loss became {value} by step {state.global_step} (logged {key!r}); "
+                                     "lower --lr, check the feature map's parameters, or try another seed")  # fmt: skip
+
+
+class SaveOnSignalCallback(TrainerCallback):
+    """On SIGTERM or SIGINT, finish the current step, save a checkpoint and stop training.
+
+    A second signal stops at once (the signal's usual effect).  Under several processes the ranks agree
+    on stopping at the logging steps (a tiny all-reduce there), so that they all save the same step.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # asked twice: stop now
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+        logger.warning("%s received: saving a checkpoint after this step, then stopping", signal.Signals(signum).name)
+
+    def _stop_everywhere(self, args: TrainingArguments, state: Any) -> bool:
+        if distributed.world_size() == 1:
+            return self.received is not None
+        if state.global_step % max(1, args.logging_steps):
+            return False
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._stop_everywhere(args, state):
+            self.received = self.received or signal.SIGTERM
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class StepStartedCallback(TrainerCallback):
+    """Notes whether a training step began (an error before it, when resuming, is the checkpoint's)."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.started = True
 
 
 class StepProfilerCallback(TrainerCallback):
@@ -156,21 +260,60 @@ def _file_logging(run_dir: Path) -> logging.Handler:
     return handler
 
 
+def check_resumable(run: RunDirectory, config: TrainConfig) -> None:
+    """Refuse to resume ``run`` with settings that would train another model than the one on record."""
+    if not run.has_record:
+        return
+    differing = run.differing_settings(config)
+    if differing:
+        details = "; ".join(f"{key}: recorded {old!r}, now {new!r}" for key, (old, new) in differing.items())
+        raise ValueError(
+            f"cannot resume {run.path} with other settings than it was trained with ({details}). Resume with the "
+            f"recorded settings (its config.json), or train the new settings into another --output-dir"
+        )
+
+
 def train(config: TrainConfig, resume: bool = False) -> Path:
-    """Run one experiment end to end; returns the run directory."""
+    """Run one experiment end to end; returns the run directory.
+
+    ``resume``: continue an interrupted run from its last complete checkpoint (its settings must be the
+    recorded ones, except :data:`~qra.experiment.runs.RESUME_FREE_SETTINGS`); a finished run is left as it is.
+    """
     run = RunDirectory(Path(config.output_dir))
     run_dir = run.path
-    if run.is_finished and not resume:
-        raise FileExistsError(f"{run_dir} already holds a finished run (metrics.json); choose another --output-dir")
-    last_checkpoint = get_last_checkpoint(str(run.checkpoints_dir)) if run.checkpoints_dir.is_dir() else None
+    if resume:
+        check_resumable(run, config)
+    if "synonym-swap" in config.robustness:
+        require_wordnet()  # before hours of training, not after
+    if run.is_finished and not run.is_failed:
+        if not resume:
+            raise FileExistsError(f"{run_dir} already holds a finished run (metrics.json); choose another --output-dir")
+        logger.info("%s has finished training: nothing to resume", run_dir)
+        return run_dir
+    last_checkpoint = run.last_checkpoint()
     if last_checkpoint and not resume:
         raise FileExistsError(f"{run_dir} holds an unfinished run ({last_checkpoint}); continue it with --resume")
     device = resolve_device(config.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _file_logging(run_dir) if distributed.is_main_process() else None
     try:
+        if distributed.is_main_process():
+            for path in run.remove_incomplete_checkpoints():  # never completely written: nothing resumes from them
+                logger.warning("removed the incomplete checkpoint %s", path)
+            run.clear_failure()
+        if resume and last_checkpoint is None:
+            logger.warning("%s has no complete checkpoint to resume from: training starts from the beginning", run_dir)
         with sdpa_without_cudnn():  # training, evaluation and the attention metrics alike
-            return _train(config, run, device, last_checkpoint if resume else None)
+            return _train(config, run, device, str(last_checkpoint) if resume and last_checkpoint else None)
+    except Exception as error:
+        if _is_disk_full(error):
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"no space left on the device while writing into {run_dir} ({type(error).__name__}: {error}). Free "
+                "some space, then run the same command with --resume: it continues from the last complete checkpoint "
+                "(incomplete ones are removed), or starts from the beginning if there is none",
+            ) from error
+        raise
     finally:
         if handler is not None:
             for name in ("qra", "transformers"):
@@ -178,7 +321,33 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             handler.close()
 
 
+def _is_disk_full(error: BaseException) -> bool:
+    """An error, or one it was raised from, that says the disk (or the user's quota) is full."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen)
+        if "No space left on device" in text or "StorageFull" in text or "os error 28" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _train(config: TrainConfig, run: RunDirectory, device: torch.device, checkpoint: str | None) -> Path:
+    stop_on_signal = SaveOnSignalCallback()
+    try:
+        return _train_measure(config, run, device, checkpoint, stop_on_signal)
+    except NonFiniteError as error:
+        if distributed.is_main_process():
+            run.write_failure(str(error), kind="non-finite")
+        raise
+    finally:
+        stop_on_signal.restore()
+
+
+def _train_measure(config: TrainConfig, run: RunDirectory, device: torch.device, checkpoint: str | None,
+                   stop_on_signal: SaveOnSignalCallback) -> Path:  # fmt: skip
     run_dir = run.path
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model, config.max_length)
@@ -191,6 +360,7 @@ def _train(config: TrainConfig, run: RunDirectory, device: torch.device, checkpo
         desc="tokenizing",
     )
     args = _training_arguments(config, run_dir, device)
+    started = StepStartedCallback()
     trainer = Trainer(
         model=model,
         args=args,
@@ -199,7 +369,7 @@ def _train(config: TrainConfig, run: RunDirectory, device: torch.device, checkpo
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=_evaluation_metrics,
-        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl")]
+        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), NonFiniteLossCallback(), stop_on_signal, started]
         + ([StepProfilerCallback(run_dir / "profile.txt", config.profile_steps)] if config.profile_steps else []),
     )
     # Seeded draws should agree everywhere; a rank that drew differently would train another model.
@@ -211,8 +381,28 @@ def _train(config: TrainConfig, run: RunDirectory, device: torch.device, checkpo
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(args.device)
     logger.info("training %s on %d reviews", config.featuremap, len(tokenized["train"]))
-    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    stop_on_signal.install()
+    try:
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    except (NonFiniteError, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        if checkpoint and not started.started and not _is_disk_full(error):
+            raise CheckpointError(
+                f"cannot resume from {checkpoint}: it is corrupted or unreadable ({type(error).__name__}: {error}). "
+                f"Delete that folder to resume from an earlier checkpoint, or delete {run.checkpoints_dir} and run "
+                "the same command without --resume to start over"
+            ) from error
+        raise
+    finally:
+        stop_on_signal.restore()
+    if stop_on_signal.received is not None:
+        raise TrainingInterrupted(stop_on_signal.received, trainer.state.global_step, run.last_checkpoint())
+    if not math.isfinite(train_output.training_loss):
+        raise NonFiniteError(f"the training loss is {train_output.training_loss} at the end of training")
     evaluation = trainer.evaluate()  # gathered over all ranks by the Trainer, each test review once
+    if not math.isfinite(evaluation["eval_loss"]):
+        raise NonFiniteError(f"the evaluation loss is {evaluation['eval_loss']}")
     trained = trainer.model
     peaks = distributed.peak_memory_per_device(args.device)
     replicas = {
@@ -240,6 +430,8 @@ def _train(config: TrainConfig, run: RunDirectory, device: torch.device, checkpo
         }
         metrics |= measure_attention(trained, tokenizer, data["test"]["text"], config, run_dir)
         run.write_metrics(metrics)
+        if not config.keep_checkpoints:  # the model is in model/; a checkpoint adds the optimizer state (2-3x)
+            run.remove_checkpoints()
     return run_dir
 
 

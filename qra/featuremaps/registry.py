@@ -7,7 +7,8 @@ path for everybody: a distribution declares
     my-map = "my_package.module:MyFeatureMap"
 
 and ``qra.featuremaps.get("my-map", d_in=64, ...)`` builds it.  A plugin that fails to import is
-reported by :func:`available` and never breaks the others.
+reported by :func:`available` and never breaks the others.  A plugin that registers a name qra's own
+maps use is reported as broken under ``"<name> (<distribution>)"``; qra's map keeps the name.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 from .base import FeatureMap, accepts_any_parameter, parameter_names
 
 ENTRY_POINT_GROUP = "qra.featuremaps"
+#: the distribution whose registered names no plugin can take over
+OWN_DISTRIBUTION = "qra"
 
 
 class UnknownFeatureMapError(KeyError):
@@ -46,7 +49,11 @@ class FeatureMapInfo:
         return asdict(self)
 
 
-def _entry_points() -> dict[str, list[metadata.EntryPoint]]:
+def _distribution(entry_point: metadata.EntryPoint) -> str:
+    return entry_point.dist.name if entry_point.dist else "?"
+
+
+def _all_entry_points() -> dict[str, list[metadata.EntryPoint]]:
     """Entry points of the group by name; the same (name, target) seen twice on sys.path counts once."""
     by_name: dict[str, list[metadata.EntryPoint]] = {}
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -54,6 +61,19 @@ def _entry_points() -> dict[str, list[metadata.EntryPoint]]:
         if all(existing.value != entry_point.value for existing in same):
             same.append(entry_point)
     return by_name
+
+
+def _split_own(entry_points: list[metadata.EntryPoint]) -> tuple[list[metadata.EntryPoint], list]:
+    """(the entry points that hold the name, plugins' entry points refused because qra's own map holds it)."""
+    own = [ep for ep in entry_points if _distribution(ep) == OWN_DISTRIBUTION]
+    if len(own) == 1 and len(entry_points) > 1:
+        return own, [ep for ep in entry_points if ep is not own[0]]
+    return entry_points, []
+
+
+def _entry_points() -> dict[str, list[metadata.EntryPoint]]:
+    """The entry points that hold each name (qra's own map wins its names over a plugin's)."""
+    return {name: _split_own(entry_points)[0] for name, entry_points in _all_entry_points().items()}
 
 
 def _load(entry_point: metadata.EntryPoint) -> type[FeatureMap]:
@@ -73,7 +93,7 @@ def _describe(name: str, entry_point: metadata.EntryPoint) -> FeatureMapInfo:
     version = entry_point.dist.version if entry_point.dist else "?"
     try:
         map_class = _load(entry_point)
-    except Exception as error:  # a broken plugin is reported, never raised
+    except (Exception, SystemExit) as error:  # a broken plugin is reported, never raised (even one calling exit())
         return FeatureMapInfo(
             name, distribution, version, entry_point.value, "", "error", f"{type(error).__name__}: {error}"
         )
@@ -87,7 +107,15 @@ def available() -> dict[str, FeatureMapInfo]:
     :func:`get` refuses it) rather than letting install order pick one silently.
     """
     listing: dict[str, FeatureMapInfo] = {}
-    for name, entry_points in sorted(_entry_points().items()):
+    for name, registered in sorted(_all_entry_points().items()):
+        entry_points, refused = _split_own(registered)
+        for entry_point in refused:
+            listing[f"{name} ({_distribution(entry_point)})"] = FeatureMapInfo(
+                name, _distribution(entry_point), entry_point.dist.version if entry_point.dist else "?",
+                entry_point.value, "", "error",
+                f"the name {name!r} belongs to qra's own map ({entry_points[0].value}); the plugin's entry point "
+                f"{entry_point.value} is ignored: register it under another name",
+            )  # fmt: skip
         if len(entry_points) > 1:
             owners = ", ".join(f"{ep.value} ({ep.dist.name if ep.dist else '?'})" for ep in entry_points)
             first = _describe(name, entry_points[0])
@@ -120,7 +148,7 @@ def feature_map_class(name: str) -> type[FeatureMap]:
         raise RuntimeError(f"feature map {name!r}: {available()[name].error}")
     try:
         return _load(entry_points[name][0])
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise RuntimeError(
             f"feature map {name!r} is registered by {entry_points[name][0].value} but failed to load: "
             f"{type(error).__name__}: {error}"

@@ -51,8 +51,8 @@ class RandomFourierFeatures(FeatureMap):
             raise ValueError(f"rff: m must be a positive integer, got {m!r}")
         if sincos and m % 2:
             raise ValueError(f"rff: sincos=True needs an even m (cos and sin per frequency), got m={m}")
-        if not sigma > 0:
-            raise ValueError(f"rff: sigma must be > 0, got {sigma!r}")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (0 < sigma < math.inf):
+            raise ValueError(f"rff: sigma must be a finite number > 0, got {sigma!r}")
         self.m = m
         self.sincos = bool(sincos)
         frequencies = m // 2 if sincos else m

@@ -8,7 +8,9 @@ Qiskit backend, are in the same basis order.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache, partial
+from itertools import combinations
 
 import pennylane as qml
 import torch
@@ -17,6 +19,16 @@ from qra.featuremaps.circuit import LEGACY_ENGINES, CircuitFeatureMap
 from qra.featuremaps.statevector import Gate
 
 ROTATIONS = ("X", "Y", "Z")
+#: which qubit pairs the ZZ map entangles, as Qiskit's ``zz_feature_map`` names them
+ENTANGLEMENTS = ("full", "linear", "circular")
+
+
+def entangled_pairs(qubits: int, entanglement: str) -> list[tuple[int, int]]:
+    """Qiskit's pairs: ``full`` every i < j, ``linear`` (i, i+1), ``circular`` linear and (q−1, 0) for q > 2."""
+    if entanglement == "full":
+        return list(combinations(range(qubits), 2))
+    linear = [(i, i + 1) for i in range(qubits - 1)]
+    return [*linear, (qubits - 1, 0)] if entanglement == "circular" and qubits > 2 else linear
 
 #: PennyLane operation name -> qra engine gate name (same qubit roles: control first).
 GATE_NAMES = {
@@ -124,33 +136,61 @@ class RepeatedPennyLaneMap(PennyLaneCircuitMap):
 class PennyLaneZZ(RepeatedPennyLaneMap):
     """ZZ feature map (Havlíček et al. 2019) as Qiskit defines it, built from PennyLane gates.
 
-    Per repetition: H on every qubit, PhaseShift(2·x_i), and for every pair i < j
+    Per repetition: H on every qubit, PhaseShift(2·x_i), and for every entangled pair (i, j)
     IsingZZ(2(π−x_i)(π−x_j)) with the global phase that makes it Qiskit's CX·P·CX exactly, so the
-    states equal ``qiskit-zz``'s.  ``reps``: number of repetitions (default 2).
+    states equal ``qiskit-zz``'s.  ``reps``: number of repetitions (default 2).  ``entanglement``:
+    the pairs, as in Qiskit: ``full`` (every i < j, the default), ``linear`` (i, i+1) or
+    ``circular`` (linear and the pair of the last and first qubit).
     """
+
+    def __init__(self, d_in: int, entanglement: str = "full", **kwargs) -> None:
+        super().__init__(d_in, **kwargs)
+        if entanglement not in ENTANGLEMENTS:
+            raise ValueError(f"unknown entanglement {entanglement!r}; accepted: {', '.join(ENTANGLEMENTS)}")
+        self.entanglement = entanglement
 
     def template(self, angles: torch.Tensor, wires: list[int]) -> None:
         n = len(wires)
+        pairs = entangled_pairs(n, self.entanglement)
         for _ in range(self.reps):
             for k in range(n):
                 qml.Hadamard(wires[k])
             for k in range(n):
                 qml.PhaseShift(2 * angles[..., k], wires=wires[k])
-            for i in range(n):
-                for j in range(i + 1, n):
-                    theta = 2 * (math.pi - angles[..., i]) * (math.pi - angles[..., j])
-                    qml.IsingZZ(theta, wires=[wires[i], wires[j]])
-                    qml.GlobalPhase(-theta / 2)  # CX·P(θ)·CX = e^{iθ/2}·IsingZZ(θ)
+            for i, j in pairs:
+                theta = 2 * (math.pi - angles[..., i]) * (math.pi - angles[..., j])
+                qml.IsingZZ(theta, wires=[wires[i], wires[j]])
+                qml.GlobalPhase(-theta / 2)  # CX·P(θ)·CX = e^{iθ/2}·IsingZZ(θ)
 
 
 class PennyLaneIQP(RepeatedPennyLaneMap):
     """IQP embedding exactly as PennyLane's ``qml.IQPEmbedding`` defines it (RZ(x_i), MultiRZ(x_i·x_j)).
 
-    ``reps``: PennyLane's ``n_repeats`` (default 2).
+    ``reps``: PennyLane's ``n_repeats`` (default 2).  ``pattern``: PennyLane's ``pattern``, the pairs
+    of qubits (= angle indices, PennyLane's wires when the circuit runs on wires 0…q−1) whose
+    products MultiRZ entangles, e.g. ``[[0, 1], [1, 2]]``; None (the default): every pair.
     """
 
+    def __init__(self, d_in: int, pattern: Sequence[Sequence[int]] | None = None, **kwargs) -> None:
+        super().__init__(d_in, **kwargs)
+        self.pattern = None if pattern is None else self._check_pattern(pattern)
+
+    def _check_pattern(self, pattern: Sequence[Sequence[int]]) -> list[list[int]]:
+        accepted = f"a list of pairs of distinct qubit indices in 0..{self.qubits - 1}, e.g. [[0, 1], [1, 2]]"
+        if isinstance(pattern, str) or not isinstance(pattern, Sequence):
+            raise ValueError(f"pattern must be {accepted}; got {pattern!r}")
+        pairs = []
+        for pair in pattern:
+            if (isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2
+                    or not all(isinstance(q, int) and not isinstance(q, bool) and 0 <= q < self.qubits for q in pair)
+                    or pair[0] == pair[1]):  # fmt: skip
+                raise ValueError(f"pattern must be {accepted}; got the pair {pair!r}")
+            pairs.append([int(pair[0]), int(pair[1])])
+        return pairs
+
     def template(self, angles: torch.Tensor, wires: list[int]) -> None:
-        qml.IQPEmbedding(angles, wires=wires, n_repeats=self.reps)
+        pattern = None if self.pattern is None else [[wires[a], wires[b]] for a, b in self.pattern]
+        qml.IQPEmbedding(angles, wires=wires, n_repeats=self.reps, pattern=pattern)
 
 
 class PennyLaneAngle(PennyLaneCircuitMap):

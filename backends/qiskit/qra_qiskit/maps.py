@@ -25,12 +25,38 @@ from qra.featuremaps.statevector import GATES, Gate
 #: Qiskit's own simulators for ``engine="framework"``
 DEVICES = ("statevector", "aer")
 NATIVE_BASIS = [name for name in GATES if name not in ("id", "multirz", "parity_phase", "global_phase")]
+#: sympy functions of a parameter expression -> torch.  The angles are real, so conjugate() and re() are the
+#: angle itself and im() is zero; sign() is torch.sign (its gradient is zero, as the function's)
 _TORCH_FUNCTIONS = {
     "sin": torch.sin, "cos": torch.cos, "tan": torch.tan, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt,
-    "asin": torch.asin, "acos": torch.acos, "atan": torch.atan, "Abs": torch.abs, "pi": math.pi, "E": math.e,
+    "asin": torch.asin, "acos": torch.acos, "atan": torch.atan, "Abs": torch.abs, "sign": torch.sign,
+    "conjugate": lambda x: x, "re": lambda x: x, "im": torch.zeros_like, "pi": math.pi, "E": math.e,
 }  # fmt: skip
+#: sympy functions whose printer writes Python that branches on the value (sign: copysign with a comparison),
+#: which a batch of angles cannot do: they are renamed to opaque functions that call the torch function
+_OPAQUE = {sympy.sign: "sign"}
 
 AngleFunction = Callable[[torch.Tensor], torch.Tensor | float]
+
+
+def _unsupported_functions(value: object) -> set[str]:
+    """The functions in a gate parameter's expression that the native engine cannot compute."""
+    if not isinstance(value, ParameterExpression) or not value.parameters:
+        return set()
+    expression = sympy.sympify(value.sympify())
+    return {type(f).__name__ for f in expression.atoms(sympy.Function)} - set(_TORCH_FUNCTIONS)
+
+
+def check_native_expressions(circuit: QuantumCircuit) -> None:
+    """Refuse, when the map is built, a circuit whose parameter expressions the native engine cannot compute."""
+    found = set().union(*(_unsupported_functions(p) for instruction in circuit.data
+                          for p in instruction.operation.params))  # fmt: skip
+    if found:
+        supported = sorted(name for name, f in _TORCH_FUNCTIONS.items() if callable(f))
+        raise ValueError(
+            f"the circuit's parameter expressions use {', '.join(sorted(found))}, which engine='native' cannot "
+            f"compute; supported functions: {', '.join(supported)}. Use engine='framework' (Qiskit's simulator)"
+        )
 
 
 def _compile(value: object, symbols: list[sympy.Symbol]) -> AngleFunction | float:
@@ -39,7 +65,10 @@ def _compile(value: object, symbols: list[sympy.Symbol]) -> AngleFunction | floa
         if not value.parameters:
             return float(value)
         expression = sympy.sympify(value.sympify())
-        function = sympy.lambdify(symbols, expression, modules=[_TORCH_FUNCTIONS, "math"])
+        for function_class, name in _OPAQUE.items():
+            expression = expression.replace(function_class, sympy.Function(f"qra_{name}"))
+        namespace = _TORCH_FUNCTIONS | {f"qra_{name}": _TORCH_FUNCTIONS[name] for name in _OPAQUE.values()}
+        function = sympy.lambdify(symbols, expression, modules=[namespace, "math"])
         return lambda angles: function(*angles.unbind(-1))
     return float(value)
 
@@ -69,6 +98,8 @@ class QiskitCircuitMap(CircuitFeatureMap):
         if device not in DEVICES:
             raise ValueError(f"unknown Qiskit simulator device={device!r}; accepted: {', '.join(DEVICES)}")
         super().__init__(d_in, circuit.num_qubits, engine=engine, num_angles=circuit.num_parameters, **kwargs)
+        if self.engine == "native":
+            check_native_expressions(circuit)
         self.circuit = circuit
         self.device_name = device
         self._circuit_parameters = list(circuit.parameters)
