@@ -194,12 +194,15 @@ def _print_metrics(run_dir: Path) -> None:
 @app.command("report")
 def report_command(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories, or folders holding them."),
-    out: Path = typer.Option(Path("results/imdb"), help="Where summary.json, README.md and the plots go."),
+    out: Path = typer.Option(Path("runs") / "report", help="Where summary.json, README.md and the plots go."),
+    overwrite: bool = typer.Option(False, help="Replace a report already in --out (a NOTES.md there is kept)."),
 ) -> None:
     """Group runs across seeds; write summary.json, a README table and plots."""
     from .experiment.report import write_report
 
     try:
+        if (out / "summary.json").exists() and not overwrite:
+            raise FileExistsError(f"{out} already holds a report (summary.json); pass --overwrite to replace it")
         path = write_report(run_dirs, out)
     except USER_ERRORS as error:
         raise _fail(error) from error

@@ -218,3 +218,18 @@ def test_attention_map_panels_have_their_own_annotated_colour_scale(tmp_path):
     assert limits[0][1] == 1.0 and limits[2][1] == pytest.approx(0.11)  # the kernel panels are not on the baseline's
     texts = [text.get_text() for axis in figure.axes for text in axis.texts]
     assert any("own scale 0.1–0.11" in text for text in texts)
+
+
+def test_the_report_command_does_not_overwrite_a_report_without_being_asked(tmp_path):
+    from typer.testing import CliRunner
+
+    from qra.cli import app
+
+    fake_run(tmp_path / "runs", "baseline", 0, "none", 0.9)
+    out = tmp_path / "report"
+    assert CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--out", str(out)]).exit_code == 0
+    summary = (out / "summary.json").read_text()
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--out", str(out)])
+    assert result.exit_code == 2 and "already holds a report" in result.output and "--overwrite" in result.output
+    assert (out / "summary.json").read_text() == summary
+    assert CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--out", str(out), "--overwrite"]).exit_code == 0

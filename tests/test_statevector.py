@@ -119,3 +119,17 @@ def test_schedule_keeps_non_commuting_order_and_groups_layers():
     ordered = schedule(gates)
     assert [g.name for g in ordered] == ["h", "h", "p", "parity_phase", "p", "h", "h"]
     torch.testing.assert_close(simulate(ordered, 2), simulate(gates, 2))
+
+
+def test_impossible_sizes_are_refused_with_the_number():
+    from qra.featuremaps.statevector import check_memory, format_bytes
+
+    assert format_bytes(2**44) == "16.0 TiB"
+    with pytest.raises(MemoryError, match=r"need 64.0 TiB, but cpu has .* free"):
+        check_memory(40, 8, torch.complex64, torch.device("cpu"))
+    check_memory(4, 8, torch.complex64, torch.device("cpu"))  # small: fine
+    pytest.importorskip("qra_pennylane")
+    from qra.featuremaps import get
+
+    with pytest.raises(ValueError, match=r"qubits=40 needs 8.0 TiB for a single input's state .* qubits <= 30"):
+        get("pennylane-zz", d_in=8, qubits=40)

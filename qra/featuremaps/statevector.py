@@ -24,6 +24,7 @@ B·2^n, not with the number of gates.  The memory formula is in the compiler's d
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -273,10 +274,46 @@ def simulate(
     from .compiler import program_for, run_program
 
     device, shape, batch, initial = _prepare(gates, num_qubits, dtype, device, batch_shape, initial_state)
+    check_memory(num_qubits, batch, dtype, device)
     program, values = program_for(gates, num_qubits, dtype, device)
     values = [v if v.dim() == 0 else v.expand(shape).reshape(batch) for v in values]
     state = run_program(program, values, batch, initial, max_batch)
     return state.reshape(*shape, 2**num_qubits)
+
+
+def format_bytes(count: float) -> str:
+    """``17592186044416`` -> ``"16.0 TiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024 or unit == "PiB":
+            return f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory on ``device``: the GPU's (counting torch's cached blocks), or the machine's available RAM."""
+    if device.type == "cuda":  # what the driver has free, plus what torch's allocator holds unused
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
+    try:
+        with open("/proc/meminfo") as info:
+            fields = dict(line.split(":", 1) for line in info)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_memory(num_qubits: int, batch: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse, with the numbers, a simulation whose states alone cannot fit: chunking shrinks the
+    working set, but every input's output state must exist at once."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    needed = batch * 2**num_qubits * itemsize
+    free = available_bytes(device)
+    if needed > free:
+        raise MemoryError(
+            f"{batch:,} states of {num_qubits} qubits ({dtype}) need {format_bytes(needed)}, but {device} has "
+            f"{format_bytes(free)} free; use fewer qubits, a smaller batch, or complex64"
+        )
 
 
 def _prepare(gates, num_qubits, dtype, device, batch_shape, initial_state):
