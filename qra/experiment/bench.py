@@ -256,6 +256,10 @@ def _attention_impls(
 
             compiled = torch.compile(attention, dynamic=True) if path == "compiled" else attention
             impls[f"{mode}-{path}"] = (mode, path, compiled)
+    if device.type == "cuda":  # the fused linear kernel alone, on given features: what φ costs is the difference
+        from .. import kernels
+
+        impls["linear-kernel"] = ("linear-kernel", "kernel", lambda fq, fk, v: kernels.linear_attention(fq, fk, v))
     return impls
 
 
@@ -309,18 +313,20 @@ def _attention_row(
     mode, path, attention = impl
     batch = max(1, tokens // length)
     generator = torch.Generator(device=device).manual_seed(length)
-    query_dim = 2 * 2**qubits if mode == "fidelity" else head_dim
+    query_dim = {"fidelity": 2 * 2**qubits, "linear-kernel": features}.get(mode, head_dim)
 
     def draw(dim: int) -> torch.Tensor:
         return torch.randn((batch, heads, length, dim), device=device, dtype=dtype, generator=generator)
 
     if mode == "fidelity":  # normalised states, as real pairs
         q, k = (torch.nn.functional.normalize(draw(query_dim).float(), dim=-1) for _ in range(2))
+    elif mode == "linear-kernel":  # positive features, as a dot-product map's after its stabiliser
+        q, k = draw(query_dim).abs(), draw(query_dim).abs()
     else:
         q, k = draw(query_dim), draw(query_dim)
     inputs = (q, k, draw(head_dim))
     row = {"impl": name, "mode": mode, "path": path, "N": length, "B": batch, "H": heads, "d": head_dim,
-           "m": None if mode is None else (2**qubits if mode == "fidelity" else features),
+           "m": None if mode is None else (2**qubits if mode == "fidelity" else features),  # features per q/k
            "dtype": str(dtype).removeprefix("torch."), "device": device_name(device),
            "torch": torch.__version__}  # fmt: skip
     for kind in ("fwd", "fwd_bwd"):
