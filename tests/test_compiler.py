@@ -12,7 +12,7 @@ from qra.featuremaps import compiler
 from qra.featuremaps.compiler import HadamardLayer, estimate_bytes, max_batch_for, program_for
 from qra.featuremaps.statevector import GATES, Gate, reference_simulate, simulate
 
-from .test_statevector import random_circuit
+from .test_statevector import qiskit_circuits, random_circuit
 
 qiskit = pytest.importorskip("qiskit")
 from qiskit import QuantumCircuit  # noqa: E402
@@ -122,20 +122,7 @@ def layered_circuit(num_qubits: int, layers: int, rng: np.random.Generator, batc
             name = twos[rng.integers(len(twos))]
             arity = int(rng.integers(2, num_qubits + 1)) if name == "multirz" else 2
             add(name, tuple(int(q) for q in rng.choice(num_qubits, arity, replace=False)))
-    circuits = []
-    for b in range(batch):
-        circuit = QuantumCircuit(num_qubits)
-        for name, qubits, angles in recipe:
-            if name == "multirz":
-                for q in qubits[:-1]:
-                    circuit.cx(q, qubits[-1])
-                circuit.rz(angles[0, b], qubits[-1])
-                for q in reversed(qubits[:-1]):
-                    circuit.cx(q, qubits[-1])
-            else:
-                getattr(circuit, name)(*angles[:, b], *qubits)
-        circuits.append(circuit)
-    return gates, circuits
+    return gates, qiskit_circuits(recipe, num_qubits, batch)
 
 
 @pytest.mark.parametrize("num_qubits", [2, 3, 4, 5, 6])

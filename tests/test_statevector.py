@@ -30,6 +30,11 @@ def random_circuit(num_qubits: int, depth: int, rng: np.random.Generator, batch:
     # a Hadamard layer and a diagonal block in the middle exercise the fast paths too
     gates[depth // 2 : depth // 2] = [Gate("h", (q,)) for q in range(num_qubits)]
     recipe[depth // 2 : depth // 2] = [("h", (q,), np.zeros((0, batch))) for q in range(num_qubits)]
+    return gates, qiskit_circuits(recipe, num_qubits, batch)
+
+
+def qiskit_circuits(recipe, num_qubits: int, batch: int) -> list:
+    """One Qiskit circuit per batch element from a recipe of (gate name, qubits, angles [params, batch])."""
     circuits = []
     for b in range(batch):
         circuit = QuantumCircuit(num_qubits)
@@ -43,7 +48,7 @@ def random_circuit(num_qubits: int, depth: int, rng: np.random.Generator, batch:
             else:
                 getattr(circuit, name)(*angles[:, b], *qubits)
         circuits.append(circuit)
-    return gates, circuits
+    return circuits
 
 
 @pytest.mark.parametrize("num_qubits", [1, 2, 3, 4, 5, 6])
