@@ -144,14 +144,32 @@ def eval_command(
     shots: str = typer.Option("", help="Quantum maps: evaluate with kernels sampled from N shots, e.g. 64,256,1024."),
     depolarizing: str = typer.Option("", help="Quantum maps: global depolarizing strengths, e.g. 0.01,0.05."),
     readout: str = typer.Option("", help="Quantum maps: readout error probabilities, e.g. 0.01,0.03."),
+    engine: str | None = typer.Option(None, help="Quantum maps: run the circuits on this engine with --shots: "
+                                      "sampler (Qiskit maps: a SamplerV2) or framework (a PennyLane device)."),
+    backend: str | None = typer.Option(None, help="With --engine: sampler: aer (noiseless) or fake_<device>, e.g. "
+                                       "fake_torino (its noise and target); framework: a PennyLane device name."),
+    max_eval_samples: int = typer.Option(32, min=1, help="With --engine: evaluate the first N test reviews."),
+    optimization_level: int = typer.Option(1, min=0, max=3, help="With --engine sampler: Qiskit's transpiler level."),
     device: str | None = typer.Option(None, help="auto, cpu or cuda (default: the run's)."),
 ) -> None:
     """Evaluate a trained run again: perturbed texts, or sampled/noisy quantum kernels; into its metrics.json."""
-    from .experiment.evaluation import evaluate_quantum, evaluate_robustness
+    from .experiment.evaluation import evaluate_backend, evaluate_quantum, evaluate_robustness
     from .experiment.robustness import RobustnessError, parse_settings
 
+    if backend is not None and engine is None:
+        raise typer.BadParameter("--backend names the --engine's backend: give --engine sampler or framework too")
+    if engine is not None and (not shots or depolarizing or readout):
+        raise typer.BadParameter(f"--engine {engine} runs circuits with --shots N (e.g. --shots 1024); "
+                                 "--depolarizing and --readout are qra's noise model, not the backend's")  # fmt: skip
     try:
         settings = parse_settings(robustness)
+        if engine is not None:
+            evaluate_backend(run_dir, engine, backend, _parse_ints(shots, "--shots"), max_eval_samples,
+                             optimization_level, device=device)  # fmt: skip
+            if settings:
+                evaluate_robustness(run_dir, settings, device=device)
+            _print_metrics(run_dir)
+            return
         if settings or not (shots or depolarizing or readout):
             evaluate_robustness(run_dir, settings, device=device)
         if shots or depolarizing or readout:
@@ -183,6 +201,10 @@ def _print_metrics(run_dir: Path) -> None:
     for result in metrics.get("quantum", []):
         knobs = ", ".join(f"{k}={result[k]}" for k in QUANTUM_KNOBS if result[k])
         table.add_row(escape(f"accuracy [{knobs or 'exact kernel'}]"), f"{result['accuracy']:.4g}")
+    for result in metrics.get("quantum_backends", []):
+        where = f"{result['engine']} {result['backend'] or ''}".strip()
+        table.add_row(escape(f"accuracy [{where}, shots={result['shots']}, {result['samples']} reviews]"),
+                      f"{result['accuracy']:.4g} (exact kernel {result['exact']['accuracy']:.4g})")  # fmt: skip
     for setting, result in metrics.get("robustness", {}).items():
         if setting != "clean":
             table.add_row(
@@ -239,6 +261,9 @@ def quantum_cost_command(
     batch_size: int = typer.Option(1, min=1, help="Sequences per forward pass."),
     epsilon: float = typer.Option(0.01, help="Target standard error of each kernel value."),
     shot_rate: float = typer.Option(1e5, help="QPU shots per second."),
+    backend: str | None = typer.Option(None, help="Also transpile the circuits to this device's target, e.g. "
+                                       "fake_torino: depth, two-qubit gates, estimated fidelity."),
+    optimization_level: int = typer.Option(1, min=0, max=3, help="With --backend: Qiskit's transpiler level."),
     output: Path | None = typer.Option(None, help="Also write the result as JSON here."),
 ) -> None:
     """Circuits, shots and QPU time of one forward pass with quantum-kernel attention."""
@@ -248,7 +273,7 @@ def quantum_cost_command(
     try:
         result = quantum_cost(model, featuremap, parse_featuremap_params(fm),
                               _parse_ints(layers, "--layers", minimum=0), seq_len, batch_size, epsilon,
-                              shot_rate)  # fmt: skip
+                              shot_rate, backend, optimization_level)  # fmt: skip
     except USER_ERRORS as error:
         raise _fail(error) from error
     circuit = result["circuit"]
@@ -259,14 +284,24 @@ def quantum_cost_command(
         ("qubits / circuit depth", f"{circuit['qubits']} / {circuit['depth']}"),
         ("two-qubit gates per circuit", f"{circuit['two_qubit_gates']} ({circuit['basis']})"),
         ("kernel values per layer (B·H·N²)", f"{result['kernel_values_per_layer']:,}"),
-        ("circuits per forward pass", f"{result['circuits_per_forward']:,}"),
-        (f"shots per kernel value (ε = {epsilon:g})", f"{result['shots_per_kernel_value']:,}"),
+        ("circuits per review, fidelity kernel (N² per head and layer)",
+         f"{result['circuits_per_review']['fidelity']:,}"),
+        ("circuits per review, projected features (3 bases × 2N per head and layer)",
+         f"{result['circuits_per_review']['projected']:,}"),
+        (f"circuits per forward pass ({result['kernel']})", f"{result['circuits_per_forward']:,}"),
+        (f"shots per circuit (ε = {epsilon:g})", f"{result['shots_per_circuit']:,}"),
         ("total shots", f"{result['total_shots']:,}"),
         (f"QPU time at {shot_rate:g} shots/s", _duration(result["qpu_seconds"])),
     ]
+    hardware = result.get("hardware")
+    for kind in ("fidelity", "projected") if hardware else ():
+        found = hardware[f"{kind}_circuit"]
+        rows.append((f"{kind} circuit on {hardware['backend']} (transpiled, level {hardware['optimization_level']}): "
+                     "depth / two-qubit gates / estimated fidelity",
+                     f"{found['depth']} / {found['two_qubit_gates']} / {found['estimated_fidelity']:.3g}"))  # fmt: skip
     for name, value in rows:
         table.add_row(name, value)
-    Console(width=140).print(table)
+    Console(width=160).print(table)
     if output:
         write_json_atomic(output, result)
         typer.echo(f"wrote {output}")

@@ -33,6 +33,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .attention import KernelAttention, Mode, check_mode
 from .featuremaps import FeatureMap
 from .featuremaps import registry as featuremap_registry
+from .featuremaps.base import parameter_names
 
 #: model_type -> class name of its self-attention module (all follow the AttentionInterface protocol).
 SUPPORTED_ATTENTION_CLASSES: dict[str, str] = {
@@ -47,6 +48,8 @@ STOCK_ATTENTION_ATTRIBUTE = "qra_stock_attention"
 #: the layers patched when none are named: the last two of a 6-layer DistilBERT/MiniLM (the seed's L4, L5)
 DEFAULT_LAYERS: tuple[int, ...] = (4, 5)
 CONFIG_KEY = "qra"
+#: a map parameter that qra fills with the model's number of attention heads when the map declares it
+PER_HEAD_PARAMETER = "heads"
 IMPLEMENTATION_PREFIX = "qra_"
 
 
@@ -223,7 +226,12 @@ def patch(
     chosen = _validate_layers(layers, len(modules))
     heads, head_dim = _head_layout(model)
     if isinstance(featuremap, str):
-        featuremap = featuremap_registry.get(featuremap, d_in=head_dim, **(featuremap_params or {}))
+        params = dict(featuremap_params or {})
+        if ":" not in featuremap and PER_HEAD_PARAMETER in parameter_names(
+            featuremap_registry.feature_map_class(featuremap)
+        ):
+            params.setdefault(PER_HEAD_PARAMETER, heads)  # a per-head map (hedgehog) learns one set per head
+        featuremap = featuremap_registry.get(featuremap, d_in=head_dim, **params)
     elif featuremap_params:
         raise ValueError("featuremap_params is only for a feature map given by name")
     if not isinstance(featuremap, FeatureMap):
@@ -232,6 +240,12 @@ def patch(
         raise ValueError(
             f"the feature map's d_in={featuremap.d_in} does not match the model's head dimension {head_dim} "
             f"(hidden size {model.config.hidden_size} / {heads} heads)"
+        )
+    map_heads = featuremap.featuremap_params.get(PER_HEAD_PARAMETER)
+    if map_heads not in (None, heads) and PER_HEAD_PARAMETER in parameter_names(type(featuremap)):
+        raise ValueError(
+            f"the feature map was built for {PER_HEAD_PARAMETER}={map_heads}, but the model has {heads} attention "
+            f"heads: build it with {PER_HEAD_PARAMETER}={heads} (or give it by name: qra fills it in)"
         )
     check_mode(mode, featuremap)
     base = _base_implementation(model)

@@ -53,6 +53,9 @@ def test_train_writes_a_complete_run_directory(tiny_model_dir, tiny_data_dir, tm
     assert qra.is_patched(model) == (featuremap_args[1] != "none")
     if featuremap_args[1] == "rff":
         assert model.config.qra["featuremap_params"]["m"] == 16
+    # the path each patched layer's training steps ran on (the fused kernels need CUDA)
+    expected_paths = None if featuremap_args[1] == "none" else {"4": "pytorch", "5": "pytorch"}
+    assert metrics["attention_paths"] == expected_paths
 
 
 def test_eval_report_and_synonym_swap_on_a_trained_run(tiny_model_dir, tiny_data_dir, tmp_path):

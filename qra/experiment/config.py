@@ -18,13 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..attention import MODES
+from ..attention import IMPLEMENTATIONS, MODES
 from ..patching import DEFAULT_LAYERS
 from .models import DEFAULT_MODEL
 from .robustness import parse_settings
 
 BASELINE = "none"
 FEATUREMAP_PARAMS_FLAG = "--fm"
+#: the stock attention implementations a run may load its encoder with (qra wraps either)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+#: ``trainer``: the Trainer's own shuffling (global RNG: arms with the same seed may see different orders);
+#: ``seed``: an order made from the seed and the epoch only, the same in every arm (paired comparisons)
+DATA_ORDERS = ("trainer", "seed")
+#: ``off``; ``fixed``: each patched circuit map's angle scale set from data, then frozen; ``learned``: set, then trained
+ANGLE_SCALE_CALIBRATIONS = ("off", "fixed", "learned")
+#: the part of the encoder that ``--freeze`` names besides layer indices
+FREEZABLE_PARTS = ("embeddings",)
 
 
 def parse_featuremap_params(pairs: list[str]) -> dict[str, Any]:
@@ -71,6 +80,49 @@ def parse_floats(text: str, option: str) -> list[float]:
         raise ValueError(f"{option} takes comma-separated numbers, e.g. 0.01,0.05; got {text!r}") from None
 
 
+def parse_freeze(spec: str | list | tuple | None) -> list[str | int]:
+    """``"embeddings,0-3"`` (or ``["embeddings", "0-3"]``, ``[0, 1]``) -> ``["embeddings", 0, 1, 2, 3]``.
+
+    Items are ``embeddings`` or encoder layer indices: single (``2``) or inclusive ranges (``0-3``).  The
+    result is canonical (embeddings first, then sorted unique layers), so equal choices record equally.
+    Whether the layers exist is checked against the model when it is built.
+    """
+    accepted = ("--freeze takes comma-separated items: 'embeddings', a layer index (e.g. 3) or an inclusive "
+                "range of layers (e.g. 0-3); e.g. --freeze embeddings,0-3")  # fmt: skip
+    if spec is None:
+        return []
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    parts: set[str] = set()
+    layers: set[int] = set()
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"{accepted}; got {item!r}")
+        if isinstance(item, int):
+            if item < 0:
+                raise ValueError(f"{accepted}; got the negative layer {item}")
+            layers.add(item)
+            continue
+        text = str(item).strip().lower()
+        if not text:
+            continue
+        if text in FREEZABLE_PARTS:
+            parts.add(text)
+            continue
+        first, dash, last = text.partition("-")
+        try:
+            low, high = (int(first), int(last)) if dash else (int(text), int(text))
+        except ValueError:
+            raise ValueError(f"{accepted}; got {item!r}") from None
+        if low < 0 or high < low:
+            raise ValueError(f"{accepted}; got {item!r} (a range runs from a layer >= 0 up to a layer >= its start)")
+        layers.update(range(low, high + 1))
+    return [part for part in FREEZABLE_PARTS if part in parts] + sorted(layers)
+
+
+def _show_freeze(freeze: list[str | int]) -> str:
+    return ",".join(map(str, freeze))
+
+
 @dataclass(frozen=True)
 class CommandLine:
     """How a field appears on the command line when that differs from the field itself.
@@ -99,6 +151,7 @@ _LAYERS = CommandLine(
 )
 _PARAMS = CommandLine(list[str], parse_featuremap_params, lambda params: [], flag=FEATUREMAP_PARAMS_FLAG)
 _ROBUSTNESS = CommandLine(list[str], parse_settings, lambda settings: [])
+_FREEZE = CommandLine(str, parse_freeze, _show_freeze)
 
 
 @dataclass
@@ -123,6 +176,33 @@ class TrainConfig:
     eval_batch_size: int = setting(64, "Evaluation batch per process.", minimum=1)
     lr: float = setting(5e-5, "AdamW learning rate.", minimum=0.0)
     weight_decay: float = setting(0.01, "AdamW weight decay.", minimum=0.0)
+    warmup_ratio: float = setting(0.0, "Share of the training steps with a linear learning-rate warm-up, in [0, 1).",
+                                  minimum=0.0)  # fmt: skip
+    freeze: list[str | int] = setting(
+        factory=list, cli=_FREEZE,
+        help="Parts not trained: 'embeddings' and encoder layers by index or range, e.g. embeddings,0-3. The "
+             "classifier and the kernel attention's parameters always train.",
+    )  # fmt: skip
+    attn_implementation: str = setting(
+        "sdpa", f"Stock attention of the encoder: {', '.join(ATTN_IMPLEMENTATIONS)} (patched layers run qra's)."
+    )
+    kernel_implementation: str = setting(
+        "auto", f"How kernel attention runs: {', '.join(IMPLEMENTATIONS)} (auto: the fused GPU kernels where they "
+        "were measured faster; the path taken is recorded in metrics.json).",
+    )
+    data_order: str = setting(
+        "trainer", "Training order: trainer (the Trainer's shuffle) or seed (from the seed and epoch only: the same "
+        "order in every arm with that seed, for paired comparisons)."
+    )
+    distill_steps: int = setting(
+        0, "Before fine-tuning, fit the feature maps' parameters for N steps so that each patched layer's attention "
+        "matches its own softmax attention (Hedgehog's distillation; needs a map with trainable parameters).",
+        minimum=0,
+    )  # fmt: skip
+    calibrate_angle_scale: str = setting(
+        "off", "Circuit maps: set each patched layer's angle scale so that its median query-key fidelity is ~0.5 "
+        "on training batches: off, fixed (then frozen) or learned (then trained).",
+    )
     seed: int = setting(0, "Seed of the data order, the classifier head and the feature-map draws.")
     max_train_samples: int | None = setting(None, "Train on a seeded subset of this many reviews.", minimum=1)
     max_eval_samples: int | None = setting(None, "Test on a seeded subset of this many reviews.", minimum=1)
@@ -148,6 +228,20 @@ class TrainConfig:
         if not self.epochs > 0:
             raise ValueError(f"--epochs must be > 0 (a run that trains no step would report an untrained model), "
                              f"got {self.epochs!r}")  # fmt: skip
+        self.freeze = parse_freeze(self.freeze)  # a sweep config may write "embeddings,0-3" or [embeddings, 0-3]
+        if isinstance(self.warmup_ratio, bool) or not isinstance(self.warmup_ratio, (int, float)) or not (
+            0.0 <= self.warmup_ratio < 1.0
+        ):
+            raise ValueError(f"--warmup-ratio must be a number in [0, 1), got {self.warmup_ratio!r}")
+        choices = {"attn_implementation": ATTN_IMPLEMENTATIONS, "kernel_implementation": IMPLEMENTATIONS,
+                   "data_order": DATA_ORDERS,
+                   "calibrate_angle_scale": ANGLE_SCALE_CALIBRATIONS}  # fmt: skip
+        for name, accepted in choices.items():
+            if getattr(self, name) not in accepted:
+                raise ValueError(f"--{name.replace('_', '-')} takes {', '.join(accepted)}; got {getattr(self, name)!r}")
+        if self.is_baseline and (self.distill_steps or self.calibrate_angle_scale != "off"):
+            raise ValueError("--distill-steps and --calibrate-angle-scale act on a feature map; the baseline "
+                             "(--featuremap none) has none")  # fmt: skip
         if self.output_dir is None:
             self.output_dir = str(default_run_dir(self))
 

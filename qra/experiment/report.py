@@ -18,10 +18,14 @@ import numpy as np
 from scipy import stats
 
 from .config import BASELINE
-from .labels import label, report_layers
+from .labels import PROTOCOL_DEFAULTS, label, report_layers
 from .plots import plot_all
 from .provenance import write_json_atomic, write_text_atomic
 from .runs import FailedRecord, FinishedRecord, find_failed, find_finished, read_notes
+from .verdicts import CRITERIA, comparisons, is_protocol_study, markdown_section, paired_tests_by_row
+
+#: the protocol's verdicts (Win A/B/C) and paired tests, written when the runs include protocol runs
+VERDICTS_FILE = "verdicts.json"
 
 #: the training budget; runs that differ in it are different configurations
 BUDGET_FIELDS = ("epochs", "max_train_samples", "max_eval_samples", "max_length", "batch_size", "lr")
@@ -32,8 +36,15 @@ class Run(FinishedRecord):
 
     @property
     def budget(self) -> dict[str, Any]:
-        """What the run was trained and tested on; runs group only with runs of the same budget."""
-        return {name: self.config.get(name) for name in BUDGET_FIELDS}
+        """What the run was trained and tested on; runs group only with runs of the same budget.  The protocol's
+        settings (``--freeze``, ``--attn-implementation``, …) are part of it where they are not at their defaults."""
+        return {name: self.config.get(name) for name in BUDGET_FIELDS} | self.protocol_settings
+
+    @property
+    def protocol_settings(self) -> dict[str, Any]:
+        """The run's protocol settings that are not at their defaults (none for runs made before they existed)."""
+        found = {name: self.config.get(name, default) for name, default in PROTOCOL_DEFAULTS.items()}
+        return {name: value for name, value in found.items() if value != PROTOCOL_DEFAULTS[name]}
 
     @property
     def key(self) -> tuple:
@@ -78,14 +89,20 @@ def _per_layer_mean(runs: Sequence[Run], extract) -> list[float | None]:
     return means
 
 
-def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """One row per configuration, in a stable order (baseline first)."""
+def group_runs(runs: Sequence[Run]) -> list[tuple[tuple, list[Run]]]:
+    """The runs by configuration (:attr:`Run.key`), each group sorted by seed, baseline groups first."""
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         groups[run.key].append(run)
-    rows = []
-    for key, members in sorted(groups.items(), key=lambda item: (item[0][1] != BASELINE, str(item[0]))):
+    for members in groups.values():
         members.sort(key=lambda run: run.config["seed"])
+    return sorted(groups.items(), key=lambda item: (item[0][1] != BASELINE, str(item[0])))
+
+
+def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One row per configuration, in a stable order (baseline first)."""
+    rows = []
+    for key, members in group_runs(runs):
         model, featuremap, params, mode, layers, budget = key
         accuracy = mean_std_ci([r.metrics["accuracy"] for r in members])
         f1 = mean_std_ci([r.metrics["f1"] for r in members])
@@ -137,10 +154,11 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
 
 
 def markdown(
-    rows: Sequence[dict[str, Any]], runs: Sequence[Run], notes: str = "", failed: Sequence[FailedRecord] = ()
+    rows: Sequence[dict[str, Any]], runs: Sequence[Run], notes: str = "", failed: Sequence[FailedRecord] = (),
+    verdicts: Sequence[str] = (),
 ) -> str:
-    """The README: the author's notes (conclusions) if any, what was run, the table, the failed runs (if any,
-    never averaged in), how to reproduce it."""
+    """The README: the author's notes (conclusions) if any, what was run, the table, the protocol's verdicts (when
+    the runs include protocol runs), the failed runs (if any, never averaged in), how to reproduce it."""
     models = sorted({row["model"] for row in rows})
     shown = report_layers(rows)
     layer_names = " / ".join(f"L{layer}" for layer in shown)
@@ -172,6 +190,7 @@ def markdown(
             f"| {' / '.join(_fmt(pick(entropy, layer), '.3f') for layer in shown)} "
             f"| {' / '.join(_fmt(pick(distance, layer), '.1f') for layer in shown)} |"
         )
+    lines += list(verdicts)
     settings = sorted({s for row in rows for s in row["robustness"]})
     if settings:
         lines += ["", "## Robustness (accuracy, and drop from clean)", "",
@@ -206,9 +225,16 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     out = Path(out)
     runs = load_runs(run_dirs)
     rows = summarise(runs)
+    groups = [members for _, members in group_runs(runs)]
+    found = comparisons(rows, groups) if is_protocol_study(groups) else []
+    for index, tests in paired_tests_by_row(rows, found).items():
+        rows[index]["paired_tests"] = tests  # only groups with paired runs: other summaries stay as they were
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "summary.json", rows)
+    if found:
+        write_json_atomic(out / VERDICTS_FILE, {"criteria": CRITERIA, "comparisons": found})
     plot_all(rows, runs, out)
     notes = read_notes(out)
-    write_text_atomic(out / "README.md", markdown(rows, runs, notes, find_failed(run_dirs)))
+    write_text_atomic(out / "README.md", markdown(rows, runs, notes, find_failed(run_dirs),
+                                                  markdown_section(found) if found else ()))  # fmt: skip
     return out

@@ -1,11 +1,19 @@
 """Deterministic, seeded text perturbations: word dropout and WordNet synonym swaps.
 
+``word-dropout`` deletes any word, ``synonym-swap`` replaces non-stopwords by a synonym in their most
+frequent part of speech.  The protocol's own settings are two more: ``content-word-dropout`` deletes only
+non-stopwords (each with probability ``rate``; stopwords are sklearn's English list), and ``adjective-swap``
+replaces only adjectives by adjective synonyms.  Without a tagger, a word counts as an adjective when WordNet
+has adjective synsets for it (part of speech ``a`` or ``s``, satellite adjectives), whatever its other parts
+of speech; its synonyms are the lemmas of those synsets.
+
 Each text gets its own random stream, derived from (seed, perturbation, rate, text index), so a
 perturbed test set is the same in every run and every arm of an experiment.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +24,11 @@ from typing import Protocol
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-PERTURBATIONS = ("word-dropout", "synonym-swap")
+PERTURBATIONS = ("word-dropout", "synonym-swap", "content-word-dropout", "adjective-swap")
+#: the perturbations that need WordNet
+WORDNET_PERTURBATIONS = ("synonym-swap", "adjective-swap")
+#: WordNet's parts of speech of adjectives: head adjectives and satellites
+ADJECTIVE_POS = ("a", "s")
 WORD = re.compile(r"[A-Za-z]+")
 
 
@@ -28,15 +40,24 @@ class SynonymSource(Protocol):
     def synonyms(self, word: str) -> Sequence[str]:
         """Synonyms of ``word`` with the same part of speech, lowercase, excluding the word itself."""
 
+    def adjective_synonyms(self, word: str) -> Sequence[str] | None:
+        """None when ``word`` is not an adjective; else its adjective synonyms (possibly none)."""
+
 
 @dataclass(frozen=True)
 class SynonymTable:
-    """Synonyms from a plain mapping (tests, or a user's own thesaurus)."""
+    """Synonyms from a plain mapping (tests, or a user's own thesaurus); ``adjectives`` maps each adjective
+    to its adjective synonyms (words absent from it are not adjectives)."""
 
     table: Mapping[str, Sequence[str]]
+    adjectives: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
 
     def synonyms(self, word: str) -> Sequence[str]:
         return self.table.get(word.lower(), ())
+
+    def adjective_synonyms(self, word: str) -> Sequence[str] | None:
+        found = self.adjectives.get(word.lower())
+        return None if found is None else tuple(found)
 
 
 class WordNetSynonyms:
@@ -77,6 +98,21 @@ class WordNetSynonyms:
         names.discard(word.lower())
         return tuple(sorted(name for name in names if " " not in name))
 
+    @lru_cache(maxsize=100_000)  # noqa: B019 - one instance per run; the cache is the point
+    def adjective_synonyms(self, word: str) -> Sequence[str] | None:
+        """None unless WordNet has adjective synsets (``a``/``s``) for ``word``; then their one-word lemmas."""
+        synsets = [synset for synset in self._wordnet.synsets(word.lower()) if synset.pos() in ADJECTIVE_POS]
+        if not synsets:
+            return None
+        names = {lemma.name().replace("_", " ").lower() for synset in synsets for lemma in synset.lemmas()}
+        names.discard(word.lower())
+        return tuple(sorted(name for name in names if " " not in name))
+
+
+def needs_wordnet(settings: Mapping[str, Sequence[float]]) -> bool:
+    """Whether robustness ``settings`` include a perturbation that needs WordNet."""
+    return any(kind in settings for kind in WORDNET_PERTURBATIONS)
+
 
 def require_wordnet() -> None:
     """Check that WordNet loads (a :class:`RobustnessError` with the fix if not): before training, not after."""
@@ -98,6 +134,36 @@ def word_dropout(text: str, rate: float, rng: np.random.Generator) -> str:
     return " ".join(word for word, kept in zip(words, keep, strict=True) if kept)
 
 
+def content_word_dropout(text: str, rate: float, rng: np.random.Generator) -> str:
+    """Delete each non-stopword (a word whose letters are not an English stopword) with probability ``rate``.
+
+    Stopwords and punctuation stay; at least one word of the text survives.
+    """
+    words = text.split()
+    if not words:
+        return text
+    content = np.array([_letters(word) not in ENGLISH_STOP_WORDS and bool(_letters(word)) for word in words])
+    drop = (rng.random(len(words)) < rate) & content
+    if drop.all():
+        drop[rng.integers(len(words))] = False
+    return " ".join(word for word, dropped in zip(words, drop, strict=True) if not dropped)
+
+
+def _letters(word: str) -> str:
+    return "".join(WORD.findall(word)).lower()
+
+
+def adjective_swap(text: str, rate: float, rng: np.random.Generator, source: SynonymSource) -> str:
+    """Replace round(rate × adjectives) adjectives by an adjective synonym (an adjective: see the module docstring).
+
+    The adjectives to swap are drawn among all adjectives of the text (stopwords excluded); a drawn one
+    without a synonym stays.  Capitalisation of the first letter is kept.
+    """
+    matches = [m for m in WORD.finditer(text)
+               if m.group().lower() not in ENGLISH_STOP_WORDS and source.adjective_synonyms(m.group()) is not None]
+    return _swap(text, matches, rate, rng, lambda word: source.adjective_synonyms(word) or ())
+
+
 def synonym_swap(text: str, rate: float, rng: np.random.Generator, source: SynonymSource) -> str:
     """Replace round(rate × eligible) eligible words by a synonym (eligible: alphabetic, not a stop word).
 
@@ -105,6 +171,11 @@ def synonym_swap(text: str, rate: float, rng: np.random.Generator, source: Synon
     Capitalisation of the first letter is kept.
     """
     matches = [m for m in WORD.finditer(text) if m.group().lower() not in ENGLISH_STOP_WORDS]
+    return _swap(text, matches, rate, rng, source.synonyms)
+
+
+def _swap(text: str, matches: list[re.Match], rate: float, rng: np.random.Generator,
+          synonyms: Callable[[str], Sequence[str]]) -> str:  # fmt: skip
     count = round(rate * len(matches))
     if count == 0:
         return text
@@ -112,7 +183,7 @@ def synonym_swap(text: str, rate: float, rng: np.random.Generator, source: Synon
     pieces, last = [], 0
     for index in chosen:
         match = matches[index]
-        options = source.synonyms(match.group())
+        options = synonyms(match.group())
         if not options:
             continue
         replacement = options[rng.integers(len(options))]
@@ -146,9 +217,12 @@ def parse_settings(specs: Sequence[str]) -> dict[str, list[float]]:
 def perturbation(kind: str, synonyms: SynonymSource | None = None) -> Callable[[str, float, np.random.Generator], str]:
     if kind == "word-dropout":
         return word_dropout
-    if kind == "synonym-swap":
+    if kind == "content-word-dropout":
+        return content_word_dropout
+    if kind in WORDNET_PERTURBATIONS:
         source = synonyms if synonyms is not None else WordNetSynonyms()
-        return lambda text, rate, rng: synonym_swap(text, rate, rng, source)
+        swap = synonym_swap if kind == "synonym-swap" else adjective_swap
+        return lambda text, rate, rng: swap(text, rate, rng, source)
     raise RobustnessError(f"unknown perturbation {kind!r}; accepted: {', '.join(PERTURBATIONS)}")
 
 

@@ -10,6 +10,9 @@ A run directory holds:
 - ``checkpoints/`` — Trainer checkpoints, for ``--resume`` (deleted when the run completes, unless kept)
 - ``failed.json``  — present when the run stopped on an error it cannot recover from (a non-finite loss,
   logits or attention): the reason; reports list such runs apart and never average them in
+- ``predictions.npz`` — the trained model's prediction for every test review, in the test set's order:
+  ``index`` (position in the test set), ``label``, ``predicted`` class, ``logits`` and ``review_hash`` (CRC-32
+  of each review's text, so that paired tests can check two runs saw the same reviews in the same order)
 - ``train_log.jsonl``, ``train.log`` and, when asked for, ``profile.txt``
 
 Every other module reads and writes these files through :class:`RunDirectory`, so their layout
@@ -20,11 +23,15 @@ A results folder may hold a hand-written ``NOTES.md`` (:func:`read_notes`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .config import BASELINE, TrainConfig
 from .provenance import write_json_atomic
@@ -34,12 +41,14 @@ METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 FAILED_FILE = "failed.json"
+PREDICTIONS_FILE = "predictions.npz"
+PREDICTION_ARRAYS = ("index", "label", "predicted", "logits", "review_hash")
 #: what the Trainer writes last into a checkpoint: a checkpoint without it is incomplete (e.g. the disk filled up)
 CHECKPOINT_COMPLETE_FILE = "trainer_state.json"
 NOTES_FILE = "NOTES.md"
 #: settings that cannot change the trained model: resuming a run may change them, every other setting must agree
 RESUME_FREE_SETTINGS = ("output_dir", "device", "eval_batch_size", "robustness", "profile_steps", "attention_samples",
-                        "save_steps", "keep_checkpoints")  # fmt: skip
+                        "save_steps", "keep_checkpoints", "kernel_implementation")  # fmt: skip
 #: keys that earlier versions wrote under another name in ``config.json["config"]``
 RENAMED_CONFIG_KEYS = {"fm_params": "featuremap_params"}
 
@@ -152,6 +161,35 @@ class RunDirectory:
         """``metrics.json``, or ``{}`` while the run has not finished."""
         file = self.path / METRICS_FILE
         return json.loads(file.read_text()) if file.is_file() else {}
+
+    def write_predictions(self, logits: Any, labels: Any, texts: Sequence[str]) -> None:
+        """Store the per-review predictions (``predictions.npz``, atomically), in the test set's order."""
+        logits = np.asarray(logits, dtype=np.float32)
+        labels = np.asarray(labels)
+        if not len(logits) == len(labels) == len(texts):
+            raise ValueError(f"predictions: {len(logits)} logits, {len(labels)} labels and {len(texts)} texts differ")
+        arrays = {
+            "index": np.arange(len(labels), dtype=np.int64),
+            "label": labels.astype(np.int64),
+            "predicted": logits.argmax(axis=-1).astype(np.int64),
+            "logits": logits,
+            "review_hash": np.array([zlib.crc32(text.encode()) for text in texts], dtype=np.uint32),
+        }
+        temporary = self.path / f".{PREDICTIONS_FILE}.tmp.npz"
+        np.savez_compressed(temporary, **arrays)
+        os.replace(temporary, self.path / PREDICTIONS_FILE)
+
+    @property
+    def has_predictions(self) -> bool:
+        return (self.path / PREDICTIONS_FILE).is_file()
+
+    def predictions(self) -> dict[str, np.ndarray] | None:
+        """The stored per-review predictions (see :meth:`write_predictions`), or None for runs without them."""
+        file = self.path / PREDICTIONS_FILE
+        if not file.is_file():
+            return None
+        with np.load(file) as stored:
+            return {name: stored[name] for name in PREDICTION_ARRAYS if name in stored}
 
     def write_record(self, record: dict[str, Any]) -> None:
         write_json_atomic(self.path / CONFIG_FILE, record)

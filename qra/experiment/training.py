@@ -39,6 +39,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .. import patching
 from . import distributed
@@ -46,9 +47,9 @@ from .attention_maps import attention_example, attention_statistics, attention_s
 from .config import TrainConfig
 from .data import load_text_classification
 from .metrics import NonFiniteError, classification_metrics
-from .models import load_classifier, load_tokenizer, resolve_device, sdpa_without_cudnn
+from .models import freeze, load_classifier, load_tokenizer, resolve_device, sdpa_without_cudnn
 from .provenance import provenance
-from .robustness import require_wordnet
+from .robustness import needs_wordnet, require_wordnet
 from .runs import RunDirectory
 
 logger = logging.getLogger("qra")
@@ -77,13 +78,54 @@ class DiskFullError(OSError):
 
 
 def build_model(config: TrainConfig) -> PreTrainedModel:
-    """The pretrained classifier, patched with the configured feature map unless it is the baseline."""
-    model = load_classifier(config.model)
+    """The pretrained classifier (with the configured stock attention), patched with the configured feature map
+    unless it is the baseline, with the ``--freeze`` parts frozen (kernel attention's parameters stay trainable).
+
+    With ``--calibrate-angle-scale`` the circuit map keeps its angle scale as a parameter
+    (``learn_angle_scale``), so that each layer's calibrated scale is saved with the model.
+    """
+    model = load_classifier(config.model, attn_implementation=config.attn_implementation)
     if not config.is_baseline:
+        params = dict(config.featuremap_params)
+        if config.calibrate_angle_scale != "off":
+            params["learn_angle_scale"] = True
         patching.patch(model, config.featuremap, layers=config.layers, mode=config.mode,
-                       featuremap_params=config.featuremap_params, beta=config.beta,
-                       learn_beta=config.learn_beta)  # fmt: skip
+                       featuremap_params=params, beta=config.beta, learn_beta=config.learn_beta,
+                       implementation=config.kernel_implementation)  # fmt: skip
+    if config.freeze:
+        freeze(model, config.freeze)
     return model
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """The Trainer's length-grouped order, drawn from a generator seeded by (seed, epoch) only.
+
+    The Trainer's own sampler draws from the global RNG, whose state depends on everything the run did
+    before (a feature map's initialisation, dropout calls of earlier epochs), so two arms with the same seed
+    can see different orders.  This one gives every arm with a seed the same order in every epoch (the
+    Trainer calls :meth:`set_epoch`), and a resumed run the order it would have had.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return super().__iter__()
+
+
+class PairedOrderTrainer(Trainer):
+    """A Trainer whose training order depends only on the seed (``--data-order seed``)."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        return SeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                          lengths, self.args.data_seed)  # fmt: skip
 
 
 class JsonlLogCallback(TrainerCallback):
@@ -227,6 +269,7 @@ def _training_arguments(config: TrainConfig, run_dir: Path, device: torch.device
         per_device_eval_batch_size=config.eval_batch_size,
         learning_rate=config.lr,
         weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a value in [0, 1) is a share of the training steps
         seed=config.seed,
         data_seed=config.seed,
         bf16=device.type == "cuda",
@@ -283,7 +326,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     run_dir = run.path
     if resume:
         check_resumable(run, config)
-    if "synonym-swap" in config.robustness:
+    if needs_wordnet(config.robustness):
         require_wordnet()  # before hours of training, not after
     if run.is_finished and not run.is_failed:
         if not resume:
@@ -361,7 +404,8 @@ def _train_measure(config: TrainConfig, run: RunDirectory, device: torch.device,
     )
     args = _training_arguments(config, run_dir, device)
     started = StepStartedCallback()
-    trainer = Trainer(
+    prepared = {} if checkpoint else prepare_kernels(model, tokenizer, data["train"]["text"], config, device)
+    trainer = (PairedOrderTrainer if config.data_order == "seed" else Trainer)(
         model=model,
         args=args,
         train_dataset=tokenized["train"],
@@ -400,7 +444,11 @@ def _train_measure(config: TrainConfig, run: RunDirectory, device: torch.device,
         raise TrainingInterrupted(stop_on_signal.received, trainer.state.global_step, run.last_checkpoint())
     if not math.isfinite(train_output.training_loss):
         raise NonFiniteError(f"the training loss is {train_output.training_loss} at the end of training")
-    evaluation = trainer.evaluate()  # gathered over all ranks by the Trainer, each test review once
+    attention_paths = kernel_attention_paths(trainer.model)  # what the training steps ran on
+    # gathered over all ranks by the Trainer, each test review once, in the test set's order
+    prediction = trainer.predict(tokenized["test"], metric_key_prefix="eval")
+    evaluation = prediction.metrics
+    trainer.log(evaluation)  # predict(), unlike evaluate(), does not log its metrics: the training log keeps them
     if not math.isfinite(evaluation["eval_loss"]):
         raise NonFiniteError(f"the evaluation loss is {evaluation['eval_loss']}")
     trained = trainer.model
@@ -412,6 +460,8 @@ def _train_measure(config: TrainConfig, run: RunDirectory, device: torch.device,
     }
     if main_process:
         trainer.save_model(str(run.model_dir))
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        run.write_predictions(logits, prediction.label_ids, data["test"]["text"])
         metrics = {
             "accuracy": evaluation["eval_accuracy"],
             "f1": evaluation["eval_f1"],
@@ -427,6 +477,8 @@ def _train_measure(config: TrainConfig, run: RunDirectory, device: torch.device,
             "train_samples": len(tokenized["train"]),
             "eval_samples": len(tokenized["test"]),
             "eval_predictions": int(evaluation["eval_predictions"]),  # gathered over ranks: each review once
+            "attention_paths": attention_paths,
+            **prepared,
         }
         metrics |= measure_attention(trained, tokenizer, data["test"]["text"], config, run_dir)
         run.write_metrics(metrics)
@@ -435,11 +487,50 @@ def _train_measure(config: TrainConfig, run: RunDirectory, device: torch.device,
     return run_dir
 
 
+#: training batches the warm-ups (distillation, angle-scale calibration) draw from
+PREPARATION_BATCHES = 8
+
+
+def prepare_kernels(model: PreTrainedModel, tokenizer: Any, texts: list[str], config: TrainConfig,
+                    device: torch.device) -> dict[str, Any]:  # fmt: skip
+    """Before fine-tuning: calibrate circuit maps' angle scales, then distil the maps, as the config asks.
+
+    Both use a few seeded training batches; what they did goes into ``metrics.json``.  A resumed run skips
+    them (its checkpoint holds their result).
+    """
+    if config.calibrate_angle_scale == "off" and not config.distill_steps:
+        return {}
+    from .angle_scale import calibrate_angle_scale
+    from .distillation import distill_hedgehog, training_batches
+
+    model.to(device)
+    batches = training_batches(tokenizer, texts, PREPARATION_BATCHES, config.batch_size, config.max_length,
+                               config.seed, device)  # fmt: skip
+    done: dict[str, Any] = {}
+    if config.calibrate_angle_scale != "off":
+        done["angle_scale_calibration"] = calibrate_angle_scale(
+            model, batches[:4], learn=config.calibrate_angle_scale == "learned", seed=config.seed
+        )
+        logger.info("angle scales calibrated: %s", done["angle_scale_calibration"]["layers"])
+    if config.distill_steps:
+        done["distillation"] = distill_hedgehog(model, batches, config.distill_steps)
+        logger.info("attention distillation: %s", done["distillation"])
+    return done
+
+
 def _evaluation_metrics(prediction: Any) -> dict[str, float]:
     """Accuracy and F1, and how many predictions they cover (under DDP: gathered, duplicates dropped)."""
     return classification_metrics(prediction.predictions, prediction.label_ids) | {
         "predictions": len(prediction.label_ids)
     }
+
+
+def kernel_attention_paths(model: PreTrainedModel) -> dict[str, str] | None:
+    """Each patched layer's attention path in its last forward pass (``fused`` or ``pytorch``); None unpatched."""
+    modules = patching.attention_modules(model) if patching.is_patched(model) else []
+    found = {index: getattr(module, patching.KERNEL_ATTENTION_ATTRIBUTE, None) for index, module in enumerate(modules)}
+    paths = {str(index): kernel.last_path for index, kernel in found.items() if kernel is not None}
+    return paths or None
 
 
 def measure_attention(
@@ -466,6 +557,8 @@ def _config_record(
             "layers": model.config.num_hidden_layers,
             "heads": model.config.num_attention_heads,
             "parameters": sum(p.numel() for p in model.parameters()),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "attn_implementation": config.attn_implementation,
             "qra": getattr(model.config, "qra", None),
         },
         "data": {

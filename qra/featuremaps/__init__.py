@@ -7,6 +7,7 @@
 """
 
 from .base import FeatureMap
+from .hedgehog import HedgehogFeatureMap
 from .performer import PositiveRandomFeatures
 from .registry import ENTRY_POINT_GROUP, FeatureMapInfo, UnknownFeatureMapError, available, get
 from .rff import RandomFourierFeatures
@@ -15,6 +16,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "FeatureMap",
     "FeatureMapInfo",
+    "HedgehogFeatureMap",
     "PositiveRandomFeatures",
     "RandomFourierFeatures",
     "UnknownFeatureMapError",

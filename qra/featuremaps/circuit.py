@@ -9,12 +9,13 @@ own batched engine, and optionally other engines by overriding :meth:`simulate`.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .base import FeatureMap, compute_dtype
-from .statevector import Gate, simulate
+from .statevector import Gate, format_bytes, simulate
 
 PROJECTIONS = ("identity", "random", "learned")
 #: How a circuit map's states are computed: ``native`` = qra's batched, differentiable engine from
@@ -24,6 +25,13 @@ ENGINES = ("native", "framework")
 #: engine names of earlier versions, as saved models may record them
 LEGACY_ENGINES = {"pennylane": "framework", "statevector": "framework", "aer": "framework"}
 NOISE_KINDS = ("depolarizing", "readout")
+#: What a circuit map's features are: ``state`` = |ψ(x)⟩ (the fidelity kernel); ``projected`` = the 3n
+#: single-qubit Pauli expectations ⟨X_k⟩, ⟨Y_k⟩, ⟨Z_k⟩ of |ψ(x)⟩ (projected quantum features)
+FEATURES = ("state", "projected")
+#: The kernel on projected features: ``linear`` = their dot product; ``gaussian`` = exp(−γ‖φ(x)−φ(y)‖²)
+PROJECTED_KERNELS = ("linear", "gaussian")
+#: The most qubits a map may have: one complex64 state of 2^30 amplitudes is already 8 GiB.
+MAX_QUBITS = 30
 #: Above this many qubits the real lift (4^q features per vector) is too large to be useful.
 MAX_REAL_LIFT_QUBITS = 6
 
@@ -42,6 +50,9 @@ class CircuitFeatureMap(FeatureMap):
         or ``learned`` (a linear layer initialised to that W, zero bias, trained with the model).
     angle_scale:
         The angles given to the circuit are ``angle_scale · z``.
+    learn_angle_scale:
+        Keep the angle scale as a trainable parameter (log-parametrised, so it stays positive; saved with the
+        model, so a scale calibrated from data reloads too).  Needs ``angle_scale > 0``.
     seed:
         Seed of the random/learned projection's initial W.
     real_lift:
@@ -66,6 +77,22 @@ class CircuitFeatureMap(FeatureMap):
         k(x, y) = (1−p)·⟨φ|M|φ⟩ + p/2^q with φ = U(y)†U(x)|0⟩ and M = ⊗_k diag(1−e, e); with e = 0,
         ⟨φ|M|φ⟩ is the fidelity.  Readout errors need each key's U(y)MU(y)† (4^q numbers per vector,
         simulated on qra's engine from the map's gates) and n·m·4^q work per kernel matrix.
+    features:
+        ``state`` (default): the features are |ψ(x)⟩ and the kernel is the fidelity.  ``projected``:
+        the projected quantum features of Huang et al. (Nat. Commun. 12, 2631, 2021), the 3q real
+        single-qubit Pauli expectations φ(x) = (⟨X_0⟩…⟨X_{q−1}⟩, ⟨Y_0⟩…⟨Y_{q−1}⟩, ⟨Z_0⟩…⟨Z_{q−1}⟩)
+        of |ψ(x)⟩ (qubit k = bit k of the basis index, Qiskit's order; PennyLane's wire q−1−k) —
+        three measurement settings (X, Y, Z bases) per input instead of one circuit per pair.  Exact
+        and differentiable from the statevector; with ``shots`` each expectation is estimated from
+        that many shots, 2·Binomial(shots, (1+⟨P⟩)/2)/shots − 1 (seeded as the fidelity's shots,
+        straight-through gradient); ``noise`` scales them as the channels do: ⟨P⟩ → (1−p)(1−2e)⟨P⟩.
+    projected_kernel:
+        With ``features="projected"``: ``linear`` (default) scores pairs by φ(x)·φ(y), a dot product,
+        so the map is ``is_linear`` (linear attention works, also with shots and noise; the dot product
+        may be negative: ``normalized`` attention clips it, ``linear`` divides by its row sums); ``gaussian``
+        is the projected quantum kernel exp(−γ‖φ(x)−φ(y)‖²) (not linear).
+    gamma:
+        The Gaussian projected kernel's bandwidth γ > 0.
 
     States are complex128 for float64 inputs and complex64 otherwise, in Qiskit's little-endian
     basis order (qubit k is bit k of the index).  Angles are computed in float64 whatever the
@@ -73,6 +100,8 @@ class CircuitFeatureMap(FeatureMap):
     """
 
     fixed_parameters = ("num_angles",)
+    #: the engines this class runs (a backend may add its own, as Qiskit's maps add ``sampler``)
+    engines: ClassVar[tuple[str, ...]] = ENGINES
 
     def __init__(
         self,
@@ -85,16 +114,26 @@ class CircuitFeatureMap(FeatureMap):
         shots: int | None = None,
         noise: dict[str, float] | None = None,
         engine: str = "native",
+        features: str = "state",
+        projected_kernel: str = "linear",
+        gamma: float = 1.0,
+        learn_angle_scale: bool = False,
         *,
         num_angles: int | None = None,
     ) -> None:
         super().__init__(d_in)
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; accepted: {', '.join(ENGINES)}")
+        if engine not in self.engines:
+            raise ValueError(f"unknown engine {engine!r}; accepted: {', '.join(self.engines)}")
         qubits = d_in if qubits is None else qubits
         num_angles = qubits if num_angles is None else num_angles
         if not isinstance(qubits, int) or qubits < 1:
             raise ValueError(f"qubits must be a positive integer, got {qubits!r}")
+        if qubits > MAX_QUBITS:
+            state = 2**qubits * 8  # bytes of one complex64 statevector
+            raise ValueError(
+                f"qubits={qubits} needs {format_bytes(state)} for a single input's state (complex64), before any "
+                f"batch; accepted: qubits <= {MAX_QUBITS} (attention-sized batches are practical up to about 12)"
+            )
         if projection not in PROJECTIONS:
             raise ValueError(f"unknown projection {projection!r}; accepted: {', '.join(PROJECTIONS)}")
         if projection == "identity" and d_in != num_angles:
@@ -110,10 +149,15 @@ class CircuitFeatureMap(FeatureMap):
         self.num_angles = num_angles
         self.projection = projection
         self.angle_scale = float(angle_scale)
+        if learn_angle_scale:
+            if not self.angle_scale > 0:
+                raise ValueError(f"learn_angle_scale needs angle_scale > 0 (it is learned as log), got {angle_scale!r}")
+            self.log_angle_scale = nn.Parameter(torch.tensor(math.log(self.angle_scale), dtype=torch.float32))
         self.real_lift = bool(real_lift)
         self.engine = engine
         self.seed = int(seed)
         self.set_measurement(shots, noise)
+        self._init_features(features, projected_kernel, gamma)
         if projection != "identity":
             generator = torch.Generator().manual_seed(int(seed))
             weight = torch.randn(num_angles, d_in, generator=generator, dtype=torch.float64) / math.sqrt(d_in)
@@ -153,12 +197,15 @@ class CircuitFeatureMap(FeatureMap):
 
     @property
     def is_linear(self) -> bool:  # type: ignore[override]
-        return self.real_lift and self.shots is None and not self.noisy
+        if self.projected:
+            return self.projected_kernel == "linear"
+        return self.real_lift and self.shots is None and not self.noisy and self.engine != "sampler"
 
     @property
     def is_fidelity(self) -> bool:  # type: ignore[override]
         """The features are the states and the kernel their exact fidelity (no lift, shots or noise)."""
-        return not self.real_lift and self.shots is None and not self.noisy
+        return (not self.real_lift and self.shots is None and not self.noisy and not self.projected
+                and self.engine != "sampler")  # fmt: skip
 
     @property
     def noisy(self) -> bool:
@@ -166,6 +213,10 @@ class CircuitFeatureMap(FeatureMap):
 
     @property
     def dim(self) -> int:
+        if self.projected:
+            return 3 * self.qubits
+        if self.engine == "sampler":  # the features are the angles; the sampler estimates each pair's kernel
+            return self.num_angles
         if self.readout_error > 0:
             return 2**self.qubits + 4**self.qubits  # the state, then U M U† flattened
         return 4**self.qubits if self.real_lift else 2**self.qubits
@@ -182,7 +233,9 @@ class CircuitFeatureMap(FeatureMap):
                 z = x.to(dtype) @ self.projection_weight.to(device=x.device, dtype=dtype).T
             else:
                 z = nn.functional.linear(x.to(dtype), self.encoder.weight.to(dtype), self.encoder.bias.to(dtype))
-        return z.to(torch.float64) * self.angle_scale
+        learned = getattr(self, "log_angle_scale", None)
+        scale = self.angle_scale if learned is None else learned.to(device=x.device, dtype=torch.float64).exp()
+        return z.to(torch.float64) * scale
 
     def gates(self, angles: torch.Tensor) -> list[Gate]:
         """The circuit as engine gates for a batch of angles ``[..., qubits]`` (float64)."""
@@ -203,6 +256,9 @@ class CircuitFeatureMap(FeatureMap):
 
     def simulate(self, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """States ``[..., 2^q]`` for angles ``[..., num_angles]`` on the map's engine."""
+        if self.engine == "sampler":
+            raise RuntimeError("engine='sampler' measures circuits and gives no states; use engine='native' or "
+                               "'framework' for states")  # fmt: skip
         if self.engine == "framework":
             return self.framework_states(angles, dtype)
         return simulate(
@@ -219,6 +275,11 @@ class CircuitFeatureMap(FeatureMap):
         return self.simulate(self.angles(x), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.projected:
+            return self.projected_features(x)
+        if self.engine == "sampler":
+            self._check_sampling("the fidelity kernel")
+            return self.angles(x)
         states = self.states(x)
         if self.readout_error > 0:
             return torch.cat([states, self.readout_operators(x).flatten(-2)], dim=-1)
@@ -226,7 +287,7 @@ class CircuitFeatureMap(FeatureMap):
 
     def query_features(self, x: torch.Tensor) -> torch.Tensor:
         """With readout noise a query needs only its state: the operator U M U† is the key's."""
-        return self.states(x) if self.readout_error > 0 else self(x)
+        return self.states(x) if self.readout_error > 0 and not self.projected else self(x)
 
     def readout_operators(self, x: torch.Tensor) -> torch.Tensor:
         """U(x) M U(x)† ``[..., 2^q, 2^q]``, M = ⊗_k diag(1−e, e): the readout-noisy all-zeros projector."""
@@ -249,6 +310,10 @@ class CircuitFeatureMap(FeatureMap):
         With ``noise`` the value is the noisy all-zeros probability, with ``shots`` it is sampled
         as a QPU would estimate it (see the class docstring).
         """
+        if self.projected:
+            return self.projected_similarity(fx, fy)
+        if self.engine == "sampler":
+            return self.measured_fidelities(fx, fy)
         dim = 2**self.qubits
         if self.readout_error > 0:
             # ⟨ψ_n|O_m|ψ_n⟩ = Σ_ij conj(ψ_n,i) ψ_n,j O_m,ij: one matrix product of the flattened
@@ -274,6 +339,90 @@ class CircuitFeatureMap(FeatureMap):
         counts = torch.binomial(torch.full_like(probability, float(self.shots)), probability, generator=generator)
         return fidelity + (counts / self.shots - fidelity).detach()
 
+    # -- projected quantum features, and engines that measure (samplers, shot devices) ---------------------
+
+    def _init_features(self, features: str, projected_kernel: str, gamma: float) -> None:
+        """Validate and set ``features``, ``projected_kernel`` and ``gamma`` (class docstring)."""
+        if features not in FEATURES:
+            raise ValueError(f"unknown features {features!r}; accepted: {', '.join(FEATURES)}")
+        if projected_kernel not in PROJECTED_KERNELS:
+            raise ValueError(
+                f"unknown projected_kernel {projected_kernel!r}; accepted: {', '.join(PROJECTED_KERNELS)}"
+            )
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
+            raise ValueError(f"gamma is the Gaussian projected kernel's bandwidth, a finite number > 0; got {gamma!r}")
+        if features == "projected" and self.real_lift:
+            raise ValueError("real_lift lifts the state's density matrix; projected features are real already (and "
+                             "linear): use features='projected' or real_lift=True, not both")  # fmt: skip
+        self.features = features
+        self.projected_kernel = projected_kernel
+        self.gamma = float(gamma)
+
+    @property
+    def projected(self) -> bool:
+        """The features are single-qubit Pauli expectations (``features="projected"``)."""
+        return getattr(self, "features", "state") == "projected"
+
+    def projected_features(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(x) = (⟨X_k⟩…, ⟨Y_k⟩…, ⟨Z_k⟩…) ``[..., 3q]``: exact, noisy or sampled (class docstring)."""
+        dtype = compute_dtype(x) if x.dtype.is_floating_point else torch.float32
+        angles = self.angles(x)
+        if self.engine == "sampler":
+            self._check_sampling("the Pauli expectations")
+        measured = self.measured_paulis(angles)
+        if measured is not None:  # the engine measured them itself (a sampler, a device with shots)
+            return measured.to(device=x.device, dtype=dtype)
+        states = self.simulate(angles, torch.complex128 if dtype == torch.float64 else torch.complex64)
+        expectations = pauli_expectations(states, self.qubits)
+        scale = (1 - self.depolarizing) * (1 - 2 * self.readout_error)
+        if scale != 1:
+            expectations = expectations * scale
+        if self.shots is not None:  # each ⟨P⟩ from shots ±1 outcomes: P(+1) = (1 + ⟨P⟩)/2
+            expectations = 2 * self.sample_shots((1 + expectations) / 2) - 1
+        return expectations.to(dtype)
+
+    def projected_similarity(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        """φ(x)·φ(y) (``linear``) or exp(−γ‖φ(x)−φ(y)‖²) (``gaussian``), ``[..., n, m]``."""
+        dot = fx @ fy.transpose(-1, -2)
+        if self.projected_kernel == "linear":
+            return dot
+        distance = fx.square().sum(-1).unsqueeze(-1) + fy.square().sum(-1).unsqueeze(-2) - 2 * dot
+        return torch.exp(-self.gamma * distance.clamp_min(0))
+
+    def measured_paulis(self, angles: torch.Tensor) -> torch.Tensor | None:
+        """Pauli expectations ``[..., 3q]`` estimated by an engine that measures (a sampler, a shot device).
+
+        None (the default) means: compute them from the engine's states.  Backends override it.
+        """
+        if self.engine == "sampler":
+            raise NotImplementedError(f"{type(self).__name__} does not implement engine='sampler'")
+        return None
+
+    def measured_fidelities(self, angles_x: torch.Tensor, angles_y: torch.Tensor) -> torch.Tensor:
+        """Fidelity kernel ``[..., n, m]`` estimated from compute–uncompute circuits (``engine="sampler"``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement engine='sampler'")
+
+    def _check_sampling(self, what: str) -> None:
+        """A sampler estimates from the map's ``shots``, with the backend's own noise (not qra's noise model)."""
+        if self.shots is None:
+            raise ValueError(f"engine='sampler' estimates {what} from shots: set shots=N "
+                             "(or set_measurement(shots=N))")  # fmt: skip
+        if self.noisy:
+            raise ValueError("noise= is qra's model of a QPU's noise for the simulators; engine='sampler' has its "
+                             "backend's own noise: set_measurement(shots=N) without noise")  # fmt: skip
+
+    def set_engine(self, engine: str, backend: object | None = None, **options: object) -> None:
+        """Switch a built (e.g. trained) map to another engine, for instance to evaluate it on a sampler.
+
+        ``backend`` and ``options`` are the backend's: a simulator device name, a sampler or the name
+        of one (see the backends' ``set_engine``).  This base class takes neither.
+        """
+        if engine not in self.engines:
+            raise ValueError(f"unknown engine {engine!r}; accepted: {', '.join(self.engines)}")
+        if backend is not None or options:
+            raise ValueError(f"{type(self).__name__} takes no backend or options for engine={engine!r}")
+        self.engine = engine
+
 
 def _depth(gates: list[Gate]) -> int:
     """Circuit depth: the longest chain of gates sharing qubits."""
@@ -283,6 +432,24 @@ def _depth(gates: list[Gate]) -> int:
         for q in gate.qubits:
             level[q] = layer
     return max(level.values(), default=0)
+
+
+def pauli_expectations(states: torch.Tensor, qubits: int) -> torch.Tensor:
+    """⟨X_k⟩, ⟨Y_k⟩, ⟨Z_k⟩ of states ``[..., 2^q]`` (qubit k = bit k): ``[..., 3q]``, all X, then all Y, then all Z.
+
+    With a_b the amplitudes whose bit k is b and c = Σ conj(a_0)·a_1: ⟨X_k⟩ = 2 Re c, ⟨Y_k⟩ = 2 Im c,
+    ⟨Z_k⟩ = Σ|a_0|² − Σ|a_1|².  Tensor operations only, so gradients flow to the states.
+    """
+    batch = states.shape[:-1]
+    x, y, z = [], [], []
+    for k in range(qubits):
+        split = states.reshape(*batch, 2 ** (qubits - 1 - k), 2, 2**k)
+        zero, one = split[..., 0, :], split[..., 1, :]
+        coherence = (zero.conj() * one).sum((-2, -1))
+        x.append(2 * coherence.real)
+        y.append(2 * coherence.imag)
+        z.append((zero.real.square() + zero.imag.square() - one.real.square() - one.imag.square()).sum((-2, -1)))
+    return torch.stack(x + y + z, dim=-1)
 
 
 def density_features(states: torch.Tensor) -> torch.Tensor:

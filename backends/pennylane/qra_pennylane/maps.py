@@ -62,8 +62,12 @@ class PennyLaneCircuitMap(CircuitFeatureMap):
     """A circuit feature map whose circuit is the PennyLane template :meth:`template`.
 
     ``engine="framework"`` (the default) runs a QNode (torch interface, parameter broadcasting over
-    the whole batch, differentiable) on the PennyLane device named by ``device``, on the input's
-    torch device.  ``engine="native"`` records the same operations on a PennyLane tape, decomposes
+    the whole batch, differentiable) on the PennyLane device named by ``device`` (any installed
+    PennyLane device), on the input's torch device.  With ``features="projected"`` and ``shots``,
+    the device itself measures ⟨X_k⟩, ⟨Y_k⟩, ⟨Z_k⟩ (``qml.expval`` with that many shots, seeded from
+    ``seed``) — what a shot device or a hardware plugin returns; otherwise the device's exact
+    states are used, and shots and noise follow qra's model (class docstring of the base).
+    ``engine="native"`` records the same operations on a PennyLane tape, decomposes
     them with PennyLane's rules and runs them on qra's batched engine — much faster, same states.
     Every other parameter is :class:`~qra.featuremaps.circuit.CircuitFeatureMap`'s.
     """
@@ -107,6 +111,42 @@ class PennyLaneCircuitMap(CircuitFeatureMap):
         two_qubit = sum(count for size, count in found.gate_sizes.items() if size >= 2)
         return {"qubits": self.qubits, "depth": found.depth, "gates": found.num_gates - found.gate_types.get(
             "GlobalPhase", 0), "two_qubit_gates": two_qubit, "basis": "PennyLane: 1-qubit gates + CNOT"}  # fmt: skip
+
+    def set_engine(self, engine: str, backend: object | None = None, **options: object) -> None:
+        """``framework`` with ``backend`` a PennyLane device name (e.g. ``lightning.qubit``), or ``native``."""
+        if engine == "framework" and backend is not None:
+            if not isinstance(backend, str):
+                raise TypeError(f"a PennyLane map's backend is a PennyLane device name, got {type(backend).__name__}")
+            self.device_name = backend
+            backend = None
+        super().set_engine(engine, backend, **options)
+
+    def measured_paulis(self, angles: torch.Tensor) -> torch.Tensor | None:
+        """With ``engine="framework"`` and ``shots``: ⟨X_k⟩…, ⟨Y_k⟩…, ⟨Z_k⟩… measured by the device with shots."""
+        if self.engine != "framework" or self.shots is None:
+            return None
+        if self.noisy:
+            raise ValueError("noise= is qra's model of a QPU's noise; with engine='framework' and shots the device "
+                             "measures: use a noisy PennyLane device (e.g. default.mixed with noise channels) instead")
+        seed = hash((self.seed, self._sampling_calls)) & 0x7FFF_FFFF
+        self._sampling_calls += 1
+        try:
+            device = qml.device(self.device_name, wires=self.qubits, seed=seed)
+        except TypeError:  # a device without a seed option
+            device = qml.device(self.device_name, wires=self.qubits)
+        wires = self.wires
+        observables = [qml.PauliX, qml.PauliY, qml.PauliZ]
+
+        def circuit(batch: torch.Tensor):
+            self.template(batch, wires)
+            return [qml.expval(pauli(wires[k])) for pauli in observables for k in range(self.qubits)]
+
+        flat = angles.reshape(-1, self.num_angles)
+        qnode = qml.set_shots(qml.QNode(circuit, device, interface="torch"), shots=self.shots)
+        with torch.device(angles.device):
+            values = qnode(flat)
+        expectations = torch.stack([torch.as_tensor(v, device=angles.device).reshape(-1) for v in values], dim=-1)
+        return expectations.reshape(*angles.shape[:-1], 3 * self.qubits)
 
     def _run_qnode(self, angles: torch.Tensor) -> torch.Tensor:
         device = _device(self.device_name, self.qubits)

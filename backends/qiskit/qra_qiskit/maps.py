@@ -1,4 +1,4 @@
-"""Qiskit circuits as qra feature maps: simulated on qra's engine, Qiskit's Statevector or Aer.
+"""Qiskit circuits as qra feature maps: simulated on qra's engine, Qiskit's Statevector or Aer, or sampled.
 
 The circuit's parameters, in ``circuit.parameters`` order (a ParameterVector keeps its index
 order), are the angles the map's projection produces.  For the native engine the circuit is
@@ -19,8 +19,10 @@ from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import ParameterExpression
 from qiskit.circuit.library import pauli_feature_map, zz_feature_map
 
-from qra.featuremaps.circuit import CircuitFeatureMap
+from qra.featuremaps.circuit import ENGINES, CircuitFeatureMap
 from qra.featuremaps.statevector import GATES, Gate
+
+from . import hardware
 
 #: Qiskit's own simulators for ``engine="framework"``
 DEVICES = ("statevector", "aer")
@@ -78,16 +80,33 @@ class QiskitCircuitMap(CircuitFeatureMap):
 
     ``circuit``: its parameters are the angles (``circuit.num_parameters`` of them, in
     ``circuit.parameters`` order); the projection maps d_in to that many.  ``engine``: ``native``
-    (qra's batched, differentiable engine; the default, for training) or ``framework``: Qiskit's
+    (qra's batched, differentiable engine; the default, for training), ``framework``: Qiskit's
     own simulator named by ``device`` — ``statevector`` (``qiskit.quantum_info.Statevector`` per
-    input) or ``aer`` (qiskit-aer with batched parameter binds), forward-only, for verification and
-    inference.  Every other parameter is :class:`~qra.featuremaps.circuit.CircuitFeatureMap`'s.
+    input) or ``aer`` (qiskit-aer with batched parameter binds, after transpiling to a basis without
+    parameterised controlled gates, which Aer binds wrongly) — or ``sampler``: the circuits a QPU
+    runs, through a ``qiskit.primitives.BaseSamplerV2``, ``shots`` each (see :meth:`set_sampler`).
+    ``framework`` and ``sampler`` are forward-only, for verification and inference.
+
+    ``sampler``: for ``engine="sampler"``, a backend name — ``aer`` (qiskit-aer's noiseless
+    ``SamplerV2``, the default) or ``fake_<device>`` such as ``fake_torino`` (Aer with that IBM
+    device's noise model, circuits transpiled for its target) — or any ``BaseSamplerV2`` object
+    (not recorded in ``featuremap_params``: a reloaded map has ``aer``).  ``optimization_level``:
+    Qiskit's preset transpiler level for the sampler's target (default 1).  Every other parameter
+    is :class:`~qra.featuremaps.circuit.CircuitFeatureMap`'s.
     """
 
     fixed_parameters = ("qubits",)  # the circuit's own width
+    engines = (*ENGINES, "sampler")
 
     def __init__(
-        self, d_in: int, circuit: QuantumCircuit, device: str = "statevector", engine: str = "native", **kwargs
+        self,
+        d_in: int,
+        circuit: QuantumCircuit,
+        device: str = "statevector",
+        engine: str = "native",
+        sampler: object = "aer",
+        optimization_level: int = 1,
+        **kwargs,
     ) -> None:
         if not isinstance(circuit, QuantumCircuit):
             raise TypeError(f"circuit must be a qiskit QuantumCircuit, got {type(circuit).__name__}")
@@ -104,6 +123,14 @@ class QiskitCircuitMap(CircuitFeatureMap):
         self.device_name = device
         self._circuit_parameters = list(circuit.parameters)
         self._program: list[tuple[str, tuple[int, ...], tuple[AngleFunction | float, ...]]] | None = None
+        if not isinstance(sampler, str):  # an object: used, not recorded (a saved config must stay JSON)
+            getattr(self, "_featuremap_params", {}).pop("sampler", None)
+        self._sampler_choice: object = sampler
+        self.optimization_level = optimization_level
+        self._sampler_setup: hardware.SamplerSetup | None = None
+        self._sampler_circuits: dict[str, tuple[QuantumCircuit, list[int]]] = {}
+        if self.engine == "sampler":
+            self.set_sampler(sampler, optimization_level)
 
     def _native_program(self) -> list[tuple[str, tuple[int, ...], tuple[AngleFunction | float, ...]]]:
         """The circuit transpiled to the engine's gates, with compiled angle functions (built once)."""
@@ -176,15 +203,96 @@ class QiskitCircuitMap(CircuitFeatureMap):
         from qiskit_aer import AerSimulator
 
         simulator = AerSimulator(method="statevector")
-        circuit = self.circuit.copy()
+        # qiskit-aer binds parameters of controlled rotations (cp, crx, cry, crz, cu) wrongly (qiskit-aer #2403,
+        # #2323): wrong states, or a QiskitError for several inputs; decomposed first, they bind right
+        circuit = transpile(self.circuit, basis_gates=hardware.SAFE_BASIS, optimization_level=0)
         circuit.save_statevector()
         compiled = transpile(circuit, simulator, optimization_level=0)
         binds = [{parameter: values[:, i].tolist() for i, parameter in enumerate(self._circuit_parameters)}]
         result = simulator.run([compiled], parameter_binds=binds).result()
         return np.stack([np.asarray(result.get_statevector(i)) for i in range(len(values))])
 
+    # -- engine="sampler": the circuits a QPU runs, through a SamplerV2 ------------------------------------
+
+    def set_engine(self, engine: str, backend: object | None = None, **options: object) -> None:
+        """``sampler`` with ``backend`` a backend name or a ``BaseSamplerV2`` (options: ``optimization_level``,
+        ``target``); ``framework`` with ``backend`` a simulator device (``statevector``, ``aer``); ``native``."""
+        if engine == "sampler":
+            self.set_sampler("aer" if backend is None else backend, **options)  # type: ignore[arg-type]
+            return
+        if engine == "framework" and backend is not None:
+            if backend not in DEVICES:
+                raise ValueError(f"unknown Qiskit simulator device={backend!r}; accepted: {', '.join(DEVICES)}")
+            self.device_name = backend
+            backend = None
+        super().set_engine(engine, backend, **options)
+
+    def set_sampler(self, sampler: object = "aer", optimization_level: int | None = None,
+                    target: object | None = None) -> None:  # fmt: skip
+        """Run this map's circuits through ``sampler`` (``engine="sampler"``): a backend name (``aer``,
+        ``fake_torino``, …) or any ``qiskit.primitives.BaseSamplerV2``, e.g. IBM Runtime's ``SamplerV2(mode=
+        backend)`` with ``target=backend``.  Circuits are transpiled for the sampler's target (its backend's, or
+        ``target``; else a basis any simulator takes) at ``optimization_level`` and sent as one PUB per
+        circuit with a parameter row per input (projected features: three PUBs, the X, Y and Z bases) or per
+        (query, key) pair (fidelity: the compute–uncompute circuit U(y)†U(x)), ``shots`` shots each.
+        """
+        level = self.optimization_level if optimization_level is None else optimization_level
+        self._sampler_setup = hardware.sampler_setup(sampler, level, target)  # type: ignore[arg-type]
+        self._sampler_choice, self.optimization_level = sampler, level
+        self._sampler_circuits = {}
+        self.engine = "sampler"
+
+    def _sampler_circuit(self, kind: str) -> tuple[QuantumCircuit, list[int]]:
+        """The transpiled circuit of ``kind`` (``fidelity`` or a Pauli basis) and its values' column order."""
+        if kind not in self._sampler_circuits:
+            if kind == "fidelity":
+                circuit, parameters = hardware.compute_uncompute(self.circuit)
+            else:
+                circuit, parameters = hardware.measurement_circuit(self.circuit, kind), self._circuit_parameters
+            transpiled = self._sampler_setup.transpile(circuit)
+            self._sampler_circuits[kind] = (transpiled, hardware.bind_order(transpiled, parameters))
+        return self._sampler_circuits[kind]
+
+    def _run_pubs(self, pubs: list[tuple[QuantumCircuit, np.ndarray]]) -> list:
+        if self._sampler_setup is None:
+            self.set_sampler(self._sampler_choice, self.optimization_level)
+        seed = hash((self.seed, self._sampling_calls)) & 0x7FFF_FFFF
+        self._sampling_calls += 1
+        result = self._sampler_setup.make(seed).run(pubs, shots=self.shots).result()
+        return [pub_result.data.meas for pub_result in result]
+
+    def _refuse_gradients(self, *tensors: torch.Tensor) -> None:
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            raise RuntimeError("engine='sampler' estimates from measurements and is forward-only: use "
+                               "engine='native' to train, or call it under torch.no_grad()")  # fmt: skip
+
+    def measured_paulis(self, angles: torch.Tensor) -> torch.Tensor | None:
+        """⟨X_k⟩, ⟨Y_k⟩, ⟨Z_k⟩ ``[..., 3q]`` from three PUBs (X, Y, Z bases), one parameter row per input."""
+        if self.engine != "sampler":
+            return None
+        self._refuse_gradients(angles)
+        values = angles.detach().reshape(-1, self.num_angles).cpu().numpy()
+        circuits = [self._sampler_circuit(basis) for basis in hardware.PAULI_BASES]
+        results = self._run_pubs([(circuit, values[:, order]) for circuit, order in circuits])
+        expectations = np.concatenate([hardware.z_expectations(bits, self.qubits) for bits in results], axis=-1)
+        return torch.from_numpy(expectations).to(angles.device).reshape(*angles.shape[:-1], 3 * self.qubits)
+
+    def measured_fidelities(self, angles_x: torch.Tensor, angles_y: torch.Tensor) -> torch.Tensor:
+        """All-zeros frequencies of U(y)†U(x) ``[..., n, m]``: one PUB, one parameter row per (x, y) pair."""
+        self._check_sampling("the fidelity kernel")
+        self._refuse_gradients(angles_x, angles_y)
+        batch = torch.broadcast_shapes(angles_x.shape[:-2], angles_y.shape[:-2])
+        n, m = angles_x.shape[-2], angles_y.shape[-2]
+        pairs = torch.cat([angles_x.detach().unsqueeze(-2).expand(*batch, n, m, self.num_angles),
+                           angles_y.detach().unsqueeze(-3).expand(*batch, n, m, self.num_angles)], dim=-1)  # fmt: skip
+        circuit, order = self._sampler_circuit("fidelity")
+        values = pairs.reshape(-1, 2 * self.num_angles).cpu().numpy()[:, order]
+        frequencies = hardware.all_zeros_frequency(self._run_pubs([(circuit, values)])[0], self.qubits)
+        return torch.from_numpy(frequencies).to(device=angles_x.device).reshape(*batch, n, m)
+
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_program": None}  # compiled lambdas don't pickle; rebuilt on demand
+        # compiled lambdas and sampler objects don't pickle; rebuilt on demand
+        return {**self.__dict__, "_program": None, "_sampler_setup": None, "_sampler_circuits": {}}
 
 
 class QiskitZZ(QiskitCircuitMap):

@@ -1,0 +1,137 @@
+"""Paired statistics for comparing an arm with the baseline: McNemar per seed, paired t over seeds, TOST.
+
+- :func:`mcnemar` compares two classifiers on the same test reviews (one pair of runs with the same seed):
+  only the discordant reviews count, b (A right, B wrong) and c (A wrong, B right).  With fewer than
+  :data:`EXACT_BELOW` discordant reviews the exact two-sided binomial test (b ~ Binomial(b + c, ½)) is
+  used, otherwise the χ² statistic with continuity correction (|b − c| − 1)² / (b + c).
+- :func:`paired_t` tests the mean of per-seed differences (arm − baseline) against 0 (Student's t, n − 1 df).
+- :func:`tost` is the two one-sided tests of equivalence (Schuirmann 1987) of the per-seed differences
+  within ±``margin``: equivalent when both H0: μ ≤ −margin and H0: μ ≥ +margin are rejected, i.e. when
+  p = max(p_lower, p_upper) < α — equivalently, when the (1 − 2α) confidence interval of μ lies inside the margin.
+
+Accuracies are fractions, so the protocol's ±0.5 points is ``margin=0.005``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+#: discordant counts below this use the exact binomial test
+EXACT_BELOW = 25
+ALPHA = 0.05
+#: the protocol's equivalence margin: ±0.5 accuracy points
+TOST_MARGIN = 0.005
+
+
+@dataclass(frozen=True)
+class McNemar:
+    b: int  # first right, second wrong
+    c: int  # first wrong, second right
+    statistic: float | None  # χ² with continuity correction (None for the exact test)
+    p_value: float
+    method: str  # "exact" or "chi2"
+    n: int  # reviews compared
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def mcnemar(correct_a: Sequence[bool] | np.ndarray, correct_b: Sequence[bool] | np.ndarray) -> McNemar:
+    """McNemar's test of two classifiers' correctness on the same reviews (same order)."""
+    a, b_ = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b_.shape or a.ndim != 1:
+        raise ValueError(f"mcnemar needs two 1-D arrays of the same length, got shapes {a.shape} and {b_.shape}")
+    b = int((a & ~b_).sum())
+    c = int((~a & b_).sum())
+    discordant = b + c
+    if discordant == 0:
+        return McNemar(b, c, None, 1.0, "exact", len(a))
+    if discordant < EXACT_BELOW:
+        p = float(stats.binomtest(b, discordant, 0.5, alternative="two-sided").pvalue)
+        return McNemar(b, c, None, min(1.0, p), "exact", len(a))
+    statistic = (abs(b - c) - 1) ** 2 / discordant
+    return McNemar(b, c, float(statistic), float(stats.chi2.sf(statistic, 1)), "chi2", len(a))
+
+
+@dataclass(frozen=True)
+class PairedT:
+    n: int
+    mean_difference: float
+    std_difference: float | None
+    t: float | None
+    p_value: float | None
+    ci95: tuple[float, float] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _differences(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+    first, second = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if first.shape != second.shape or first.ndim != 1 or len(first) == 0:
+        raise ValueError(f"paired tests need two equally long, non-empty 1-D sequences; got {first.shape}, "
+                         f"{second.shape}")  # fmt: skip
+    return first - second
+
+
+def paired_t(a: Sequence[float], b: Sequence[float]) -> PairedT:
+    """Paired t-test of mean(a − b) = 0 over seeds (two-sided), with the 95% confidence interval of the mean."""
+    d = _differences(a, b)
+    n, mean = len(d), float(d.mean())
+    if n < 2:
+        return PairedT(n, mean, None, None, None, None)
+    std = float(d.std(ddof=1))
+    if std == 0:
+        p = 1.0 if mean == 0 else 0.0
+        return PairedT(n, mean, 0.0, None if mean == 0 else math.copysign(math.inf, mean), p, (mean, mean))
+    result = stats.ttest_rel(a, b)
+    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+    return PairedT(n, mean, std, float(result.statistic), float(result.pvalue), (mean - half, mean + half))
+
+
+@dataclass(frozen=True)
+class Tost:
+    n: int
+    margin: float
+    mean_difference: float
+    p_lower: float | None  # H0: μ <= −margin
+    p_upper: float | None  # H0: μ >= +margin
+    p_value: float | None  # max of the two
+    equivalent: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def tost(a: Sequence[float], b: Sequence[float], margin: float = TOST_MARGIN, alpha: float = ALPHA) -> Tost:
+    """Paired TOST: is mean(a − b) within ±``margin``? (needs ≥ 2 pairs; never equivalent with fewer)."""
+    if not margin > 0:
+        raise ValueError(f"the equivalence margin must be > 0, got {margin!r}")
+    d = _differences(a, b)
+    n, mean = len(d), float(d.mean())
+    if n < 2:
+        return Tost(n, margin, mean, None, None, None, False)
+    std = float(d.std(ddof=1))
+    if std == 0:
+        inside = -margin < mean < margin
+        p_lower, p_upper = (0.0 if mean > -margin else 1.0), (0.0 if mean < margin else 1.0)
+        return Tost(n, margin, mean, p_lower, p_upper, max(p_lower, p_upper), inside)
+    p_lower = float(stats.ttest_1samp(d, -margin, alternative="greater").pvalue)
+    p_upper = float(stats.ttest_1samp(d, margin, alternative="less").pvalue)
+    p = max(p_lower, p_upper)
+    return Tost(n, margin, mean, p_lower, p_upper, p, p < alpha)
+
+
+def verdict(t: PairedT, equivalence: Tost, alpha: float = ALPHA) -> str:
+    """``better`` / ``worse`` (paired t significant), else ``equivalent`` (TOST), else ``inconclusive``."""
+    if t.p_value is not None and t.p_value < alpha and t.mean_difference != 0:
+        return "better" if t.mean_difference > 0 else "worse"
+    if equivalence.equivalent:
+        return "equivalent"
+    return "inconclusive"

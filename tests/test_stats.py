@@ -1,0 +1,77 @@
+"""Paired statistics: McNemar (exact and χ²), paired t, TOST — against hand-computed values and scipy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from qra.experiment.stats import mcnemar, paired_t, tost, verdict
+
+
+def correctness(b: int, c: int, both: int = 5, neither: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Two correctness vectors with b reviews only A got right and c only B got right."""
+    a = [True] * b + [False] * c + [True] * both + [False] * neither
+    other = [False] * b + [True] * c + [True] * both + [False] * neither
+    return np.array(a), np.array(other)
+
+
+def test_mcnemar_exact_for_few_discordant_reviews():
+    result = mcnemar(*correctness(3, 1))
+    assert (result.b, result.c, result.method, result.n) == (3, 1, "exact", 11)
+    assert result.p_value == pytest.approx(2 * (1 + 4) / 16)  # 2·P(X ≤ 1), X ~ Binomial(4, ½) = 0.625
+    assert mcnemar(*correctness(0, 0)).p_value == 1.0
+    assert mcnemar(*correctness(6, 0)).p_value == pytest.approx(2 / 64)
+
+
+def test_mcnemar_chi2_with_continuity_correction_for_many():
+    result = mcnemar(*correctness(30, 10))
+    assert result.method == "chi2"
+    assert result.statistic == pytest.approx((20 - 1) ** 2 / 40)  # 9.025
+    assert result.p_value == pytest.approx(stats.chi2.sf(9.025, 1))
+    assert result.p_value == pytest.approx(math.erfc(math.sqrt(9.025 / 2)))  # χ²(1) tail by hand
+
+
+def test_mcnemar_refuses_unequal_lengths():
+    with pytest.raises(ValueError, match="same length"):
+        mcnemar([True, False], [True])
+
+
+def test_paired_t_matches_scipy_and_hand_values():
+    a, b = [0.92, 0.93, 0.925, 0.931, 0.927], [0.921, 0.925, 0.92, 0.926, 0.924]
+    result = paired_t(a, b)
+    reference = stats.ttest_rel(a, b)
+    assert result.t == pytest.approx(reference.statistic) and result.p_value == pytest.approx(reference.pvalue)
+    d = np.subtract(a, b)
+    assert result.mean_difference == pytest.approx(d.mean())
+    assert result.t == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(5)))
+    half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
+    assert result.ci95 == pytest.approx((d.mean() - half, d.mean() + half))
+    assert paired_t([0.9], [0.8]).p_value is None  # one seed: no test
+
+
+def test_tost_equivalence_within_half_a_point():
+    base = np.array([0.920, 0.925, 0.922, 0.927, 0.921])
+    close = base + np.array([0.001, -0.001, 0.0005, 0.0, -0.0005])
+    result = tost(close, base, margin=0.005)
+    d = close - base
+    se = d.std(ddof=1) / math.sqrt(5)
+    assert result.p_lower == pytest.approx(stats.t.sf((d.mean() + 0.005) / se, 4))
+    assert result.p_upper == pytest.approx(stats.t.cdf((d.mean() - 0.005) / se, 4))
+    assert result.equivalent and result.p_value == max(result.p_lower, result.p_upper)
+    far = base + np.array([0.01, 0.012, 0.009, 0.011, 0.010])
+    assert not tost(far, base).equivalent
+    assert not tost([0.9], [0.9]).equivalent  # one pair cannot show equivalence
+
+
+def test_verdicts():
+    base = np.array([0.920, 0.925, 0.922, 0.927, 0.921])
+    better = base + np.array([0.010, 0.012, 0.009, 0.011, 0.010])
+    assert verdict(paired_t(better, base), tost(better, base)) == "better"
+    assert verdict(paired_t(base, better), tost(base, better)) == "worse"
+    same = base + np.array([0.001, -0.001, 0.0005, 0.0, -0.0005])
+    assert verdict(paired_t(same, base), tost(same, base)) == "equivalent"
+    noisy = base + np.array([0.02, -0.02, 0.01, -0.015, 0.004])
+    assert verdict(paired_t(noisy, base), tost(noisy, base)) == "inconclusive"
