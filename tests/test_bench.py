@@ -94,3 +94,22 @@ def test_the_default_output_is_a_user_folder_not_the_committed_results():
 
     assert BENCH_DIR.parts[0] == "runs"
     assert torch.tensor(1)  # the module imports without a GPU
+
+
+def test_the_tensorcircuit_peer_computes_qiskits_zz_states_with_gradients():
+    pytest.importorskip("tensorcircuit")
+    np = pytest.importorskip("numpy")
+    from qiskit.circuit.library import zz_feature_map
+    from qiskit.quantum_info import Statevector
+
+    from qra.experiment.bench import tensorcircuit_zz_states
+
+    x = torch.rand(4, 3, dtype=torch.float32) * 6.28
+    leaf = x.clone().requires_grad_()
+    states = tensorcircuit_zz_states(leaf)
+    circuit = zz_feature_map(3, reps=2)
+    for row, state in zip(x.numpy().astype(float), states.detach().numpy(), strict=True):
+        expected = Statevector(circuit.assign_parameters(row)).data
+        assert np.abs(np.vdot(expected, state)) ** 2 == pytest.approx(1.0, abs=1e-5)  # the same state
+    (states.real.sum() + states.imag.sum()).backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()

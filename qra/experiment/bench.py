@@ -9,6 +9,7 @@ the device named, which every results file records.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -66,9 +67,11 @@ def time_it(step: Callable[[], None], device: torch.device, repeats: int = 5, wa
 class FeatureMapImpl:
     """One way to compute ZZ-map states: a registered map with its engine settings, and how it may run.
 
-    ``engine`` is the row's short name (``native``, ``reference``, ``pennylane``, ``lightning``,
-    ``statevector``, ``aer``); ``cap`` names the input cap of slow implementations (see
-    :data:`DEFAULT_CAPS`); ``reference`` runs the map's gates on qra's earlier gate-by-gate engine.
+    ``engine`` is the row's short name (``native``, ``reference``, ``tensorcircuit``, ``pennylane``,
+    ``lightning``, ``statevector``, ``aer``); ``cap`` names the input cap of slow implementations (see
+    :data:`DEFAULT_CAPS`); ``states_via`` says who computes the states: the map itself (``map``), qra's
+    earlier gate-by-gate engine on the map's gates (``reference``) or tensorcircuit-ng
+    (``tensorcircuit``: its PyTorch backend, vmapped over the batch, on the same device).
     """
 
     label: str
@@ -78,7 +81,7 @@ class FeatureMapImpl:
     differentiable: bool
     runs_on_cpu_only: bool = False
     cap: str | None = None
-    reference: bool = False
+    states_via: str = "map"
     requires: str | None = None  # a module the implementation needs; the row is skipped without it
 
 
@@ -86,7 +89,9 @@ FEATUREMAP_IMPLS = (
     FeatureMapImpl("qra native (PennyLane tape)", "pennylane-zz", "native", {"engine": "native"}, True),
     FeatureMapImpl("qra native (Qiskit circuit)", "qiskit-zz", "native", {"engine": "native"}, True),
     FeatureMapImpl("qra reference engine (gate by gate)", "pennylane-zz", "reference", {"engine": "native"}, True,
-                   reference=True),
+                   states_via="reference"),
+    FeatureMapImpl("tensorcircuit-ng (PyTorch backend, vmap)", "qiskit-zz", "tensorcircuit", {"engine": "native"},
+                   True, states_via="tensorcircuit", requires="tensorcircuit"),
     FeatureMapImpl("PennyLane default.qubit", "pennylane-zz", "pennylane",
                    {"engine": "framework", "device": "default.qubit"}, True, cap="pennylane-cpu"),
     # lightning's adjoint method differentiates expectation values, not states: forward only here
@@ -109,8 +114,10 @@ def _input_cap(impl: FeatureMapImpl, device: torch.device, caps: dict[str, int])
 
 
 def _states_function(impl: FeatureMapImpl, fm: FeatureMap) -> Callable[[torch.Tensor], torch.Tensor]:
-    if not impl.reference:
+    if impl.states_via == "map":
         return fm.states
+    if impl.states_via == "tensorcircuit":
+        return lambda x: tensorcircuit_zz_states(fm.angles(x).float(), reps=2)
     from ..featuremaps.statevector import reference_simulate
 
     def states(x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +125,36 @@ def _states_function(impl: FeatureMapImpl, fm: FeatureMap) -> Callable[[torch.Te
         return reference_simulate(fm.gates(angles), fm.qubits, dtype=torch.complex64, device=x.device)
 
     return states
+
+
+def tensorcircuit_zz_states(angles: torch.Tensor, reps: int = 2) -> torch.Tensor:
+    """Qiskit's ZZ feature map (H, P(2x_i), CX·P(2(π−x_i)(π−x_j))·CX) in tensorcircuit-ng, vmapped over the batch.
+
+    The peer a user would pick for batched, differentiable circuits in PyTorch.  Its wire 0 is the most
+    significant bit, so qra's qubit k is its wire n−1−k: the states come out in qra's (Qiskit's) order.
+    """
+    import tensorcircuit as tc
+
+    tc.set_backend("pytorch")
+    tc.set_dtype("complex64")
+    n = angles.shape[-1]
+
+    def state(x: torch.Tensor) -> torch.Tensor:
+        circuit = tc.Circuit(n)
+        for _ in range(reps):
+            for k in range(n):
+                circuit.h(n - 1 - k)
+            for k in range(n):
+                circuit.phase(n - 1 - k, theta=2 * x[k])
+            for i in range(n):
+                for j in range(i + 1, n):
+                    circuit.cnot(n - 1 - i, n - 1 - j)
+                    circuit.phase(n - 1 - j, theta=2 * (math.pi - x[i]) * (math.pi - x[j]))
+                    circuit.cnot(n - 1 - i, n - 1 - j)
+        return circuit.state()
+
+    with torch.device(angles.device):  # its initial state is made on torch's default device
+        return tc.backend.vmap(state, vectorized_argnums=0)(angles)
 
 
 def featuremap_cases(
@@ -166,10 +203,11 @@ def _featuremap_rows(
                "device": device_name(run_device), "torch": torch.__version__}  # fmt: skip
         try:
             timing = time_it(step, run_device, repeats=reps, warmup=1)
-        except RuntimeError as error:
-            if not _is_out_of_memory(error):
-                raise
-            rows.append(row | {"ms": None, "ms_per_input": None, "peak_bytes": None, "oom": True})
+        except (RuntimeError, ValueError, TypeError) as error:
+            if not _is_out_of_memory(error) and impl.requires is None:
+                raise  # qra's own rows must run; a peer that fails is recorded, not fatal
+            failure = {"oom": True} if _is_out_of_memory(error) else {"error": f"{type(error).__name__}: {error}"}
+            rows.append(row | {"ms": None, "ms_per_input": None, "peak_bytes": None, **failure})
             continue
         rows.append(row | {"ms": timing.median_ms * count / measured, "ms_per_input": timing.median_ms / measured,
                            "peak_bytes": timing.peak_bytes if measured == count else None})  # fmt: skip
