@@ -168,10 +168,37 @@ def test_a_pennylane_shot_device_measures_the_projected_features():
 def test_features_options_are_validated():
     with pytest.raises(ValueError, match="accepted: state, projected"):
         get("qiskit-zz", d_in=4, qubits=2, features="pauli")
-    with pytest.raises(ValueError, match="accepted: linear, gaussian"):
+    with pytest.raises(ValueError, match="accepted: linear, trace, gaussian"):
         get("qiskit-zz", d_in=4, qubits=2, features="projected", projected_kernel="rbf")
     with pytest.raises(ValueError, match="gamma"):
         get("qiskit-zz", d_in=4, qubits=2, features="projected", projected_kernel="gaussian", gamma=0)
     with pytest.raises(ValueError, match="not both"):
         get("pennylane-zz", d_in=4, qubits=2, features="projected", real_lift=True)
     assert get("qiskit-zz", d_in=4, qubits=2).featuremap_params["features"] == "state"
+
+
+def test_the_trace_kernel_is_huangs_linear_projected_kernel_and_never_negative():
+    """Σ_k Tr(ρ_k(x) ρ_k(y)) over single-qubit reduced states, from Qiskit's partial traces."""
+    from qiskit.quantum_info import DensityMatrix, Statevector, partial_trace
+
+    fm = get("qiskit-zz", d_in=3, qubits=3, projection="identity", features="projected",
+             projected_kernel="trace").double()  # fmt: skip
+    x, y = torch.rand(4, 3, dtype=torch.float64) * 6.28, torch.rand(5, 3, dtype=torch.float64) * 6.28
+    assert fm.is_linear and fm.dim == 10
+    kernel = fm.similarity(fm(x), fm(y))
+    states = get("qiskit-zz", d_in=3, qubits=3, projection="identity").double().states
+
+    def reduced(state):
+        rho = DensityMatrix(Statevector(state.detach().numpy()))
+        return [partial_trace(rho, [q for q in range(3) if q != k]).data for k in range(3)]
+
+    for i, sx in enumerate(states(x)):
+        for j, sy in enumerate(states(y)):
+            expected = sum(np.trace(a @ b).real for a, b in zip(reduced(sx), reduced(sy), strict=True))
+            assert kernel[i, j].item() == pytest.approx(expected, abs=1e-10)
+    assert (kernel >= 0).all()
+    q, k, v = (torch.randn(1, 2, 6, 3, dtype=torch.float64) for _ in range(3))
+    linear, weights = kernel_attention(q, k, v, fm, "linear", return_weights=True)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(1, 2, 6, dtype=torch.float64))
+    torch.testing.assert_close(linear, weights @ v)
+    assert (weights >= 0).all()

@@ -28,8 +28,9 @@ NOISE_KINDS = ("depolarizing", "readout")
 #: What a circuit map's features are: ``state`` = |ψ(x)⟩ (the fidelity kernel); ``projected`` = the 3n
 #: single-qubit Pauli expectations ⟨X_k⟩, ⟨Y_k⟩, ⟨Z_k⟩ of |ψ(x)⟩ (projected quantum features)
 FEATURES = ("state", "projected")
-#: The kernel on projected features: ``linear`` = their dot product; ``gaussian`` = exp(−γ‖φ(x)−φ(y)‖²)
-PROJECTED_KERNELS = ("linear", "gaussian")
+#: The kernel on projected features: ``linear`` = their dot product; ``trace`` = Σ_k Tr(ρ_k(x) ρ_k(y)), Huang et
+#: al.'s linear projected kernel (a dot product too, never negative); ``gaussian`` = exp(−γ‖φ(x)−φ(y)‖²)
+PROJECTED_KERNELS = ("linear", "trace", "gaussian")
 #: The most qubits a map may have: one complex64 state of 2^30 amplitudes is already 8 GiB.
 MAX_QUBITS = 30
 #: Above this many qubits the real lift (4^q features per vector) is too large to be useful.
@@ -89,8 +90,11 @@ class CircuitFeatureMap(FeatureMap):
     projected_kernel:
         With ``features="projected"``: ``linear`` (default) scores pairs by φ(x)·φ(y), a dot product,
         so the map is ``is_linear`` (linear attention works, also with shots and noise; the dot product
-        may be negative: ``normalized`` attention clips it, ``linear`` divides by its row sums); ``gaussian``
-        is the projected quantum kernel exp(−γ‖φ(x)−φ(y)‖²) (not linear).
+        may be negative: ``normalized`` attention clips it, ``linear`` divides by its row sums); ``trace``
+        is Huang et al.'s linear projected kernel Σ_k Tr(ρ_k(x) ρ_k(y)) = (q + φ(x)·φ(y))/2 over the
+        single-qubit reduced states ρ_k, in [0, q]: the features are then (φ/√2, √(q/2)), 3q + 1 of them,
+        still a dot product (linear attention works) but never negative; ``gaussian`` is the projected
+        quantum kernel exp(−γ‖φ(x)−φ(y)‖²) (not linear).
     gamma:
         The Gaussian projected kernel's bandwidth γ > 0.
 
@@ -198,7 +202,7 @@ class CircuitFeatureMap(FeatureMap):
     @property
     def is_linear(self) -> bool:  # type: ignore[override]
         if self.projected:
-            return self.projected_kernel == "linear"
+            return self.projected_kernel in ("linear", "trace")
         return self.real_lift and self.shots is None and not self.noisy and self.engine != "sampler"
 
     @property
@@ -214,7 +218,7 @@ class CircuitFeatureMap(FeatureMap):
     @property
     def dim(self) -> int:
         if self.projected:
-            return 3 * self.qubits
+            return 3 * self.qubits + (self.projected_kernel == "trace")
         if self.engine == "sampler":  # the features are the angles; the sampler estimates each pair's kernel
             return self.num_angles
         if self.readout_error > 0:
@@ -275,6 +279,10 @@ class CircuitFeatureMap(FeatureMap):
         return self.simulate(self.angles(x), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.projected and self.projected_kernel == "trace":  # (φ/√2, √(q/2)): dot = Σ_k Tr(ρ_k ρ'_k)
+            features = self.projected_features(x)
+            constant = features.new_full((*features.shape[:-1], 1), math.sqrt(self.qubits / 2))
+            return torch.cat([features / math.sqrt(2), constant], dim=-1)
         if self.projected:
             return self.projected_features(x)
         if self.engine == "sampler":
@@ -382,9 +390,9 @@ class CircuitFeatureMap(FeatureMap):
         return expectations.to(dtype)
 
     def projected_similarity(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
-        """φ(x)·φ(y) (``linear``) or exp(−γ‖φ(x)−φ(y)‖²) (``gaussian``), ``[..., n, m]``."""
+        """φ(x)·φ(y) (``linear``; ``trace`` through its augmented features) or exp(−γ‖φ(x)−φ(y)‖²), ``[..., n, m]``."""
         dot = fx @ fy.transpose(-1, -2)
-        if self.projected_kernel == "linear":
+        if self.projected_kernel in ("linear", "trace"):
             return dot
         distance = fx.square().sum(-1).unsqueeze(-1) + fy.square().sum(-1).unsqueeze(-2) - 2 * dot
         return torch.exp(-self.gamma * distance.clamp_min(0))
