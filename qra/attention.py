@@ -76,6 +76,12 @@ def _stabilised_features(
     return log_q.exp(), log_k.exp()
 
 
+def broadcast_beta(beta: torch.Tensor | float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The temperature as a tensor that scales ``[B, H, N, ·]`` scores: a per-head ``[H]`` becomes ``[1, H, 1, 1]``."""
+    beta = torch.as_tensor(beta, dtype=dtype, device=device)
+    return beta.view(1, -1, 1, 1) if beta.dim() else beta
+
+
 def _softmax_through_sdpa(
     fq: torch.Tensor,
     fk: torch.Tensor,
@@ -91,8 +97,7 @@ def _softmax_through_sdpa(
     """
     queries, keys = fq.to(v.dtype), fk.to(v.dtype)
     if beta is not None:
-        beta = torch.as_tensor(beta, dtype=v.dtype, device=v.device)
-        queries = queries * (beta.view(1, -1, 1, 1) if beta.dim() else beta)
+        queries = queries * broadcast_beta(beta, v.dtype, v.device)
     mask = None if keep is None else keep[:, None, None, :]
     out = F.scaled_dot_product_attention(queries, keys, v, attn_mask=mask, dropout_p=dropout_p, scale=1.0)
     return torch.nan_to_num(out, nan=0.0)  # a sequence without any real key attends to nothing
@@ -138,8 +143,7 @@ def softmax_mode(inputs: AttentionInputs) -> AttentionResult:
     dtype = compute_dtype(inputs.v)
     scores = fm.similarity(fq, fk).to(dtype)
     if inputs.beta is not None:
-        beta = torch.as_tensor(inputs.beta, dtype=dtype, device=scores.device)
-        scores = scores * (beta.view(1, -1, 1, 1) if beta.dim() else beta)
+        scores = scores * broadcast_beta(inputs.beta, dtype, scores.device)
     keep_keys = inputs.keep_keys
     if keep_keys is not None:
         scores = scores.masked_fill(~keep_keys, torch.finfo(dtype).min)
@@ -225,13 +229,6 @@ def _fusable(inputs: AttentionInputs, *tensors: torch.Tensor | None) -> bool:
     )
 
 
-def _beta_per_head(inputs: AttentionInputs, dtype: torch.dtype) -> torch.Tensor | None:
-    if inputs.beta is None:
-        return None
-    beta = torch.as_tensor(inputs.beta, dtype=dtype, device=inputs.v.device)
-    return beta.view(1, -1, 1, 1) if beta.dim() else beta
-
-
 def fused_softmax(inputs: AttentionInputs) -> AttentionResult | None:
     """Flash-style fused softmax for dot-product maps, or the fidelity kernel for exact circuit maps."""
     fm = inputs.featuremap
@@ -239,8 +236,7 @@ def fused_softmax(inputs: AttentionInputs) -> AttentionResult | None:
         return None
     if fm.is_linear:
         fq, fk = fm.query_features(inputs.q), fm(inputs.k)
-        beta = _beta_per_head(inputs, fq.dtype)
-        queries = fq if beta is None else fq * beta
+        queries = fq if inputs.beta is None else fq * broadcast_beta(inputs.beta, fq.dtype, fq.device)
         out = kernels.softmax_attention(queries, fk, inputs.v, inputs.keep, inputs.dropout_p)
         return out.to(inputs.v.dtype), None
     states_q, states_k = fm.query_features(inputs.q), fm(inputs.k)

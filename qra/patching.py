@@ -308,12 +308,17 @@ def _saved_kernel_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def saved_patch_settings(path: str | Path) -> dict[str, Any] | None:
-    """The qra settings a ``save_pretrained`` directory records, or None for a model saved unpatched."""
-    config_file = Path(path) / "config.json"
+def _saved_config(path: Path) -> dict[str, Any]:
+    """The ``config.json`` of a ``save_pretrained`` directory; a clear error where there is none."""
+    config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} not found: expected a save_pretrained directory")
-    return json.loads(config_file.read_text()).get(CONFIG_KEY)
+    return json.loads(config_file.read_text())
+
+
+def saved_patch_settings(path: str | Path) -> dict[str, Any] | None:
+    """The qra settings a ``save_pretrained`` directory records, or None for a model saved unpatched."""
+    return _saved_config(Path(path)).get(CONFIG_KEY)
 
 
 def _base_implementation_of_saved(config: dict[str, Any]) -> str:
@@ -344,9 +349,7 @@ def load_patched(
 
     path = Path(path)
     config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: load_patched expects a save_pretrained directory")
-    config = json.loads(config_file.read_text())
+    config = _saved_config(path)
     settings = config.get(CONFIG_KEY)
     if settings is None:
         raise ValueError(f"{path} holds no qra settings (config.json has no {CONFIG_KEY!r} entry); use from_pretrained")

@@ -167,6 +167,14 @@ def quantum_settings(
     return settings
 
 
+def circuit_maps(run: FinishedRun, nothing_to_do: str) -> list[CircuitFeatureMap]:
+    """Every patched layer's circuit map; an error (ending with ``nothing_to_do``) for other runs."""
+    maps = [m.featuremap for m in run.model.modules() if isinstance(m, KernelAttention)]
+    if not maps or not all(isinstance(fm, CircuitFeatureMap) for fm in maps):
+        raise ValueError(f"{run.path} was not trained with a quantum circuit feature map; {nothing_to_do}")
+    return maps
+
+
 def evaluate_quantum(
     run_dir: str | Path,
     shots: Sequence[int] = (),
@@ -182,9 +190,7 @@ def evaluate_quantum(
     it is measured: a repeated call skips the settings already there, so an interrupted sweep resumes.
     """
     run = load_finished_run(run_dir, device)
-    maps = [m.featuremap for m in run.model.modules() if isinstance(m, KernelAttention)]
-    if not maps or not all(isinstance(fm, CircuitFeatureMap) for fm in maps):
-        raise ValueError(f"{run_dir} was not trained with a quantum circuit feature map; nothing to sample or perturb")
+    maps = circuit_maps(run, "nothing to sample or perturb")
     done = {quantum_setting_key(result): result for result in run.recorded("quantum", [])}
     results = []
     for setting in quantum_settings(shots, depolarizing, readout):
@@ -227,9 +233,7 @@ def evaluate_backend(
     if max_eval_samples < 1:
         raise ValueError(f"--max-eval-samples must be at least 1, got {max_eval_samples}")
     run = load_finished_run(run_dir, device)
-    maps = [m.featuremap for m in run.model.modules() if isinstance(m, KernelAttention)]
-    if not maps or not all(isinstance(fm, CircuitFeatureMap) for fm in maps):
-        raise ValueError(f"{run_dir} was not trained with a quantum circuit feature map; nothing to run on {engine!r}")
+    maps = circuit_maps(run, f"nothing to run on {engine!r}")
     texts, labels = run.texts[:max_eval_samples], run.labels[:max_eval_samples]
     trained_engines = [fm.engine for fm in maps]
 
