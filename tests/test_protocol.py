@@ -116,7 +116,7 @@ def test_protocol_training_writes_predictions_and_records_its_settings(tiny_mode
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["distillation"]["mismatch_after"]) == {"4", "5"}
     predictions = RunDirectory(out).predictions()
-    assert len(predictions["label"]) == 24 and predictions["logits"].shape == (24, 2)
+    assert len(predictions["label"]) == 24 and predictions["test_set_digest"].shape == (32,)
     assert np.mean(predictions["predicted"] == predictions["label"]) == pytest.approx(metrics["accuracy"])
     from qra.experiment.training import _training_arguments
 

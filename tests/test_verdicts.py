@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qra.experiment.report import write_report
-from qra.experiment.runs import RunDirectory
+from qra.experiment.runs import RunDirectory, same_test_set
 from qra.experiment.stats import mcnemar
 
 from .test_report import fake_run
@@ -95,3 +95,18 @@ def test_runs_without_protocol_settings_or_predictions_get_no_verdicts(tmp_path)
     assert not (tmp_path / "report" / "verdicts.json").exists()
     assert "Protocol verdicts" not in (tmp_path / "report" / "README.md").read_text()
     assert all("paired_tests" not in row for row in json.loads((tmp_path / "report" / "summary.json").read_text()))
+
+
+def test_paired_runs_must_share_the_test_set_in_order(tmp_path):
+    texts = [f"review {i}" for i in range(6)]
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    logits = np.eye(2)[labels]
+    for name, order in (("a", texts), ("b", texts), ("c", texts[::-1])):
+        RunDirectory(tmp_path / name).path.mkdir(parents=True)
+        RunDirectory(tmp_path / name).write_predictions(logits, labels, order)
+    a, b, c = (RunDirectory(tmp_path / name).predictions() for name in "abc")
+    assert same_test_set(a, b) and not same_test_set(a, c)
+    assert a["predicted"].tolist() == labels.tolist()
+    # records written before the digest carry a per-review CRC-32 instead; those still pair
+    old = {"label": labels, "review_hash": np.arange(6, dtype=np.uint32)}
+    assert same_test_set(old, dict(old)) and not same_test_set(old, a)

@@ -17,7 +17,7 @@
 #        bash experiments/device/run.sh study CONFIG --gpus 2,3 --jobs-per-gpu 5 [--only ARM ...]
 #        bash experiments/device/run.sh bench [attention|train|featuremaps ...]   (on GPU $BENCH_GPU, default 0)
 #        bash experiments/device/run.sh profile GPU     (where a Trainer step's time goes: runs/profile/*/profile.txt)
-#   and last: bash experiments/device/run.sh pack    ($OUT/runs.tgz and the benches' JSON)
+#   and last: bash experiments/device/run.sh pack    ($OUT/runs.tgz, $OUT/attention.tgz and the benches' JSON)
 # Phases that may outlast the call stop after $PHASE_SECONDS (default 540); their runs resume next time.
 # Leave room inside the call's 600 s for what comes before and after (setup takes ~60 s, pack a few):
 # a call that runs setup, a phase and pack wants PHASE_SECONDS=480 or less, or nothing comes back.
@@ -101,7 +101,11 @@ study)
   echo "sweep exit status $status"
   ;;
 pack)
-  tar czf "$OUT/runs.tgz" --exclude=model --exclude=checkpoints runs
+  # each file back from the machine is at most 16 MiB: the records in one archive, the attention examples
+  # (~0.2 MB a run, for the figures, which show each arm's first seed) of first seeds in another
+  tar czf "$OUT/runs.tgz" --exclude=model --exclude=checkpoints --exclude=attention_example.npz runs
+  find runs -path '*/seed0/attention_example.npz' -o -path '*/seed13/attention_example.npz' \
+    | tar czf "$OUT/attention.tgz" -T -
   ls -la "$OUT"
   ;;
 *)

@@ -55,6 +55,8 @@ class Run(FinishedRecord):
         params = json.dumps(self.featuremap_params, sort_keys=True)
         beta = c.get("beta", 1.0)
         mode = c["mode"] + (f" β={beta:g}" if beta != 1.0 else "") + (" learned-β" if c.get("learn_beta") else "")
+        if c.get("kernel_implementation", "auto") != "auto":  # a forced path is its own row (e.g. a rerun on kernels)
+            mode += f" ({c['kernel_implementation']})"
         return (c["model"], c["featuremap"], params, mode, tuple(c["layers"]), budget)
 
     @property

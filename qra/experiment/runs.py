@@ -11,8 +11,10 @@ A run directory holds:
 - ``failed.json``  — present when the run stopped on an error it cannot recover from (a non-finite loss,
   logits or attention): the reason; reports list such runs apart and never average them in
 - ``predictions.npz`` — the trained model's prediction for every test review, in the test set's order:
-  ``index`` (position in the test set), ``label``, ``predicted`` class, ``logits`` and ``review_hash`` (CRC-32
-  of each review's text, so that paired tests can check two runs saw the same reviews in the same order)
+  ``index`` (position in the test set), ``label``, ``predicted`` class and ``test_set_digest`` (SHA-256 of
+  the reviews' texts in order, so that paired tests can check two runs saw the same reviews in the same
+  order). A few kB per run, so that a study's hundreds of runs can be committed; records of earlier versions
+  hold ``logits`` and a per-review ``review_hash`` instead of the digest
 - ``train_log.jsonl``, ``train.log`` and, when asked for, ``profile.txt``
 
 Every other module reads and writes these files through :class:`RunDirectory`, so their layout
@@ -22,10 +24,10 @@ A results folder may hold a hand-written ``NOTES.md`` (:func:`read_notes`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,7 @@ MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 FAILED_FILE = "failed.json"
 PREDICTIONS_FILE = "predictions.npz"
-PREDICTION_ARRAYS = ("index", "label", "predicted", "logits", "review_hash")
+PREDICTION_ARRAYS = ("index", "label", "predicted", "test_set_digest", "logits", "review_hash")
 #: what the Trainer writes last into a checkpoint: a checkpoint without it is incomplete (e.g. the disk filled up)
 CHECKPOINT_COMPLETE_FILE = "trainer_state.json"
 NOTES_FILE = "NOTES.md"
@@ -51,6 +53,26 @@ RESUME_FREE_SETTINGS = ("output_dir", "device", "eval_batch_size", "robustness",
                         "save_steps", "keep_checkpoints", "kernel_implementation")  # fmt: skip
 #: keys that earlier versions wrote under another name in ``config.json["config"]``
 RENAMED_CONFIG_KEYS = {"fm_params": "featuremap_params"}
+
+
+def test_set_digest(texts: Sequence[str]) -> bytes:
+    """SHA-256 of the test reviews in order: equal digests mean two runs were tested on the same reviews."""
+    digest = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode()
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return digest.digest()
+
+
+def same_test_set(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    """Whether two runs' stored predictions are over the same reviews in the same order (either record format)."""
+    if a["label"].shape != b["label"].shape or not np.array_equal(a["label"], b["label"]):
+        return False
+    for key in ("test_set_digest", "review_hash"):
+        if key in a and key in b:
+            return bool(np.array_equal(a[key], b[key]))
+    return False
 
 
 @dataclass(frozen=True)
@@ -169,11 +191,10 @@ class RunDirectory:
         if not len(logits) == len(labels) == len(texts):
             raise ValueError(f"predictions: {len(logits)} logits, {len(labels)} labels and {len(texts)} texts differ")
         arrays = {
-            "index": np.arange(len(labels), dtype=np.int64),
-            "label": labels.astype(np.int64),
-            "predicted": logits.argmax(axis=-1).astype(np.int64),
-            "logits": logits,
-            "review_hash": np.array([zlib.crc32(text.encode()) for text in texts], dtype=np.uint32),
+            "index": np.arange(len(labels), dtype=np.int32),
+            "label": labels.astype(np.int8),
+            "predicted": logits.argmax(axis=-1).astype(np.int8),
+            "test_set_digest": np.frombuffer(test_set_digest(texts), dtype=np.uint8),
         }
         temporary = self.path / f".{PREDICTIONS_FILE}.tmp.npz"
         np.savez_compressed(temporary, **arrays)

@@ -28,7 +28,7 @@ import numpy as np
 
 from .config import BASELINE
 from .labels import label
-from .runs import FinishedRecord, RunDirectory
+from .runs import FinishedRecord, RunDirectory, same_test_set
 from .stats import ALPHA, TOST_MARGIN, mcnemar, paired_t, tost, verdict
 
 WIN_A_GAIN = 0.005
@@ -76,8 +76,7 @@ def _mcnemar_per_seed(seeds: list[int], arm: dict[int, Any], base: dict[int, Any
         a, b = RunDirectory(arm[seed].path).predictions(), RunDirectory(base[seed].path).predictions()
         if a is None or b is None:
             continue
-        if a["label"].shape != b["label"].shape or not np.array_equal(a["review_hash"], b["review_hash"]) \
-                or not np.array_equal(a["label"], b["label"]):  # fmt: skip
+        if not same_test_set(a, b):
             results.append({"seed": seed, "error": "the two runs' test sets differ (reviews or their order)"})
             continue
         test = mcnemar(a["predicted"] == a["label"], b["predicted"] == b["label"])
