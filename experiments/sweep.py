@@ -34,6 +34,7 @@ from qra.experiment.config import TrainConfig
 from qra.experiment.evaluation import evaluate_quantum, evaluate_robustness, quantum_setting_key, quantum_settings
 from qra.experiment.launching import stop_children_on_sigterm
 from qra.experiment.report import write_report
+from qra.experiment.robustness import RobustnessError, needs_wordnet, require_wordnet
 from qra.experiment.runs import RunDirectory
 from qra.experiment.training import SHARED_DEVICE_ENV, train
 
@@ -144,6 +145,19 @@ def run_in_parallel(config_path: Path, jobs: list[Job], gpus: list[str], per_gpu
     return failed
 
 
+def check_requirements(jobs: list[Job]) -> None:
+    """Stop before starting anything when a job would fail for want of something this machine lacks.
+
+    Each job checks too, but only once started: a sweep of many parallel jobs would otherwise spend its
+    time starting jobs that all fail the same way (it did: WordNet missing on a GPU machine).
+    """
+    if any(needs_wordnet(job.config.robustness) for job in jobs):
+        try:
+            require_wordnet()
+        except RobustnessError as error:
+            raise SystemExit(f"jobs of this sweep evaluate synonym swaps, but: {error}") from error
+
+
 def physical_gpu(index: str) -> str:
     """The device id a child must see for GPU ``index`` of this process (which may itself see a subset)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -193,6 +207,7 @@ def main() -> None:
         print(f"{'resume' if resume else 'train'}    {job.run_dir}: {settings}", flush=True)
     if args.dry_run:
         return
+    check_requirements(todo)
     if args.jobs_per_gpu > 0:
         gpus = args.gpus.split(",") if args.gpus else visible_gpus()
         if not gpus:

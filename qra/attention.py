@@ -280,8 +280,9 @@ ATTENTION_MODES: dict[str, AttentionMode] = {
 }
 MODES: tuple[str, ...] = tuple(ATTENTION_MODES)
 #: which code computes a mode: ``auto`` (the fused kernel where the mode prefers it and it can take the
-#: inputs, else PyTorch),
-#: ``pytorch`` (always the PyTorch path) or ``fused`` (an error where the kernels cannot run)
+#: inputs, else PyTorch), ``pytorch`` (always the PyTorch path) or ``fused`` (an error where the kernels cannot
+#: run).  A call that returns the attention weights (``output_attentions``, the attention metrics) runs the
+#: PyTorch path under every setting: the fused kernels exist so that the N×N weights are never formed.
 IMPLEMENTATIONS = ("auto", "pytorch", "fused")
 #: set to ``pytorch`` to force the PyTorch path everywhere (as ``implementation="pytorch"`` does)
 IMPLEMENTATION_ENV = "QRA_ATTENTION_IMPLEMENTATION"
@@ -301,11 +302,11 @@ def run_mode(mode: str, inputs: AttentionInputs, implementation: str = "auto") -
         result = entry.fused(inputs)
         if result is not None:
             return result, "fused"
-    if implementation == "fused":
+    if implementation == "fused" and not inputs.return_weights:
         raise ValueError(
             f"implementation='fused': the fused kernels cannot take these inputs (mode {mode!r}, device "
             f"{inputs.v.device.type}, dtype {inputs.v.dtype}, map {type(inputs.featuremap).__name__}); they need CUDA, "
-            "Triton, a dot-product or exact fidelity map, and no returned weights"
+            "Triton and a dot-product or exact fidelity map"
         )
     return entry.pytorch(inputs), "pytorch"
 

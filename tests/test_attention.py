@@ -197,6 +197,9 @@ def test_the_pytorch_path_runs_without_cuda_and_fused_is_refused_clearly(monkeyp
     assert layer.last_path == "pytorch"
     with pytest.raises(ValueError, match="implementation='fused': the fused kernels cannot take these inputs"):
         kernel_attention(q, k, v, fm, "linear", implementation="fused")
+    # asking for the weights (attention metrics) takes the PyTorch path whatever the setting: no error
+    out, weights = kernel_attention(q, k, v, fm, "linear", return_weights=True, implementation="fused")
+    torch.testing.assert_close(out, weights @ v)
     with pytest.raises(ValueError, match="unknown implementation 'triton'; accepted: auto, pytorch, fused"):
         KernelAttention(fm, num_heads=2, implementation="triton")
     monkeypatch.setenv("QRA_ATTENTION_IMPLEMENTATION", "fast")

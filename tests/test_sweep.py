@@ -97,3 +97,21 @@ def test_a_record_missing_its_evaluations_is_finished_again(tiny_model_dir, tiny
     metrics = json.loads((job.run_dir / "metrics.json").read_text())
     assert "word-dropout=0.1" in metrics["robustness"] and (job.run_dir / "model").is_dir()
     assert job.finished() and job.pending_evaluations() == []
+
+
+def test_a_sweep_needing_wordnet_stops_before_starting_jobs_when_it_is_missing(tiny_model_dir, tiny_data_dir,
+                                                                              tmp_path):  # fmt: skip
+    arms = [{"name": "baseline", "featuremap": "none", "seeds": [0, 1], "robustness": True}]
+    config = write_study(tmp_path, tiny_model_dir, tiny_data_dir, arms)
+    study = yaml.safe_load(config.read_text()) | {"robustness": {"synonym-swap": [0.1]}}
+    config.write_text(yaml.safe_dump(study))
+    # NLTK is importable but searches only an empty folder: no corpora/wordnet
+    empty = tmp_path / "no_nltk_data"
+    empty.mkdir()
+    code = ("import nltk, runpy, sys; nltk.data.path[:] = [sys.argv[1]]; sys.argv = sys.argv[2:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")  # fmt: skip
+    completed = subprocess.run([sys.executable, "-c", code, str(empty), str(SWEEP), str(config), "--jobs-per-gpu",
+                                "2", "--gpus", "0"], capture_output=True, text=True)  # fmt: skip
+    assert completed.returncode != 0
+    assert "jobs of this sweep evaluate synonym swaps" in completed.stderr and "qra setup-wordnet" in completed.stderr
+    assert "start " not in completed.stdout and not (tmp_path / "runs" / "baseline" / "seed0").exists()

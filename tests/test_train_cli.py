@@ -245,3 +245,37 @@ def test_training_and_evaluation_keep_sdpa_off_cudnn(tiny_model_dir, tiny_data_d
     original_predict(run.model, run.tokenizer, run.texts[:4], 32, 4)
     assert {kind for kind, _ in seen} == {"train", "predict"} and not any(enabled for _, enabled in seen)
     assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_a_resumed_run_keeps_its_calibration_frozen_and_reported(tiny_model_dir, tiny_data_dir, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    """A run whose angle scale was calibrated 'fixed' resumes (the scale stays out of the optimizer, as in the
+    checkpoint) and its metrics still hold the calibration made before the interruption."""
+    pytest.importorskip("qra_pennylane")
+    from transformers import Trainer
+
+    out = tmp_path / "run"
+    args = train_args(tiny_model_dir, tiny_data_dir, out, "--featuremap", "pennylane-zz", "--fm", "qubits=3",
+                      "--fm", "engine=native", "--calibrate-angle-scale", "fixed", "--save-steps", "2")  # fmt: skip
+    original_step = Trainer.training_step
+    calls = {"n": 0}
+
+    def crash_after_three(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated crash")
+        return original_step(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "training_step", crash_after_three)
+    assert invoke(args).exit_code != 0
+    calibration = json.loads((out / "preparation.json").read_text())["angle_scale_calibration"]
+    monkeypatch.setattr(Trainer, "training_step", original_step)
+    resumed = invoke([*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from_checkpoint"] == "checkpoint-2"
+    assert metrics["angle_scale_calibration"] == calibration
+    model = load_run_model(out)
+    scales = [float(p.detach().exp()) for name, p in model.named_parameters() if name.endswith("log_angle_scale")]
+    expected = [layer["angle_scale"] for layer in calibration["layers"].values()]
+    assert scales == pytest.approx(expected, rel=1e-5)  # frozen: still the calibrated values

@@ -5,7 +5,8 @@
 # wheels travel in pieces (each call carries at most 64 MiB), staged into /tmp, which survives
 # while the machine stays warm (30 s between calls).  Build the pieces here first:
 #   bash ../shared/tools/device-bundle model .device-bundle; bash ../shared/tools/device-bundle data .device-bundle
-#   bash ../shared/tools/device-bundle wheels .device-bundle  (+ this repo's wheels into .whl, see below)
+#   bash ../shared/tools/device-bundle wheels .device-bundle  (+ this repo's wheels into .whl, see below, and
+#     NLTK for synonym swaps, which the bundle lacks: pip download --no-deps -d .whl nltk joblib defusedxml)
 #   zip -r .stage/nltk_data.zip nltk_data   (WordNet for synonym swaps, from $HOME)
 #   git rev-parse HEAD > .stage/COMMIT       (the copy on the GPU machine has no .git; results record this)
 # then, in consecutive calls (each phase can also be chained in one call's command):
@@ -59,6 +60,9 @@ setup)
   environment
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 -c "import torch, transformers, qra; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+  # what a study needs beyond the image: missing here, every job that needs it would fail later, one by one
+  python3 -c "import datasets, nltk, pennylane, qiskit, qra_pennylane, qra_qiskit" \
+    || { echo "setup: a package the studies need is missing (see the wheels listed at the top of $0)" >&2; exit 1; }
   ;;
 data)
   mkdir -p ../shared/data/imdb runs/imdb

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from .. import patching
 from ..featuremaps.circuit import CircuitFeatureMap
 from .distillation import Batch
 from .qk_scale import recording_kernel_inputs
@@ -166,3 +167,12 @@ def calibrate_angle_scale(
         layers[str(layer)] = {"angle_scale_before": start, "median_fidelity_before": before, "angle_scale": scale,
                               "median_fidelity": value}  # fmt: skip
     return {"target": target, "batches": len(batches), "layers": layers}
+
+
+def set_angle_scales_trainable(model: PreTrainedModel, learn: bool) -> None:
+    """Let every patched circuit map's learnable angle scale train (``learn``) or freeze it."""
+    for module in patching.attention_modules(model):
+        kernel = getattr(module, patching.KERNEL_ATTENTION_ATTRIBUTE, None)
+        learned = getattr(getattr(kernel, "featuremap", None), "log_angle_scale", None)
+        if learned is not None:
+            learned.requires_grad_(learn)

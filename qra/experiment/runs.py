@@ -11,10 +11,12 @@ A run directory holds:
 - ``failed.json``  — present when the run stopped on an error it cannot recover from (a non-finite loss,
   logits or attention): the reason; reports list such runs apart and never average them in
 - ``predictions.npz`` — the trained model's prediction for every test review, in the test set's order:
-  ``index`` (position in the test set), ``label``, ``predicted`` class and ``test_set_digest`` (SHA-256 of
-  the reviews' texts in order, so that paired tests can check two runs saw the same reviews in the same
-  order). A few kB per run, so that a study's hundreds of runs can be committed; records of earlier versions
-  hold ``logits`` and a per-review ``review_hash`` instead of the digest
+  ``label``, ``predicted`` class and ``test_set_digest`` (SHA-256 of the reviews' texts in order, so that
+  paired tests can check two runs saw the same reviews in the same order); ``index`` (the position in the
+  test set) is read back as their order.  A few kB per run, so that a study's hundreds of runs can be
+  committed; records of earlier versions hold ``logits`` and a per-review ``review_hash`` instead
+- ``preparation.json`` — what the warm-ups before fine-tuning did (angle-scale calibration, distillation),
+  written before training starts, so that a run resumed from a checkpoint still reports it
 - ``train_log.jsonl``, ``train.log`` and, when asked for, ``profile.txt``
 
 Every other module reads and writes these files through :class:`RunDirectory`, so their layout
@@ -44,6 +46,7 @@ MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 FAILED_FILE = "failed.json"
 PREDICTIONS_FILE = "predictions.npz"
+PREPARATION_FILE = "preparation.json"
 PREDICTION_ARRAYS = ("index", "label", "predicted", "test_set_digest", "logits", "review_hash")
 #: what the Trainer writes last into a checkpoint: a checkpoint without it is incomplete (e.g. the disk filled up)
 CHECKPOINT_COMPLETE_FILE = "trainer_state.json"
@@ -191,7 +194,6 @@ class RunDirectory:
         if not len(logits) == len(labels) == len(texts):
             raise ValueError(f"predictions: {len(logits)} logits, {len(labels)} labels and {len(texts)} texts differ")
         arrays = {
-            "index": np.arange(len(labels), dtype=np.int32),
             "label": labels.astype(np.int8),
             "predicted": logits.argmax(axis=-1).astype(np.int8),
             "test_set_digest": np.frombuffer(test_set_digest(texts), dtype=np.uint8),
@@ -210,7 +212,17 @@ class RunDirectory:
         if not file.is_file():
             return None
         with np.load(file) as stored:
-            return {name: stored[name] for name in PREDICTION_ARRAYS if name in stored}
+            found = {name: stored[name] for name in PREDICTION_ARRAYS if name in stored}
+        found.setdefault("index", np.arange(len(found["label"])))  # stored in test-set order
+        return found
+
+    def write_preparation(self, prepared: dict[str, Any]) -> None:
+        write_json_atomic(self.path / PREPARATION_FILE, prepared)
+
+    def preparation(self) -> dict[str, Any]:
+        """What the warm-ups before fine-tuning did (``preparation.json``), or ``{}`` when none ran."""
+        file = self.path / PREPARATION_FILE
+        return json.loads(file.read_text()) if file.is_file() else {}
 
     def write_record(self, record: dict[str, Any]) -> None:
         write_json_atomic(self.path / CONFIG_FILE, record)

@@ -404,7 +404,11 @@ def _train_measure(config: TrainConfig, run: RunDirectory, device: torch.device,
     )
     args = _training_arguments(config, run_dir, device)
     started = StepStartedCallback()
-    prepared = {} if checkpoint else prepare_kernels(model, tokenizer, data["train"]["text"], config, device)
+    if checkpoint:  # the checkpoint holds the warm-ups' results; which parameters train is the config's
+        prepared = run.preparation()
+        restore_preparation(model, config)
+    else:
+        prepared = prepare_kernels(model, tokenizer, data["train"]["text"], config, device)
     trainer = (PairedOrderTrainer if config.data_order == "seed" else Trainer)(
         model=model,
         args=args,
@@ -422,6 +426,8 @@ def _train_measure(config: TrainConfig, run: RunDirectory, device: torch.device,
     main_process = trainer.is_world_process_zero()
     if main_process:
         run.write_record(_config_record(config, model, data, device, trainer))
+        if prepared and not checkpoint:
+            run.write_preparation(prepared)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(args.device)
     logger.info("training %s on %d reviews", config.featuremap, len(tokenized["train"]))
@@ -516,6 +522,18 @@ def prepare_kernels(model: PreTrainedModel, tokenizer: Any, texts: list[str], co
         done["distillation"] = distill_hedgehog(model, batches, config.distill_steps)
         logger.info("attention distillation: %s", done["distillation"])
     return done
+
+
+def restore_preparation(model: PreTrainedModel, config: TrainConfig) -> None:
+    """For a run resumed from a checkpoint: what the warm-ups left trainable, trainable again.
+
+    A checkpoint restores the calibrated angle scales' values, not whether they train; a scale calibrated
+    ``fixed`` must stay out of the optimizer, or the checkpoint's optimizer state does not fit it.
+    """
+    if config.calibrate_angle_scale != "off":
+        from .angle_scale import set_angle_scales_trainable
+
+        set_angle_scales_trainable(model, config.calibrate_angle_scale == "learned")
 
 
 def _evaluation_metrics(prediction: Any) -> dict[str, float]:
