@@ -279,3 +279,20 @@ def test_a_resumed_run_keeps_its_calibration_frozen_and_reported(tiny_model_dir,
     scales = [float(p.detach().exp()) for name, p in model.named_parameters() if name.endswith("log_angle_scale")]
     expected = [layer["angle_scale"] for layer in calibration["layers"].values()]
     assert scales == pytest.approx(expected, rel=1e-5)  # frozen: still the calibrated values
+
+
+def test_train_calibrates_angle_scale_then_temperature_and_records_both(tiny_model_dir, tiny_data_dir, tmp_path):
+    pytest.importorskip("qra_pennylane")
+    out = tmp_path / "run"
+    result = invoke(train_args(tiny_model_dir, tiny_data_dir, out, "--featuremap", "pennylane-zz", "--fm", "qubits=3",
+                               "--fm", "engine=native", "--calibrate-angle-scale", "learned",
+                               "--calibrate-temperature", "learned", "--learn-beta"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    temperature = metrics["temperature_calibration"]
+    assert set(temperature["layers"]) == {"4", "5"} and "angle_scale_calibration" in metrics
+    assert json.loads((out / "preparation.json").read_text())["temperature_calibration"] == temperature
+    for layer in temperature["layers"].values():  # each head as sharp as the layer's own attention
+        assert layer["entropy"] == pytest.approx(layer["target_entropy"], abs=5e-3)
+    record = json.loads((out / "config.json").read_text())
+    assert record["config"]["calibrate_temperature"] == "learned"

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 from .. import patching
 from ..featuremaps.circuit import CircuitFeatureMap
 from .distillation import Batch
-from .qk_scale import recording_kernel_inputs
+from .qk_scale import record_layer_inputs, recording_kernel_inputs
 
 #: tokens per review whose queries and keys the calibration pairs (seeded choice among the real tokens)
 TOKENS_PER_REVIEW = 16
@@ -109,21 +109,6 @@ def _search(measure, start: float, target: float, iterations: int, tolerance: fl
     return min((low, high), key=lambda pair: abs(pair[1] - target))
 
 
-def _record(model: PreTrainedModel, batches: Sequence[Batch], layer: int) -> list[tuple]:
-    """The (q, k, key_padding_mask) of patched ``layer`` for each batch, with the model as it is (dropout off)."""
-    found = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), recording_kernel_inputs(model) as (_, recorded):
-            for batch in batches:
-                model(**batch)
-                found.append(recorded[layer])
-    finally:
-        model.train(was_training)
-    return found
-
-
 def calibrate_angle_scale(
     model: PreTrainedModel,
     batches: Sequence[Batch],
@@ -155,7 +140,7 @@ def calibrate_angle_scale(
     for layer, featuremap in sorted(maps.items()):  # in order: a layer's inputs depend on the earlier layers' scales
         if not isinstance(featuremap, CircuitFeatureMap):
             continue
-        groups = _unscaled_angles(featuremap, _record(model, batches, layer), seed)
+        groups = _unscaled_angles(featuremap, record_layer_inputs(model, batches, layer), seed)
         start = current_angle_scale(featuremap)
         before = median_fidelity(featuremap, groups, start)
         scale, value = _search(lambda s, fm=featuremap, g=groups: median_fidelity(fm, g, s), start, target,

@@ -32,6 +32,9 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 DATA_ORDERS = ("trainer", "seed")
 #: ``off``; ``fixed``: each patched circuit map's angle scale set from data, then frozen; ``learned``: set, then trained
 ANGLE_SCALE_CALIBRATIONS = ("off", "fixed", "learned")
+#: ``off``; ``fixed``: each patched layer's per-head softmax temperature β set from data (as sharp as the layer's
+#: own softmax attention), then frozen; ``learned``: set, then trained (needs ``learn_beta``)
+TEMPERATURE_CALIBRATIONS = ("off", "fixed", "learned")
 #: the part of the encoder that ``--freeze`` names besides layer indices
 FREEZABLE_PARTS = ("embeddings",)
 
@@ -203,6 +206,11 @@ class TrainConfig:
         "off", "Circuit maps: set each patched layer's angle scale so that its median query-key fidelity is ~0.5 "
         "on training batches: off, fixed (then frozen) or learned (then trained).",
     )
+    calibrate_temperature: str = setting(
+        "off", "Softmax mode: set each patched head's temperature beta so that its attention is as sharp (same "
+        "normalised entropy) as the layer's own softmax attention on training batches, after any angle-scale "
+        "calibration: off, fixed (beta then frozen; without --learn-beta) or learned (with --learn-beta).",
+    )
     seed: int = setting(0, "Seed of the data order, the classifier head and the feature-map draws.")
     max_train_samples: int | None = setting(None, "Train on a seeded subset of this many reviews.", minimum=1)
     max_eval_samples: int | None = setting(None, "Test on a seeded subset of this many reviews.", minimum=1)
@@ -235,13 +243,23 @@ class TrainConfig:
             raise ValueError(f"--warmup-ratio must be a number in [0, 1), got {self.warmup_ratio!r}")
         choices = {"attn_implementation": ATTN_IMPLEMENTATIONS, "kernel_implementation": IMPLEMENTATIONS,
                    "data_order": DATA_ORDERS,
-                   "calibrate_angle_scale": ANGLE_SCALE_CALIBRATIONS}  # fmt: skip
+                   "calibrate_angle_scale": ANGLE_SCALE_CALIBRATIONS,
+                   "calibrate_temperature": TEMPERATURE_CALIBRATIONS}  # fmt: skip
         for name, accepted in choices.items():
             if getattr(self, name) not in accepted:
                 raise ValueError(f"--{name.replace('_', '-')} takes {', '.join(accepted)}; got {getattr(self, name)!r}")
-        if self.is_baseline and (self.distill_steps or self.calibrate_angle_scale != "off"):
-            raise ValueError("--distill-steps and --calibrate-angle-scale act on a feature map; the baseline "
-                             "(--featuremap none) has none")  # fmt: skip
+        warm_ups = self.distill_steps or self.calibrate_angle_scale != "off" or self.calibrate_temperature != "off"
+        if self.is_baseline and warm_ups:
+            raise ValueError("--distill-steps, --calibrate-angle-scale and --calibrate-temperature act on kernel "
+                             "attention; the baseline (--featuremap none) has none")  # fmt: skip
+        if self.calibrate_temperature != "off" and not self.is_baseline:
+            if self.mode != "softmax":
+                raise ValueError(f"--calibrate-temperature sets softmax mode's temperature; --mode {self.mode} has "
+                                 "none (use --mode softmax)")  # fmt: skip
+            if self.learn_beta != (self.calibrate_temperature == "learned"):
+                raise ValueError("--calibrate-temperature learned trains beta and needs --learn-beta; fixed freezes "
+                                 f"it and takes no --learn-beta (got {self.calibrate_temperature} with learn_beta="
+                                 f"{self.learn_beta})")  # fmt: skip
         if self.output_dir is None:
             self.output_dir = str(default_run_dir(self))
 

@@ -63,6 +63,8 @@ def protocol_suffix(budget: dict[str, Any]) -> str:
         parts.append(f"distilled {budget['distill_steps']}")
     if budget.get("calibrate_angle_scale"):
         parts.append(f"scale {budget['calibrate_angle_scale']}")
+    if budget.get("calibrate_temperature"):
+        parts.append(f"β {budget['calibrate_temperature']}")
     if not any(key in budget for key in PROTOCOL_DEFAULTS):
         return ""
     parts.append(f"N={budget.get('max_length')}")
@@ -85,4 +87,5 @@ def freeze_text(parts: list) -> str:
 
 #: settings that define the protocol's runs: a report records them (in a row's budget) only when not at these
 PROTOCOL_DEFAULTS: dict[str, Any] = {"freeze": [], "warmup_ratio": 0.0, "attn_implementation": "sdpa",
-                                     "data_order": "trainer", "distill_steps": 0, "calibrate_angle_scale": "off"}
+                                     "data_order": "trainer", "distill_steps": 0, "calibrate_angle_scale": "off",
+                                     "calibrate_temperature": "off"}

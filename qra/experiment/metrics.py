@@ -63,6 +63,17 @@ class LayerAccumulator:
     rows: int = 0
 
 
+def row_entropies(weights: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy of each attention row ``weights[B, H, N, N]`` (non-negative, rows summing to 1) and that entropy
+    over log(real keys) — 1 for uniform attention over a sequence's real tokens (``keep[B, N]``); ``[B, H, N]``."""
+    plogp = torch.where(weights > 0, weights * weights.clamp_min(1e-30).log(), torch.zeros_like(weights))
+    entropy = -plogp.sum(-1)
+    keys = keep.sum(-1).clamp_min(1).float()  # real keys per sequence
+    log_keys = keys.log()[:, None, None].expand_as(entropy)
+    normalized = torch.where(log_keys > 0, entropy / log_keys.clamp_min(1e-30), torch.zeros_like(entropy))
+    return entropy, normalized
+
+
 class AttentionStatistics:
     """Accumulate entropy and distance statistics of attention maps, layer by layer, batch by batch."""
 
@@ -80,11 +91,7 @@ class AttentionStatistics:
         keep = padding_mask.to(device=weights.device, dtype=torch.bool)
         batch, heads, length, _ = weights.shape
         real_queries = keep[:, None, :].expand(batch, heads, length)  # [B, H, N]
-        plogp = torch.where(weights > 0, weights * weights.clamp_min(1e-30).log(), torch.zeros_like(weights))
-        entropy = -plogp.sum(-1)  # [B, H, N]
-        keys = keep.sum(-1).clamp_min(1).float()  # real keys per sequence
-        log_keys = keys.log()[:, None, None].expand_as(entropy)
-        normalized = torch.where(log_keys > 0, entropy / log_keys.clamp_min(1e-30), torch.zeros_like(entropy))
+        entropy, normalized = row_entropies(weights, keep)
         bins = distance_bins(length, weights.device)
         distances = token_distances(length, weights.device).float()
         mass = torch.zeros(batch, heads, length, len(DISTANCE_BIN_EDGES), device=weights.device)

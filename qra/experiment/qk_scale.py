@@ -108,3 +108,18 @@ def recording_kernel_inputs(model: PreTrainedModel):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def record_layer_inputs(model: PreTrainedModel, batches: Sequence[dict[str, torch.Tensor]], layer: int) -> list[tuple]:
+    """The (q, k, key_padding_mask) of patched ``layer`` for each batch, with the model as it is (dropout off)."""
+    found = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), recording_kernel_inputs(model) as (_, recorded):
+            for batch in batches:
+                model(**batch)
+                found.append(recorded[layer])
+    finally:
+        model.train(was_training)
+    return found

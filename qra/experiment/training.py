@@ -499,15 +499,17 @@ PREPARATION_BATCHES = 8
 
 def prepare_kernels(model: PreTrainedModel, tokenizer: Any, texts: list[str], config: TrainConfig,
                     device: torch.device) -> dict[str, Any]:  # fmt: skip
-    """Before fine-tuning: calibrate circuit maps' angle scales, then distil the maps, as the config asks.
+    """Before fine-tuning: calibrate circuit maps' angle scales, then softmax temperatures, then distil the maps,
+    as the config asks.
 
     Both use a few seeded training batches; what they did goes into ``metrics.json``.  A resumed run skips
     them (its checkpoint holds their result).
     """
-    if config.calibrate_angle_scale == "off" and not config.distill_steps:
+    if config.calibrate_angle_scale == "off" and config.calibrate_temperature == "off" and not config.distill_steps:
         return {}
     from .angle_scale import calibrate_angle_scale
     from .distillation import distill_hedgehog, training_batches
+    from .temperature import calibrate_temperature
 
     model.to(device)
     batches = training_batches(tokenizer, texts, PREPARATION_BATCHES, config.batch_size, config.max_length,
@@ -518,6 +520,11 @@ def prepare_kernels(model: PreTrainedModel, tokenizer: Any, texts: list[str], co
             model, batches[:4], learn=config.calibrate_angle_scale == "learned", seed=config.seed
         )
         logger.info("angle scales calibrated: %s", done["angle_scale_calibration"]["layers"])
+    if config.calibrate_temperature != "off":  # after the angle scale: the scores it sharpens depend on it
+        done["temperature_calibration"] = calibrate_temperature(
+            model, batches[:4], learn=config.calibrate_temperature == "learned"
+        )
+        logger.info("temperatures calibrated: %s", done["temperature_calibration"]["layers"])
     if config.distill_steps:
         done["distillation"] = distill_hedgehog(model, batches, config.distill_steps)
         logger.info("attention distillation: %s", done["distillation"])

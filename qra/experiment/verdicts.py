@@ -37,7 +37,7 @@ SAME_ACCURACY = 0.003
 MEMORY_SAVING = 0.15
 STRESS_LENGTH = 512
 #: settings an arm may differ in from the baseline it is compared with (they are about the arm's attention)
-ARM_SETTINGS = ("attn_implementation", "distill_steps", "calibrate_angle_scale")
+ARM_SETTINGS = ("attn_implementation", "distill_steps", "calibrate_angle_scale", "calibrate_temperature")
 
 CRITERIA = {
     "A": f"accuracy or F1 ≥ +{WIN_A_GAIN * 100:g} points (protocol: +0.5 to +1.5), mean over paired seeds",
