@@ -1,9 +1,11 @@
 """The quantum-readiness study's results: accuracy vs shots and vs noise, and what it would cost on a QPU.
 
     qra eval RUN --shots 64,256,1024,4096 --depolarizing 0.01,0.05,0.1 --readout 0.01,0.05   # on the GPU
+    qra eval RUN --engine sampler --backend fake_torino --shots 1024 --max-eval-samples 32  # through SamplerV2
     python experiments/quantum_report.py RUN [RUN ...] --out results/quantum
 
-Reads each run's ``metrics.json["quantum"]`` (written by ``qra eval --shots/--depolarizing/--readout``),
+Reads each run's ``metrics.json["quantum"]`` (written by ``qra eval --shots/--depolarizing/--readout``)
+and ``["quantum_backends"]`` (written by ``qra eval --engine``),
 and writes ``quantum.json`` (every setting, with its accuracy change from the exact kernel and, for
 finite shots, the QPU cost of one review at that many shots per kernel value), ``README.md`` (a
 hand-written NOTES.md in the output folder is kept on top) and ``accuracy_vs_shots_and_noise.png``.
@@ -33,13 +35,15 @@ def run_rows(run_dir: Path, shot_rate: float) -> tuple[dict[str, Any], list[dict
     """The run's description and one row per evaluated setting."""
     found = FinishedRecord.read(run_dir)
     record, metrics, config = found.record, found.metrics, found.config
-    settings = metrics.get("quantum")
-    if not settings:
-        raise SystemExit(f"{run_dir} has no quantum evaluation; run `qra eval {run_dir} --shots ...` first")
+    settings = metrics.get("quantum", [])
+    backends = metrics.get("quantum_backends", [])
+    if not settings and not backends:
+        raise SystemExit(f"{run_dir} has no quantum evaluation; run `qra eval {run_dir} --shots ...` (or with "
+                         "--engine sampler|framework) first")  # fmt: skip
     params = found.featuremap_params
     cost = quantum_cost(config["model"], config["featuremap"], params, config["layers"], config["max_length"],
                         batch_size=1, epsilon=0.01, shot_rate=shot_rate)  # fmt: skip
-    exact = next(filter(is_exact, settings))
+    exact = next(filter(is_exact, settings), None)
     rows = []
     for setting in settings:
         row = {key: setting[key] for key in (*QUANTUM_KNOBS, "accuracy", "f1")}
@@ -63,8 +67,18 @@ def run_rows(run_dir: Path, shot_rate: float) -> tuple[dict[str, Any], list[dict
         "commit": record.get("commit"),
         "qpu_cost_per_review": cost,
         "eval_options": eval_options(settings),
+        "backend_eval_options": [backend_eval_options(entry) for entry in backends],
+        "backends": [{key: value for key, value in entry.items() if key != "predicted"} for entry in backends],
     }
     return run, rows
+
+
+def backend_eval_options(entry: dict[str, Any]) -> str:
+    """The ``qra eval`` options that produce one ``quantum_backends`` entry."""
+    options = f"--engine {entry['engine']} --backend {entry['backend']} --shots {entry['shots']} "
+    if entry.get("optimization_level") is not None:
+        options += f"--optimization-level {entry['optimization_level']} "
+    return options + f"--max-eval-samples {entry['samples']}"
 
 
 def eval_options(settings: list[dict[str, Any]]) -> str:
@@ -78,7 +92,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
     knobs = (("shots", "shots per kernel value", True), ("depolarizing", "depolarizing p", False),
              ("readout", "readout error per qubit", False))  # fmt: skip
-    for result in results:
+    for result in (r for r in results if r["rows"]):
         rows = result["rows"]
         exact = next(filter(is_exact, rows))
         for axis, (knob, title, log) in zip(axes, knobs, strict=True):
@@ -115,22 +129,42 @@ def markdown(results: list[dict[str, Any]], notes: str, shot_rate: float) -> str
             f"One review (N = {cost['sequence_length']}) needs {cost['circuits_per_forward']:,} kernel circuits "
             f"({circuit['qubits']} qubits, depth {circuit['depth']}, {circuit['two_qubit_gates']} two-qubit gates).",
             "",
-            f"| shots | depolarizing p | readout error | accuracy | F1 | change vs exact | QPU time per review at "
-            f"{shot_rate:g} shots/s |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
+        if rows:
+            lines += [f"| shots | depolarizing p | readout error | accuracy | F1 | change vs exact | QPU time per "
+                      f"review at {shot_rate:g} shots/s |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for row in rows:
             qpu = f"{row['qpu_seconds_per_review']:,.0f} s" if "qpu_seconds_per_review" in row else "–"
             lines.append(
                 f"| {row['shots'] or 'exact'} | {row['depolarizing']:g} | {row['readout']:g} | {row['accuracy']:.4f} "
                 f"| {row['f1']:.4f} | {row['accuracy_change']:+.4f} | {qpu} |"
             )
-        lines.append("")
-    lines += [f"![accuracy vs shots and noise]({PLOT})", "", "## Reproduce", "", "```bash",
-              *[f"qra eval {r['run']['path']} {r['run']['eval_options']}" for r in results],
+        lines += ["", *backend_table(run["backends"])] if run["backends"] else [""]
+    commands = [f"qra eval {r['run']['path']} {r['run']['eval_options']}" for r in results if r["rows"]]
+    commands += [f"qra eval {r['run']['path']} {options}"
+                 for r in results for options in r["run"]["backend_eval_options"]]  # fmt: skip
+    figure = [f"![accuracy vs shots and noise]({PLOT})", ""] if any(r["rows"] for r in results) else []
+    lines += [*figure, "## Reproduce", "", "```bash",
+              *commands,
               "python experiments/quantum_report.py " + " ".join(r["run"]["path"] for r in results),
               "```", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def backend_table(entries: list[dict[str, Any]]) -> list[str]:
+    """The run's circuits through a real interface (``qra eval --engine``), beside the exact kernel on the same
+    reviews: accuracy and the share of reviews whose predicted class is unchanged."""
+    lines = ["Circuits run through a real interface (`qra eval --engine ...`), against the exact kernel on the same "
+             "reviews:", "",
+             "| engine | backend | shots | transpiler level | reviews | accuracy | exact kernel | same prediction as "
+             "exact |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for entry in entries:
+        agreement = entry.get("agreement_with_exact")
+        same = "–" if agreement is None else f"{agreement:.0%}"
+        level = "–" if entry.get("optimization_level") is None else entry["optimization_level"]
+        lines.append(f"| {entry['engine']} | {entry['backend']} | {entry['shots']} | {level} | {entry['samples']} | "
+                     f"{entry['accuracy']:.4f} | {entry['exact']['accuracy']:.4f} | {same} |")  # fmt: skip
+    return [*lines, ""]
 
 
 def write(run_dirs: list[Path], out: Path, shot_rate: float) -> Path:
@@ -140,7 +174,8 @@ def write(run_dirs: list[Path], out: Path, shot_rate: float) -> Path:
         results.append({"run": run, "rows": rows})
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "quantum.json", {"shot_rate_per_second": shot_rate, "results": results})
-    plot(results, out / PLOT)
+    if any(result["rows"] for result in results):
+        plot(results, out / PLOT)
     notes = read_notes(out)
     write_text_atomic(out / "README.md", markdown(results, notes, shot_rate))
     return out

@@ -105,6 +105,14 @@ NEGATIVE_WORDS = ["awful", "boring", "hated", "dull", "terrible", "weak", "slow"
 FILLER_WORDS = ["the", "movie", "film", "was", "a", "and", "plot", "acting", "story", "it", "this", "i", "actors"]
 
 
+def two_batches(padded_batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The padded batch and a seeded unpadded one: the inputs of the warm-ups' calibration tests."""
+    generator = torch.Generator().manual_seed(3)
+    other = {"input_ids": torch.randint(5, 120, (3, 12), generator=generator),
+             "attention_mask": torch.ones(3, 12, dtype=torch.long)}  # fmt: skip
+    return [padded_batch, other]
+
+
 def synthetic_reviews(count: int, seed: int) -> list[dict]:
     """Reviews whose label is carried by sentiment words: learnable, and free of any real data."""
     import random

@@ -16,7 +16,7 @@ from qra.experiment.angle_scale import (
 )
 from qra.experiment.qk_scale import recording_kernel_inputs
 
-from .conftest import HEAD_DIM, tiny_bert
+from .conftest import HEAD_DIM, tiny_bert, two_batches
 
 pytest.importorskip("qra_pennylane")
 
@@ -25,13 +25,6 @@ def zz_model(**params):
     model = tiny_bert()
     qra.patch(model, "pennylane-zz", layers=(4, 5), featuremap_params={"qubits": 3, "engine": "native", **params})
     return model
-
-
-def batches(padded_batch):
-    generator = torch.Generator().manual_seed(3)
-    other = {"input_ids": torch.randint(5, 120, (3, 12), generator=generator),
-             "attention_mask": torch.ones(3, 12, dtype=torch.long)}  # fmt: skip
-    return [padded_batch, other]
 
 
 def layer_fidelities(model, data):
@@ -50,7 +43,7 @@ def layer_fidelities(model, data):
 
 def test_calibration_puts_the_median_fidelity_near_one_half(padded_batch):
     model = zz_model(angle_scale=20.0)  # far too large: fidelities concentrate near 2^-3
-    data = batches(padded_batch)
+    data = two_batches(padded_batch)
     before = layer_fidelities(model, data)
     assert all(value < 0.35 for value in before.values()), before
     result = calibrate_angle_scale(model, data, target=0.5, tolerance=0.01)
@@ -74,7 +67,7 @@ def test_a_learned_scale_is_a_parameter_saved_with_the_model(padded_batch, tmp_p
     torch.testing.assert_close(fm.angles(x), 2 * angles)
     fm.angles(x).sum().backward()
     assert fm.log_angle_scale.grad is not None
-    calibrate_angle_scale(model, batches(padded_batch), learn=False)
+    calibrate_angle_scale(model, two_batches(padded_batch), learn=False)
     assert not fm.log_angle_scale.requires_grad
     scale = current_angle_scale(fm)
     logits = model(**padded_batch).logits

@@ -33,6 +33,8 @@ def test_eval_through_fake_torinos_sampler_is_recorded_and_resumes(projected_run
         "engine": "sampler", "backend": "fake_torino", "shots": 64, "optimization_level": 1, "samples": 3}
     assert 0 <= entry["accuracy"] <= 1 and 0 <= entry["exact"]["accuracy"] <= 1
     assert entry["accuracy_change"] == pytest.approx(entry["accuracy"] - entry["exact"]["accuracy"])
+    agreeing = sum(a == b for a, b in zip(entry["predicted"], entry["exact"]["predicted"], strict=True))
+    assert len(entry["predicted"]) == 3 and entry["agreement_with_exact"] == pytest.approx(agreeing / 3)
     assert "fake_torino" in result.output
     from qra_qiskit.maps import QiskitCircuitMap
 
@@ -47,3 +49,28 @@ def test_eval_with_engine_options_is_explained(projected_run):
     assert refused.exit_code == 2 and "--engine" in refused.output
     refused = invoke(["eval", str(projected_run), "--engine", "sampler", "--backend", "ibm_x", "--shots", "8"])
     assert refused.exit_code == 2 and "fake_<device>" in " ".join(refused.output.split())
+
+
+def test_quantum_report_tables_a_runs_backend_evaluations(projected_run, tmp_path):
+    pytest.importorskip("qiskit_aer")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = ["eval", str(projected_run), "--engine", "sampler", "--backend", "aer", "--shots", "32",
+            "--max-eval-samples", "2"]  # fmt: skip
+    assert invoke(args).exit_code == 0
+    script = Path(__file__).parent.parent / "experiments" / "quantum_report.py"
+    out = tmp_path / "quantum"
+    completed = subprocess.run([sys.executable, str(script), str(projected_run), "--out", str(out)],
+                               capture_output=True, text=True)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    [result] = json.loads((out / "quantum.json").read_text())["results"]
+    entry = next(e for e in result["run"]["backends"] if e["backend"] == "aer")
+    assert "predicted" not in entry and entry["samples"] == 2  # the per-review classes stay in the run's record
+    readme = (out / "README.md").read_text()
+    same = f"{entry['agreement_with_exact']:.0%}"
+    row = f"| sampler | aer | 32 | 1 | 2 | {entry['accuracy']:.4f} | {entry['exact']['accuracy']:.4f} | {same} |"
+    assert row in readme
+    assert "--engine sampler --backend aer --shots 32 --optimization-level 1 --max-eval-samples 2" in readme
+    assert not (out / "accuracy_vs_shots_and_noise.png").exists()  # no shots/noise sweep: no figure

@@ -165,6 +165,32 @@ def test_a_pennylane_shot_device_measures_the_projected_features():
         projected("pennylane-angle", "framework", shots=10, noise={"readout": 0.1})(x)
 
 
+def test_a_pennylane_shot_device_measures_the_fidelity_kernel():
+    """Without features="projected", a PennyLane device with shots estimates every query–key fidelity itself
+    (the all-zeros frequency of U(y)†U(x)): binomial around the exact fidelity, in attention too."""
+    x, y = inputs(3, 5) / 3, inputs(4, 6) / 3  # moderate angles: fidelities away from 0 and 1
+    built = {"d_in": QUBITS, "qubits": QUBITS, "projection": "identity"}
+    exact_map = get("pennylane-zz", engine="native", **built)
+    with torch.no_grad():
+        exact = exact_map.similarity(exact_map(x), exact_map(y))
+    shots = 4000
+    for device in ("default.qubit", "lightning.qubit"):
+        fm = get("pennylane-zz", engine="framework", shots=shots, **built)
+        fm.set_engine("framework", device)
+        assert fm.measures_kernel and not fm.is_fidelity and not fm.is_linear and fm.dim == fm.num_angles
+        with torch.no_grad():
+            measured = fm.similarity(fm.query_features(x), fm(y))
+        z = (measured - exact) / (exact * (1 - exact) / shots).clamp_min(1e-4).sqrt()
+        assert measured.shape == (3, 4) and z.abs().max() < 4.5 and not torch.equal(measured, exact)
+    q, k, v = x[None, None].float(), y[None, None].float(), torch.randn(1, 1, 4, 2)
+    fm = get("pennylane-zz", engine="framework", shots=shots, **built)
+    out, weights = kernel_attention(q, k, v, fm, "softmax", return_weights=True)
+    assert out.shape == (1, 1, 3, 2) and torch.allclose(weights.sum(-1), torch.ones(1, 1, 3))
+    noisy = get("pennylane-zz", engine="framework", shots=10, noise={"depolarizing": 0.1}, **built)
+    with pytest.raises(ValueError, match="noisy PennyLane device"):
+        noisy(x)
+
+
 def test_features_options_are_validated():
     with pytest.raises(ValueError, match="accepted: state, projected"):
         get("qiskit-zz", d_in=4, qubits=2, features="pauli")

@@ -35,7 +35,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from qra.cli import app  # noqa: E402
 
-from .test_train_cli import train_args  # noqa: E402
+from .test_train_cli import crash_during_training, train_args  # noqa: E402
 
 
 def invoke(args, **kwargs):
@@ -44,23 +44,6 @@ def invoke(args, **kwargs):
 
 def flat(output: str) -> str:
     return " ".join(output.split())
-
-
-def crash_during_training(monkeypatch, after_steps: int):
-    """Make the Trainer raise KeyboardInterrupt at step ``after_steps + 1`` (a crash); returns the undo."""
-    from transformers import Trainer
-
-    original_step = Trainer.training_step
-    calls = {"n": 0}
-
-    def crashing(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == after_steps + 1:
-            raise KeyboardInterrupt("simulated crash")
-        return original_step(self, *a, **k)
-
-    monkeypatch.setattr(Trainer, "training_step", crashing)
-    return lambda: monkeypatch.setattr(Trainer, "training_step", original_step)
 
 
 # item 1: resume

@@ -112,6 +112,22 @@ def test_sampler_fidelities_agree_with_exact_and_with_qras_shot_model():
     assert_binomial(sampled - qra_model + exact, exact, SHOTS, estimates=2)
 
 
+def test_large_measurements_run_in_slices_of_parameter_rows(monkeypatch):
+    import qra_qiskit.maps as maps
+
+    monkeypatch.setattr(maps, "ROWS_PER_RUN", 7)
+    x, y = inputs(4, 0), inputs(5, 1)
+    fm = zz("sampler", shots=SHOTS)
+    sampled = fidelities(fm, x, y)
+    assert fm._sampling_calls == 3  # 20 query–key pairs in slices of 7
+    assert sampled.shape == (4, 5)
+    assert_binomial(sampled, fidelities(zz(), x, y), SHOTS)
+    projected = zz("sampler", shots=SHOTS, features="projected")
+    with torch.no_grad():
+        measured = projected(inputs(9, 2))  # 9 inputs, 3 bases each: 2 calls of up to 7 rows per basis
+    assert measured.shape == (9, 3 * QUBITS) and projected._sampling_calls == 2
+
+
 def test_sampler_projected_features_agree_with_exact():
     x = inputs(6, 2)
     with torch.no_grad():

@@ -12,14 +12,7 @@ from qra.experiment.metrics import row_entropies
 from qra.experiment.qk_scale import record_layer_inputs, recording_kernel_inputs
 from qra.experiment.temperature import calibrate_temperature, search_temperature
 
-from .conftest import tiny_bert
-
-
-def batches(padded_batch):
-    generator = torch.Generator().manual_seed(3)
-    other = {"input_ids": torch.randint(5, 120, (3, 12), generator=generator),
-             "attention_mask": torch.ones(3, 12, dtype=torch.long)}  # fmt: skip
-    return [padded_batch, other]
+from .conftest import tiny_bert, two_batches
 
 
 def entropy_per_head(weights, keep):
@@ -49,7 +42,7 @@ def test_calibrated_attention_is_as_sharp_as_the_layers_own(padded_batch, featur
             model.bert.encoder.layer[layer].attention.self.query.weight.mul_(30.0)
     qra.patch(model, featuremap, layers=(4, 5), featuremap_params=params, learn_beta=True)
     model.eval()
-    data = batches(padded_batch)
+    data = two_batches(padded_batch)
     result = calibrate_temperature(model, data, learn=False)
     assert set(result["layers"]) == {"4", "5"}
     with recording_kernel_inputs(model) as (kernels, _):
@@ -78,7 +71,7 @@ def test_calibration_refuses_modes_without_a_temperature(padded_batch):
     model = tiny_bert()
     qra.patch(model, "rff", layers=(5,), featuremap_params={"m": 16}, mode="linear")
     with pytest.raises(ValueError, match="sets softmax mode's β; this model's kernel attention runs mode linear"):
-        calibrate_temperature(model, batches(padded_batch))
+        calibrate_temperature(model, two_batches(padded_batch))
 
 
 @pytest.mark.parametrize(

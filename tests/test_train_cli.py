@@ -22,6 +22,23 @@ def train_args(model_dir, data_dir, out, *extra):
             "--output-dir", str(out), *extra]  # fmt: skip
 
 
+def crash_during_training(monkeypatch, after_steps: int):
+    """Make the Trainer raise KeyboardInterrupt at step ``after_steps + 1`` (a crash); returns the undo."""
+    from transformers import Trainer
+
+    original_step = Trainer.training_step
+    calls = {"n": 0}
+
+    def crashing(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == after_steps + 1:
+            raise KeyboardInterrupt("simulated crash")
+        return original_step(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "training_step", crashing)
+    return lambda: monkeypatch.setattr(Trainer, "training_step", original_step)
+
+
 def invoke(args):
     result = CliRunner().invoke(app, args)
     return result
@@ -76,24 +93,13 @@ def test_eval_report_and_synonym_swap_on_a_trained_run(tiny_model_dir, tiny_data
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
-    from transformers import Trainer
-
     out = tmp_path / "run"
     args = train_args(tiny_model_dir, tiny_data_dir, out, "--featuremap", "rff", "--m", "16", "--save-steps", "2")
-    original_step = Trainer.training_step
-    calls = {"n": 0}
-
-    def crash_after_three(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated crash")
-        return original_step(self, *a, **k)
-
-    monkeypatch.setattr(Trainer, "training_step", crash_after_three)
+    undo = crash_during_training(monkeypatch, 3)
     interrupted = invoke(args)
     assert interrupted.exit_code != 0 and not (out / "metrics.json").exists()
     assert (out / "checkpoints" / "checkpoint-2").is_dir()
-    monkeypatch.setattr(Trainer, "training_step", original_step)
+    undo()
     refused = invoke(args)
     assert refused.exit_code == 2 and "--resume" in refused.output
     resumed = invoke([*args, "--resume"])
@@ -252,24 +258,13 @@ def test_a_resumed_run_keeps_its_calibration_frozen_and_reported(tiny_model_dir,
     """A run whose angle scale was calibrated 'fixed' resumes (the scale stays out of the optimizer, as in the
     checkpoint) and its metrics still hold the calibration made before the interruption."""
     pytest.importorskip("qra_pennylane")
-    from transformers import Trainer
-
     out = tmp_path / "run"
     args = train_args(tiny_model_dir, tiny_data_dir, out, "--featuremap", "pennylane-zz", "--fm", "qubits=3",
                       "--fm", "engine=native", "--calibrate-angle-scale", "fixed", "--save-steps", "2")  # fmt: skip
-    original_step = Trainer.training_step
-    calls = {"n": 0}
-
-    def crash_after_three(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated crash")
-        return original_step(self, *a, **k)
-
-    monkeypatch.setattr(Trainer, "training_step", crash_after_three)
+    undo = crash_during_training(monkeypatch, 3)
     assert invoke(args).exit_code != 0
     calibration = json.loads((out / "preparation.json").read_text())["angle_scale_calibration"]
-    monkeypatch.setattr(Trainer, "training_step", original_step)
+    undo()
     resumed = invoke([*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
     metrics = json.loads((out / "metrics.json").read_text())

@@ -20,6 +20,9 @@
 #        bash experiments/device/run.sh profile GPU     (where a Trainer step's time goes: runs/profile/*/profile.txt)
 #   and last: bash experiments/device/run.sh pack    ($OUT/runs.tgz, $OUT/attention.tgz and the benches' JSON)
 # Phases that may outlast the call stop after $PHASE_SECONDS (default 540); their runs resume next time.
+# Stopping takes time: a sweep of 32 trainings on 4×H200, told to stop after 490 s, had not stopped 100 s
+# later (the call ran out and nothing came back), so a phase is killed $STOP_GRACE seconds (default 60) after
+# it was told to stop; a checkpoint cut short is set aside and the run resumes from its previous one.
 # Leave room inside the call's 600 s for what comes before and after (setup takes ~60 s, pack a few):
 # a call that runs setup, a phase and pack wants PHASE_SECONDS=480 or less, or nothing comes back.
 # Background phases (`... &`) are killed when the command returns: wait for them before `pack`.
@@ -75,7 +78,7 @@ bench)
   benches=("$@")
   [ ${#benches[@]} -gt 0 ] || benches=(attention train)
   for bench in "${benches[@]}"; do
-    CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0} timeout "${PHASE_SECONDS:-540}" \
+    CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0} timeout -k "${STOP_GRACE:-60}" "${PHASE_SECONDS:-540}" \
       python3 -m qra bench "$bench" --output "$OUT/bench/$bench.json" || echo "bench $bench exit status $?"
   done
   ;;
@@ -84,7 +87,7 @@ profile)
   environment
   for arm in "none" "rff --fm m=128 --fm sigma=1.0"; do
     # shellcheck disable=SC2086  # the arm's words are separate options
-    CUDA_VISIBLE_DEVICES=${1:-0} timeout "${PHASE_SECONDS:-540}" python3 -m qra train --featuremap $arm \
+    CUDA_VISIBLE_DEVICES=${1:-0} timeout -k "${STOP_GRACE:-60}" "${PHASE_SECONDS:-540}" python3 -m qra train --featuremap $arm \
       --model bundled:all-MiniLM-L6-v2 --data-dir ../shared/data/imdb --max-length 512 --epochs 1 --batch-size 32 \
       --layers 4,5 --max-train-samples 1600 --max-eval-samples 256 --profile-steps 20 \
       --output-dir "runs/profile/${arm%% *}" || echo "profile $arm exit status $?"
@@ -93,7 +96,7 @@ profile)
 scale)
   environment
   status=0
-  timeout "${PHASE_SECONDS:-540}" python3 experiments/scale.py run --gpus "${1:-0,1}" || status=$?
+  timeout -k "${STOP_GRACE:-60}" "${PHASE_SECONDS:-540}" python3 experiments/scale.py run --gpus "${1:-0,1}" || status=$?
   echo "scale exit status $status"
   ;;
 study)
@@ -101,7 +104,7 @@ study)
   config=${1:?usage: run.sh study CONFIG [sweep options]}
   shift
   status=0
-  timeout "${PHASE_SECONDS:-540}" python3 experiments/sweep.py "$config" --no-report "$@" || status=$?
+  timeout -k "${STOP_GRACE:-60}" "${PHASE_SECONDS:-540}" python3 experiments/sweep.py "$config" --no-report "$@" || status=$?
   echo "sweep exit status $status"
   ;;
 pack)

@@ -211,6 +211,14 @@ def evaluate_quantum(
 BACKEND_KNOBS = ("engine", "backend", "shots", "optimization_level", "samples")
 
 
+def _agreement(measured: dict[str, Any], exact: dict[str, Any]) -> float | None:
+    """The share of reviews whose predicted class is the exact kernel's (None for records without predictions)."""
+    if "predicted" not in measured or "predicted" not in exact:
+        return None
+    same = np.asarray(measured["predicted"]) == np.asarray(exact["predicted"])
+    return float(same.mean())
+
+
 def evaluate_backend(
     run_dir: str | Path,
     engine: str,
@@ -237,9 +245,10 @@ def evaluate_backend(
     texts, labels = run.texts[:max_eval_samples], run.labels[:max_eval_samples]
     trained_engines = [fm.engine for fm in maps]
 
-    def scores() -> dict[str, float]:
+    def scores() -> dict[str, Any]:
+        """Accuracy and F1 on the chosen reviews, and each review's predicted class (to pair with the exact's)."""
         logits = predict(run.model, run.tokenizer, texts, run.config.max_length, run.config.eval_batch_size)
-        return classification_metrics(logits, labels)
+        return classification_metrics(logits, labels) | {"predicted": np.asarray(logits).argmax(-1).tolist()}
 
     done = {tuple(r[k] for k in BACKEND_KNOBS): r for r in run.recorded("quantum_backends", [])}
     exact = next((r["exact"] for r in done.values() if r["samples"] == len(texts)), None)
@@ -261,7 +270,8 @@ def evaluate_backend(
                 fm.set_measurement(shots=count)
             measured = scores()
             done[key] = setting | measured | {"exact": exact, "accuracy_change": measured["accuracy"]
-                                              - exact["accuracy"]}  # fmt: skip
+                                              - exact["accuracy"],
+                                              "agreement_with_exact": _agreement(measured, exact)}  # fmt: skip
             run.record("quantum_backends", list(done.values()))
         results.append(done[key])
     return {"settings": results}

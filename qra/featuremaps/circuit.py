@@ -203,13 +203,20 @@ class CircuitFeatureMap(FeatureMap):
     def is_linear(self) -> bool:  # type: ignore[override]
         if self.projected:
             return self.projected_kernel in ("linear", "trace")
-        return self.real_lift and self.shots is None and not self.noisy and self.engine != "sampler"
+        return self.real_lift and self.shots is None and not self.noisy and not self.measures_kernel
 
     @property
     def is_fidelity(self) -> bool:  # type: ignore[override]
         """The features are the states and the kernel their exact fidelity (no lift, shots or noise)."""
         return (not self.real_lift and self.shots is None and not self.noisy and not self.projected
-                and self.engine != "sampler")  # fmt: skip
+                and not self.measures_kernel)  # fmt: skip
+
+    @property
+    def measures_kernel(self) -> bool:
+        """Whether the engine estimates each fidelity itself, from compute–uncompute circuits run with the map's
+        shots (a sampler here; backends add their shot devices): the features are then the angles, and
+        :meth:`measured_fidelities` gives the kernel of every query–key pair."""
+        return self.engine == "sampler"
 
     @property
     def noisy(self) -> bool:
@@ -219,7 +226,7 @@ class CircuitFeatureMap(FeatureMap):
     def dim(self) -> int:
         if self.projected:
             return 3 * self.qubits + (self.projected_kernel == "trace")
-        if self.engine == "sampler":  # the features are the angles; the sampler estimates each pair's kernel
+        if self.measures_kernel:  # the features are the angles; the engine estimates each pair's kernel
             return self.num_angles
         if self.readout_error > 0:
             return 2**self.qubits + 4**self.qubits  # the state, then U M U† flattened
@@ -285,7 +292,7 @@ class CircuitFeatureMap(FeatureMap):
             return torch.cat([features / math.sqrt(2), constant], dim=-1)
         if self.projected:
             return self.projected_features(x)
-        if self.engine == "sampler":
+        if self.measures_kernel:
             self._check_sampling("the fidelity kernel")
             return self.angles(x)
         states = self.states(x)
@@ -320,7 +327,7 @@ class CircuitFeatureMap(FeatureMap):
         """
         if self.projected:
             return self.projected_similarity(fx, fy)
-        if self.engine == "sampler":
+        if self.measures_kernel:
             return self.measured_fidelities(fx, fy)
         dim = 2**self.qubits
         if self.readout_error > 0:
@@ -407,17 +414,19 @@ class CircuitFeatureMap(FeatureMap):
         return None
 
     def measured_fidelities(self, angles_x: torch.Tensor, angles_y: torch.Tensor) -> torch.Tensor:
-        """Fidelity kernel ``[..., n, m]`` estimated from compute–uncompute circuits (``engine="sampler"``)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement engine='sampler'")
+        """Fidelity kernel ``[..., n, m]`` estimated from compute–uncompute circuits (:attr:`measures_kernel`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement engine={self.engine!r} with shots")
 
     def _check_sampling(self, what: str) -> None:
-        """A sampler estimates from the map's ``shots``, with the backend's own noise (not qra's noise model)."""
+        """An engine that measures estimates from the map's ``shots``, with its backend's own noise (not qra's)."""
         if self.shots is None:
-            raise ValueError(f"engine='sampler' estimates {what} from shots: set shots=N "
+            raise ValueError(f"engine={self.engine!r} estimates {what} from shots: set shots=N "
                              "(or set_measurement(shots=N))")  # fmt: skip
         if self.noisy:
-            raise ValueError("noise= is qra's model of a QPU's noise for the simulators; engine='sampler' has its "
-                             "backend's own noise: set_measurement(shots=N) without noise")  # fmt: skip
+            raise ValueError(f"noise= is qra's model of a QPU's noise for the simulators; engine={self.engine!r} with "
+                             "shots has its backend's own noise: set_measurement(shots=N) without noise (for a "
+                             "PennyLane map, a noisy PennyLane device, e.g. default.mixed with noise "
+                             "channels)")  # fmt: skip
 
     def set_engine(self, engine: str, backend: object | None = None, **options: object) -> None:
         """Switch a built (e.g. trained) map to another engine, for instance to evaluate it on a sampler.

@@ -63,10 +63,12 @@ class PennyLaneCircuitMap(CircuitFeatureMap):
 
     ``engine="framework"`` (the default) runs a QNode (torch interface, parameter broadcasting over
     the whole batch, differentiable) on the PennyLane device named by ``device`` (any installed
-    PennyLane device), on the input's torch device.  With ``features="projected"`` and ``shots``,
-    the device itself measures ⟨X_k⟩, ⟨Y_k⟩, ⟨Z_k⟩ (``qml.expval`` with that many shots, seeded from
-    ``seed``) — what a shot device or a hardware plugin returns; otherwise the device's exact
-    states are used, and shots and noise follow qra's model (class docstring of the base).
+    PennyLane device), on the input's torch device.  With ``shots`` the device itself measures, as a
+    shot device or a hardware plugin does (seeded from ``seed``): with ``features="projected"`` the
+    expectations ⟨X_k⟩, ⟨Y_k⟩, ⟨Z_k⟩ (``qml.expval``), otherwise the fidelity of every query–key pair,
+    as the all-zeros frequency of the compute–uncompute circuit U(y)†U(x) (``qml.probs``).  qra's own
+    noise model is refused then: a noisy device (``default.mixed`` with noise channels) is the way.
+    Without shots the device's exact states are used.
     ``engine="native"`` records the same operations on a PennyLane tape, decomposes
     them with PennyLane's rules and runs them on qra's batched engine — much faster, same states.
     Every other parameter is :class:`~qra.featuremaps.circuit.CircuitFeatureMap`'s.
@@ -121,19 +123,25 @@ class PennyLaneCircuitMap(CircuitFeatureMap):
             backend = None
         super().set_engine(engine, backend, **options)
 
+    @property
+    def measures_kernel(self) -> bool:
+        """With ``engine="framework"`` and ``shots`` the device measures the fidelity kernel itself."""
+        return super().measures_kernel or (self.engine == "framework" and self.shots is not None)
+
+    def _shot_device(self) -> qml.devices.Device:
+        """The map's device, seeded from the map's seed and how many times it has sampled (when it takes a seed)."""
+        seed = hash((self.seed, self._sampling_calls)) & 0x7FFF_FFFF
+        self._sampling_calls += 1
+        try:
+            return qml.device(self.device_name, wires=self.qubits, seed=seed)
+        except TypeError:  # a device without a seed option
+            return qml.device(self.device_name, wires=self.qubits)
+
     def measured_paulis(self, angles: torch.Tensor) -> torch.Tensor | None:
         """With ``engine="framework"`` and ``shots``: ⟨X_k⟩…, ⟨Y_k⟩…, ⟨Z_k⟩… measured by the device with shots."""
         if self.engine != "framework" or self.shots is None:
             return None
-        if self.noisy:
-            raise ValueError("noise= is qra's model of a QPU's noise; with engine='framework' and shots the device "
-                             "measures: use a noisy PennyLane device (e.g. default.mixed with noise channels) instead")
-        seed = hash((self.seed, self._sampling_calls)) & 0x7FFF_FFFF
-        self._sampling_calls += 1
-        try:
-            device = qml.device(self.device_name, wires=self.qubits, seed=seed)
-        except TypeError:  # a device without a seed option
-            device = qml.device(self.device_name, wires=self.qubits)
+        self._check_sampling("the Pauli expectations")
         wires = self.wires
         observables = [qml.PauliX, qml.PauliY, qml.PauliZ]
 
@@ -142,11 +150,35 @@ class PennyLaneCircuitMap(CircuitFeatureMap):
             return [qml.expval(pauli(wires[k])) for pauli in observables for k in range(self.qubits)]
 
         flat = angles.reshape(-1, self.num_angles)
-        qnode = qml.set_shots(qml.QNode(circuit, device, interface="torch"), shots=self.shots)
+        qnode = qml.set_shots(qml.QNode(circuit, self._shot_device(), interface="torch"), shots=self.shots)
         with torch.device(angles.device):
             values = qnode(flat)
         expectations = torch.stack([torch.as_tensor(v, device=angles.device).reshape(-1) for v in values], dim=-1)
         return expectations.reshape(*angles.shape[:-1], 3 * self.qubits)
+
+    def measured_fidelities(self, angles_x: torch.Tensor, angles_y: torch.Tensor) -> torch.Tensor:
+        """All-zeros frequencies of U(y)†U(x) ``[..., n, m]`` from the device with shots: one circuit per pair.
+
+        N² circuits per head — what a QPU would run for the fidelity kernel (``qra quantum-cost``), so meant
+        for evaluating a trained model on a few reviews, not for training.
+        """
+        self._check_sampling("the fidelity kernel")
+        batch = torch.broadcast_shapes(angles_x.shape[:-2], angles_y.shape[:-2])
+        n, m = angles_x.shape[-2], angles_y.shape[-2]
+        x = angles_x.unsqueeze(-2).expand(*batch, n, m, self.num_angles).reshape(-1, self.num_angles)
+        y = angles_y.unsqueeze(-3).expand(*batch, n, m, self.num_angles).reshape(-1, self.num_angles)
+        wires = self.wires
+
+        def circuit(compute: torch.Tensor, uncompute: torch.Tensor):
+            self.template(compute, wires)
+            qml.adjoint(self.template)(uncompute, wires)
+            return qml.probs(wires=wires)
+
+        qnode = qml.set_shots(qml.QNode(circuit, self._shot_device(), interface="torch"), shots=self.shots)
+        with torch.device(angles_x.device):
+            probabilities = qnode(x, y)
+        all_zeros = torch.as_tensor(probabilities, device=angles_x.device).reshape(-1, 2**self.qubits)[:, 0]
+        return all_zeros.reshape(*batch, n, m)
 
     def _run_qnode(self, angles: torch.Tensor) -> torch.Tensor:
         device = _device(self.device_name, self.qubits)

@@ -26,6 +26,10 @@ from . import hardware
 
 #: Qiskit's own simulators for ``engine="framework"``
 DEVICES = ("statevector", "aer")
+#: parameter rows per sampler call. A PUB has one row per input or query–key pair, which can be millions,
+#: and Aer holds every row's experiment in memory: 32 reviews of 128 tokens (49,152 rows a PUB) through
+#: FakeTorino's noise model took over 24 GB in one call
+ROWS_PER_RUN = 1024
 NATIVE_BASIS = [name for name in GATES if name not in ("id", "multirz", "parity_phase", "global_phase")]
 #: sympy functions of a parameter expression -> torch.  The angles are real, so conjugate() and re() are the
 #: angle itself and im() is zero; sign() is torch.sign (its gradient is zero, as the function's)
@@ -253,13 +257,23 @@ class QiskitCircuitMap(CircuitFeatureMap):
             self._sampler_circuits[kind] = (transpiled, hardware.bind_order(transpiled, parameters))
         return self._sampler_circuits[kind]
 
-    def _run_pubs(self, pubs: list[tuple[QuantumCircuit, np.ndarray]]) -> list:
+    def _run_pubs(self, pubs: list[tuple[QuantumCircuit, np.ndarray]], reduce: Callable) -> list[np.ndarray]:
+        """Run PUBs of equally many parameter rows, ROWS_PER_RUN rows a sampler call; per PUB, ``reduce`` of each
+        call's measured bits (a BitArray → an array with one entry per row), concatenated over the calls."""
         if self._sampler_setup is None:
             self.set_sampler(self._sampler_choice, self.optimization_level)
-        seed = hash((self.seed, self._sampling_calls)) & 0x7FFF_FFFF
-        self._sampling_calls += 1
-        result = self._sampler_setup.make(seed).run(pubs, shots=self.shots).result()
-        return [pub_result.data.meas for pub_result in result]
+        rows = {len(values) for _, values in pubs}
+        if len(rows) != 1:
+            raise ValueError(f"the PUBs of one measurement need equally many parameter rows, got {sorted(rows)}")
+        parts: list[list[np.ndarray]] = [[] for _ in pubs]
+        for start in range(0, rows.pop(), ROWS_PER_RUN):
+            seed = hash((self.seed, self._sampling_calls)) & 0x7FFF_FFFF
+            self._sampling_calls += 1
+            chunk = [(circuit, values[start : start + ROWS_PER_RUN]) for circuit, values in pubs]
+            result = self._sampler_setup.make(seed).run(chunk, shots=self.shots).result()
+            for part, pub_result in zip(parts, result, strict=True):
+                part.append(reduce(pub_result.data.meas))
+        return [np.concatenate(part) for part in parts]
 
     def _refuse_gradients(self, *tensors: torch.Tensor) -> None:
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
@@ -273,8 +287,9 @@ class QiskitCircuitMap(CircuitFeatureMap):
         self._refuse_gradients(angles)
         values = angles.detach().reshape(-1, self.num_angles).cpu().numpy()
         circuits = [self._sampler_circuit(basis) for basis in hardware.PAULI_BASES]
-        results = self._run_pubs([(circuit, values[:, order]) for circuit, order in circuits])
-        expectations = np.concatenate([hardware.z_expectations(bits, self.qubits) for bits in results], axis=-1)
+        results = self._run_pubs([(circuit, values[:, order]) for circuit, order in circuits],
+                                 lambda bits: hardware.z_expectations(bits, self.qubits))  # fmt: skip
+        expectations = np.concatenate(results, axis=-1)
         return torch.from_numpy(expectations).to(angles.device).reshape(*angles.shape[:-1], 3 * self.qubits)
 
     def measured_fidelities(self, angles_x: torch.Tensor, angles_y: torch.Tensor) -> torch.Tensor:
@@ -287,7 +302,8 @@ class QiskitCircuitMap(CircuitFeatureMap):
                            angles_y.detach().unsqueeze(-3).expand(*batch, n, m, self.num_angles)], dim=-1)  # fmt: skip
         circuit, order = self._sampler_circuit("fidelity")
         values = pairs.reshape(-1, 2 * self.num_angles).cpu().numpy()[:, order]
-        frequencies = hardware.all_zeros_frequency(self._run_pubs([(circuit, values)])[0], self.qubits)
+        [frequencies] = self._run_pubs([(circuit, values)],
+                                       lambda bits: hardware.all_zeros_frequency(bits, self.qubits))  # fmt: skip
         return torch.from_numpy(frequencies).to(device=angles_x.device).reshape(*batch, n, m)
 
     def __getstate__(self) -> dict:
