@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from qra.experiment.stats import mcnemar, paired_t, tost, verdict
+from qra.experiment.stats import (
+    POWER,
+    mcnemar,
+    paired_t,
+    paired_t_power,
+    power_analysis,
+    seeds_needed,
+    tost,
+    tost_power,
+    verdict,
+)
 
 
 def correctness(b: int, c: int, both: int = 5, neither: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -75,3 +85,38 @@ def test_verdicts():
     assert verdict(paired_t(same, base), tost(same, base)) == "equivalent"
     noisy = base + np.array([0.02, -0.02, 0.01, -0.015, 0.004])
     assert verdict(paired_t(noisy, base), tost(noisy, base)) == "inconclusive"
+
+
+def simulated_differences(difference: float, std: float, n: int, draws: int) -> np.ndarray:
+    """Seeded simulated experiments: ``draws`` rows of n per-seed differences ~ N(difference, std²)."""
+    return np.random.default_rng(7).normal(difference, std, size=(draws, n))
+
+
+def test_paired_t_power_is_the_t_tests_rejection_rate():
+    # the textbook value: effect size 1 (difference = SD), 10 pairs, two-sided α 0.05 -> power 0.80
+    assert paired_t_power(0.003, 0.003, 10) == pytest.approx(0.803, abs=0.002)
+    for difference, n in ((0.002, 5), (0.004, 3), (0.0, 6)):
+        samples = simulated_differences(difference, 0.003, n, 20000)
+        rejected = float(np.mean(stats.ttest_1samp(samples, 0.0, axis=1).pvalue < 0.05))
+        assert paired_t_power(difference, 0.003, n) == pytest.approx(rejected, abs=0.012)
+
+
+def test_tost_power_never_overstates_the_rejection_rate():
+    for difference, n in ((0.0, 4), (0.0, 8), (0.002, 8)):
+        samples = simulated_differences(difference, 0.003, n, 3000)
+        rejected = float(np.mean([tost(d, np.zeros_like(d), margin=0.005).equivalent for d in samples]))
+        approximated = tost_power(0.003, n, 0.005, difference)
+        assert approximated <= rejected + 0.02 and approximated == pytest.approx(rejected, abs=0.06)
+
+
+def test_power_analysis_inverts_the_power_functions():
+    std = 0.002
+    found = power_analysis(std, 3, same=0.003)
+    detectable = found["minimum_detectable_difference"]
+    assert paired_t_power(detectable, std, 3) == pytest.approx(POWER, abs=1e-6)
+    n = found["seeds_to_detect"]
+    assert paired_t_power(0.003, std, n) >= POWER > paired_t_power(0.003, std, n - 1)
+    m = found["seeds_for_equivalence"]
+    assert tost_power(std, m, 0.005) >= POWER and (m == 2 or tost_power(std, m - 1, 0.005) < POWER)
+    assert power_analysis(None, 3, 0.003) is None and power_analysis(0.002, 1, 0.003) is None
+    assert seeds_needed(lambda k: 0.0) is None  # never reached within MAX_SEEDS

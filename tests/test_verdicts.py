@@ -69,6 +69,10 @@ def test_report_judges_protocol_runs_against_both_baselines(tmp_path):
     assert paired["none"] is None and set(paired["rff"]) == {sdpa_label, eager_label}
     readme = (out / "README.md").read_text()
     assert "## Protocol verdicts (Win A, B, C)" in readme and "| Win A |" in readme and "McNemar" in readme
+    power = comparison["paired_tests"]["power"]  # planned from the spread of the 5 per-seed differences
+    assert power["seeds"] == 5
+    assert power["std_difference"] == pytest.approx(tests["paired_t_accuracy"]["std_difference"])
+    assert "### Power: seeds each comparison needs" in readme and f"| {power['seeds_to_detect']} |" in readme
 
 
 def test_win_b_and_c_at_the_stress_length(tmp_path):

@@ -10,6 +10,15 @@
   p = max(p_lower, p_upper) < α — equivalently, when the (1 − 2α) confidence interval of μ lies inside the margin.
 
 Accuracies are fractions, so the protocol's ±0.5 points is ``margin=0.005``.
+
+Power (how many seeds a comparison needs), from the spread of the per-seed differences actually seen:
+
+- :func:`paired_t_power` is the exact power of the two-sided paired t-test against a true mean difference
+  (noncentral t with n − 1 df and noncentrality δ·√n/σ).
+- :func:`tost_power` is the power of TOST to show equivalence within ±margin when the true difference is
+  ``true_difference``. It uses the usual approximation P(reject lower) + P(reject upper) − 1 (each a
+  noncentral t), which never overstates the power.
+- :func:`minimum_detectable_difference` and :func:`seeds_needed` invert them.
 """
 
 from __future__ import annotations
@@ -27,6 +36,10 @@ EXACT_BELOW = 25
 ALPHA = 0.05
 #: the protocol's equivalence margin: ±0.5 accuracy points
 TOST_MARGIN = 0.005
+#: the power seed counts are planned for
+POWER = 0.8
+#: the most seeds :func:`seeds_needed` considers
+MAX_SEEDS = 1000
 
 
 @dataclass(frozen=True)
@@ -135,3 +148,67 @@ def verdict(t: PairedT, equivalence: Tost, alpha: float = ALPHA) -> str:
     if equivalence.equivalent:
         return "equivalent"
     return "inconclusive"
+
+
+def paired_t_power(difference: float, std: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided paired t-test with ``n`` pairs whose differences have SD ``std``, when the true mean
+    difference is ``difference``."""
+    if n < 2 or not std > 0:
+        raise ValueError(f"power needs n >= 2 pairs and a spread > 0; got n={n}, std={std}")
+    df, noncentrality = n - 1, difference * math.sqrt(n) / std
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality))
+
+
+def tost_power(std: float, n: int, margin: float = TOST_MARGIN, true_difference: float = 0.0,
+               alpha: float = ALPHA) -> float:  # fmt: skip
+    """Power of paired TOST within ±``margin`` (each one-sided test at ``alpha``) when the true mean difference is
+    ``true_difference``: P(reject μ ≤ −margin) + P(reject μ ≥ +margin) − 1, at least 0."""
+    if n < 2 or not std > 0:
+        raise ValueError(f"power needs n >= 2 pairs and a spread > 0; got n={n}, std={std}")
+    df, scale = n - 1, std / math.sqrt(n)
+    critical = stats.t.ppf(1 - alpha, df)
+    lower = stats.nct.sf(critical, df, (true_difference + margin) / scale)
+    upper = stats.nct.cdf(-critical, df, (true_difference - margin) / scale)
+    return float(max(0.0, lower + upper - 1))
+
+
+def minimum_detectable_difference(std: float, n: int, power: float = POWER, alpha: float = ALPHA) -> float:
+    """The smallest true mean difference that the paired t-test with ``n`` pairs detects with ``power``."""
+    low, high = 0.0, std
+    while paired_t_power(high, std, n, alpha) < power:
+        high *= 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if paired_t_power(middle, std, n, alpha) < power else (low, middle)
+    return high
+
+
+def seeds_needed(power_at, power: float = POWER) -> int | None:
+    """The fewest pairs n ≥ 2 with ``power_at(n) >= power`` (power grows with n), or None beyond MAX_SEEDS."""
+    if power_at(MAX_SEEDS) < power:
+        return None
+    low, high = 2, MAX_SEEDS
+    if power_at(low) >= power:
+        return low
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if power_at(middle) < power else (low, middle)
+    return high
+
+
+def power_analysis(std: float | None, n: int, same: float, margin: float = TOST_MARGIN,
+                   power: float = POWER, alpha: float = ALPHA) -> dict[str, Any] | None:  # fmt: skip
+    """What ``n`` paired seeds with per-seed differences of SD ``std`` can show, and the seeds the protocol's
+    questions need: detecting a difference of ``same`` (e.g. its ±0.3 points) and showing equivalence within
+    ±``margin`` when there is no true difference. None without a spread to plan from (fewer than 2 pairs)."""
+    if std is None or not std > 0 or n < 2:
+        return None
+    return {
+        "seeds": n, "std_difference": std, "power": power, "alpha": alpha,
+        "minimum_detectable_difference": minimum_detectable_difference(std, n, power, alpha),
+        "difference_asked": same,
+        "seeds_to_detect": seeds_needed(lambda k: paired_t_power(same, std, k, alpha), power),
+        "margin": margin,
+        "seeds_for_equivalence": seeds_needed(lambda k: tost_power(std, k, margin, 0.0, alpha), power),
+    }  # fmt: skip

@@ -29,7 +29,7 @@ import numpy as np
 from .config import BASELINE
 from .labels import label
 from .runs import FinishedRecord, RunDirectory, same_test_set
-from .stats import ALPHA, TOST_MARGIN, mcnemar, paired_t, tost, verdict
+from .stats import ALPHA, POWER, TOST_MARGIN, mcnemar, paired_t, power_analysis, tost, verdict
 
 WIN_A_GAIN = 0.005
 WIN_A_EXPECTED = (0.005, 0.015)
@@ -188,6 +188,7 @@ def compare(arm_row: dict[str, Any], arm_runs: Sequence[FinishedRecord], base_ro
         "paired_t_accuracy": t_accuracy.as_dict() if t_accuracy else None,
         "tost_accuracy": equivalence.as_dict() if equivalence else None,
         "verdict": verdict(t_accuracy, equivalence) if t_accuracy and equivalence else "not tested (no paired seeds)",
+        "power": power_analysis(t_accuracy.std_difference, t_accuracy.n, SAME_ACCURACY) if t_accuracy else None,
     }
     return {"arm": label(arm_row), "baseline": label(base_row), "seeds": seeds if paired else None,
             "win_a": win_a, "win_b": win_b, "win_c": win_c, "paired_tests": tests}  # fmt: skip
@@ -241,4 +242,28 @@ def markdown_section(found: Sequence[dict[str, Any]]) -> list[str]:
                      f"| {_points(comparison['win_a']['delta_accuracy'])} | {per_seed} "
                      f"| {_p(t['p_value'] if t else None)} | {_p(equivalence['p_value'] if equivalence else None)} "
                      f"| {tests['verdict']} |")  # fmt: skip
+    return lines + power_section(found)
+
+
+def _seeds(count: int | None) -> str:
+    return "–" if count is None else str(count)
+
+
+def power_section(found: Sequence[dict[str, Any]]) -> list[str]:
+    """How many seeds each comparison would need, planned from the spread of its per-seed differences."""
+    planned = [(c, c["paired_tests"]["power"]) for c in found if c["paired_tests"].get("power")]
+    if not planned:
+        return []
+    lines = ["", f"### Power: seeds each comparison needs (paired t, α = {ALPHA:g}, {POWER:.0%} power)", "",
+             "Planned from the standard deviation of the per-seed accuracy differences seen (few seeds estimate it "
+             f"roughly): the smallest difference these seeds detect; the seeds that detect ±{SAME_ACCURACY * 100:g} "
+             f"points (the protocol's 'same accuracy'); the seeds that show equivalence within ±{TOST_MARGIN * 100:g} "
+             "points (TOST) when there is no true difference. – : more than 1,000.", "",
+             "| arm | baseline | seeds | SD of per-seed Δ (pts) | detectable Δ (pts) | seeds to detect "
+             f"±{SAME_ACCURACY * 100:g} | seeds for TOST ±{TOST_MARGIN * 100:g} |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for comparison, power in planned:
+        lines.append(f"| {comparison['arm']} | {comparison['baseline']} | {power['seeds']} "
+                     f"| {power['std_difference'] * 100:.2f} | {power['minimum_detectable_difference'] * 100:.2f} "
+                     f"| {_seeds(power['seeds_to_detect'])} | {_seeds(power['seeds_for_equivalence'])} |")  # fmt: skip
     return lines
