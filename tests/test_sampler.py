@@ -204,6 +204,9 @@ def test_a_sampler_object_is_used_not_recorded_and_a_fake_device_transpiles_to_i
     circuit, _ = fm._sampler_circuit("fidelity")
     assert {i.operation.name for i in circuit.data} <= {"rz", "sx", "x", "cx", "ecr", "measure", "barrier"}
     assert circuit.num_qubits == 5  # laid out on the device's qubits
+    # qra's named backends run a PUB's parameter rows as parallel experiments (a user's sampler is left as it is)
+    assert sampler_setup("aer").make(0)._backend.options.max_parallel_experiments == 0
+    assert sampler_setup("fake_manila").make(0)._backend.options.max_parallel_experiments == 0
 
 
 def test_the_sampler_engine_explains_what_it_needs():

@@ -72,6 +72,12 @@ def backend_target(name: str) -> Target:
     return fake_backend(name).target
 
 
+#: Aer runs one experiment per parameter row; its default runs them one after another, each on all cores,
+#: which small circuits cannot use. In parallel: 768 six-qubit rows through FakeTorino's noise model took
+#: 15.2 s instead of 27.7 s on a 2-core machine
+AER_OPTIONS = {"max_parallel_experiments": 0}
+
+
 def sampler_setup(
     sampler: str | BaseSamplerV2, optimization_level: int = 1, target: object | None = None
 ) -> SamplerSetup:
@@ -92,7 +98,8 @@ def sampler_setup(
     from qiskit_aer.primitives import SamplerV2 as AerSampler
 
     if sampler == "aer":
-        return SamplerSetup("aer", lambda seed: AerSampler(seed=seed), target, optimization_level)
+        options = {"backend_options": AER_OPTIONS}
+        return SamplerSetup("aer", lambda seed: AerSampler(seed=seed, options=options), target, optimization_level)
     if not sampler.startswith("fake_"):
         raise ValueError(f"unknown backend {sampler!r}; accepted: aer, fake_<device> (e.g. fake_torino), or a "
                          "qiskit BaseSamplerV2 object")  # fmt: skip
@@ -107,7 +114,7 @@ def _noisy_simulator(name: str):
     """Aer with a fake device's noise model, coupling map and basis (built once per device)."""
     from qiskit_aer import AerSimulator
 
-    return AerSimulator.from_backend(fake_backend(name))
+    return AerSimulator.from_backend(fake_backend(name), **AER_OPTIONS)
 
 
 def bind_order(transpiled: QuantumCircuit, parameters: list) -> list[int]:
