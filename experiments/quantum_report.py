@@ -117,7 +117,6 @@ def markdown(results: list[dict[str, Any]], notes: str, shot_rate: float) -> str
     for result in results:
         run, rows = result["run"], result["rows"]
         cost = run["qpu_cost_per_review"]
-        circuit = cost["circuit"]
         shots = run["featuremap_params"].get("shots")
         trained_with = f"kernels sampled from {shots} shots" if shots else "exact kernels"
         lines += [
@@ -126,8 +125,7 @@ def markdown(results: list[dict[str, Any]], notes: str, shot_rate: float) -> str
             "",
             f"Model {run['model']}, seed {run['seed']}, trained with {trained_with}; "
             f"{run['test_reviews']:,} test reviews; {run['device']}; commit {run['commit']}.",
-            f"One review (N = {cost['sequence_length']}) needs {cost['circuits_per_forward']:,} kernel circuits "
-            f"({circuit['qubits']} qubits, depth {circuit['depth']}, {circuit['two_qubit_gates']} two-qubit gates).",
+            circuits_sentence(cost),
             "",
         ]
         if rows:
@@ -149,6 +147,18 @@ def markdown(results: list[dict[str, Any]], notes: str, shot_rate: float) -> str
               "python experiments/quantum_report.py " + " ".join(r["run"]["path"] for r in results),
               "```", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def circuits_sentence(cost: dict[str, Any]) -> str:
+    """What one review costs in circuits, with the circuit that estimates one fidelity for scale."""
+    circuit = cost["circuit"]
+    shape = f"{circuit['qubits']} qubits, depth {circuit['depth']}, {circuit['two_qubit_gates']} two-qubit gates"
+    if cost.get("kernel") == "projected":
+        return (f"One review (N = {cost['sequence_length']}) needs {cost['circuits_per_forward']:,} measurement "
+                "circuits (the state's circuit, then one of three basis changes); the fidelity kernel would need "
+                f"{cost['circuits_per_review']['fidelity']:,} compute–uncompute circuits ({shape}).")  # fmt: skip
+    return (f"One review (N = {cost['sequence_length']}) needs {cost['circuits_per_forward']:,} kernel circuits "
+            f"({shape}).")
 
 
 def backend_table(entries: list[dict[str, Any]]) -> list[str]:

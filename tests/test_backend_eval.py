@@ -74,3 +74,5 @@ def test_quantum_report_tables_a_runs_backend_evaluations(projected_run, tmp_pat
     assert row in readme
     assert "--engine sampler --backend aer --shots 32 --optimization-level 1 --max-eval-samples 2" in readme
     assert not (out / "accuracy_vs_shots_and_noise.png").exists()  # no shots/noise sweep: no figure
+    cost = result["run"]["qpu_cost_per_review"]  # projected features: measurement circuits, not compute–uncompute
+    assert f"needs {cost['circuits_per_review']['projected']:,} measurement circuits" in readme

@@ -64,7 +64,7 @@ setup)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 -c "import torch, transformers, qra; print('torch', torch.__version__, 'transformers', transformers.__version__)"
   # what a study needs beyond the image: missing here, every job that needs it would fail later, one by one
-  python3 -c "import datasets, nltk, pennylane, qiskit, qra_pennylane, qra_qiskit" \
+  python3 -c "import datasets, nltk, pennylane, qiskit, qra_pennylane, qra_qiskit, typer" \
     || { echo "setup: a package the studies need is missing (see the wheels listed at the top of $0)" >&2; exit 1; }
   ;;
 data)
