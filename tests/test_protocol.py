@@ -116,8 +116,10 @@ def test_protocol_training_writes_predictions_and_records_its_settings(tiny_mode
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["distillation"]["mismatch_after"]) == {"4", "5"}
     predictions = RunDirectory(out).predictions()
-    assert len(predictions["label"]) == 24 and predictions["test_set_digest"].shape == (32,)
-    assert np.mean(predictions["predicted"] == predictions["label"]) == pytest.approx(metrics["accuracy"])
+    assert len(predictions["correct"]) == 24 and predictions["test_set_digest"].shape == (32,)
+    assert np.mean(predictions["correct"]) == pytest.approx(metrics["accuracy"])
+    with np.load(out / "predictions.npz") as stored:  # no labels or predicted classes: they would be the data's
+        assert set(stored.files) == {"correct", "test_set_digest"}
     from qra.experiment.training import _training_arguments
 
     args = _training_arguments(TrainConfig(warmup_ratio=0.06, output_dir=str(out)), out, torch.device("cpu"))

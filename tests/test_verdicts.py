@@ -61,7 +61,7 @@ def test_report_judges_protocol_runs_against_both_baselines(tmp_path):
     assert tests["verdict"] == "better" and len(tests["mcnemar"]) == 5
     base = RunDirectory(runs / "baseline-sdpa" / "seed13").predictions()
     arm = RunDirectory(runs / "rff" / "seed13").predictions()
-    expected = mcnemar(arm["predicted"] == arm["label"], base["predicted"] == base["label"])
+    expected = mcnemar(arm["correct"], base["correct"])
     assert tests["mcnemar"][[m["seed"] for m in tests["mcnemar"]].index(13)]["p_value"] == pytest.approx(
         expected.p_value)  # fmt: skip
     rows = json.loads((out / "summary.json").read_text())
@@ -110,7 +110,11 @@ def test_paired_runs_must_share_the_test_set_in_order(tmp_path):
         RunDirectory(tmp_path / name).write_predictions(logits, labels, order)
     a, b, c = (RunDirectory(tmp_path / name).predictions() for name in "abc")
     assert same_test_set(a, b) and not same_test_set(a, c)
-    assert a["predicted"].tolist() == labels.tolist()
-    # records written before the digest carry a per-review CRC-32 instead; those still pair
-    old = {"label": labels, "review_hash": np.arange(6, dtype=np.uint32)}
-    assert same_test_set(old, dict(old)) and not same_test_set(old, a)
+    assert a["correct"].all()
+    # records written before the digest carry labels, classes and a per-review CRC-32; those still pair
+    old_format = tmp_path / "old"
+    old_format.mkdir()
+    np.savez_compressed(old_format / "predictions.npz", label=labels, predicted=1 - labels,
+                        review_hash=np.arange(6, dtype=np.uint32))  # fmt: skip
+    old = RunDirectory(old_format).predictions()
+    assert not old["correct"].any() and same_test_set(old, dict(old)) and not same_test_set(old, a)

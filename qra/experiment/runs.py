@@ -10,11 +10,12 @@ A run directory holds:
 - ``checkpoints/`` — Trainer checkpoints, for ``--resume`` (deleted when the run completes, unless kept)
 - ``failed.json``  — present when the run stopped on an error it cannot recover from (a non-finite loss,
   logits or attention): the reason; reports list such runs apart and never average them in
-- ``predictions.npz`` — the trained model's prediction for every test review, in the test set's order:
-  ``label``, ``predicted`` class and ``test_set_digest`` (SHA-256 of the reviews' texts in order, so that
-  paired tests can check two runs saw the same reviews in the same order); ``index`` (the position in the
-  test set) is read back as their order.  A few kB per run, so that a study's hundreds of runs can be
-  committed; records of earlier versions hold ``logits`` and a per-review ``review_hash`` instead
+- ``predictions.npz`` — how the trained model did on every test review, in the test set's order: ``correct``
+  (whether it classified the review right) and ``test_set_digest`` (SHA-256 of the reviews' texts in order,
+  so that paired tests can check two runs saw the same reviews in the same order).  McNemar's test needs
+  no more; the labels and predicted classes are left out, since together they would be the data set's
+  labels, which stay out of results.  A few kB per run.  Records of earlier versions hold ``label`` and
+  ``predicted`` (and ``logits``, ``review_hash``) instead; :meth:`RunDirectory.predictions` reads both
 - ``preparation.json`` — what the warm-ups before fine-tuning did (angle-scale calibration, distillation),
   written before training starts, so that a run resumed from a checkpoint still reports it
 - ``train_log.jsonl``, ``train.log`` and, when asked for, ``profile.txt``
@@ -47,7 +48,7 @@ CHECKPOINTS_DIR = "checkpoints"
 FAILED_FILE = "failed.json"
 PREDICTIONS_FILE = "predictions.npz"
 PREPARATION_FILE = "preparation.json"
-PREDICTION_ARRAYS = ("index", "label", "predicted", "test_set_digest", "logits", "review_hash")
+PREDICTION_ARRAYS = ("correct", "test_set_digest", "label", "predicted", "logits", "review_hash")
 #: what the Trainer writes last into a checkpoint: a checkpoint without it is incomplete (e.g. the disk filled up)
 CHECKPOINT_COMPLETE_FILE = "trainer_state.json"
 NOTES_FILE = "NOTES.md"
@@ -70,7 +71,7 @@ def test_set_digest(texts: Sequence[str]) -> bytes:
 
 def same_test_set(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     """Whether two runs' stored predictions are over the same reviews in the same order (either record format)."""
-    if a["label"].shape != b["label"].shape or not np.array_equal(a["label"], b["label"]):
+    if a["correct"].shape != b["correct"].shape:
         return False
     for key in ("test_set_digest", "review_hash"):
         if key in a and key in b:
@@ -188,14 +189,13 @@ class RunDirectory:
         return json.loads(file.read_text()) if file.is_file() else {}
 
     def write_predictions(self, logits: Any, labels: Any, texts: Sequence[str]) -> None:
-        """Store the per-review predictions (``predictions.npz``, atomically), in the test set's order."""
+        """Store whether each test review was classified right (``predictions.npz``, atomically), in order."""
         logits = np.asarray(logits, dtype=np.float32)
         labels = np.asarray(labels)
         if not len(logits) == len(labels) == len(texts):
             raise ValueError(f"predictions: {len(logits)} logits, {len(labels)} labels and {len(texts)} texts differ")
         arrays = {
-            "label": labels.astype(np.int8),
-            "predicted": logits.argmax(axis=-1).astype(np.int8),
+            "correct": logits.argmax(axis=-1) == labels,
             "test_set_digest": np.frombuffer(test_set_digest(texts), dtype=np.uint8),
         }
         temporary = self.path / f".{PREDICTIONS_FILE}.tmp.npz"
@@ -207,13 +207,14 @@ class RunDirectory:
         return (self.path / PREDICTIONS_FILE).is_file()
 
     def predictions(self) -> dict[str, np.ndarray] | None:
-        """The stored per-review predictions (see :meth:`write_predictions`), or None for runs without them."""
+        """The stored per-review results (``correct`` and the digest, see the module docstring), or None."""
         file = self.path / PREDICTIONS_FILE
         if not file.is_file():
             return None
         with np.load(file) as stored:
             found = {name: stored[name] for name in PREDICTION_ARRAYS if name in stored}
-        found.setdefault("index", np.arange(len(found["label"])))  # stored in test-set order
+        if "correct" not in found:  # an earlier version's record
+            found["correct"] = found["predicted"] == found["label"]
         return found
 
     def write_preparation(self, prepared: dict[str, Any]) -> None:

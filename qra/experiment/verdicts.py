@@ -79,7 +79,7 @@ def _mcnemar_per_seed(seeds: list[int], arm: dict[int, Any], base: dict[int, Any
         if not same_test_set(a, b):
             results.append({"seed": seed, "error": "the two runs' test sets differ (reviews or their order)"})
             continue
-        test = mcnemar(a["predicted"] == a["label"], b["predicted"] == b["label"])
+        test = mcnemar(a["correct"], b["correct"])
         results.append({"seed": seed, **test.as_dict()})
     return results
 
