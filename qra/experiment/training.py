@@ -502,8 +502,8 @@ def prepare_kernels(model: PreTrainedModel, tokenizer: Any, texts: list[str], co
     """Before fine-tuning: calibrate circuit maps' angle scales, then softmax temperatures, then distil the maps,
     as the config asks.
 
-    Both use a few seeded training batches; what they did goes into ``metrics.json``.  A resumed run skips
-    them (its checkpoint holds their result).
+    They use a few seeded training batches; what they did goes into ``preparation.json`` and ``metrics.json``.
+    A resumed run skips them: its checkpoint holds their result, ``preparation.json`` their record.
     """
     if config.calibrate_angle_scale == "off" and config.calibrate_temperature == "off" and not config.distill_steps:
         return {}
@@ -532,7 +532,7 @@ def prepare_kernels(model: PreTrainedModel, tokenizer: Any, texts: list[str], co
 
 
 def restore_preparation(model: PreTrainedModel, config: TrainConfig) -> None:
-    """For a run resumed from a checkpoint: what the warm-ups left trainable, trainable again.
+    """For a run resumed from a checkpoint: freeze again what the warm-ups froze.
 
     A checkpoint restores the calibrated angle scales' values, not whether they train; a scale calibrated
     ``fixed`` must stay out of the optimizer, or the checkpoint's optimizer state does not fit it.
