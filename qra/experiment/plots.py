@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -228,10 +229,16 @@ def attention_maps_figure(rows: Sequence[dict[str, Any]]) -> plt.Figure | None:
     return figure
 
 
+#: the attention-maps figure's size in pixels at most: one row of panels per configuration made a 29-row
+#: report's figure 7.4 MB at full resolution; the resolution falls as rows are added instead
+ATTENTION_MAPS_PIXELS = 2.5e6
+
+
 def plot_attention_maps(rows: Sequence[dict[str, Any]], runs: Sequence[Any], path: Path) -> None:
     figure = attention_maps_figure(rows)
     if figure is not None:
-        _save(figure, path, dpi=110)
+        width, height = figure.get_size_inches()
+        _save(figure, path, dpi=min(110, int(math.sqrt(ATTENTION_MAPS_PIXELS / (width * height)))))
 
 
 def plot_all(rows: Sequence[dict[str, Any]], runs: Sequence[Any], out: Path) -> None:
