@@ -35,7 +35,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from qra.cli import app  # noqa: E402
 
-from .test_train_cli import crash_during_training, train_args  # noqa: E402
+from .test_train_cli import invoke_crashing, train_args  # noqa: E402
 
 
 def invoke(args, **kwargs):
@@ -75,9 +75,7 @@ def test_resume_of_a_finished_run_keeps_its_results_and_trains_nothing(tiny_mode
 def test_resume_of_an_interrupted_run_refuses_other_settings(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = train_args(tiny_model_dir, tiny_data_dir, out, "--featuremap", "rff", "--m", "16", "--save-steps", "2")
-    undo = crash_during_training(monkeypatch, 3)
-    assert invoke(args).exit_code != 0
-    undo()
+    assert invoke_crashing(monkeypatch, args).exit_code != 0
     refused = invoke([*args, "--resume", "--lr", "1e-3", "--layers", "5"])
     assert refused.exit_code == 2
     message = flat(refused.output)
@@ -181,9 +179,7 @@ def test_bad_settings_are_refused_before_training(tiny_model_dir, tiny_data_dir,
 def test_a_corrupted_checkpoint_is_named_with_how_to_start_over(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = train_args(tiny_model_dir, tiny_data_dir, out, "--featuremap", "rff", "--m", "16", "--save-steps", "2")
-    undo = crash_during_training(monkeypatch, 3)
-    assert invoke(args).exit_code != 0
-    undo()
+    assert invoke_crashing(monkeypatch, args).exit_code != 0
     checkpoint = out / "checkpoints" / "checkpoint-2"
     (checkpoint / "model.safetensors").write_bytes(b"\x00garbage")
     result = invoke([*args, "--resume"])

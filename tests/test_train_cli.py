@@ -22,8 +22,8 @@ def train_args(model_dir, data_dir, out, *extra):
             "--output-dir", str(out), *extra]  # fmt: skip
 
 
-def crash_during_training(monkeypatch, after_steps: int):
-    """Make the Trainer raise KeyboardInterrupt at step ``after_steps + 1`` (a crash); returns the undo."""
+def invoke_crashing(monkeypatch, args, after_steps: int = 3):
+    """``qra`` with ``args``, the Trainer raising KeyboardInterrupt at step ``after_steps + 1`` (a crash)."""
     from transformers import Trainer
 
     original_step = Trainer.training_step
@@ -36,7 +36,10 @@ def crash_during_training(monkeypatch, after_steps: int):
         return original_step(self, *a, **k)
 
     monkeypatch.setattr(Trainer, "training_step", crashing)
-    return lambda: monkeypatch.setattr(Trainer, "training_step", original_step)
+    try:
+        return invoke(args)
+    finally:
+        monkeypatch.setattr(Trainer, "training_step", original_step)
 
 
 def invoke(args):
@@ -95,11 +98,9 @@ def test_eval_report_and_synonym_swap_on_a_trained_run(tiny_model_dir, tiny_data
 def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = train_args(tiny_model_dir, tiny_data_dir, out, "--featuremap", "rff", "--m", "16", "--save-steps", "2")
-    undo = crash_during_training(monkeypatch, 3)
-    interrupted = invoke(args)
+    interrupted = invoke_crashing(monkeypatch, args)
     assert interrupted.exit_code != 0 and not (out / "metrics.json").exists()
     assert (out / "checkpoints" / "checkpoint-2").is_dir()
-    undo()
     refused = invoke(args)
     assert refused.exit_code == 2 and "--resume" in refused.output
     resumed = invoke([*args, "--resume"])
@@ -261,10 +262,8 @@ def test_a_resumed_run_keeps_its_calibration_frozen_and_reported(tiny_model_dir,
     out = tmp_path / "run"
     args = train_args(tiny_model_dir, tiny_data_dir, out, "--featuremap", "pennylane-zz", "--fm", "qubits=3",
                       "--fm", "engine=native", "--calibrate-angle-scale", "fixed", "--save-steps", "2")  # fmt: skip
-    undo = crash_during_training(monkeypatch, 3)
-    assert invoke(args).exit_code != 0
+    assert invoke_crashing(monkeypatch, args).exit_code != 0
     calibration = json.loads((out / "preparation.json").read_text())["angle_scale_calibration"]
-    undo()
     resumed = invoke([*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
     metrics = json.loads((out / "metrics.json").read_text())
