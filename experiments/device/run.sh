@@ -68,9 +68,14 @@ setup)
     || { echo "setup: a package the studies need is missing (see the wheels listed at the top of $0)" >&2; exit 1; }
   ;;
 data)
-  mkdir -p ../shared/data/imdb runs/imdb
+  mkdir -p ../shared/data/imdb
   cp .device-bundle/data/*.jsonl.gz ../shared/data/imdb/
-  cp -rn results/imdb/runs/. runs/imdb/  # runs finished in earlier sessions are skipped, not trained again
+  # runs finished in earlier sessions (results/STUDY/runs, a study's runs_dir runs/STUDY) are skipped, not trained again
+  for finished in results/*/runs; do
+    study=$(basename "$(dirname "$finished")")
+    mkdir -p "runs/$study"
+    cp -rn "$finished/." "runs/$study/"
+  done
   ;;
 bench)
   environment
