@@ -111,6 +111,10 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_model_dir, tiny_dat
     assert metrics["accuracy"] >= 0
     # the Trainer's throughput of a resumed run counts every sample over the last part's time only
     assert metrics["resumed_from_checkpoint"] == "checkpoint-2" and metrics["train_samples_per_second"] is None
+    # ... and its train_loss averages only that part's steps: the run's mean comes from both parts' logged losses
+    logged = {entry["step"]: entry["loss"] for entry in log if "loss" in entry}
+    assert sorted(logged) == [2, 4, 6]
+    assert metrics["train_loss"] == pytest.approx(sum(logged.values()) / 3)
     finished_again = invoke(args)
     assert finished_again.exit_code == 2 and "already holds a finished run" in finished_again.output
 
@@ -290,3 +294,19 @@ def test_train_calibrates_angle_scale_then_temperature_and_records_both(tiny_mod
         assert layer["entropy"] == pytest.approx(layer["target_entropy"], abs=5e-3)
     record = json.loads((out / "config.json").read_text())
     assert record["config"]["calibrate_temperature"] == "learned"
+
+
+def test_a_resumed_runs_train_loss_weighs_each_logged_loss_by_its_steps_and_counts_rerun_steps_once(tmp_path):
+    from qra.experiment.training import logged_mean_loss
+
+    log = tmp_path / "train_log.jsonl"
+    entries = [
+        {"step": 50, "loss": 1.0}, {"step": 100, "loss": 0.8},  # the first part, interrupted after step 100
+        {"step": 100, "loss": 0.5},  # the second part re-ran steps 51-100 from checkpoint-50: this entry counts
+        {"step": 150, "loss": 0.4}, {"step": 160, "loss": 0.2},  # a last, shorter interval
+        {"step": 160, "train_loss": 0.0},  # the Trainer's own figure for a part with no steps: not a logged loss
+        {"step": 160, "eval_loss": 9.0},
+    ]
+    log.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    assert logged_mean_loss(log) == pytest.approx((1.0 * 50 + 0.5 * 50 + 0.4 * 50 + 0.2 * 10) / 160)
+    assert logged_mean_loss(tmp_path / "missing.jsonl") is None

@@ -69,6 +69,8 @@ def test_report_judges_protocol_runs_against_both_baselines(tmp_path):
     assert paired["none"] is None and set(paired["rff"]) == {sdpa_label, eager_label}
     readme = (out / "README.md").read_text()
     assert "## Protocol verdicts (Win A, B, C)" in readme and "| Win A |" in readme and "McNemar" in readme
+    # the answer first: verdicts, paired tests and power before the table of measurements
+    assert readme.index("## Protocol verdicts") < readme.index("### Power") < readme.index("## Measurements")
     power = comparison["paired_tests"]["power"]  # planned from the spread of the 5 per-seed differences
     assert power["seeds"] == 5
     assert power["std_difference"] == pytest.approx(tests["paired_t_accuracy"]["std_difference"])
@@ -118,3 +120,28 @@ def test_paired_runs_must_share_the_test_set_in_order(tmp_path):
                         review_hash=np.arange(6, dtype=np.uint32))  # fmt: skip
     old = RunDirectory(old_format).predictions()
     assert not old["correct"].any() and same_test_set(old, dict(old)) and not same_test_set(old, a)
+
+
+@pytest.mark.parametrize("measured_negative_mass", [False, True])
+def test_long_range_attention_is_not_judged_on_entropies_of_signed_weights(tmp_path, measured_negative_mass):
+    """An older linear-mode record took the entropy of signed weights (-0.255 in results/imdb): it decides nothing."""
+    runs = tmp_path / "runs"
+    for seed in SEEDS:
+        base = correctness(seed, 0.9)
+        baseline = protocol_run(runs, "baseline", seed, "none", base)
+        linear = protocol_run(runs, "linear", seed, "rff", base, mode="linear")
+        for directory, entropy, distance in ((baseline, 0.7, 2.0), (linear, -0.255, 3.0 + 0.01 * (seed % 3))):
+            metrics = json.loads((directory / "metrics.json").read_text())
+            metrics["attention_entropy"]["normalized"] = [0.7] * 4 + [entropy, 0.7]
+            metrics["attention_distance"]["mean"] = [distance] * 6
+            if measured_negative_mass:
+                metrics["attention_negative_mass"] = [0.0] * 6
+            (directory / "metrics.json").write_text(json.dumps(metrics))
+    write_report([runs], tmp_path / "report")
+    (comparison,) = json.loads((tmp_path / "report" / "verdicts.json").read_text())["comparisons"]
+    win_c = comparison["win_c"]
+    if measured_negative_mass:  # a measured entropy below the baseline's, with longer distances: long-range
+        assert win_c["verdict"] == "met" and win_c["long_range"]["better"]
+    else:
+        assert win_c["verdict"] == "not met" and win_c["long_range"] is None
+        assert "signed weights" in win_c["measured"]

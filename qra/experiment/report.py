@@ -159,8 +159,9 @@ def markdown(
     rows: Sequence[dict[str, Any]], runs: Sequence[Run], notes: str = "", failed: Sequence[FailedRecord] = (),
     verdicts: Sequence[str] = (),
 ) -> str:
-    """The README: the author's notes (conclusions) if any, what was run, the table, the protocol's verdicts (when
-    the runs include protocol runs), the failed runs (if any, never averaged in), how to reproduce it."""
+    """The README: the author's notes (conclusions) if any, the protocol's verdicts with their paired tests and
+    power (when the runs include protocol runs: the answer comes first), the table of measurements, robustness,
+    the failed runs (if any, never averaged in), the plots, how to reproduce it."""
     models = sorted({row["model"] for row in rows})
     shown = report_layers(rows)
     layer_names = " / ".join(f"L{layer}" for layer in shown)
@@ -168,7 +169,9 @@ def markdown(
     lines = [
         "# Results",
         "",
-        *([notes.strip(), "", "## Measurements", ""] if notes.strip() else []),
+        *([notes.strip(), ""] if notes.strip() else []),
+        *([*list(verdicts)[1:], ""] if verdicts else []),  # [1:]: the section's leading blank line
+        *(["## Measurements", ""] if notes.strip() or verdicts else []),
         f"Model(s): {', '.join(models)}. Device(s): {', '.join(devices)}.",
         f"{len(runs)} runs in {len(rows)} configurations.",
         "Means over seeds; ± is the 95% confidence interval (Student's t) where there are ≥ 2 seeds.",
@@ -192,7 +195,6 @@ def markdown(
             f"| {' / '.join(_fmt(pick(entropy, layer), '.3f') for layer in shown)} "
             f"| {' / '.join(_fmt(pick(distance, layer), '.1f') for layer in shown)} |"
         )
-    lines += list(verdicts)
     settings = sorted({s for row in rows for s in row["robustness"]})
     if settings:
         lines += ["", "## Robustness (accuracy, and drop from clean)", "",

@@ -140,6 +140,29 @@ class JsonlLogCallback(TrainerCallback):
                 stream.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
 
 
+def logged_mean_loss(log_path: Path) -> float | None:
+    """The whole run's mean training loss, from the losses ``train_log.jsonl`` logged every ``logging_steps``.
+
+    A resumed Trainer's ``train_loss`` averages only the steps of its own part (transformers 5 divides the
+    part's loss by the part's steps: 0.0 when the resume had no step left), so a resumed run takes its mean
+    from the log instead: each logged loss (the mean since the previous log) weighted by the steps since the
+    previous logged step.  Steps that a part re-ran after its checkpoint were logged twice; the later entry
+    counts.  None when the log holds no loss.
+    """
+    losses: dict[int, float] = {}
+    if log_path.is_file():
+        for line in log_path.read_text().splitlines():
+            entry = json.loads(line)
+            if isinstance(entry.get("loss"), (int, float)):
+                losses[int(entry["step"])] = float(entry["loss"])
+    total = steps = previous = 0
+    for step in sorted(losses):
+        total += losses[step] * (step - previous)
+        steps += step - previous
+        previous = step
+    return total / steps if steps else None
+
+
 class NonFiniteLossCallback(TrainerCallback):
     """Stop with :class:`NonFiniteError` when a logged training loss is NaN or infinite.
 
@@ -479,7 +502,8 @@ def _train_measure(config: TrainConfig, run: RunDirectory, device: torch.device,
             "train_samples_per_second": None if checkpoint else train_output.metrics.get("train_samples_per_second"),
             "resumed_from_checkpoint": Path(checkpoint).name if checkpoint else None,
             "eval_samples_per_second": evaluation.get("eval_samples_per_second"),
-            "train_loss": train_output.metrics.get("train_loss"),
+            "train_loss": logged_mean_loss(run_dir / "train_log.jsonl") if checkpoint
+            else train_output.metrics.get("train_loss"),
             "train_samples": len(tokenized["train"]),
             "eval_samples": len(tokenized["test"]),
             "eval_predictions": int(evaluation["eval_predictions"]),  # gathered over ranks: each review once

@@ -90,6 +90,16 @@ def _layer_mean(metrics: dict[str, Any], path: tuple[str, str], layers: Sequence
     return float(np.mean(chosen)) if chosen else None
 
 
+def _entropy_of_signed_weights(run: FinishedRecord) -> bool:
+    """Whether the run's attention entropy was taken of signed weights, and so is no entropy.
+
+    Outside softmax mode, attention weights can be negative (RFF's cosine features).  Runs measured before
+    qra handled that (their records lack ``attention_negative_mass``) took the entropy of the signed weights:
+    one such record in ``results/imdb`` reads -0.255.  Such records decide nothing.
+    """
+    return run.config.get("mode", "softmax") != "softmax" and "attention_negative_mass" not in run.metrics
+
+
 def compare(arm_row: dict[str, Any], arm_runs: Sequence[FinishedRecord], base_row: dict[str, Any],
             base_runs: Sequence[FinishedRecord]) -> dict[str, Any]:  # fmt: skip
     """Win A, B, C and the paired tests of one arm against one baseline."""
@@ -155,12 +165,15 @@ def compare(arm_row: dict[str, Any], arm_runs: Sequence[FinishedRecord], base_ro
                                "better": bool(better)})  # fmt: skip
     layers = arm_row.get("layers") or []
     long_range: dict[str, Any] | None = None
+    unjudged = ""
     if paired and layers:
         distance_a = [_layer_mean(arm[s].metrics, ("attention_distance", "mean"), layers) for s in seeds]
         distance_b = [_layer_mean(base[s].metrics, ("attention_distance", "mean"), layers) for s in seeds]
         entropy_a = [_layer_mean(arm[s].metrics, ("attention_entropy", "normalized"), layers) for s in seeds]
         entropy_b = [_layer_mean(base[s].metrics, ("attention_entropy", "normalized"), layers) for s in seeds]
-        if None not in distance_a + distance_b + entropy_a + entropy_b:
+        if any(_entropy_of_signed_weights(runs[s]) for runs in (arm, base) for s in seeds):
+            unjudged = "long-range not judged: attention entropy taken of signed weights (an older measurement)"
+        elif None not in distance_a + distance_b + entropy_a + entropy_b:
             test = paired_t(distance_a, distance_b)
             flatter = float(np.mean(entropy_a)) > float(np.mean(entropy_b))
             long_range = {"distance_arm": float(np.mean(distance_a)), "distance_baseline": float(np.mean(distance_b)),
@@ -175,6 +188,8 @@ def compare(arm_row: dict[str, Any], arm_runs: Sequence[FinishedRecord], base_ro
         parts.append(f"distance L{','.join(map(str, layers))} {long_range['distance_arm']:.1f} vs "
                      f"{long_range['distance_baseline']:.1f} (p={_p(long_range['p_value'])}), entropy "
                      f"{long_range['entropy_arm']:.3f} vs {long_range['entropy_baseline']:.3f}")  # fmt: skip
+    elif unjudged:
+        parts.append(unjudged)
     better_somewhere = any(r["better"] for r in robustness) or bool(long_range and long_range["better"])
     win_c = {"criterion": CRITERIA["C"], "measured": "; ".join(parts), "robustness": robustness,
              "long_range": long_range,
