@@ -148,7 +148,8 @@ def eval_command(
                                       "sampler (Qiskit maps: a SamplerV2) or framework (a PennyLane device)."),
     backend: str | None = typer.Option(None, help="With --engine: sampler: aer (noiseless) or fake_<device>, e.g. "
                                        "fake_torino (its noise and target); framework: a PennyLane device name."),
-    max_eval_samples: int = typer.Option(32, min=1, help="With --engine: evaluate the first N test reviews."),
+    max_eval_samples: int = typer.Option(32, min=1, help="With --engine: evaluate the first N test reviews, one at "
+                                         "a time, each recorded: a rerun resumes at the next review."),
     optimization_level: int = typer.Option(1, min=0, max=3, help="With --engine sampler: Qiskit's transpiler level."),
     device: str | None = typer.Option(None, help="auto, cpu or cuda (default: the run's)."),
 ) -> None:

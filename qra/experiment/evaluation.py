@@ -219,6 +219,11 @@ def _agreement(measured: dict[str, Any], exact: dict[str, Any]) -> float | None:
     return float(same.mean())
 
 
+def backend_review_key(setting: dict[str, Any]) -> str:
+    """Where a setting's per-review logits are kept: every knob but the number of reviews."""
+    return "|".join(str(setting[k]) for k in BACKEND_KNOBS if k != "samples")
+
+
 def evaluate_backend(
     run_dir: str | Path,
     engine: str,
@@ -236,7 +241,13 @@ def evaluate_backend(
     ``shots``, and the first ``max_eval_samples`` test reviews are classified; the exact kernel's
     accuracy on the same reviews is recorded next to it.  Results go into
     ``metrics.json["quantum_backends"]``, one entry per setting as soon as it is measured; settings
-    on record are skipped, so an interrupted evaluation resumes.
+    on record are skipped.
+
+    Through a noisy simulator one review can take minutes (FakeTorino: ~18,000 noisy circuits a review at
+    length 128), so reviews run one at a time, each one's logits recorded as soon as it is classified
+    (``metrics.json["quantum_backend_reviews"]``): an interrupted evaluation resumes at the next review, and
+    asking for more reviews later measures only the new ones.  One review at a time also runs no circuits
+    for padding.
     """
     if max_eval_samples < 1:
         raise ValueError(f"--max-eval-samples must be at least 1, got {max_eval_samples}")
@@ -245,9 +256,11 @@ def evaluate_backend(
     texts, labels = run.texts[:max_eval_samples], run.labels[:max_eval_samples]
     trained_engines = [fm.engine for fm in maps]
 
-    def scores() -> dict[str, Any]:
+    def classify(chosen: Sequence[str]) -> np.ndarray:
+        return predict(run.model, run.tokenizer, chosen, run.config.max_length, run.config.eval_batch_size)
+
+    def summary(logits: np.ndarray) -> dict[str, Any]:
         """Accuracy and F1 on the chosen reviews, and each review's predicted class (to pair with the exact's)."""
-        logits = predict(run.model, run.tokenizer, texts, run.config.max_length, run.config.eval_batch_size)
         return classification_metrics(logits, labels) | {"predicted": np.asarray(logits).argmax(-1).tolist()}
 
     done = {tuple(r[k] for k in BACKEND_KNOBS): r for r in run.recorded("quantum_backends", [])}
@@ -263,12 +276,20 @@ def evaluate_backend(
                 for fm, trained in zip(maps, trained_engines, strict=True):
                     fm.set_engine(trained)
                     fm.set_measurement(shots=None)
-                exact = scores()
+                exact = summary(classify(texts))
             options = {"optimization_level": optimization_level} if engine == "sampler" else {}
             for fm in maps:
                 fm.set_engine(engine, backend, **options)
                 fm.set_measurement(shots=count)
-            measured = scores()
+            reviews_key = backend_review_key(setting)
+            logits = list(run.recorded("quantum_backend_reviews", {}).get(reviews_key, []))[: len(texts)]
+            with tqdm(total=len(texts), initial=len(logits), unit="review", desc=f"{engine} {backend}, {count} shots",
+                      mininterval=10) as progress:  # fmt: skip
+                for text in texts[len(logits) :]:
+                    logits.append(classify([text])[0].tolist())
+                    run.record("quantum_backend_reviews", {reviews_key: logits}, merge=True)
+                    progress.update()
+            measured = summary(np.asarray(logits))
             done[key] = setting | measured | {"exact": exact, "accuracy_change": measured["accuracy"]
                                               - exact["accuracy"],
                                               "agreement_with_exact": _agreement(measured, exact)}  # fmt: skip
