@@ -91,7 +91,7 @@ def _layer_mean(metrics: dict[str, Any], path: tuple[str, str], layers: Sequence
 
 
 def _entropy_of_signed_weights(run: FinishedRecord) -> bool:
-    """Whether the run's attention entropy was taken of signed weights, and so is no entropy.
+    """Whether the run's attention entropy may have been taken of signed weights, and so be no entropy.
 
     Outside softmax mode, attention weights can be negative (RFF's cosine features).  Runs measured before
     qra handled that (their records lack ``attention_negative_mass``) took the entropy of the signed weights:
@@ -172,7 +172,7 @@ def compare(arm_row: dict[str, Any], arm_runs: Sequence[FinishedRecord], base_ro
         entropy_a = [_layer_mean(arm[s].metrics, ("attention_entropy", "normalized"), layers) for s in seeds]
         entropy_b = [_layer_mean(base[s].metrics, ("attention_entropy", "normalized"), layers) for s in seeds]
         if any(_entropy_of_signed_weights(runs[s]) for runs in (arm, base) for s in seeds):
-            unjudged = "long-range not judged: attention entropy taken of signed weights (an older measurement)"
+            unjudged = "long-range not judged: attention entropy recorded before qra handled signed weights"
         elif None not in distance_a + distance_b + entropy_a + entropy_b:
             test = paired_t(distance_a, distance_b)
             flatter = float(np.mean(entropy_a)) > float(np.mean(entropy_b))
