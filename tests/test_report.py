@@ -233,3 +233,26 @@ def test_the_report_command_does_not_overwrite_a_report_without_being_asked(tmp_
     assert result.exit_code == 2 and "already holds a report" in result.output and "--overwrite" in result.output
     assert (out / "summary.json").read_text() == summary
     assert CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--out", str(out), "--overwrite"]).exit_code == 0
+
+
+def test_rows_carry_the_kernels_starting_temperature_and_bandwidth_for_the_entropy_figure(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs, "baseline", 0, "none", 0.9)
+    fake_run(runs, "rff-b32", 0, "rff", 0.9, params={"m": 64, "sigma": 8.0}, beta=32.0)
+    fake_run(runs, "rff-linear", 0, "rff", 0.9, params={"m": 64, "sigma": 2.0}, mode="linear")
+    quantum = fake_run(runs, "zz", 0, "pennylane-zz", 0.9, params={"qubits": 4})
+    metrics = json.loads((quantum / "metrics.json").read_text()) | {
+        "temperature_calibration": {"layers": {"4": {"beta": [2.0, 8.0]}, "5": {"beta": [4.0, 4.0]}}},
+        "angle_scale_calibration": {"layers": {"4": {"angle_scale": 0.01}, "5": {"angle_scale": 0.04}}},
+    }
+    (quantum / "metrics.json").write_text(json.dumps(metrics))
+    out = write_report([runs], tmp_path / "report")
+    rows = {row["featuremap"] + str(row["mode"] or ""): row for row in json.loads((out / "summary.json").read_text())}
+    assert rows["none"]["temperature_start"] is None and rows["none"]["bandwidth"] is None
+    assert rows["rffsoftmax β=32"]["temperature_start"] == 32.0
+    assert rows["rffsoftmax β=32"]["bandwidth"] == {"name": "σ", "value": pytest.approx(8.0)}
+    assert rows["rfflinear"]["temperature_start"] is None  # no softmax, no temperature
+    assert rows["pennylane-zzsoftmax"]["temperature_start"] == pytest.approx(4.0)  # geometric mean of the heads'
+    assert rows["pennylane-zzsoftmax"]["bandwidth"] == {"name": "angle scale", "value": pytest.approx(0.02)}
+    assert (out / "entropy_vs_scale.png").stat().st_size > 1000
+    assert "![entropy_vs_scale](entropy_vs_scale.png)" in (out / "README.md").read_text()

@@ -1,4 +1,5 @@
-"""The report's figures (matplotlib, PNG): accuracy, entropy, distance, robustness, attention maps."""
+"""The report's figures (matplotlib, PNG): accuracy, entropy, entropy against the kernel's temperature and
+bandwidth, distance, robustness, attention maps."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from .config import BASELINE
 from .labels import label, report_layers
 from .metrics import DISTANCE_BIN_EDGES
 
+#: the report's figures, in the README's order (``NAME.png``)
+PLOTS = ("accuracy", "entropy", "entropy_vs_scale", "distance", "robustness", "attention_maps")
 #: the accuracy axis spans at least this much, so that differences of a few tenths of a point look that small
 MIN_ACCURACY_SPAN = 0.10
 #: line styles and markers cycled with the colours, so that configurations with identical values stay apart
@@ -140,6 +143,64 @@ def plot_entropy(rows: Sequence[dict[str, Any]], path: Path) -> None:
     _save(entropy_figure(rows), path)
 
 
+def _patched_entropy(row: dict[str, Any], layers: Sequence[int]) -> float | None:
+    """Mean normalised entropy over ``layers`` (a configuration's patched layers)."""
+    values = [row["attention_entropy_normalized_mean"][layer] for layer in layers
+              if layer < len(row["attention_entropy_normalized_mean"])]  # fmt: skip
+    values = [value for value in values if value is not None]
+    return float(np.mean(values)) if values else None
+
+
+def entropy_vs_scale_figure(rows: Sequence[dict[str, Any]]) -> plt.Figure:
+    """How flat kernel attention is against what sets its sharpness: the softmax temperature β each run started
+    with (left) and the kernel's bandwidth, an RBF map's σ or a circuit map's angle scale (right).  Each point
+    is a configuration's mean normalised entropy over its patched layers; dashed lines are the baselines'
+    entropy over the same layers, the sharpness a kernel arm would need to match."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    kernel_rows = [row for row in rows if row["featuremap"] != BASELINE and row["layers"]]
+    layers = sorted({layer for row in kernel_rows for layer in row["layers"]})
+    families = sorted({row["featuremap"] for row in kernel_rows})
+    colours = {family: f"C{index % 10}" for index, family in enumerate(families)}
+    panels = (("temperature_start", "β at the start of training (calibrated or configured)"),
+              ("bandwidth", "bandwidth: σ (RBF maps) or angle scale (circuit maps, calibrated)"))  # fmt: skip
+    for axis, (field, title) in zip(axes, panels, strict=True):
+        plotted = set()
+        for row in kernel_rows:
+            value = row.get(field)
+            value = value["value"] if isinstance(value, dict) else value
+            entropy = _patched_entropy(row, row["layers"])
+            if value is None or entropy is None:
+                continue
+            marker = "s" if isinstance(row.get(field), dict) and row[field]["name"] == "angle scale" else "o"
+            family = row["featuremap"]
+            axis.scatter([value], [entropy], color=colours[family], marker=marker, s=28, alpha=0.8,
+                         label=None if family in plotted else family)  # fmt: skip
+            plotted.add(family)
+        for index, row in enumerate(r for r in rows if r["featuremap"] == BASELINE):
+            entropy = _patched_entropy(row, layers)
+            if entropy is not None:
+                axis.axhline(entropy, color="0.4", linestyle=LINE_STYLES[index % len(LINE_STYLES)], linewidth=0.8,
+                             label=f"{label(row)} (L{','.join(map(str, layers))})")  # fmt: skip
+        if plotted:
+            axis.set_xscale("log")
+        else:
+            axis.text(0.5, 0.5, "no configuration has one", ha="center", va="center", transform=axis.transAxes)
+        axis.set_xlabel(title, fontsize=9)
+        axis.set_ylabel("attention entropy / log(keys), patched layers")
+        axis.grid(linewidth=0.3)
+    legend = {}  # one legend below both panels, never over the points
+    for axis in axes:
+        legend |= dict(zip(*reversed(axis.get_legend_handles_labels()), strict=True))
+    if legend:
+        figure.legend(list(legend.values()), list(legend), fontsize=7, loc="lower center", ncol=3, frameon=False)
+    figure.tight_layout(rect=(0, 0.06 + 0.035 * math.ceil(len(legend) / 3), 1, 1))
+    return figure
+
+
+def plot_entropy_vs_scale(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    _save(entropy_vs_scale_figure(rows), path)
+
+
 def distance_figure(rows: Sequence[dict[str, Any]]) -> plt.Figure:
     edges = rows[0].get("attention_distance_bin_edges", DISTANCE_BIN_EDGES)
     bins = [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(edges)]
@@ -244,6 +305,7 @@ def plot_attention_maps(rows: Sequence[dict[str, Any]], runs: Sequence[Any], pat
 def plot_all(rows: Sequence[dict[str, Any]], runs: Sequence[Any], out: Path) -> None:
     plot_accuracy(rows, out / "accuracy.png")
     plot_entropy(rows, out / "entropy.png")
+    plot_entropy_vs_scale(rows, out / "entropy_vs_scale.png")
     plot_distance(rows, out / "distance.png")
     plot_robustness(rows, out / "robustness.png")
     plot_attention_maps(rows, runs, out / "attention_maps.png")

@@ -19,7 +19,7 @@ from scipy import stats
 
 from .config import BASELINE
 from .labels import PROTOCOL_DEFAULTS, label, report_layers
-from .plots import plot_all
+from .plots import PLOTS, plot_all
 from .provenance import write_json_atomic, write_text_atomic
 from .runs import FailedRecord, FinishedRecord, find_failed, find_finished, read_notes
 from .verdicts import CRITERIA, comparisons, is_protocol_study, markdown_section, paired_tests_by_row
@@ -91,6 +91,33 @@ def _per_layer_mean(runs: Sequence[Run], extract) -> list[float | None]:
     return means
 
 
+def _geometric_mean(values: Iterable[float]) -> float | None:
+    logs = [math.log(value) for value in values if value and value > 0]
+    return math.exp(sum(logs) / len(logs)) if logs else None
+
+
+def starting_temperature(run: Run) -> float | None:
+    """The softmax temperature β the patched heads started training with: the geometric mean of the calibrated
+    β over heads and layers (``--calibrate-temperature``), else the configured β; None outside softmax mode.
+    Learned β moves during training and is not on record; the start is what the configuration chose."""
+    if run.is_baseline or run.config.get("mode", "softmax") != "softmax":
+        return None
+    calibration = run.metrics.get("temperature_calibration")
+    if calibration:
+        return _geometric_mean(beta for layer in calibration["layers"].values() for beta in layer["beta"])
+    return float(run.config.get("beta", 1.0))
+
+
+def kernel_bandwidth(run: Run) -> tuple[str, float] | None:
+    """The kernel's bandwidth: a circuit map's calibrated angle scale (geometric mean over layers), or an RBF
+    map's σ; None for maps without one (performer, hedgehog) and for uncalibrated circuit maps."""
+    calibration = run.metrics.get("angle_scale_calibration")
+    if calibration:
+        return "angle scale", _geometric_mean(layer["angle_scale"] for layer in calibration["layers"].values())
+    sigma = None if run.is_baseline else run.featuremap_params.get("sigma")
+    return ("σ", float(sigma)) if isinstance(sigma, (int, float)) else None
+
+
 def group_runs(runs: Sequence[Run]) -> list[tuple[tuple, list[Run]]]:
     """The runs by configuration (:attr:`Run.key`), each group sorted by seed, baseline groups first."""
     groups: dict[tuple, list[Run]] = defaultdict(list)
@@ -120,7 +147,11 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 "drop_mean": float(np.mean([x["accuracy_drop"] for x in results])),
                 "n_seeds": len(results),
             }
+        bandwidths = [kernel_bandwidth(r) for r in members]
         rows.append({
+            "temperature_start": _geometric_mean(filter(None, (starting_temperature(r) for r in members))),
+            "bandwidth": ({"name": bandwidths[0][0], "value": _geometric_mean(b[1] for b in bandwidths)}
+                          if None not in bandwidths else None),
             "featuremap": featuremap, "params": json.loads(params), "mode": mode,
             "layers": list(layers) if layers else None, "model": model,
             "device": members[0].record.get("device"), "seeds": [r.config["seed"] for r in members],
@@ -213,7 +244,7 @@ def markdown(
             reason = record.reason.replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {record.path} | {record.config.get('featuremap', '?')} | {reason} |")
     lines += ["", "## Plots", ""]
-    lines += [f"![{name}]({name}.png)" for name in ("accuracy", "entropy", "distance", "robustness", "attention_maps")]
+    lines += [f"![{name}]({name}.png)" for name in PLOTS]
     lines += ["", "## Reproduce", "", "```bash"]
     lines += sorted({command for row in rows for command in row["commands"]})
     lines += ["```", "", f"Commits: {', '.join(sorted({c for row in rows for c in row['commits']}))}", ""]
