@@ -10,6 +10,7 @@ a distribution: for a row with negative weights, entropy and distances use |w|/Î
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,12 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
         "accuracy": float(accuracy_score(labels, predictions)),
         "f1": float(f1_score(labels, predictions, pos_label=1, zero_division=0)),
     }
+
+
+def mean_over_layers(values: Sequence[float | None], layers: Sequence[int]) -> float | None:
+    """Mean of a per-layer measurement over ``layers`` (e.g. the patched ones), skipping layers not measured."""
+    chosen = [values[layer] for layer in layers if layer < len(values) and values[layer] is not None]
+    return float(np.mean(chosen)) if chosen else None
 
 
 def token_distances(length: int, device: torch.device | None = None) -> torch.Tensor:

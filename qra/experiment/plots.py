@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import BASELINE
 from .labels import label, report_layers
-from .metrics import DISTANCE_BIN_EDGES
+from .metrics import DISTANCE_BIN_EDGES, mean_over_layers
 
 #: the report's figures, in the README's order (``NAME.png``)
 PLOTS = ("accuracy", "entropy", "entropy_vs_scale", "distance", "robustness", "attention_maps")
@@ -143,14 +143,6 @@ def plot_entropy(rows: Sequence[dict[str, Any]], path: Path) -> None:
     _save(entropy_figure(rows), path)
 
 
-def _patched_entropy(row: dict[str, Any], layers: Sequence[int]) -> float | None:
-    """Mean normalised entropy over ``layers`` (a configuration's patched layers)."""
-    values = [row["attention_entropy_normalized_mean"][layer] for layer in layers
-              if layer < len(row["attention_entropy_normalized_mean"])]  # fmt: skip
-    values = [value for value in values if value is not None]
-    return float(np.mean(values)) if values else None
-
-
 def entropy_vs_scale_figure(rows: Sequence[dict[str, Any]]) -> plt.Figure:
     """How flat kernel attention is against what sets its sharpness: the softmax temperature β each run started
     with (left) and the kernel's bandwidth, an RBF map's σ or a circuit map's angle scale (right).  Each point
@@ -168,7 +160,7 @@ def entropy_vs_scale_figure(rows: Sequence[dict[str, Any]]) -> plt.Figure:
         for row in kernel_rows:
             value = row.get(field)
             value = value["value"] if isinstance(value, dict) else value
-            entropy = _patched_entropy(row, row["layers"])
+            entropy = mean_over_layers(row["attention_entropy_normalized_mean"], row["layers"])
             if value is None or entropy is None:
                 continue
             marker = "s" if isinstance(row.get(field), dict) and row[field]["name"] == "angle scale" else "o"
@@ -177,7 +169,7 @@ def entropy_vs_scale_figure(rows: Sequence[dict[str, Any]]) -> plt.Figure:
                          label=None if family in plotted else family)  # fmt: skip
             plotted.add(family)
         for index, row in enumerate(r for r in rows if r["featuremap"] == BASELINE):
-            entropy = _patched_entropy(row, layers)
+            entropy = mean_over_layers(row["attention_entropy_normalized_mean"], layers)
             if entropy is not None:
                 axis.axhline(entropy, color="0.4", linestyle=LINE_STYLES[index % len(LINE_STYLES)], linewidth=0.8,
                              label=f"{label(row)} (L{','.join(map(str, layers))})")  # fmt: skip

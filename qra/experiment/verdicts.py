@@ -28,6 +28,7 @@ import numpy as np
 
 from .config import BASELINE
 from .labels import label
+from .metrics import mean_over_layers
 from .runs import FinishedRecord, RunDirectory, same_test_set
 from .stats import ALPHA, POWER, TOST_MARGIN, mcnemar, paired_t, power_analysis, tost, verdict
 
@@ -85,9 +86,7 @@ def _mcnemar_per_seed(seeds: list[int], arm: dict[int, Any], base: dict[int, Any
 
 
 def _layer_mean(metrics: dict[str, Any], path: tuple[str, str], layers: Sequence[int]) -> float | None:
-    values = metrics.get(path[0], {}).get(path[1]) or []
-    chosen = [values[layer] for layer in layers if layer < len(values) and values[layer] is not None]
-    return float(np.mean(chosen)) if chosen else None
+    return mean_over_layers(metrics.get(path[0], {}).get(path[1]) or [], layers)
 
 
 def _entropy_of_signed_weights(run: FinishedRecord) -> bool:
