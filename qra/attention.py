@@ -247,9 +247,18 @@ def fused_softmax(inputs: AttentionInputs) -> AttentionResult | None:
 
 
 def fused_linear(inputs: AttentionInputs) -> AttentionResult | None:
-    """The two-pass fused linear kernel (weights, when asked for, need the PyTorch path)."""
+    """The two-pass fused linear kernel (weights, when asked for, need the PyTorch path).
+
+    A map with a Fourier prologue (RFF) has its features computed inside the kernel's tiles;
+    any other map's are computed first and handed over.
+    """
     if inputs.return_weights or not _fusable(inputs):
         return None
+    prologue = inputs.featuremap.fourier_prologue()
+    if prologue is not None and inputs.q.shape[-1] <= kernels.MAX_PROLOGUE_HEAD_DIM:
+        out = kernels.fourier_linear_attention(inputs.q, inputs.k, inputs.v, prologue.weight, prologue.phase,
+                                               prologue.scale, inputs.keep, inputs.eps)  # fmt: skip
+        return out.to(inputs.v.dtype), None
     fq, fk, eps = _features(inputs)
     return kernels.linear_attention(fq, fk, inputs.v, inputs.keep, eps).to(inputs.v.dtype), None
 

@@ -183,6 +183,84 @@ def test_linear_guard_and_noncontiguous():
         assert_close(a, e, 1e-3, name)
 
 
+def fourier_inputs(b, h, nq, nk, d, m, dv, dtype, sigma=8.0, seed=0):
+    """Queries, keys, values and an RFF map's W = Ω/σ and phases; σ = 8 keeps the kernel's row sums
+    (the denominators) well away from 0, where any two fp32 evaluations part ways."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, nq, d, generator=g).to("cuda", dtype)
+    k = torch.randn(b, h, nk, d, generator=g).to("cuda", dtype)
+    v = torch.randn(b, h, nk, dv, generator=g).to("cuda", dtype)
+    weight = (torch.randn(m, d, generator=g) / sigma).cuda()
+    phase = (torch.rand(m, generator=g) * 2 * torch.pi).cuda()
+    return q, k, v, weight, phase
+
+
+def check_fourier_linear(b, h, nq, nk, d, m, dv, dtype, mask):
+    q, k, v, weight, phase = leaves(*fourier_inputs(b, h, nq, nk, d, m, dv, dtype))
+    scale = (2.0 / m) ** 0.5
+    out = kernels.fourier_linear_attention(q, k, v, weight, phase, scale, mask)
+    assert out.dtype == dtype and out.shape == (b, h, nq, dv)
+    grad_out = torch.randn_like(out)
+    got = grads(out, (q, k, v, weight, phase), grad_out)
+    expected_inputs = leaves(q, k, v, weight, phase)
+    expected = reference.fourier_linear_attention(*expected_inputs, scale, mask)
+    want = grads(expected, expected_inputs, grad_out)
+    assert_close(out, expected, RTOL[dtype], "out")
+    names = ("dq", "dk", "dv", "dW", "dphase")
+    # with one key, out = v whatever q and k are: their gradients are rounding noise around 0
+    checked = ("dv",) if nk == 1 else names
+    for name, a, e in zip(names, got, want, strict=True):
+        if name in checked:
+            assert_close(a, e, RTOL[dtype], name)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dv", [32, 64])
+@pytest.mark.parametrize("m", [32, 64, 128, 256])
+@pytest.mark.parametrize("d", [32, 64])
+def test_fourier_linear_matches_pytorch(d, m, dv, dtype):
+    check_fourier_linear(2, 3, 100, 100, d, m, dv, dtype, make_mask(2, 100, "cuda"))
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("nq", "nk"), [(1, 1), (17, 17), (333, 333), (5, 333), (333, 1)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_fourier_linear_odd_lengths(nq, nk, dtype, masked):
+    mask = make_mask(3, nk, "cuda", all_padding_row=nk > 1) if masked else None
+    check_fourier_linear(3, 2, nq, nk, 48, 96, 32, dtype, mask)
+
+
+@requires_gpu
+def test_fourier_linear_long_sequence_splits():
+    check_fourier_linear(1, 2, 4099, 5000, 64, 128, 64, torch.bfloat16, make_mask(1, 5000, "cuda", False))
+
+
+@requires_gpu
+@pytest.mark.parametrize("sincos", [False, True])
+def test_rff_linear_mode_runs_the_prologue_kernel(sincos, monkeypatch):
+    """kernel_attention(rff, "linear", fused) computes φ in the kernel's tiles, gradients reaching σ."""
+    from qra.featuremaps import get
+
+    calls = []
+    original = kernels.fourier_linear_attention
+    monkeypatch.setattr(kernels, "fourier_linear_attention", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    fm = get("rff", d_in=64, m=128, sigma=8.0, sincos=sincos, learn_sigma=True).cuda()
+    q, k, v, _, _ = fourier_inputs(2, 3, 77, 77, 64, 128, 64, torch.float32)
+    q, k, v = leaves(q, k, v)
+    mask = make_mask(2, 77, "cuda")
+    out, _ = kernel_attention(q, k, v, fm, "linear", mask, implementation="fused")
+    assert calls, "the fused linear mode did not take the Fourier prologue kernel"
+    grad_out = torch.randn_like(out)
+    got = grads(out, (q, k, v, fm.log_sigma), grad_out)
+    expected, _ = kernel_attention(q, k, v, fm, "linear", mask, implementation="pytorch")
+    want = grads(expected, (q, k, v, fm.log_sigma), grad_out)
+    assert_close(out, expected, 2e-4, "out")
+    for name, a, e in zip(("dq", "dk", "dv", "dlog_sigma"), got, want, strict=True):
+        assert_close(a, e, 2e-4, name)
+
+
 def softmax_inputs(b, h, nq, nk, m, dv, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     fq = (torch.randn(b, h, nq, m, generator=g) * m**-0.25).to("cuda", dtype)

@@ -144,3 +144,31 @@ def test_gradients_reach_inputs_and_learned_sigma():
 def test_bad_parameters_are_explained(params, message):
     with pytest.raises(ValueError, match=message):
         get("rff", d_in=16, **params)
+
+
+@pytest.mark.parametrize("sincos", [False, True])
+def test_fourier_prologue_describes_the_features_and_their_sigma_gradient(sincos):
+    """The fused linear kernel computes φ from fourier_prologue() alone: it must be φ, gradients to σ included."""
+    from qra.kernels.reference import fourier_features
+
+    fm = RandomFourierFeatures(d_in=16, m=64, sigma=1.7, seed=5, sincos=sincos, learn_sigma=True)
+    x = points(d=16).float().requires_grad_()
+    prologue = fm.fourier_prologue()
+    assert prologue is not None and prologue.weight.shape == (64, 16) and prologue.phase.shape == (64,)
+    from_prologue = fourier_features(x, prologue.weight, prologue.phase, prologue.scale)
+    direct = fm(x)
+    torch.testing.assert_close(from_prologue, direct, rtol=0, atol=2e-6)
+    upstream = torch.randn_like(direct)
+    got = torch.autograd.grad(from_prologue, (x, fm.log_sigma), upstream)
+    want = torch.autograd.grad(direct, (x, fm.log_sigma), upstream)
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_subclass_with_its_own_features_has_no_prologue():
+    class Shifted(RandomFourierFeatures):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) + 1.0
+
+    assert Shifted(d_in=8, m=16).fourier_prologue() is None
+    assert RandomFourierFeatures(d_in=8, m=16).fourier_prologue() is not None

@@ -169,6 +169,7 @@ def featuremap_cases(
 
     caps = DEFAULT_CAPS | (caps or {})
     impls = [i for i in FEATUREMAP_IMPLS if i.requires is None or importlib.util.find_spec(i.requires)]
+
     def case(impl: FeatureMapImpl, q: int, count: int) -> Case:
         return Case(f"{impl.label}: {q} qubits, {count:,} inputs",
                     lambda: _featuremap_rows(impl, q, count, device, repeats, caps))  # fmt: skip
@@ -294,10 +295,13 @@ def _attention_impls(
 
             compiled = torch.compile(attention, dynamic=True) if path == "compiled" else attention
             impls[f"{mode}-{path}"] = (mode, path, compiled)
-    if device.type == "cuda":  # the fused linear kernel alone, on given features: what φ costs is the difference
+    if device.type == "cuda":
         from .. import kernels
 
+        # the fused linear kernel alone, on given features: what φ costs is the difference
         impls["linear-kernel"] = ("linear-kernel", "kernel", lambda fq, fk, v: kernels.linear_attention(fq, fk, v))
+        # the same kernel fed φ(q), φ(k) computed first (the fused path before the prologue was fused into it)
+        impls["linear-features"] = ("linear", "features", lambda q, k, v: kernels.linear_attention(rff(q), rff(k), v))
     return impls
 
 
@@ -456,6 +460,7 @@ def train_cases(
     repeats: int = 10,
 ) -> list[Case]:
     """One AdamW training step (bf16 autocast on GPU), baseline vs patched L4, L5, for each model shape."""
+
     def case(model_name: str, variant: str) -> Case:
         return Case(f"train step {model_name} {variant}",
                     lambda: [_train_row(model_name, variant, device, batch, length, layers, repeats)])  # fmt: skip

@@ -10,10 +10,26 @@ from __future__ import annotations
 
 import inspect
 from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class FourierPrologue:
+    """φ(x) = scale · cos(x·Wᵀ + phase): a map's features in a form fused kernels can compute in their tiles.
+
+    A fused kernel given this never writes φ(q), φ(k) to memory: it forms the angles from each tile
+    of queries or keys, takes the cosine, uses it and, in backward, recomputes it.  ``weight`` and
+    ``phase`` are differentiable tensors (gradients flow back to whatever they were built from, e.g.
+    a learnable bandwidth); a sine feature is a cosine with phase −π/2.
+    """
+
+    weight: torch.Tensor  # [dim, d_in]
+    phase: torch.Tensor  # [dim]
+    scale: float
 
 
 class FeatureMap(nn.Module, metaclass=ABCMeta):
@@ -98,6 +114,14 @@ class FeatureMap(nn.Module, metaclass=ABCMeta):
         When given, the ``normalized`` and ``linear`` attention modes apply the FAVOR+ stabiliser in
         log space — subtract each query's max and the max over a sequence's real keys — which
         cancels exactly there and keeps exp() from underflowing.
+        """
+        return None
+
+    def fourier_prologue(self) -> FourierPrologue | None:
+        """φ as scale · cos(x·Wᵀ + phase) for fused kernels, or None (the default: φ is computed as a tensor).
+
+        Return one only when it equals both :meth:`forward` and :meth:`query_features` (up to rounding):
+        the fused linear kernel then computes φ inside its tiles and never calls them.
         """
         return None
 

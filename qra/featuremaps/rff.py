@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .base import FeatureMap, compute_dtype
+from .base import FeatureMap, FourierPrologue, compute_dtype
 from .random_draws import gaussian_frequencies, uniform_phases
 
 
@@ -85,3 +85,21 @@ class RandomFourierFeatures(FeatureMap):
                 angles = angles + self.phase.to(device=x.device, dtype=dtype)
                 features = angles.cos() * math.sqrt(2.0 / self.m)
         return features.to(x.dtype)
+
+    def fourier_prologue(self) -> FourierPrologue | None:
+        """W = Ω/σ and the phases (sincos: the frequencies twice, phases 0 then −π/2, since sin a = cos(a − π/2)).
+
+        None for a subclass that redefines :meth:`forward` or :meth:`query_features`, whose features
+        this formula would no longer describe.
+        """
+        cls = type(self)
+        if cls.forward is not RandomFourierFeatures.forward or cls.query_features is not FeatureMap.query_features:
+            return None
+        weight = self.omega.float() / self.log_sigma.float().exp()
+        if self.sincos:
+            half = weight.shape[0]
+            weight = torch.cat([weight, weight])
+            phase = torch.cat([weight.new_zeros(half), weight.new_full((half,), -math.pi / 2)])
+        else:
+            phase = self.phase.float()
+        return FourierPrologue(weight, phase, math.sqrt(2.0 / self.m))

@@ -8,6 +8,10 @@ the PyTorch code in :mod:`qra.attention` stays the CPU path and the oracle the t
     accumulation.  Two passes: one kernel reduces the KV state φkᵀV and Σφk per (batch, head) over
     key blocks (split over the keys, combined with fp32 atomics), one kernel walks the query blocks.
     The backward is the same pair in reverse (a query pass that also reduces dS, dz; a key pass).
+``fourier_linear_attention(q, k, v, weight, phase, scale, key_padding_mask=None, eps=1e-6)``
+    the same linear attention with φ(x) = scale·cos(x·Wᵀ + phase) (random Fourier features) computed
+    inside the kernels' tiles from the queries and keys: φ(q), φ(k) are never written to memory, and
+    the backward recomputes them; it also returns the gradients of W and the phases.
 ``softmax_attention(fq, fk, v, key_padding_mask=None, dropout_p=0.0, seed=None)``
     softmax over the keys of fq·fk (the temperature already folded into fq), flash style (online
     softmax, the log-sum-exp kept for the backward, never an N×N tensor), query/key dim ≠ value dim,
@@ -42,6 +46,7 @@ from . import reference
 __all__ = [
     "dropout_keep_mask",
     "fidelity_attention",
+    "fourier_linear_attention",
     "fused_available",
     "linear_attention",
     "softmax_attention",
@@ -51,6 +56,8 @@ __all__ = [
 #: the largest feature (query/key) dim and value dim the kernels take
 MAX_FEATURE_DIM = 256
 MAX_VALUE_DIM = 128
+#: the largest query/key head dim the fused Fourier prologue takes (its W tile stays on chip)
+MAX_PROLOGUE_HEAD_DIM = 128
 _REAL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _triton_ok: bool | None = None
 
@@ -133,6 +140,37 @@ def linear_attention(
     from .linear import fused_linear_attention
 
     return fused_linear_attention(fq, fk, v, key_padding_mask, eps)
+
+
+def fourier_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    phase: torch.Tensor,
+    scale: float,
+    key_padding_mask: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """:func:`linear_attention` of φ(q), φ(k) with φ(x) = scale·cos(x·Wᵀ + phase), φ fused into the kernels.
+
+    ``weight`` is ``[m, d]`` and ``phase`` ``[m]`` (both may require grad); q, k are ``[B, H, N, d]``.
+    """
+    _check(q, k, v, key_padding_mask)
+    if weight.dim() != 2 or weight.shape[1] != q.shape[-1] or tuple(phase.shape) != (weight.shape[0],):
+        raise ValueError(
+            f"weight must be [m, d={q.shape[-1]}] and phase [m]; got {tuple(weight.shape)}, {tuple(phase.shape)}"
+        )
+    if (
+        q.shape[-1] > MAX_PROLOGUE_HEAD_DIM
+        or weight.shape[0] > MAX_FEATURE_DIM
+        or not _fused_ok(q, k, v, key_padding_mask)
+        or not fused_available(weight, phase, v)
+    ):
+        return reference.fourier_linear_attention(q, k, v, weight, phase, scale, key_padding_mask, eps)
+    from .fourier_linear import fused_fourier_linear_attention
+
+    return fused_fourier_linear_attention(q, k, v, weight, phase, scale, key_padding_mask, eps)
 
 
 def softmax_attention(

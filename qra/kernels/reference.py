@@ -30,6 +30,17 @@ def linear_attention(fq, fk, v, key_padding_mask=None, eps: float = 1e-6) -> tor
     return ((fq @ state) / den).to(v.dtype)
 
 
+def fourier_features(x: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale·cos(x·Wᵀ + phase), computed in fp32 for half-precision x and returned in x's dtype."""
+    dtype = _compute_dtype(x)
+    return (scale * torch.cos(x.to(dtype) @ weight.to(dtype).T + phase.to(dtype))).to(x.dtype)
+
+
+def fourier_linear_attention(q, k, v, weight, phase, scale: float, key_padding_mask=None, eps: float = 1e-6):
+    fq, fk = fourier_features(q, weight, phase, scale), fourier_features(k, weight, phase, scale)
+    return linear_attention(fq, fk, v, key_padding_mask, eps)
+
+
 def softmax_weights(scores: torch.Tensor, key_padding_mask=None) -> torch.Tensor:
     """softmax over the last dim with masked keys (and all-padding rows) at exactly 0."""
     if key_padding_mask is None:

@@ -1,0 +1,362 @@
+"""Non-causal linear attention with the feature map's prologue fused: φ(x) = scale·cos(x·Wᵀ + b) in the tiles.
+
+The same attention as :mod:`qra.kernels.linear` — out = φq(φkᵀV) / guard(φq·Σφk), fp32 accumulation,
+masked keys' features zeroed — but it takes the queries and keys themselves, not their features.
+Each program forms the angles of its tile of queries or keys (one tensor-core product with W), takes
+the cosine and uses it at once; the backward recomputes them.  φ(q), φ(k) ([B, H, N, m], fp32 in the
+unfused path) are never written, which is where the unfused mode spent most of its time and memory
+(``results/bench``: φ was 58–78% of the linear mode's time on the H200).
+
+Kernels (grid (B·H, splits), as in :mod:`qra.kernels.linear`; g = ∂L/∂out, p = x·Wᵀ + b):
+    ``_state``  S += φkᵀV, z += Σφk over the program's key blocks (fp32 atomics).
+    ``_out``    out = φq S / guard(φq·z) for its query blocks.
+    ``_bwd_q``  dφq as in the unfused kernel, then dp = −scale·sin(p)·dφq, dq = dp·W; reduces dS, dz and
+                the map's dWᵀ += qᵀdp, db += Σdp.
+    ``_bwd_k``  dφk = keep·(v·dSᵀ + dz), dv = φk·dS, then dk = dp·W and dWᵀ, db as above.
+The angles are computed in fp32: with bf16 inputs W enters the product as a bf16 hi + lo pair (about
+16 mantissa bits), fp32 inputs multiply in ieee fp32.  φ is rounded to the input dtype before the
+attention products, exactly as the unfused path casts the map's output.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._util import mask_bytes, pow2, splits
+from .linear import _guard, _split_dot
+
+#: rows per tile in the forward and the backward kernels (the backward keeps more tiles live)
+BLOCK_N_FORWARD = 64
+BLOCK_N_BACKWARD = 32
+
+
+@triton.jit
+def _split_weight(wt, LOWP: tl.constexpr, DTYPE: tl.constexpr):
+    """Wᵀ as a (hi, lo) pair of the input dtype for bf16 inputs; as itself (twice) for fp32."""
+    if LOWP:
+        hi = wt.to(DTYPE)
+        lo = (wt - hi.to(tl.float32)).to(DTYPE)
+    else:
+        hi = wt
+        lo = wt
+    return hi, lo
+
+
+@triton.jit
+def _angles(x, w_hi, w_lo, bias, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """p = x·Wᵀ + b in fp32 for a [BN, BD] tile x."""
+    if LOWP:  # noqa: SIM108  (a constexpr branch: only one side is compiled)
+        p = tl.dot(x, w_hi) + tl.dot(x, w_lo)
+    else:
+        p = tl.dot(x, w_hi, input_precision=PREC)
+    return p + bias[None, :]
+
+
+@triton.jit
+def _load_rows(base, offs_n, offs_c, s_n, s_c, rows, cols):
+    return tl.load(base + offs_n[:, None] * s_n + offs_c[None, :] * s_c, mask=rows[:, None] & cols[None, :], other=0.0)
+
+
+@triton.jit
+def _load_weight(W, B, D, F, BD: tl.constexpr, BF: tl.constexpr):
+    """Wᵀ [BD, BF] and b [BF] (fp32, zero outside D × F)."""
+    offs_d = tl.arange(0, BD)
+    offs_f = tl.arange(0, BF)
+    inside = (offs_d[:, None] < D) & (offs_f[None, :] < F)
+    wt = tl.load(W + offs_f[None, :] * D + offs_d[:, None], mask=inside, other=0.0)
+    bias = tl.load(B + offs_f, mask=offs_f < F, other=0.0)
+    return wt, bias
+
+
+@triton.jit
+def _grad_map(x, dfeat, p, wt, dwt_acc, db_acc, scale, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """dp = −scale·sin(p)·dφ; returns dx = dp·W and the updated dWᵀ, db accumulators."""
+    dp = -scale * tl.sin(p) * dfeat
+    dx = tl.dot(dp, tl.trans(wt), input_precision=PREC)
+    dwt_acc = dwt_acc + _split_dot(tl.trans(x), dp, LOWP, PREC)
+    db_acc = db_acc + tl.sum(dp, axis=0)
+    return dx, dwt_acc, db_acc
+
+
+@triton.jit
+def _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, BD: tl.constexpr, BF: tl.constexpr):
+    offs_d = tl.arange(0, BD)
+    offs_f = tl.arange(0, BF)
+    tl.atomic_add(DW + offs_f[None, :] * D + offs_d[:, None], dwt_acc,
+                  mask=(offs_d[:, None] < D) & (offs_f[None, :] < F))  # fmt: skip
+    tl.atomic_add(DB + offs_f, db_acc, mask=offs_f < F)
+
+
+@triton.jit
+def _state_kernel(
+    K, V, MASK, W, B, S, Z,
+    s_kb, s_kh, s_kn, s_kd,
+    s_vb, s_vh, s_vn, s_vc,
+    s_mb, s_mn,
+    H, N, D, F, DV, PER_PROGRAM, scale,
+    BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    bh = tl.program_id(0)
+    part = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_d = tl.arange(0, BD)
+    offs_f = tl.arange(0, BF)
+    offs_c = tl.arange(0, BV)
+    dmask = offs_d < D
+    fmask = offs_f < F
+    cmask = offs_c < DV
+    wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split_weight(wt, LOWP, K.dtype.element_ty)
+    k_base = K + b * s_kb + h * s_kh
+    v_base = V + b * s_vb + h * s_vh
+    acc = tl.zeros((BF, BV), dtype=tl.float32)
+    zacc = tl.zeros((BF,), dtype=tl.float32)
+    for blk in range(0, PER_PROGRAM):
+        offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
+        keep = offs_n < N
+        if HAS_MASK:
+            keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=offs_n < N, other=0) != 0)
+        k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
+        v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
+        fk = scale * tl.cos(_angles(k, w_hi, w_lo, bias, LOWP, PREC))
+        fk = tl.where(keep[:, None] & fmask[None, :], fk, 0.0).to(K.dtype.element_ty)
+        acc = tl.dot(tl.trans(fk), v, acc, input_precision=PREC)
+        zacc += tl.sum(fk.to(tl.float32), axis=0)
+    s_ptr = S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :]
+    tl.atomic_add(s_ptr, acc, mask=fmask[:, None] & cmask[None, :])
+    tl.atomic_add(Z + bh.to(tl.int64) * F + offs_f, zacc, mask=fmask)
+
+
+@triton.jit
+def _out_kernel(
+    Q, W, B, S, Z, OUT,
+    s_qb, s_qh, s_qn, s_qd,
+    s_ob, s_oh, s_on, s_oc,
+    H, N, D, F, DV, PER_PROGRAM, scale, eps,
+    BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    bh = tl.program_id(0)
+    part = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_d = tl.arange(0, BD)
+    offs_f = tl.arange(0, BF)
+    offs_c = tl.arange(0, BV)
+    dmask = offs_d < D
+    fmask = offs_f < F
+    cmask = offs_c < DV
+    wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split_weight(wt, LOWP, Q.dtype.element_ty)
+    state = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
+                    mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
+    z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
+    q_base = Q + b * s_qb + h * s_qh
+    o_base = OUT + b * s_ob + h * s_oh
+    for blk in range(0, PER_PROGRAM):
+        offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
+        nmask = offs_n < N
+        q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
+        fq = scale * tl.cos(_angles(q, w_hi, w_lo, bias, LOWP, PREC))
+        fq = tl.where(fmask[None, :], fq, 0.0).to(Q.dtype.element_ty)
+        num = _split_dot(fq, state, LOWP, PREC)
+        den = _guard(tl.sum(fq.to(tl.float32) * z[None, :], axis=1), eps)
+        out = num / den[:, None]
+        tl.store(o_base + offs_n[:, None] * s_on + offs_c[None, :] * s_oc, out.to(OUT.dtype.element_ty),
+                 mask=nmask[:, None] & cmask[None, :])  # fmt: skip
+
+
+@triton.jit
+def _bwd_q_kernel(
+    Q, G, W, B, S, Z, DQ, DS, DZ, DW, DB,
+    s_qb, s_qh, s_qn, s_qd,
+    s_gb, s_gh, s_gn, s_gc,
+    s_db, s_dh, s_dn, s_dd,
+    H, N, D, F, DV, PER_PROGRAM, scale, eps,
+    BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    bh = tl.program_id(0)
+    part = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_d = tl.arange(0, BD)
+    offs_f = tl.arange(0, BF)
+    offs_c = tl.arange(0, BV)
+    dmask = offs_d < D
+    fmask = offs_f < F
+    cmask = offs_c < DV
+    wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split_weight(wt, LOWP, Q.dtype.element_ty)
+    state_t = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[None, :] * DV + offs_c[:, None],
+                      mask=fmask[None, :] & cmask[:, None], other=0.0)  # fmt: skip  # Sᵀ [BV, BF]
+    z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
+    q_base = Q + b * s_qb + h * s_qh
+    g_base = G + b * s_gb + h * s_gh
+    d_base = DQ + b * s_db + h * s_dh
+    ds_acc = tl.zeros((BF, BV), dtype=tl.float32)
+    dz_acc = tl.zeros((BF,), dtype=tl.float32)
+    dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
+    db_acc = tl.zeros((BF,), dtype=tl.float32)
+    for blk in range(0, PER_PROGRAM):
+        offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
+        nmask = offs_n < N
+        q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
+        g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(Q.dtype.element_ty)
+        p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
+        fq = tl.where(nmask[:, None] & fmask[None, :], scale * tl.cos(p), 0.0).to(Q.dtype.element_ty)
+        fq32 = fq.to(tl.float32)
+        gs = _split_dot(g, state_t, LOWP, PREC)  # g Sᵀ [BN, BF]
+        den = tl.sum(fq32 * z[None, :], axis=1)
+        d = _guard(den, eps)
+        ga = tl.sum(fq32 * gs, axis=1)
+        dden = tl.where(tl.abs(den) >= eps, -ga / (d * d), 0.0)
+        dfq = gs / d[:, None] + dden[:, None] * z[None, :]
+        dfq = tl.where(nmask[:, None] & fmask[None, :], dfq, 0.0)
+        dq, dwt_acc, db_acc = _grad_map(q, dfq, p, wt, dwt_acc, db_acc, scale, LOWP, PREC)
+        tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dq.to(DQ.dtype.element_ty),
+                 mask=nmask[:, None] & dmask[None, :])  # fmt: skip
+        ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) / d[:, None], LOWP, PREC)
+        dz_acc += tl.sum(fq32 * dden[:, None], axis=0)
+    tl.atomic_add(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :], ds_acc,
+                  mask=fmask[:, None] & cmask[None, :])  # fmt: skip
+    tl.atomic_add(DZ + bh.to(tl.int64) * F + offs_f, dz_acc, mask=fmask)
+    _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, BD, BF)
+
+
+@triton.jit
+def _bwd_k_kernel(
+    K, V, MASK, W, B, DS, DZ, DK, DV_, DW, DB,
+    s_kb, s_kh, s_kn, s_kd,
+    s_vb, s_vh, s_vn, s_vc,
+    s_mb, s_mn,
+    s_xb, s_xh, s_xn, s_xd,
+    s_wb, s_wh, s_wn, s_wc,
+    H, N, D, F, DV, PER_PROGRAM, scale,
+    BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    bh = tl.program_id(0)
+    part = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_d = tl.arange(0, BD)
+    offs_f = tl.arange(0, BF)
+    offs_c = tl.arange(0, BV)
+    dmask = offs_d < D
+    fmask = offs_f < F
+    cmask = offs_c < DV
+    wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split_weight(wt, LOWP, K.dtype.element_ty)
+    ds = tl.load(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
+                 mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip  # [BF, BV]
+    dz = tl.load(DZ + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
+    k_base = K + b * s_kb + h * s_kh
+    v_base = V + b * s_vb + h * s_vh
+    dk_base = DK + b * s_xb + h * s_xh
+    dv_base = DV_ + b * s_wb + h * s_wh
+    dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
+    db_acc = tl.zeros((BF,), dtype=tl.float32)
+    for blk in range(0, PER_PROGRAM):
+        offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
+        nmask = offs_n < N
+        keep = nmask
+        if HAS_MASK:
+            keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=nmask, other=0) != 0)
+        k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
+        v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
+        p = _angles(k, w_hi, w_lo, bias, LOWP, PREC)
+        live = keep[:, None] & fmask[None, :]
+        fk = tl.where(live, scale * tl.cos(p), 0.0).to(K.dtype.element_ty)
+        dfk = tl.where(live, _split_dot(v, tl.trans(ds), LOWP, PREC) + dz[None, :], 0.0)
+        dv = _split_dot(fk, ds, LOWP, PREC)
+        dk, dwt_acc, db_acc = _grad_map(k, dfk, p, wt, dwt_acc, db_acc, scale, LOWP, PREC)
+        tl.store(dk_base + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd, dk.to(DK.dtype.element_ty),
+                 mask=nmask[:, None] & dmask[None, :])  # fmt: skip
+        tl.store(dv_base + offs_n[:, None] * s_wn + offs_c[None, :] * s_wc, dv.to(DV_.dtype.element_ty),
+                 mask=nmask[:, None] & cmask[None, :])  # fmt: skip
+    _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, BD, BF)
+
+
+def _launch_config(dtype: torch.dtype, bd: int, bf: int, bv: int) -> tuple[bool, str, int]:
+    """(bf16 split products?, dot precision, warps): more warps where the live tiles are large."""
+    lowp = dtype == torch.bfloat16
+    warps = 8 if bf * max(bd, bv) >= 128 * 64 else 4
+    return lowp, ("ieee" if dtype == torch.float32 else "tf32"), warps
+
+
+class _FourierLinearAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, weight, bias, mask, scale, eps):
+        bsz, heads, nq, dim = q.shape
+        nk, dv = k.shape[2], v.shape[3]
+        feat = weight.shape[0]
+        bd, bf, bv = pow2(dim), pow2(feat), pow2(dv)
+        lowp, prec, warps = _launch_config(v.dtype, bd, bf, bv)
+        dev = v.device
+        state = torch.zeros(bsz * heads, feat, dv, device=dev, dtype=torch.float32)
+        z = torch.zeros(bsz * heads, feat, device=dev, dtype=torch.float32)
+        has_mask = mask is not None
+        m = mask if has_mask else state
+        m_strides = tuple(mask.stride()) if has_mask else (0, 0)
+        parts, per = splits(nk, BLOCK_N_FORWARD, bsz * heads, dev)
+        _state_kernel[(bsz * heads, parts)](
+            k, v, m, weight, bias, state, z, *k.stride(), *v.stride(), *m_strides,
+            heads, nk, dim, feat, dv, per, scale,
+            BN=BLOCK_N_FORWARD, BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, LOWP=lowp, PREC=prec, num_warps=warps,
+        )  # fmt: skip
+        out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
+        parts, per = splits(nq, BLOCK_N_FORWARD, bsz * heads, dev)
+        _out_kernel[(bsz * heads, parts)](
+            q, weight, bias, state, z, out, *q.stride(), *out.stride(),
+            heads, nq, dim, feat, dv, per, scale, eps,
+            BN=BLOCK_N_FORWARD, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, weight, bias, mask, state, z)
+        ctx.scale, ctx.eps = scale, eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, weight, bias, mask, state, z = ctx.saved_tensors
+        bsz, heads, nq, dim = q.shape
+        nk, dv = k.shape[2], v.shape[3]
+        feat = weight.shape[0]
+        bd, bf, bv = pow2(dim), pow2(feat), pow2(dv)
+        lowp, prec, warps = _launch_config(v.dtype, bd, bf, bv)
+        dev = v.device
+        dq, dk, dvv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        ds, dz = torch.zeros_like(state), torch.zeros_like(z)
+        dw, db = torch.zeros_like(weight), torch.zeros_like(bias)
+        parts, per = splits(nq, BLOCK_N_BACKWARD, bsz * heads, dev)
+        _bwd_q_kernel[(bsz * heads, parts)](
+            q, grad, weight, bias, state, z, dq, ds, dz, dw, db, *q.stride(), *grad.stride(), *dq.stride(),
+            heads, nq, dim, feat, dv, per, ctx.scale, ctx.eps,
+            BN=BLOCK_N_BACKWARD, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps,
+        )  # fmt: skip
+        has_mask = mask is not None
+        m = mask if has_mask else state
+        m_strides = tuple(mask.stride()) if has_mask else (0, 0)
+        parts, per = splits(nk, BLOCK_N_BACKWARD, bsz * heads, dev)
+        _bwd_k_kernel[(bsz * heads, parts)](
+            k, v, m, weight, bias, ds, dz, dk, dvv, dw, db,
+            *k.stride(), *v.stride(), *m_strides, *dk.stride(), *dvv.stride(),
+            heads, nk, dim, feat, dv, per, ctx.scale,
+            BN=BLOCK_N_BACKWARD, BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, LOWP=lowp, PREC=prec, num_warps=warps,
+        )  # fmt: skip
+        return dq, dk, dvv, dw, db, None, None, None
+
+
+def fused_fourier_linear_attention(q, k, v, weight, phase, scale: float, key_padding_mask=None, eps: float = 1e-6):
+    """The Triton path of :func:`qra.kernels.fourier_linear_attention` (arguments already checked)."""
+    out_dtype = v.dtype
+    dtype = v.dtype if q.dtype == k.dtype == v.dtype and v.dtype != torch.float16 else torch.float32
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    weight, phase = weight.float().contiguous(), phase.float().contiguous()
+    mask = mask_bytes(key_padding_mask, v.device)
+    out = _FourierLinearAttention.apply(q, k, v, weight, phase, mask, float(scale), float(eps))
+    return out.to(out_dtype)
