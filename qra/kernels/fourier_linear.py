@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from ._util import mask_bytes, pow2, splits
-from .linear import _guard, _split_dot
+from .linear import _guard
 
 #: rows per tile in the forward and the backward kernels (the backward keeps more tiles live)
 BLOCK_N_FORWARD = 64
@@ -33,30 +33,22 @@ BLOCK_N_BACKWARD = 32
 
 
 @triton.jit
-def _split_weight(wt, LOWP: tl.constexpr, DTYPE: tl.constexpr):
-    """Wᵀ as a (hi, lo) pair of the input dtype for bf16 inputs; as itself (twice) for fp32."""
-    if LOWP:
-        hi = wt.to(DTYPE)
-        lo = (wt - hi.to(tl.float32)).to(DTYPE)
-    else:
-        hi = wt
-        lo = wt
-    return hi, lo
+def _angles(x, wt, bias, FULL: tl.constexpr):
+    """p = x·Wᵀ + b in fp32 for a [BN, BD] tile x."""
+    return tl.dot(x, wt, input_precision=FULL) + bias[None, :]
 
 
 @triton.jit
-def _angles(x, w_hi, w_lo, bias, LOWP: tl.constexpr, PREC: tl.constexpr):
-    """p = x·Wᵀ + b in fp32 for a [BN, BD] tile x."""
-    if LOWP:  # noqa: SIM108  (a constexpr branch: only one side is compiled)
-        p = tl.dot(x, w_hi) + tl.dot(x, w_lo)
-    else:
-        p = tl.dot(x, w_hi, input_precision=PREC)
-    return p + bias[None, :]
+def _features(p, live, scale, DTYPE: tl.constexpr):
+    """scale·cos(p) where ``live``, else 0, rounded to the input dtype (as the unfused path casts φ), in fp32."""
+    return tl.where(live, scale * tl.cos(p), 0.0).to(DTYPE).to(tl.float32)
 
 
 @triton.jit
 def _load_rows(base, offs_n, offs_c, s_n, s_c, rows, cols):
-    return tl.load(base + offs_n[:, None] * s_n + offs_c[None, :] * s_c, mask=rows[:, None] & cols[None, :], other=0.0)
+    """A [BN, BC] tile, in fp32."""
+    ptrs = base + offs_n[:, None] * s_n + offs_c[None, :] * s_c
+    return tl.load(ptrs, mask=rows[:, None] & cols[None, :], other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -71,11 +63,11 @@ def _load_weight(W, B, D, F, BD: tl.constexpr, BF: tl.constexpr):
 
 
 @triton.jit
-def _grad_map(x, dfeat, p, wt, dwt_acc, db_acc, scale, LOWP: tl.constexpr, PREC: tl.constexpr):
+def _grad_map(x, dfeat, p, wt, dwt_acc, db_acc, scale, FULL: tl.constexpr):
     """dp = −scale·sin(p)·dφ; returns dx = dp·W and the updated dWᵀ, db accumulators."""
     dp = -scale * tl.sin(p) * dfeat
-    dx = tl.dot(dp, tl.trans(wt), input_precision=PREC)
-    dwt_acc = dwt_acc + _split_dot(tl.trans(x), dp, LOWP, PREC)
+    dx = tl.dot(dp, tl.trans(wt), input_precision=FULL)
+    dwt_acc = tl.dot(tl.trans(x), dp, dwt_acc, input_precision=FULL)
     db_acc = db_acc + tl.sum(dp, axis=0)
     return dx, dwt_acc, db_acc
 
@@ -97,7 +89,7 @@ def _state_kernel(
     s_mb, s_mn,
     H, N, D, F, DV, PER_PROGRAM, scale,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+    HAS_MASK: tl.constexpr, EXACT: tl.constexpr, FULL: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -110,7 +102,6 @@ def _state_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split_weight(wt, LOWP, K.dtype.element_ty)
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
     acc = tl.zeros((BF, BV), dtype=tl.float32)
@@ -122,10 +113,9 @@ def _state_kernel(
             keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=offs_n < N, other=0) != 0)
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        fk = scale * tl.cos(_angles(k, w_hi, w_lo, bias, LOWP, PREC))
-        fk = tl.where(keep[:, None] & fmask[None, :], fk, 0.0).to(K.dtype.element_ty)
-        acc = tl.dot(tl.trans(fk), v, acc, input_precision=PREC)
-        zacc += tl.sum(fk.to(tl.float32), axis=0)
+        fk = _features(_angles(k, wt, bias, FULL), keep[:, None] & fmask[None, :], scale, K.dtype.element_ty)
+        acc = tl.dot(tl.trans(fk), v, acc, input_precision=EXACT)
+        zacc += tl.sum(fk, axis=0)
     s_ptr = S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :]
     tl.atomic_add(s_ptr, acc, mask=fmask[:, None] & cmask[None, :])
     tl.atomic_add(Z + bh.to(tl.int64) * F + offs_f, zacc, mask=fmask)
@@ -138,7 +128,7 @@ def _out_kernel(
     s_ob, s_oh, s_on, s_oc,
     H, N, D, F, DV, PER_PROGRAM, scale, eps,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr,
+    EXACT: tl.constexpr, FULL: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -151,7 +141,6 @@ def _out_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split_weight(wt, LOWP, Q.dtype.element_ty)
     state = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
                     mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
     z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
@@ -161,10 +150,9 @@ def _out_kernel(
         offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
-        fq = scale * tl.cos(_angles(q, w_hi, w_lo, bias, LOWP, PREC))
-        fq = tl.where(fmask[None, :], fq, 0.0).to(Q.dtype.element_ty)
-        num = _split_dot(fq, state, LOWP, PREC)
-        den = _guard(tl.sum(fq.to(tl.float32) * z[None, :], axis=1), eps)
+        fq = _features(_angles(q, wt, bias, FULL), nmask[:, None] & fmask[None, :], scale, Q.dtype.element_ty)
+        num = tl.dot(fq, state, input_precision=FULL)
+        den = _guard(tl.sum(fq * z[None, :], axis=1), eps)
         out = num / den[:, None]
         tl.store(o_base + offs_n[:, None] * s_on + offs_c[None, :] * s_oc, out.to(OUT.dtype.element_ty),
                  mask=nmask[:, None] & cmask[None, :])  # fmt: skip
@@ -178,7 +166,7 @@ def _bwd_q_kernel(
     s_db, s_dh, s_dn, s_dd,
     H, N, D, F, DV, PER_PROGRAM, scale, eps,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr,
+    EXACT: tl.constexpr, FULL: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -191,7 +179,6 @@ def _bwd_q_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split_weight(wt, LOWP, Q.dtype.element_ty)
     state_t = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[None, :] * DV + offs_c[:, None],
                       mask=fmask[None, :] & cmask[:, None], other=0.0)  # fmt: skip  # Sᵀ [BV, BF]
     z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
@@ -206,21 +193,20 @@ def _bwd_q_kernel(
         offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
-        g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(Q.dtype.element_ty)
-        p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
-        fq = tl.where(nmask[:, None] & fmask[None, :], scale * tl.cos(p), 0.0).to(Q.dtype.element_ty)
-        fq32 = fq.to(tl.float32)
-        gs = _split_dot(g, state_t, LOWP, PREC)  # g Sᵀ [BN, BF]
+        g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask)
+        p = _angles(q, wt, bias, FULL)
+        fq32 = _features(p, nmask[:, None] & fmask[None, :], scale, Q.dtype.element_ty)
+        gs = tl.dot(g, state_t, input_precision=FULL)  # g Sᵀ [BN, BF]
         den = tl.sum(fq32 * z[None, :], axis=1)
         d = _guard(den, eps)
         ga = tl.sum(fq32 * gs, axis=1)
         dden = tl.where(tl.abs(den) >= eps, -ga / (d * d), 0.0)
         dfq = gs / d[:, None] + dden[:, None] * z[None, :]
         dfq = tl.where(nmask[:, None] & fmask[None, :], dfq, 0.0)
-        dq, dwt_acc, db_acc = _grad_map(q, dfq, p, wt, dwt_acc, db_acc, scale, LOWP, PREC)
+        dq, dwt_acc, db_acc = _grad_map(q, dfq, p, wt, dwt_acc, db_acc, scale, FULL)
         tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dq.to(DQ.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
-        ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) / d[:, None], LOWP, PREC)
+        ds_acc = tl.dot(tl.trans(fq32), g / d[:, None], ds_acc, input_precision=FULL)
         dz_acc += tl.sum(fq32 * dden[:, None], axis=0)
     tl.atomic_add(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :], ds_acc,
                   mask=fmask[:, None] & cmask[None, :])  # fmt: skip
@@ -238,7 +224,7 @@ def _bwd_k_kernel(
     s_wb, s_wh, s_wn, s_wc,
     H, N, D, F, DV, PER_PROGRAM, scale,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+    HAS_MASK: tl.constexpr, EXACT: tl.constexpr, FULL: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -251,7 +237,6 @@ def _bwd_k_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split_weight(wt, LOWP, K.dtype.element_ty)
     ds = tl.load(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
                  mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip  # [BF, BV]
     dz = tl.load(DZ + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
@@ -269,12 +254,12 @@ def _bwd_k_kernel(
             keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=nmask, other=0) != 0)
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        p = _angles(k, w_hi, w_lo, bias, LOWP, PREC)
+        p = _angles(k, wt, bias, FULL)
         live = keep[:, None] & fmask[None, :]
-        fk = tl.where(live, scale * tl.cos(p), 0.0).to(K.dtype.element_ty)
-        dfk = tl.where(live, _split_dot(v, tl.trans(ds), LOWP, PREC) + dz[None, :], 0.0)
-        dv = _split_dot(fk, ds, LOWP, PREC)
-        dk, dwt_acc, db_acc = _grad_map(k, dfk, p, wt, dwt_acc, db_acc, scale, LOWP, PREC)
+        fk = _features(p, live, scale, K.dtype.element_ty)
+        dfk = tl.where(live, tl.dot(v, tl.trans(ds), input_precision=FULL) + dz[None, :], 0.0)
+        dv = tl.dot(fk, ds, input_precision=FULL)
+        dk, dwt_acc, db_acc = _grad_map(k, dfk, p, wt, dwt_acc, db_acc, scale, FULL)
         tl.store(dk_base + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd, dk.to(DK.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
         tl.store(dv_base + offs_n[:, None] * s_wn + offs_c[None, :] * s_wc, dv.to(DV_.dtype.element_ty),
@@ -282,11 +267,19 @@ def _bwd_k_kernel(
     _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, BD, BF)
 
 
-def _launch_config(dtype: torch.dtype, bd: int, bf: int, bv: int) -> tuple[bool, str, int]:
-    """(bf16 split products?, dot precision, warps): more warps where the live tiles are large."""
-    lowp = dtype == torch.bfloat16
-    warps = 8 if bf * max(bd, bv) >= 128 * 64 else 4
-    return lowp, ("ieee" if dtype == torch.float32 else "tf32"), warps
+def _launch_config(dtype: torch.dtype, bf: int, bv: int) -> tuple[str, str, int]:
+    """(precision of products of input-dtype values, of products with an fp32 operand, warps).
+
+    The tiles are fp32 in registers whatever the input dtype.  bf16 values are exact in tf32, so their
+    products are exact in one tf32 pass; products with an fp32 operand (W, S, gradients) take three
+    (``tf32x3``, about fp32's accuracy).  bf16 tensor-core products of in-register tiles gave wrong
+    outputs and illegal memory accesses on the H200 (Triton 3.6) for 64-wide head dims, which this avoids.
+    fp32 inputs multiply in ieee fp32.  8 warps for state tiles of ≥ 128 × 64, as in :mod:`qra.kernels.linear`.
+    """
+    warps = 8 if bf * bv >= 128 * 64 else 4
+    if dtype == torch.float32:
+        return "ieee", "ieee", warps
+    return "tf32", "tf32x3", warps
 
 
 class _FourierLinearAttention(torch.autograd.Function):
@@ -296,7 +289,7 @@ class _FourierLinearAttention(torch.autograd.Function):
         nk, dv = k.shape[2], v.shape[3]
         feat = weight.shape[0]
         bd, bf, bv = pow2(dim), pow2(feat), pow2(dv)
-        lowp, prec, warps = _launch_config(v.dtype, bd, bf, bv)
+        exact, full, warps = _launch_config(v.dtype, bf, bv)
         dev = v.device
         state = torch.zeros(bsz * heads, feat, dv, device=dev, dtype=torch.float32)
         z = torch.zeros(bsz * heads, feat, device=dev, dtype=torch.float32)
@@ -307,14 +300,14 @@ class _FourierLinearAttention(torch.autograd.Function):
         _state_kernel[(bsz * heads, parts)](
             k, v, m, weight, bias, state, z, *k.stride(), *v.stride(), *m_strides,
             heads, nk, dim, feat, dv, per, scale,
-            BN=BLOCK_N_FORWARD, BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, LOWP=lowp, PREC=prec, num_warps=warps,
+            BN=BLOCK_N_FORWARD, BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, EXACT=exact, FULL=full, num_warps=warps,
         )  # fmt: skip
         out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
         parts, per = splits(nq, BLOCK_N_FORWARD, bsz * heads, dev)
         _out_kernel[(bsz * heads, parts)](
             q, weight, bias, state, z, out, *q.stride(), *out.stride(),
             heads, nq, dim, feat, dv, per, scale, eps,
-            BN=BLOCK_N_FORWARD, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps,
+            BN=BLOCK_N_FORWARD, BD=bd, BF=bf, BV=bv, EXACT=exact, FULL=full, num_warps=warps,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, weight, bias, mask, state, z)
         ctx.scale, ctx.eps = scale, eps
@@ -327,7 +320,7 @@ class _FourierLinearAttention(torch.autograd.Function):
         nk, dv = k.shape[2], v.shape[3]
         feat = weight.shape[0]
         bd, bf, bv = pow2(dim), pow2(feat), pow2(dv)
-        lowp, prec, warps = _launch_config(v.dtype, bd, bf, bv)
+        exact, full, warps = _launch_config(v.dtype, bf, bv)
         dev = v.device
         dq, dk, dvv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         ds, dz = torch.zeros_like(state), torch.zeros_like(z)
@@ -336,7 +329,7 @@ class _FourierLinearAttention(torch.autograd.Function):
         _bwd_q_kernel[(bsz * heads, parts)](
             q, grad, weight, bias, state, z, dq, ds, dz, dw, db, *q.stride(), *grad.stride(), *dq.stride(),
             heads, nq, dim, feat, dv, per, ctx.scale, ctx.eps,
-            BN=BLOCK_N_BACKWARD, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps,
+            BN=BLOCK_N_BACKWARD, BD=bd, BF=bf, BV=bv, EXACT=exact, FULL=full, num_warps=warps,
         )  # fmt: skip
         has_mask = mask is not None
         m = mask if has_mask else state
@@ -346,7 +339,7 @@ class _FourierLinearAttention(torch.autograd.Function):
             k, v, m, weight, bias, ds, dz, dk, dvv, dw, db,
             *k.stride(), *v.stride(), *m_strides, *dk.stride(), *dvv.stride(),
             heads, nk, dim, feat, dv, per, ctx.scale,
-            BN=BLOCK_N_BACKWARD, BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, LOWP=lowp, PREC=prec, num_warps=warps,
+            BN=BLOCK_N_BACKWARD, BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, EXACT=exact, FULL=full, num_warps=warps,
         )  # fmt: skip
         return dq, dk, dvv, dw, db, None, None, None
 
