@@ -23,13 +23,16 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from ._util import mask_bytes, pow2, splits
 from .linear import _guard
 
-#: rows per tile in the forward and the backward kernels (the backward keeps more tiles live)
-BLOCK_N_FORWARD = 64
-BLOCK_N_BACKWARD = 32
+#: (rows per tile, software-pipelining stages) to try in order, forward and backward (whose tiles are more):
+#: a configuration whose shared memory the GPU cannot hold fails at launch, before it runs, and the next is tried
+FORWARD_CONFIGS = ((64, 2), (64, 1), (32, 1), (16, 1))
+BACKWARD_CONFIGS = ((32, 2), (32, 1), (16, 1))
+_working_config: dict[tuple, int] = {}
 
 
 @triton.jit
@@ -87,7 +90,7 @@ def _state_kernel(
     s_kb, s_kh, s_kn, s_kd,
     s_vb, s_vh, s_vn, s_vc,
     s_mb, s_mn,
-    H, N, D, F, DV, PER_PROGRAM, scale,
+    H, N, D, F, DV, scale, PER_PROGRAM,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, EXACT: tl.constexpr, FULL: tl.constexpr,
 ):  # fmt: skip
@@ -126,7 +129,7 @@ def _out_kernel(
     Q, W, B, S, Z, OUT,
     s_qb, s_qh, s_qn, s_qd,
     s_ob, s_oh, s_on, s_oc,
-    H, N, D, F, DV, PER_PROGRAM, scale, eps,
+    H, N, D, F, DV, scale, eps, PER_PROGRAM,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     EXACT: tl.constexpr, FULL: tl.constexpr,
 ):  # fmt: skip
@@ -164,7 +167,7 @@ def _bwd_q_kernel(
     s_qb, s_qh, s_qn, s_qd,
     s_gb, s_gh, s_gn, s_gc,
     s_db, s_dh, s_dn, s_dd,
-    H, N, D, F, DV, PER_PROGRAM, scale, eps,
+    H, N, D, F, DV, scale, eps, PER_PROGRAM,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     EXACT: tl.constexpr, FULL: tl.constexpr,
 ):  # fmt: skip
@@ -222,7 +225,7 @@ def _bwd_k_kernel(
     s_mb, s_mn,
     s_xb, s_xh, s_xn, s_xd,
     s_wb, s_wh, s_wn, s_wc,
-    H, N, D, F, DV, PER_PROGRAM, scale,
+    H, N, D, F, DV, scale, PER_PROGRAM,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, EXACT: tl.constexpr, FULL: tl.constexpr,
 ):  # fmt: skip
@@ -282,6 +285,26 @@ def _launch_config(dtype: torch.dtype, bf: int, bv: int) -> tuple[str, str, int]
     return "tf32", "tf32x3", warps
 
 
+def _launch(kernel, configs, rows: int, groups: int, device: torch.device, args: tuple, **constexprs) -> None:
+    """kernel[(groups, splits)](*args, PER_PROGRAM, BN=…) with the first configuration the GPU can hold.
+
+    The choice is remembered per kernel and compile-time setting, so only a first call can try several.
+    """
+    key = (kernel.fn.__name__, device.index, *sorted(constexprs.items()))
+    first = _working_config.get(key, 0)
+    for index in range(first, len(configs)):
+        block, stages = configs[index]
+        parts, per = splits(rows, block, groups, device)
+        try:
+            kernel[(groups, parts)](*args, per, BN=block, num_stages=stages, **constexprs)
+        except OutOfResources:
+            if index == len(configs) - 1:
+                raise
+            continue
+        _working_config[key] = index
+        return
+
+
 class _FourierLinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, weight, bias, mask, scale, eps):
@@ -296,19 +319,13 @@ class _FourierLinearAttention(torch.autograd.Function):
         has_mask = mask is not None
         m = mask if has_mask else state
         m_strides = tuple(mask.stride()) if has_mask else (0, 0)
-        parts, per = splits(nk, BLOCK_N_FORWARD, bsz * heads, dev)
-        _state_kernel[(bsz * heads, parts)](
-            k, v, m, weight, bias, state, z, *k.stride(), *v.stride(), *m_strides,
-            heads, nk, dim, feat, dv, per, scale,
-            BN=BLOCK_N_FORWARD, BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, EXACT=exact, FULL=full, num_warps=warps,
-        )  # fmt: skip
+        args = (k, v, m, weight, bias, state, z, *k.stride(), *v.stride(), *m_strides, heads, nk, dim, feat, dv, scale)
+        _launch(_state_kernel, FORWARD_CONFIGS, nk, bsz * heads, dev, args,
+                BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, EXACT=exact, FULL=full, num_warps=warps)  # fmt: skip
         out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
-        parts, per = splits(nq, BLOCK_N_FORWARD, bsz * heads, dev)
-        _out_kernel[(bsz * heads, parts)](
-            q, weight, bias, state, z, out, *q.stride(), *out.stride(),
-            heads, nq, dim, feat, dv, per, scale, eps,
-            BN=BLOCK_N_FORWARD, BD=bd, BF=bf, BV=bv, EXACT=exact, FULL=full, num_warps=warps,
-        )  # fmt: skip
+        args = (q, weight, bias, state, z, out, *q.stride(), *out.stride(), heads, nq, dim, feat, dv, scale, eps)
+        _launch(_out_kernel, FORWARD_CONFIGS, nq, bsz * heads, dev, args,
+                BD=bd, BF=bf, BV=bv, EXACT=exact, FULL=full, num_warps=warps)  # fmt: skip
         ctx.save_for_backward(q, k, v, weight, bias, mask, state, z)
         ctx.scale, ctx.eps = scale, eps
         return out
@@ -325,22 +342,17 @@ class _FourierLinearAttention(torch.autograd.Function):
         dq, dk, dvv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         ds, dz = torch.zeros_like(state), torch.zeros_like(z)
         dw, db = torch.zeros_like(weight), torch.zeros_like(bias)
-        parts, per = splits(nq, BLOCK_N_BACKWARD, bsz * heads, dev)
-        _bwd_q_kernel[(bsz * heads, parts)](
-            q, grad, weight, bias, state, z, dq, ds, dz, dw, db, *q.stride(), *grad.stride(), *dq.stride(),
-            heads, nq, dim, feat, dv, per, ctx.scale, ctx.eps,
-            BN=BLOCK_N_BACKWARD, BD=bd, BF=bf, BV=bv, EXACT=exact, FULL=full, num_warps=warps,
-        )  # fmt: skip
+        args = (q, grad, weight, bias, state, z, dq, ds, dz, dw, db, *q.stride(), *grad.stride(), *dq.stride(),
+                heads, nq, dim, feat, dv, ctx.scale, ctx.eps)  # fmt: skip
+        _launch(_bwd_q_kernel, BACKWARD_CONFIGS, nq, bsz * heads, dev, args,
+                BD=bd, BF=bf, BV=bv, EXACT=exact, FULL=full, num_warps=warps)  # fmt: skip
         has_mask = mask is not None
         m = mask if has_mask else state
         m_strides = tuple(mask.stride()) if has_mask else (0, 0)
-        parts, per = splits(nk, BLOCK_N_BACKWARD, bsz * heads, dev)
-        _bwd_k_kernel[(bsz * heads, parts)](
-            k, v, m, weight, bias, ds, dz, dk, dvv, dw, db,
-            *k.stride(), *v.stride(), *m_strides, *dk.stride(), *dvv.stride(),
-            heads, nk, dim, feat, dv, per, ctx.scale,
-            BN=BLOCK_N_BACKWARD, BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, EXACT=exact, FULL=full, num_warps=warps,
-        )  # fmt: skip
+        args = (k, v, m, weight, bias, ds, dz, dk, dvv, dw, db, *k.stride(), *v.stride(), *m_strides,
+                *dk.stride(), *dvv.stride(), heads, nk, dim, feat, dv, ctx.scale)  # fmt: skip
+        _launch(_bwd_k_kernel, BACKWARD_CONFIGS, nk, bsz * heads, dev, args,
+                BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, EXACT=exact, FULL=full, num_warps=warps)  # fmt: skip
         return dq, dk, dvv, dw, db, None, None, None
 
 
