@@ -11,7 +11,9 @@ the PyTorch code in :mod:`qra.attention` stays the CPU path and the oracle the t
 ``fourier_linear_attention(q, k, v, weight, phase, scale, key_padding_mask=None, eps=1e-6)``
     the same linear attention with φ(x) = scale·cos(x·Wᵀ + phase) (random Fourier features) computed
     inside the kernels' tiles from the queries and keys: φ(q), φ(k) are never written to memory, and
-    the backward recomputes them; it also returns the gradients of W and the phases.
+    the backward recomputes them; it also returns the gradients of W and the phases.  Only for the
+    dtypes and tile widths where it passed its tests on the H200 (:func:`prologue_verified`); other
+    shapes compute φ first and run ``linear_attention`` on it.
 ``softmax_attention(fq, fk, v, key_padding_mask=None, dropout_p=0.0, seed=None)``
     softmax over the keys of fq·fk (the temperature already folded into fq), flash style (online
     softmax, the log-sum-exp kept for the backward, never an N×N tensor), query/key dim ≠ value dim,
@@ -49,6 +51,7 @@ __all__ = [
     "fourier_linear_attention",
     "fused_available",
     "linear_attention",
+    "prologue_verified",
     "softmax_attention",
     "triton_available",
 ]
@@ -168,9 +171,44 @@ def fourier_linear_attention(
         or not fused_available(weight, phase, v)
     ):
         return reference.fourier_linear_attention(q, k, v, weight, phase, scale, key_padding_mask, eps)
+    if not prologue_verified(q.dtype, k.dtype, v.dtype, q.shape[-1], weight.shape[0], v.shape[-1]):
+        fq = reference.fourier_features(q, weight, phase, scale)
+        fk = reference.fourier_features(k, weight, phase, scale)
+        return linear_attention(fq, fk, v, key_padding_mask, eps)
     from .fourier_linear import fused_fourier_linear_attention
 
     return fused_fourier_linear_attention(q, k, v, weight, phase, scale, key_padding_mask, eps)
+
+
+def _tile(n: int) -> int:
+    """The kernels' tile width for a dim of n: the next power of two, at least 16."""
+    return max(16, 1 << (int(n) - 1).bit_length())
+
+
+def _tiles(query_tiles, feature_tiles, value_tiles) -> set[tuple[int, int, int]]:
+    return {(q, f, v) for q in query_tiles for f in feature_tiles for v in value_tiles}
+
+
+#: (query/key tile, feature tile, value tile) where the Fourier-prologue kernel passed its tests on the H200
+#: (results/bench/fourier-tests-h200.txt), by the dtype it computes in
+PROLOGUE_VERIFIED_TILES = {
+    torch.float32: _tiles([32], [32, 64, 128], [32, 64]) | {(32, 256, 32)} | _tiles([64], [128, 256], [32, 64]),
+    torch.bfloat16: _tiles([32], [32, 64, 128], [32, 64]) | {(32, 256, 32)} | _tiles([64], [128, 256], [64]),
+}
+
+
+def prologue_verified(q_dtype, k_dtype, v_dtype, head_dim: int, features: int, value_dim: int) -> bool:
+    """Whether the Fourier-prologue kernel passed its tests on the H200 for these dtypes and tile widths.
+
+    bf16 inputs with 64-wide query/key tiles and 32-wide value tiles gave wrong outputs and an illegal
+    memory access there (Triton 3.6; the cause was not found), so those shapes, and shapes no test
+    covered, compute φ first and run the fused linear kernel on it (the same numbers, with the memory
+    and time of an unfused prologue).  fp16 inputs run in fp32, as in the launcher.
+    """
+    same = q_dtype == k_dtype == v_dtype and v_dtype != torch.float16
+    dtype = v_dtype if same else torch.float32
+    tiles = (_tile(head_dim), _tile(features), _tile(value_dim))
+    return tiles in PROLOGUE_VERIFIED_TILES.get(dtype, set())
 
 
 def softmax_attention(

@@ -23,35 +23,40 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.errors import OutOfResources
 
 from ._util import mask_bytes, pow2, splits
-from .linear import _guard
+from .linear import _guard, _split_dot
 
-#: (rows per tile, software-pipelining stages) to try in order, forward and backward (whose tiles are more):
-#: a configuration whose shared memory the GPU cannot hold fails at launch, before it runs, and the next is tried
-FORWARD_CONFIGS = ((64, 2), (64, 1), (32, 1), (16, 1))
-BACKWARD_CONFIGS = ((32, 2), (32, 1), (16, 1))
-_working_config: dict[tuple, int] = {}
+#: rows per tile in the forward and the backward kernels (the backward keeps more tiles live)
+BLOCK_N_FORWARD = 64
+BLOCK_N_BACKWARD = 32
 
 
 @triton.jit
-def _angles(x, wt, bias, FULL: tl.constexpr):
+def _split_weight(wt, LOWP: tl.constexpr, DTYPE: tl.constexpr):
+    """Wᵀ as a (hi, lo) pair of the input dtype for bf16 inputs; as itself (twice) for fp32."""
+    if LOWP:
+        hi = wt.to(DTYPE)
+        lo = (wt - hi.to(tl.float32)).to(DTYPE)
+    else:
+        hi = wt
+        lo = wt
+    return hi, lo
+
+
+@triton.jit
+def _angles(x, w_hi, w_lo, bias, LOWP: tl.constexpr, PREC: tl.constexpr):
     """p = x·Wᵀ + b in fp32 for a [BN, BD] tile x."""
-    return tl.dot(x, wt, input_precision=FULL) + bias[None, :]
-
-
-@triton.jit
-def _features(p, live, scale, DTYPE: tl.constexpr):
-    """scale·cos(p) where ``live``, else 0, rounded to the input dtype (as the unfused path casts φ), in fp32."""
-    return tl.where(live, scale * tl.cos(p), 0.0).to(DTYPE).to(tl.float32)
+    if LOWP:  # noqa: SIM108  (a constexpr branch: only one side is compiled)
+        p = tl.dot(x, w_hi) + tl.dot(x, w_lo)
+    else:
+        p = tl.dot(x, w_hi, input_precision=PREC)
+    return p + bias[None, :]
 
 
 @triton.jit
 def _load_rows(base, offs_n, offs_c, s_n, s_c, rows, cols):
-    """A [BN, BC] tile, in fp32."""
-    ptrs = base + offs_n[:, None] * s_n + offs_c[None, :] * s_c
-    return tl.load(ptrs, mask=rows[:, None] & cols[None, :], other=0.0).to(tl.float32)
+    return tl.load(base + offs_n[:, None] * s_n + offs_c[None, :] * s_c, mask=rows[:, None] & cols[None, :], other=0.0)
 
 
 @triton.jit
@@ -66,11 +71,11 @@ def _load_weight(W, B, D, F, BD: tl.constexpr, BF: tl.constexpr):
 
 
 @triton.jit
-def _grad_map(x, dfeat, p, wt, dwt_acc, db_acc, scale, FULL: tl.constexpr):
+def _grad_map(x, dfeat, p, wt, dwt_acc, db_acc, scale, LOWP: tl.constexpr, PREC: tl.constexpr):
     """dp = −scale·sin(p)·dφ; returns dx = dp·W and the updated dWᵀ, db accumulators."""
     dp = -scale * tl.sin(p) * dfeat
-    dx = tl.dot(dp, tl.trans(wt), input_precision=FULL)
-    dwt_acc = tl.dot(tl.trans(x), dp, dwt_acc, input_precision=FULL)
+    dx = tl.dot(dp, tl.trans(wt), input_precision=PREC)
+    dwt_acc = dwt_acc + _split_dot(tl.trans(x), dp, LOWP, PREC)
     db_acc = db_acc + tl.sum(dp, axis=0)
     return dx, dwt_acc, db_acc
 
@@ -90,9 +95,9 @@ def _state_kernel(
     s_kb, s_kh, s_kn, s_kd,
     s_vb, s_vh, s_vn, s_vc,
     s_mb, s_mn,
-    H, N, D, F, DV, scale, PER_PROGRAM,
+    H, N, D, F, DV, PER_PROGRAM, scale,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    HAS_MASK: tl.constexpr, EXACT: tl.constexpr, FULL: tl.constexpr,
+    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -105,6 +110,7 @@ def _state_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split_weight(wt, LOWP, K.dtype.element_ty)
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
     acc = tl.zeros((BF, BV), dtype=tl.float32)
@@ -116,9 +122,10 @@ def _state_kernel(
             keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=offs_n < N, other=0) != 0)
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        fk = _features(_angles(k, wt, bias, FULL), keep[:, None] & fmask[None, :], scale, K.dtype.element_ty)
-        acc = tl.dot(tl.trans(fk), v, acc, input_precision=EXACT)
-        zacc += tl.sum(fk, axis=0)
+        fk = scale * tl.cos(_angles(k, w_hi, w_lo, bias, LOWP, PREC))
+        fk = tl.where(keep[:, None] & fmask[None, :], fk, 0.0).to(K.dtype.element_ty)
+        acc = tl.dot(tl.trans(fk), v, acc, input_precision=PREC)
+        zacc += tl.sum(fk.to(tl.float32), axis=0)
     s_ptr = S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :]
     tl.atomic_add(s_ptr, acc, mask=fmask[:, None] & cmask[None, :])
     tl.atomic_add(Z + bh.to(tl.int64) * F + offs_f, zacc, mask=fmask)
@@ -129,9 +136,9 @@ def _out_kernel(
     Q, W, B, S, Z, OUT,
     s_qb, s_qh, s_qn, s_qd,
     s_ob, s_oh, s_on, s_oc,
-    H, N, D, F, DV, scale, eps, PER_PROGRAM,
+    H, N, D, F, DV, PER_PROGRAM, scale, eps,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    EXACT: tl.constexpr, FULL: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -144,6 +151,7 @@ def _out_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split_weight(wt, LOWP, Q.dtype.element_ty)
     state = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
                     mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
     z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
@@ -153,9 +161,10 @@ def _out_kernel(
         offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
-        fq = _features(_angles(q, wt, bias, FULL), nmask[:, None] & fmask[None, :], scale, Q.dtype.element_ty)
-        num = tl.dot(fq, state, input_precision=FULL)
-        den = _guard(tl.sum(fq * z[None, :], axis=1), eps)
+        fq = scale * tl.cos(_angles(q, w_hi, w_lo, bias, LOWP, PREC))
+        fq = tl.where(fmask[None, :], fq, 0.0).to(Q.dtype.element_ty)
+        num = _split_dot(fq, state, LOWP, PREC)
+        den = _guard(tl.sum(fq.to(tl.float32) * z[None, :], axis=1), eps)
         out = num / den[:, None]
         tl.store(o_base + offs_n[:, None] * s_on + offs_c[None, :] * s_oc, out.to(OUT.dtype.element_ty),
                  mask=nmask[:, None] & cmask[None, :])  # fmt: skip
@@ -167,9 +176,9 @@ def _bwd_q_kernel(
     s_qb, s_qh, s_qn, s_qd,
     s_gb, s_gh, s_gn, s_gc,
     s_db, s_dh, s_dn, s_dd,
-    H, N, D, F, DV, scale, eps, PER_PROGRAM,
+    H, N, D, F, DV, PER_PROGRAM, scale, eps,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    EXACT: tl.constexpr, FULL: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -182,6 +191,7 @@ def _bwd_q_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split_weight(wt, LOWP, Q.dtype.element_ty)
     state_t = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[None, :] * DV + offs_c[:, None],
                       mask=fmask[None, :] & cmask[:, None], other=0.0)  # fmt: skip  # Sᵀ [BV, BF]
     z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
@@ -196,20 +206,21 @@ def _bwd_q_kernel(
         offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
-        g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask)
-        p = _angles(q, wt, bias, FULL)
-        fq32 = _features(p, nmask[:, None] & fmask[None, :], scale, Q.dtype.element_ty)
-        gs = tl.dot(g, state_t, input_precision=FULL)  # g Sᵀ [BN, BF]
+        g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(Q.dtype.element_ty)
+        p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
+        fq = tl.where(nmask[:, None] & fmask[None, :], scale * tl.cos(p), 0.0).to(Q.dtype.element_ty)
+        fq32 = fq.to(tl.float32)
+        gs = _split_dot(g, state_t, LOWP, PREC)  # g Sᵀ [BN, BF]
         den = tl.sum(fq32 * z[None, :], axis=1)
         d = _guard(den, eps)
         ga = tl.sum(fq32 * gs, axis=1)
         dden = tl.where(tl.abs(den) >= eps, -ga / (d * d), 0.0)
         dfq = gs / d[:, None] + dden[:, None] * z[None, :]
         dfq = tl.where(nmask[:, None] & fmask[None, :], dfq, 0.0)
-        dq, dwt_acc, db_acc = _grad_map(q, dfq, p, wt, dwt_acc, db_acc, scale, FULL)
+        dq, dwt_acc, db_acc = _grad_map(q, dfq, p, wt, dwt_acc, db_acc, scale, LOWP, PREC)
         tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dq.to(DQ.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
-        ds_acc = tl.dot(tl.trans(fq32), g / d[:, None], ds_acc, input_precision=FULL)
+        ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) / d[:, None], LOWP, PREC)
         dz_acc += tl.sum(fq32 * dden[:, None], axis=0)
     tl.atomic_add(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :], ds_acc,
                   mask=fmask[:, None] & cmask[None, :])  # fmt: skip
@@ -225,9 +236,9 @@ def _bwd_k_kernel(
     s_mb, s_mn,
     s_xb, s_xh, s_xn, s_xd,
     s_wb, s_wh, s_wn, s_wc,
-    H, N, D, F, DV, scale, PER_PROGRAM,
+    H, N, D, F, DV, PER_PROGRAM, scale,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    HAS_MASK: tl.constexpr, EXACT: tl.constexpr, FULL: tl.constexpr,
+    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -240,6 +251,7 @@ def _bwd_k_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split_weight(wt, LOWP, K.dtype.element_ty)
     ds = tl.load(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
                  mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip  # [BF, BV]
     dz = tl.load(DZ + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
@@ -257,12 +269,12 @@ def _bwd_k_kernel(
             keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=nmask, other=0) != 0)
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        p = _angles(k, wt, bias, FULL)
+        p = _angles(k, w_hi, w_lo, bias, LOWP, PREC)
         live = keep[:, None] & fmask[None, :]
-        fk = _features(p, live, scale, K.dtype.element_ty)
-        dfk = tl.where(live, tl.dot(v, tl.trans(ds), input_precision=FULL) + dz[None, :], 0.0)
-        dv = tl.dot(fk, ds, input_precision=FULL)
-        dk, dwt_acc, db_acc = _grad_map(k, dfk, p, wt, dwt_acc, db_acc, scale, FULL)
+        fk = tl.where(live, scale * tl.cos(p), 0.0).to(K.dtype.element_ty)
+        dfk = tl.where(live, _split_dot(v, tl.trans(ds), LOWP, PREC) + dz[None, :], 0.0)
+        dv = _split_dot(fk, ds, LOWP, PREC)
+        dk, dwt_acc, db_acc = _grad_map(k, dfk, p, wt, dwt_acc, db_acc, scale, LOWP, PREC)
         tl.store(dk_base + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd, dk.to(DK.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
         tl.store(dv_base + offs_n[:, None] * s_wn + offs_c[None, :] * s_wc, dv.to(DV_.dtype.element_ty),
@@ -270,39 +282,11 @@ def _bwd_k_kernel(
     _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, BD, BF)
 
 
-def _launch_config(dtype: torch.dtype, bf: int, bv: int) -> tuple[str, str, int]:
-    """(precision of products of input-dtype values, of products with an fp32 operand, warps).
-
-    The tiles are fp32 in registers whatever the input dtype.  bf16 values are exact in tf32, so their
-    products are exact in one tf32 pass; products with an fp32 operand (W, S, gradients) take three
-    (``tf32x3``, about fp32's accuracy).  bf16 tensor-core products of in-register tiles gave wrong
-    outputs and illegal memory accesses on the H200 (Triton 3.6) for 64-wide head dims, which this avoids.
-    fp32 inputs multiply in ieee fp32.  8 warps for state tiles of ≥ 128 × 64, as in :mod:`qra.kernels.linear`.
-    """
-    warps = 8 if bf * bv >= 128 * 64 else 4
-    if dtype == torch.float32:
-        return "ieee", "ieee", warps
-    return "tf32", "tf32x3", warps
-
-
-def _launch(kernel, configs, rows: int, groups: int, device: torch.device, args: tuple, **constexprs) -> None:
-    """kernel[(groups, splits)](*args, PER_PROGRAM, BN=…) with the first configuration the GPU can hold.
-
-    The choice is remembered per kernel and compile-time setting, so only a first call can try several.
-    """
-    key = (kernel.fn.__name__, device.index, *sorted(constexprs.items()))
-    first = _working_config.get(key, 0)
-    for index in range(first, len(configs)):
-        block, stages = configs[index]
-        parts, per = splits(rows, block, groups, device)
-        try:
-            kernel[(groups, parts)](*args, per, BN=block, num_stages=stages, **constexprs)
-        except OutOfResources:
-            if index == len(configs) - 1:
-                raise
-            continue
-        _working_config[key] = index
-        return
+def _launch_config(dtype: torch.dtype, bd: int, bf: int, bv: int) -> tuple[bool, str, int]:
+    """(bf16 split products?, dot precision, warps): more warps where the live tiles are large."""
+    lowp = dtype == torch.bfloat16
+    warps = 8 if bf * max(bd, bv) >= 128 * 64 else 4
+    return lowp, ("ieee" if dtype == torch.float32 else "tf32"), warps
 
 
 class _FourierLinearAttention(torch.autograd.Function):
@@ -312,20 +296,26 @@ class _FourierLinearAttention(torch.autograd.Function):
         nk, dv = k.shape[2], v.shape[3]
         feat = weight.shape[0]
         bd, bf, bv = pow2(dim), pow2(feat), pow2(dv)
-        exact, full, warps = _launch_config(v.dtype, bf, bv)
+        lowp, prec, warps = _launch_config(v.dtype, bd, bf, bv)
         dev = v.device
         state = torch.zeros(bsz * heads, feat, dv, device=dev, dtype=torch.float32)
         z = torch.zeros(bsz * heads, feat, device=dev, dtype=torch.float32)
         has_mask = mask is not None
         m = mask if has_mask else state
         m_strides = tuple(mask.stride()) if has_mask else (0, 0)
-        args = (k, v, m, weight, bias, state, z, *k.stride(), *v.stride(), *m_strides, heads, nk, dim, feat, dv, scale)
-        _launch(_state_kernel, FORWARD_CONFIGS, nk, bsz * heads, dev, args,
-                BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, EXACT=exact, FULL=full, num_warps=warps)  # fmt: skip
+        parts, per = splits(nk, BLOCK_N_FORWARD, bsz * heads, dev)
+        _state_kernel[(bsz * heads, parts)](
+            k, v, m, weight, bias, state, z, *k.stride(), *v.stride(), *m_strides,
+            heads, nk, dim, feat, dv, per, scale,
+            BN=BLOCK_N_FORWARD, BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, LOWP=lowp, PREC=prec, num_warps=warps,
+        )  # fmt: skip
         out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
-        args = (q, weight, bias, state, z, out, *q.stride(), *out.stride(), heads, nq, dim, feat, dv, scale, eps)
-        _launch(_out_kernel, FORWARD_CONFIGS, nq, bsz * heads, dev, args,
-                BD=bd, BF=bf, BV=bv, EXACT=exact, FULL=full, num_warps=warps)  # fmt: skip
+        parts, per = splits(nq, BLOCK_N_FORWARD, bsz * heads, dev)
+        _out_kernel[(bsz * heads, parts)](
+            q, weight, bias, state, z, out, *q.stride(), *out.stride(),
+            heads, nq, dim, feat, dv, per, scale, eps,
+            BN=BLOCK_N_FORWARD, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps,
+        )  # fmt: skip
         ctx.save_for_backward(q, k, v, weight, bias, mask, state, z)
         ctx.scale, ctx.eps = scale, eps
         return out
@@ -337,22 +327,27 @@ class _FourierLinearAttention(torch.autograd.Function):
         nk, dv = k.shape[2], v.shape[3]
         feat = weight.shape[0]
         bd, bf, bv = pow2(dim), pow2(feat), pow2(dv)
-        exact, full, warps = _launch_config(v.dtype, bf, bv)
+        lowp, prec, warps = _launch_config(v.dtype, bd, bf, bv)
         dev = v.device
         dq, dk, dvv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         ds, dz = torch.zeros_like(state), torch.zeros_like(z)
         dw, db = torch.zeros_like(weight), torch.zeros_like(bias)
-        args = (q, grad, weight, bias, state, z, dq, ds, dz, dw, db, *q.stride(), *grad.stride(), *dq.stride(),
-                heads, nq, dim, feat, dv, ctx.scale, ctx.eps)  # fmt: skip
-        _launch(_bwd_q_kernel, BACKWARD_CONFIGS, nq, bsz * heads, dev, args,
-                BD=bd, BF=bf, BV=bv, EXACT=exact, FULL=full, num_warps=warps)  # fmt: skip
+        parts, per = splits(nq, BLOCK_N_BACKWARD, bsz * heads, dev)
+        _bwd_q_kernel[(bsz * heads, parts)](
+            q, grad, weight, bias, state, z, dq, ds, dz, dw, db, *q.stride(), *grad.stride(), *dq.stride(),
+            heads, nq, dim, feat, dv, per, ctx.scale, ctx.eps,
+            BN=BLOCK_N_BACKWARD, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps,
+        )  # fmt: skip
         has_mask = mask is not None
         m = mask if has_mask else state
         m_strides = tuple(mask.stride()) if has_mask else (0, 0)
-        args = (k, v, m, weight, bias, ds, dz, dk, dvv, dw, db, *k.stride(), *v.stride(), *m_strides,
-                *dk.stride(), *dvv.stride(), heads, nk, dim, feat, dv, ctx.scale)  # fmt: skip
-        _launch(_bwd_k_kernel, BACKWARD_CONFIGS, nk, bsz * heads, dev, args,
-                BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, EXACT=exact, FULL=full, num_warps=warps)  # fmt: skip
+        parts, per = splits(nk, BLOCK_N_BACKWARD, bsz * heads, dev)
+        _bwd_k_kernel[(bsz * heads, parts)](
+            k, v, m, weight, bias, ds, dz, dk, dvv, dw, db,
+            *k.stride(), *v.stride(), *m_strides, *dk.stride(), *dvv.stride(),
+            heads, nk, dim, feat, dv, per, ctx.scale,
+            BN=BLOCK_N_BACKWARD, BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, LOWP=lowp, PREC=prec, num_warps=warps,
+        )  # fmt: skip
         return dq, dk, dvv, dw, db, None, None, None
 
 
