@@ -237,6 +237,20 @@ def test_fourier_linear_long_sequence_splits():
 
 
 @requires_gpu
+def test_fourier_linear_unverified_shapes_compute_features_first(monkeypatch):
+    """bf16 with 64-wide q/k tiles and 32-wide values failed in the prologue kernel on the H200: such shapes
+    must not reach it, and still give the reference's numbers through the fused linear kernel."""
+    import qra.kernels.fourier_linear as fourier_linear
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an unverified shape reached the prologue kernel")
+
+    monkeypatch.setattr(fourier_linear, "fused_fourier_linear_attention", refuse)
+    assert not kernels.prologue_verified(torch.bfloat16, torch.bfloat16, torch.bfloat16, 64, 128, 32)
+    check_fourier_linear(2, 3, 100, 100, 64, 128, 32, torch.bfloat16, make_mask(2, 100, "cuda"))
+
+
+@requires_gpu
 @pytest.mark.parametrize("sincos", [False, True])
 def test_rff_linear_mode_runs_the_prologue_kernel(sincos, monkeypatch):
     """kernel_attention(rff, "linear", fused) computes φ in the kernel's tiles, gradients reaching σ."""
