@@ -255,7 +255,7 @@ def fused_linear(inputs: AttentionInputs) -> AttentionResult | None:
     if inputs.return_weights or not _fusable(inputs):
         return None
     prologue = inputs.featuremap.fourier_prologue()
-    if prologue is not None and inputs.q.shape[-1] <= kernels.MAX_PROLOGUE_HEAD_DIM:
+    if prologue is not None:
         out = kernels.fourier_linear_attention(inputs.q, inputs.k, inputs.v, prologue.weight, prologue.phase,
                                                prologue.scale, inputs.keep, inputs.eps)  # fmt: skip
         return out.to(inputs.v.dtype), None

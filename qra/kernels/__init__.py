@@ -59,8 +59,6 @@ __all__ = [
 #: the largest feature (query/key) dim and value dim the kernels take
 MAX_FEATURE_DIM = 256
 MAX_VALUE_DIM = 128
-#: the largest query/key head dim the fused Fourier prologue takes (its W tile stays on chip)
-MAX_PROLOGUE_HEAD_DIM = 128
 _REAL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _triton_ok: bool | None = None
 
@@ -164,24 +162,19 @@ def fourier_linear_attention(
         raise ValueError(
             f"weight must be [m, d={q.shape[-1]}] and phase [m]; got {tuple(weight.shape)}, {tuple(phase.shape)}"
         )
-    if (
-        q.shape[-1] > MAX_PROLOGUE_HEAD_DIM
-        or weight.shape[0] > MAX_FEATURE_DIM
-        or not _fused_ok(q, k, v, key_padding_mask)
-        or not fused_available(weight, phase, v)
-    ):
-        return reference.fourier_linear_attention(q, k, v, weight, phase, scale, key_padding_mask, eps)
-    if not prologue_verified(q.dtype, k.dtype, v.dtype, q.shape[-1], weight.shape[0], v.shape[-1]):
-        fq = reference.fourier_features(q, weight, phase, scale)
-        fk = reference.fourier_features(k, weight, phase, scale)
-        return linear_attention(fq, fk, v, key_padding_mask, eps)
-    from .fourier_linear import fused_fourier_linear_attention
+    fusable = _fused_ok(q, k, v, key_padding_mask) and fused_available(weight, phase, v)
+    if fusable and prologue_verified(q.dtype, k.dtype, v.dtype, q.shape[-1], weight.shape[0], v.shape[-1]):
+        from .fourier_linear import fused_fourier_linear_attention
 
-    return fused_fourier_linear_attention(q, k, v, weight, phase, scale, key_padding_mask, eps)
+        return fused_fourier_linear_attention(q, k, v, weight, phase, scale, key_padding_mask, eps)
+    # φ first, then the fused linear kernel where it can run (else its PyTorch path)
+    fq = reference.fourier_features(q, weight, phase, scale)
+    fk = reference.fourier_features(k, weight, phase, scale)
+    return linear_attention(fq, fk, v, key_padding_mask, eps)
 
 
 def _tile(n: int) -> int:
-    """The kernels' tile width for a dim of n: the next power of two, at least 16."""
+    """The kernels' tile width for a dim of n: the next power of two, at least 16 (``_util.pow2`` without triton)."""
     return max(16, 1 << (int(n) - 1).bit_length())
 
 
