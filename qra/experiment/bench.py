@@ -21,6 +21,7 @@ import torch
 
 from ..attention import MODES, kernel_attention
 from ..featuremaps import FeatureMap, get
+from ..featuremaps.fused_program import forced_implementation
 from .provenance import device_name, provenance, write_json_atomic
 
 Row = dict[str, Any]
@@ -69,7 +70,8 @@ class FeatureMapImpl:
 
     ``engine`` is the row's short name (``native``, ``reference``, ``tensorcircuit``, ``pennylane``,
     ``lightning``, ``statevector``, ``aer``); ``cap`` names the input cap of slow implementations (see
-    :data:`DEFAULT_CAPS`); ``states_via`` says who computes the states: the map itself (``map``), qra's
+    :data:`DEFAULT_CAPS`); ``states_via`` says who computes the states: the map itself (``map``: the fused
+    circuit kernels where they apply), qra's compiled engine without them (``pytorch-engine``), qra's
     earlier gate-by-gate engine on the map's gates (``reference``) or tensorcircuit-ng
     (``tensorcircuit``: its PyTorch backend, vmapped over the batch, on the same device).
     """
@@ -88,6 +90,8 @@ class FeatureMapImpl:
 FEATUREMAP_IMPLS = (
     FeatureMapImpl("qra native (PennyLane tape)", "pennylane-zz", "native", {"engine": "native"}, True),
     FeatureMapImpl("qra native (Qiskit circuit)", "qiskit-zz", "native", {"engine": "native"}, True),
+    FeatureMapImpl("qra native, PyTorch engine (PennyLane tape)", "pennylane-zz", "native-pytorch",
+                   {"engine": "native"}, True, states_via="pytorch-engine"),
     FeatureMapImpl("qra reference engine (gate by gate)", "pennylane-zz", "reference", {"engine": "native"}, True,
                    states_via="reference"),
     FeatureMapImpl("tensorcircuit-ng (PyTorch backend, vmap)", "qiskit-zz", "tensorcircuit", {"engine": "native"},
@@ -118,10 +122,13 @@ def _states_function(impl: FeatureMapImpl, fm: FeatureMap) -> Callable[[torch.Te
         return fm.states
     if impl.states_via == "tensorcircuit":
         return lambda x: tensorcircuit_zz_states(fm.angles(x).float(), reps=2)
-    from ..featuremaps.statevector import reference_simulate
+    from ..featuremaps.statevector import reference_simulate, simulate
 
     def states(x: torch.Tensor) -> torch.Tensor:
         angles = fm.angles(x).reshape(-1, fm.qubits)
+        if impl.states_via == "pytorch-engine":
+            return simulate(fm.gates(angles), fm.qubits, dtype=torch.complex64, device=x.device,
+                            implementation="pytorch")  # fmt: skip
         return reference_simulate(fm.gates(angles), fm.qubits, dtype=torch.complex64, device=x.device)
 
     return states
@@ -201,7 +208,8 @@ def _featuremap_rows(
         reps = repeats if measured == count else max(1, repeats // 2)
         row = {"impl": impl.label, "featuremap": impl.featuremap, "engine": impl.engine, "qubits": q, "inputs": count,
                "measured_inputs": measured, "extrapolated": measured != count, "pass": kind,
-               "device": device_name(run_device), "torch": torch.__version__}  # fmt: skip
+               "engine_path": _engine_path(impl, fm, x), "device": device_name(run_device),
+               "torch": torch.__version__}  # fmt: skip
         try:
             timing = time_it(step, run_device, repeats=reps, warmup=1)
         except (RuntimeError, ValueError, TypeError) as error:
@@ -213,6 +221,17 @@ def _featuremap_rows(
         rows.append(row | {"ms": timing.median_ms * count / measured, "ms_per_input": timing.median_ms / measured,
                            "peak_bytes": timing.peak_bytes if measured == count else None})  # fmt: skip
     return rows
+
+
+def _engine_path(impl: FeatureMapImpl, fm: FeatureMap, x: torch.Tensor) -> str | None:
+    """For qra's compiled-engine rows, whether the fused circuit kernels or the PyTorch engine ran."""
+    if impl.states_via == "pytorch-engine":
+        return "pytorch"
+    if impl.states_via != "map" or impl.params.get("engine") != "native":
+        return None
+    from ..featuremaps.fused_program import engine_path
+
+    return engine_path(fm.gates(fm.angles(x[:1])), fm.qubits, torch.complex64, x.device)
 
 
 def add_speedups(rows: list[Row], reference: str = "qra native (PennyLane tape)") -> list[Row]:
@@ -420,6 +439,22 @@ TRAIN_VARIANTS: dict[str, tuple[str, dict[str, Any], str, str] | None] = {
 }
 
 
+#: the feature maps of TRAIN_VARIANTS that simulate circuits (their rows say which engine ran)
+CIRCUIT_VARIANT_MAPS = ("pennylane-zz",)
+
+
+def _circuit_engine_path(model: torch.nn.Module, device: torch.device) -> str | None:
+    """``fused`` or ``pytorch``: the engine the patched layers' circuit map takes on this device."""
+    from ..featuremaps.circuit import CircuitFeatureMap
+    from ..featuremaps.fused_program import engine_path
+
+    for module in model.modules():
+        if isinstance(module, CircuitFeatureMap):
+            x = torch.zeros(1, module.d_in, device=device)
+            return engine_path(module.gates(module.angles(x)), module.qubits, torch.complex64, device)
+    return None
+
+
 def _train_step_model(model_name: str, variant: str, layers: int, device: torch.device) -> torch.nn.Module:
     """A DistilBERT-base- or MiniLM-shaped classifier with random weights, patched as ``variant`` says."""
     from transformers import (
@@ -485,8 +520,11 @@ def _train_row(model_name: str, variant: str, device: torch.device, batch: int, 
 
     row = {"model": model_name, "variant": variant, "B": batch, "N": length, "layers": layers,
            "device": device_name(device), "torch": torch.__version__}  # fmt: skip
+    # a -pytorch variant runs PyTorch code throughout: the attention's PyTorch path and the circuits' PyTorch engine
+    engine = "pytorch" if variant.endswith("-pytorch") else "auto"
     try:
-        timing = time_it(step, device, repeats=repeats, warmup=3)
+        with forced_implementation(engine):
+            timing = time_it(step, device, repeats=repeats, warmup=3)
         row |= {"step_ms": timing.median_ms, "samples_per_second": batch / timing.median_ms * 1000,
                 "peak_bytes": timing.peak_bytes}  # fmt: skip
     except RuntimeError as error:
@@ -495,6 +533,8 @@ def _train_row(model_name: str, variant: str, device: torch.device, batch: int, 
         row |= {"step_ms": None, "samples_per_second": None, "peak_bytes": None, "oom": True}
     paths = sorted({m.last_path for m in model.modules() if getattr(m, "last_path", None)})
     row["attention_path"] = ",".join(paths) or None
+    if TRAIN_VARIANTS[variant] is not None and TRAIN_VARIANTS[variant][0] in CIRCUIT_VARIANT_MAPS:
+        row["engine_path"] = "pytorch" if engine == "pytorch" else _circuit_engine_path(model, device)
     return row
 
 

@@ -527,6 +527,8 @@ class Program:
     device: torch.device
     layers: list[Layer]
     num_slots: int
+    #: the fused kernels' form of the program, built on first use (:func:`~qra.featuremaps.fused_program.fused_spec`)
+    fused: object | None = None
 
     def describe(self) -> list[str]:
         return [layer.describe() for layer in self.layers]
@@ -730,8 +732,18 @@ class _RunProgram(torch.autograd.Function):
 
 
 def run_program(program: Program, values: Sequence[torch.Tensor], batch: int, initial: torch.Tensor | None = None,
-                max_batch: int | None = None) -> torch.Tensor:  # fmt: skip
-    """Run ``program`` on ``batch`` inputs: ``values`` are [batch] or 0-d tensors, ``initial`` [batch, 2^n]."""
+                max_batch: int | None = None, implementation: str = "auto") -> torch.Tensor:  # fmt: skip
+    """Run ``program`` on ``batch`` inputs: ``values`` are [batch] or 0-d tensors, ``initial`` [batch, 2^n].
+
+    Phase–Hadamard programs (ZZ, IQP, …) run on the fused Triton kernels where they can
+    (:mod:`qra.featuremaps.fused_program`; ``implementation`` ``auto``/``pytorch``/``fused``); their
+    memory is the output states alone, so ``max_batch`` does not apply to them.
+    """
+    from .fused_program import fused_spec, run_fused
+
+    spec = fused_spec(program, implementation, has_initial=initial is not None)
+    if spec is not None:
+        return run_fused(spec, values, batch)
     chunk = max_batch if max_batch is not None else auto_max_batch(program.num_qubits, program.dtype, program.device)
     return _RunProgram.apply(program, batch, max(1, int(chunk)), initial, *values)
 

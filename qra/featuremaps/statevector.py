@@ -262,6 +262,7 @@ def simulate(
     initial_state: torch.Tensor | None = None,
     *,
     max_batch: int | None = None,
+    implementation: str = "auto",
 ) -> torch.Tensor:
     """The states ``[*batch, 2^n]`` that ``gates`` prepare from |0…0⟩, one per batch element.
 
@@ -269,7 +270,9 @@ def simulate(
     ``initial_state[..., 2^n]``, which replaces |0…0⟩ when given).  Gradients flow to every tensor
     parameter (and to ``initial_state``).  The circuit is compiled once per structure and cached;
     the batch runs in chunks of at most ``max_batch`` inputs (default: what fits, see
-    :func:`~qra.featuremaps.compiler.auto_max_batch`), forward and backward.
+    :func:`~qra.featuremaps.compiler.auto_max_batch`), forward and backward.  ``implementation``
+    (``auto``, ``pytorch``, ``fused``) chooses whether phase–Hadamard circuits run on the fused Triton
+    kernels (:mod:`qra.featuremaps.fused_program`).
     """
     from .compiler import program_for, run_program
 
@@ -277,7 +280,7 @@ def simulate(
     check_memory(num_qubits, batch, dtype, device)
     program, values = program_for(gates, num_qubits, dtype, device)
     values = [v if v.dim() == 0 else v.expand(shape).reshape(batch) for v in values]
-    state = run_program(program, values, batch, initial, max_batch)
+    state = run_program(program, values, batch, initial, max_batch, implementation)
     return state.reshape(*shape, 2**num_qubits)
 
 

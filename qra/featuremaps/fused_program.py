@@ -1,0 +1,221 @@
+"""Run phase–Hadamard programs (ZZ, IQP, Pauli-Z maps) on the fused Triton kernels of :mod:`qra.kernels.phase_program`.
+
+:func:`~qra.featuremaps.compiler.run_program` asks :func:`fused_spec` whether a compiled program can
+run on them: a program ``H, P₁, H, P₂, …, H, P_L`` from |0…0⟩ (no initial state), complex64, on
+CUDA (or on the CPU under Triton's interpreter), 4–8 qubits.  The spec — every phase layer's pattern
+rows (one coefficient column per slot) and constant phases — is built once per program and kept on
+it.  Everything else runs on the PyTorch engine.
+
+``QRA_ENGINE_IMPLEMENTATION`` (``auto``, ``pytorch``, ``fused``) or ``simulate(..., implementation=…)``
+chooses: ``auto`` takes the kernels where they apply, ``pytorch`` never, ``fused`` raises where they
+cannot run.  ``QRA_DISABLE_FUSED=1`` turns them off as it does the attention kernels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from .compiler import HadamardLayer, PhaseLayer, Program
+
+#: qubit counts the kernels take: tl.dot needs 16-wide operands, and 2^8 amplitudes per row fill the registers
+MIN_QUBITS, MAX_QUBITS = 4, 8
+#: above this many qubits Ĥ is applied as Ĥ₄ ⊗ Ĥ₄ (the dense fp16 matrix would not fit in shared memory)
+DENSE_HADAMARD_QUBITS = 7
+IMPLEMENTATIONS = ("auto", "pytorch", "fused")
+IMPLEMENTATION_ENV = "QRA_ENGINE_IMPLEMENTATION"
+FOUR_PI = 4 * math.pi
+TWO_PI = 2 * math.pi
+
+
+@dataclass(frozen=True)
+class FusedSpec:
+    """A program as the kernels take it: ``columns[l][j]`` is the slot whose value is layer l's coefficient j."""
+
+    doubled_patterns: torch.Tensor  # fp32 [L, K, 2^n]: 2·pattern, integers; zero rows past each layer's columns
+    constants: torch.Tensor  # fp32 [L, 2^n], in [0, 2π)
+    columns: tuple[tuple[int, ...], ...]
+    hadamard: torch.Tensor  # fp16 ±1
+    factor: int
+
+
+def resolve_implementation(implementation: str = "auto") -> str:
+    """The engine implementation in force: the environment's, else the argument (both validated)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; accepted: {', '.join(IMPLEMENTATIONS)}")
+    forced = os.environ.get(IMPLEMENTATION_ENV, "")
+    if forced and forced not in IMPLEMENTATIONS:
+        raise ValueError(f"{IMPLEMENTATION_ENV}={forced!r}; accepted: {', '.join(IMPLEMENTATIONS)}")
+    return forced or implementation
+
+
+@contextmanager
+def forced_implementation(implementation: str) -> Iterator[None]:
+    """Run the block with ``QRA_ENGINE_IMPLEMENTATION`` set (benchmarks compare the two engines in one process)."""
+    resolve_implementation(implementation)
+    previous = os.environ.get(IMPLEMENTATION_ENV)
+    os.environ[IMPLEMENTATION_ENV] = implementation
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[IMPLEMENTATION_ENV]
+        else:
+            os.environ[IMPLEMENTATION_ENV] = previous
+
+
+def engine_path(gates: Sequence, num_qubits: int, dtype: torch.dtype, device: torch.device) -> str:
+    """``fused`` or ``pytorch``: which engine :func:`~qra.featuremaps.statevector.simulate` takes for these gates."""
+    from .compiler import program_for
+
+    program, _ = program_for(gates, num_qubits, dtype, device)
+    return "fused" if fused_spec(program) is not None else "pytorch"
+
+
+def _unnormalised_hadamard(num_qubits: int, device: torch.device) -> torch.Tensor:
+    index = torch.arange(2**num_qubits)
+    parity = torch.zeros(2**num_qubits, 2**num_qubits, dtype=torch.int64)
+    for k in range(num_qubits):
+        parity ^= ((index[:, None] >> k) & 1) * ((index[None, :] >> k) & 1)
+    return (1 - 2 * parity).to(device=device, dtype=torch.float16).contiguous()
+
+
+def hadamard_operand(num_qubits: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """The fp16 ±1 matrix the kernels multiply by, and its Kronecker factor size (0: the matrix is dense)."""
+    if num_qubits <= DENSE_HADAMARD_QUBITS:
+        return _unnormalised_hadamard(num_qubits, device), 0
+    if num_qubits % 2:
+        raise ValueError(f"the factorised Hadamard needs an even qubit count, got {num_qubits}")
+    return _unnormalised_hadamard(num_qubits // 2, device), 2 ** (num_qubits // 2)
+
+
+def _structure_fits(program: Program) -> bool:
+    layers = program.layers
+    if not MIN_QUBITS <= program.num_qubits <= MAX_QUBITS or program.dtype != torch.complex64 or not layers:
+        return False
+    if len(layers) % 2:
+        return False
+    return all(isinstance(layer, HadamardLayer if i % 2 == 0 else PhaseLayer) for i, layer in enumerate(layers))
+
+
+def _devices_ok(program: Program) -> bool:
+    from ..kernels import fused_available
+
+    probe = torch.empty(1, device=program.device)
+    return fused_available(probe)
+
+
+#: the kernels form Σ n·(2·pattern) exactly in fp32 with n < 512: the sum must stay below 2^24
+EXACT_LIMIT = 2**24
+
+
+def _build_spec(program: Program) -> FusedSpec | None:
+    """The kernels' form of the program, or None when a pattern is not half-integer (never for the shipped gates)."""
+    dim = 2**program.num_qubits
+    phase_layers = program.layers[1::2]
+    rows_per_layer, columns = [], []
+    constants = torch.zeros(len(phase_layers), dim, dtype=torch.float64)
+    for index, layer in enumerate(phase_layers):
+        rows = [row.cpu().to(torch.float64) for row in layer.pattern] if layer.varying else []
+        rows += [torch.full((dim,), value, dtype=torch.float64) for _, value in layer.uniform]
+        rows_per_layer.append(rows)
+        columns.append(tuple(layer.varying) + tuple(slot for slot, _ in layer.uniform))
+        if layer.constant is not None:
+            constants[index] = torch.remainder(layer.constant.cpu().to(torch.float64), TWO_PI)
+    width = max(16, 1 << (max(len(rows) for rows in rows_per_layer) - 1).bit_length())  # tl.dot's 16-wide minimum
+    doubled = torch.zeros(len(phase_layers), width, dim, dtype=torch.float64)
+    for index, rows in enumerate(rows_per_layer):
+        for j, row in enumerate(rows):
+            doubled[index, j] = 2 * row
+    if not torch.equal(doubled, doubled.round()) or 512 * doubled.abs().sum(1).max() >= EXACT_LIMIT:
+        return None
+    hadamard, factor = hadamard_operand(program.num_qubits, program.device)
+    as_fp32 = {"device": program.device, "dtype": torch.float32}
+    return FusedSpec(doubled.to(**as_fp32), constants.to(**as_fp32), tuple(columns), hadamard, factor)
+
+
+def fused_spec(program: Program, implementation: str = "auto", has_initial: bool = False) -> FusedSpec | None:
+    """The program's kernel spec when it will run on the fused kernels (cached on it), else None."""
+    implementation = resolve_implementation(implementation)
+    if implementation == "pytorch":
+        return None
+    fits = not has_initial and _structure_fits(program) and _devices_ok(program)
+    if not fits:
+        if implementation == "fused":
+            initial = " with an initial state" if has_initial else ""
+            raise ValueError(
+                "implementation='fused': the fused circuit kernels take programs H, P, H, P, … (Hadamard layers and "
+                "diagonal-gate layers) from |0…0⟩ (no initial state), complex64, 4–8 qubits, on CUDA with Triton; "
+                f"this program is {program.describe()}{initial} on {program.num_qubits} qubits, {program.dtype}, "
+                f"{program.device}"
+            )
+        return None
+    if program.fused is None:
+        program.fused = _build_spec(program) or False  # False: built, and not expressible
+    if program.fused is False and implementation == "fused":
+        raise ValueError("implementation='fused': this program's phase patterns are not half-integers")
+    return program.fused or None
+
+
+#: the coefficients' whole part is counted in units of 2π/256
+UNIT = TWO_PI / 256
+
+
+def _coefficients(spec: FusedSpec, values: Sequence[torch.Tensor], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each slot's value c modulo 4π as (n, r) with c = n·2π/256 + r, both [B, L, K] fp32 (n an integer < 512)."""
+    layers, width = spec.doubled_patterns.shape[:2]
+    turns = torch.zeros(batch, layers, width, dtype=torch.float32, device=spec.constants.device)
+    rest = torch.zeros_like(turns)
+    for index, slots in enumerate(spec.columns):  # layer by layer: the float64 work stays [B, K]
+        if not slots:
+            continue
+        columns = [values[slot].detach().to(torch.float64).expand(batch) for slot in slots]
+        coefficients = torch.remainder(torch.stack(columns, dim=-1), FOUR_PI)
+        whole = torch.round(coefficients / UNIT)
+        rest[:, index, : len(slots)] = coefficients - whole * UNIT
+        turns[:, index, : len(slots)] = torch.remainder(whole, 512)
+    return turns, rest
+
+
+class _FusedProgram(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spec: FusedSpec, batch: int, *values: torch.Tensor):
+        from ..kernels.phase_program import phase_program_forward
+
+        turns, rest = _coefficients(spec, values, batch)
+        out = phase_program_forward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard, spec.factor)
+        ctx.spec, ctx.batch = spec, batch
+        ctx.save_for_backward(out, *values)  # not the coefficients: as large as the states, recomputed in backward
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        from ..kernels.phase_program import phase_program_backward
+
+        spec = ctx.spec
+        out, *values = ctx.saved_tensors
+        turns, rest = _coefficients(spec, values, ctx.batch)
+        grad = grad.to(torch.complex64).resolve_conj()
+        grad_coefficients = phase_program_backward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard,
+                                                   spec.factor, out, grad)  # fmt: skip
+        grads: list[torch.Tensor | None] = [None] * len(values)
+        for index, slots in enumerate(spec.columns):
+            for j, slot in enumerate(slots):
+                if not ctx.needs_input_grad[2 + slot]:
+                    continue
+                column = grad_coefficients[:, index, j]
+                column = column.sum() if values[slot].dim() == 0 else column
+                column = column.to(values[slot].dtype)
+                grads[slot] = column if grads[slot] is None else grads[slot] + column
+        return None, None, *grads
+
+
+def run_fused(spec: FusedSpec, values: Sequence[torch.Tensor], batch: int) -> torch.Tensor:
+    """The program's states complex64 ``[batch, 2^n]`` from the kernels, differentiable in ``values``."""
+    return _FusedProgram.apply(spec, batch, *values)

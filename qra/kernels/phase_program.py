@@ -1,0 +1,180 @@
+"""Triton kernels for phase–Hadamard circuits: the ZZ, IQP and Pauli-Z feature maps' states in one pass.
+
+A compiled program of the form ``H, P₁, H, P₂, …, H, P_L`` on |0…0⟩ (every H a Hadamard on all
+qubits, every P a run of diagonal gates) has the state
+
+    ψ = D_L · Ĥ · D_{L-1} · … · Ĥ · D_1 · |+⟩^{⊗n},   D_l = diag exp(i·φ_l),  φ_l = C_l @ P_l,
+
+where ``C_l`` ``[B, K]`` are the layer's coefficients (the circuit's angles, one column per slot)
+and ``P_l`` ``[K, 2^n]`` its pattern, plus the layer's constant phases (see
+:mod:`qra.featuremaps.compiler`).  One program of the forward kernel keeps a block of inputs' states
+in registers through every layer and writes each state once; the PyTorch engine writes and reads
+the batch's states several times per layer.  The backward is the adjoint method on the same
+registers: it starts from the saved output and its gradient, undoes each layer (Ĥ is real,
+symmetric and its own inverse) and returns ∂L/∂C_l = Im(g·ψ̄) @ P_lᵀ.
+
+Precision.  A phase reaches hundreds of radians (a ZZ map's 36 terms at 8 qubits), where one fp32
+ulp is ~1e-5: formed naively in fp32 it costs complex64 states 1e-5.  So each coefficient c (reduced
+modulo 4π) is split into a multiple of 2π/256 and a remainder, c = n·2π/256 + r with |r| ≤ π/256.
+The patterns are half-integers, p = q/2, so Σ n·q is an integer (exact in fp32, ``ieee`` dots) whose
+residue modulo 512 gives the large part of the phase exactly in [0, 2π); the remainders' part Σ r·q/2
+is small.  Phases are then as accurate as the PyTorch engine's (float64 reduced modulo 2π, then fp32).
+Ĥ's entries are ±1, exact in fp16, so the Walsh–Hadamard products run on tensor cores with each
+fp32 operand split into two fp16 parts (hi + lo, 22 significant bits); the sums accumulate in fp32.
+Up to 7 qubits Ĥ is one dense [2^n, 2^n] product; at 8 it is Ĥ₄ ⊗ Ĥ₄, two products of 16×16 on
+the state viewed as [16, 16].  States are complex64 ``[B, 2^n]``; 4 ≤ n ≤ 8.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+TWO_PI = tl.constexpr(2 * math.pi)
+
+
+@triton.jit
+def _dot_split(x, h):
+    """x @ h for fp32 x and an fp16 matrix h of small integers, to ~fp32 precision (two fp16 products)."""
+    hi = x.to(tl.float16)
+    lo = (x - hi.to(tl.float32)).to(tl.float16)
+    return tl.dot(lo, h, acc=tl.dot(hi, h))
+
+
+@triton.jit
+def _hadamard(x, h, BLOCK_B: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr):
+    """x [BLOCK_B, DIM] times the unnormalised Walsh–Hadamard matrix (h: dense, or one of its two Kronecker factors)."""
+    if FACTOR == 0:
+        return _dot_split(x, h)
+    # amplitude index = high·FACTOR + low: transform the low qubits, then the high ones
+    y = _dot_split(tl.reshape(x, (BLOCK_B * FACTOR, FACTOR)), h)
+    y = tl.permute(tl.reshape(y, (BLOCK_B, FACTOR, FACTOR)), (0, 2, 1))
+    y = _dot_split(tl.reshape(y, (BLOCK_B * FACTOR, FACTOR)), h)
+    y = tl.permute(tl.reshape(y, (BLOCK_B, FACTOR, FACTOR)), (0, 2, 1))
+    return tl.reshape(y, (BLOCK_B, DIM))
+
+
+@triton.jit
+def _load_hadamard(h_ptr, DIM: tl.constexpr, FACTOR: tl.constexpr):
+    if FACTOR == 0:
+        offs = tl.arange(0, DIM)
+        return tl.load(h_ptr + offs[:, None] * DIM + offs[None, :])
+    offs = tl.arange(0, FACTOR)
+    return tl.load(h_ptr + offs[:, None] * FACTOR + offs[None, :])
+
+
+@triton.jit
+def _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, layer,
+            LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr):  # fmt: skip
+    """φ_l for a block of rows in [0, 2π + small): (Σ n·q mod 512)·2π/512 + constant, plus Σ r·q/2."""
+    ks = tl.arange(0, K)
+    cols = tl.arange(0, DIM)
+    offs = rows[:, None] * (LAYERS * K) + layer * K + ks[None, :]
+    turns = tl.load(turns_ptr + offs, mask=row_mask[:, None], other=0.0)
+    rest = tl.load(rest_ptr + offs, mask=row_mask[:, None], other=0.0)
+    q = tl.load(q_ptr + layer * K * DIM + ks[:, None] * DIM + cols[None, :])
+    whole = tl.dot(turns, q, input_precision="ieee")  # an integer below 2^24: exact
+    whole = whole - 512.0 * tl.floor(whole / 512.0)
+    base = whole * (TWO_PI / 512.0) + tl.load(const_ptr + layer * DIM + cols)[None, :]
+    base = base - TWO_PI * tl.floor(base / TWO_PI)
+    return base + 0.5 * tl.dot(rest, q, input_precision="ieee")
+
+
+@triton.jit
+def _forward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, batch, norm,
+                    LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr,
+                    BLOCK_B: tl.constexpr):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_mask = rows < batch
+    h = _load_hadamard(h_ptr, DIM, FACTOR)
+    phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, 0, LAYERS, K, DIM)
+    re = tl.cos(phi) * norm  # D_1 |+⟩
+    im = tl.sin(phi) * norm
+    for layer in tl.static_range(1, LAYERS):
+        re = _hadamard(re, h, BLOCK_B, DIM, FACTOR) * norm
+        im = _hadamard(im, h, BLOCK_B, DIM, FACTOR) * norm
+        phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, layer, LAYERS, K, DIM)
+        cos, sin = tl.cos(phi), tl.sin(phi)
+        re, im = re * cos - im * sin, re * sin + im * cos
+    out = tl.reshape(tl.join(re, im), (BLOCK_B, 2 * DIM))  # complex64 as interleaved (re, im)
+    offs = tl.arange(0, 2 * DIM)
+    tl.store(out_ptr + rows[:, None] * (2 * DIM) + offs[None, :], out, mask=row_mask[:, None])
+
+
+@triton.jit
+def _load_complex(ptr, rows, row_mask, BLOCK_B: tl.constexpr, DIM: tl.constexpr):
+    offs = tl.arange(0, 2 * DIM)
+    x = tl.load(ptr + rows[:, None] * (2 * DIM) + offs[None, :], mask=row_mask[:, None], other=0.0)
+    return tl.split(tl.reshape(x, (BLOCK_B, DIM, 2)))
+
+
+@triton.jit
+def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad_ptr, dc_ptr, batch, norm,
+                     LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr,
+                     BLOCK_B: tl.constexpr):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_mask = rows < batch
+    h = _load_hadamard(h_ptr, DIM, FACTOR)
+    ks = tl.arange(0, K)
+    cols = tl.arange(0, DIM)
+    re, im = _load_complex(out_ptr, rows, row_mask, BLOCK_B, DIM)
+    g_re, g_im = _load_complex(grad_ptr, rows, row_mask, BLOCK_B, DIM)
+    for step in tl.static_range(LAYERS):
+        layer = LAYERS - 1 - step
+        # ∂L/∂φ = Im(g · conj(ψ)) on the state after the phase layer, pulled back to the coefficients
+        dphi = g_im * re - g_re * im
+        q_t = tl.load(q_ptr + layer * K * DIM + ks[None, :] * DIM + cols[:, None])  # [DIM, K]
+        dc = 0.5 * tl.dot(dphi, q_t, input_precision="ieee")
+        tl.store(dc_ptr + rows[:, None] * (LAYERS * K) + layer * K + ks[None, :], dc, mask=row_mask[:, None])
+        if layer > 0:
+            phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, layer, LAYERS, K, DIM)
+            cos, sin = tl.cos(phi), tl.sin(phi)
+            re, im = re * cos + im * sin, im * cos - re * sin  # ψ · exp(-iφ): the state before the phases
+            g_re, g_im = g_re * cos + g_im * sin, g_im * cos - g_re * sin
+            re = _hadamard(re, h, BLOCK_B, DIM, FACTOR) * norm
+            im = _hadamard(im, h, BLOCK_B, DIM, FACTOR) * norm
+            g_re = _hadamard(g_re, h, BLOCK_B, DIM, FACTOR) * norm
+            g_im = _hadamard(g_im, h, BLOCK_B, DIM, FACTOR) * norm
+
+
+def _launch_shape(dim: int) -> tuple[int, int]:
+    """(rows per program, warps): a block of states small enough to stay in registers."""
+    return max(16, 2048 // dim), 8 if dim >= 256 else 4
+
+
+def phase_program_forward(turns: torch.Tensor, rest: torch.Tensor, doubled_patterns: torch.Tensor,
+                          constants: torch.Tensor, hadamard: torch.Tensor, factor: int) -> torch.Tensor:  # fmt: skip
+    """States complex64 ``[B, 2^n]``.
+
+    ``turns``, ``rest`` ``[B, L, K]`` fp32: each coefficient as n (an integer, in units of 2π/256) and
+    the remainder r; ``doubled_patterns`` ``[L, K, 2^n]``: 2·pattern (integers); ``constants`` ``[L, 2^n]``
+    in [0, 2π); ``hadamard``, ``factor``: :func:`qra.featuremaps.fused_program.hadamard_operand`.
+    """
+    batch, layers, k = turns.shape
+    dim = doubled_patterns.shape[-1]
+    out = torch.empty(batch, dim, dtype=torch.complex64, device=turns.device)
+    block, warps = _launch_shape(dim)
+    _forward_kernel[(triton.cdiv(batch, block),)](
+        turns, rest, doubled_patterns, constants, hadamard, torch.view_as_real(out), batch, dim**-0.5,
+        LAYERS=layers, K=k, DIM=dim, FACTOR=factor, BLOCK_B=block, num_warps=warps,
+    )  # fmt: skip
+    return out
+
+
+def phase_program_backward(turns: torch.Tensor, rest: torch.Tensor, doubled_patterns: torch.Tensor,
+                           constants: torch.Tensor, hadamard: torch.Tensor, factor: int, out: torch.Tensor,
+                           grad: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """∂L/∂coefficients ``[B, L, K]`` from the forward's output states and their gradient (complex64)."""
+    batch, layers, k = turns.shape
+    dim = doubled_patterns.shape[-1]
+    grad_coefficients = torch.empty_like(turns)
+    block, warps = _launch_shape(dim)
+    _backward_kernel[(triton.cdiv(batch, block),)](
+        turns, rest, doubled_patterns, constants, hadamard, torch.view_as_real(out),
+        torch.view_as_real(grad.contiguous()), grad_coefficients, batch, dim**-0.5,
+        LAYERS=layers, K=k, DIM=dim, FACTOR=factor, BLOCK_B=block, num_warps=warps,
+    )  # fmt: skip
+    return grad_coefficients

@@ -1,0 +1,236 @@
+"""The fused Triton kernels for phase–Hadamard circuits (qra.featuremaps.fused_program).
+
+GPU tests (skipped without CUDA and triton) check the kernels' states against Qiskit's
+``Statevector`` and the complex128 PyTorch engine, and their gradients against that engine's; the
+CPU tests check the dispatch and the exact phase split the kernels rely on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from qra import kernels
+from qra.featuremaps import fused_program
+from qra.featuremaps.compiler import program_for
+from qra.featuremaps.fused_program import UNIT, fused_spec, hadamard_operand
+from qra.featuremaps.statevector import Gate, simulate
+
+from .test_statevector import qiskit_circuits
+
+requires_gpu = pytest.mark.skipif(
+    not (torch.cuda.is_available() and kernels.triton_available()), reason="needs CUDA and triton"
+)
+DIAGONAL_ZOO = ["z", "s", "t", "p", "rz", "cz", "cp", "crz", "rzz", "multirz"]
+ARITY = {"z": 1, "s": 1, "t": 1, "p": 1, "rz": 1, "cz": 2, "cp": 2, "crz": 2, "rzz": 2}
+PARAMETERISED = {"p", "rz", "cp", "crz", "rzz", "multirz"}
+
+
+def phase_circuit(num_qubits: int, reps: int, rng: np.random.Generator, batch: int, scale: float = 3.0,
+                  shared: bool = False):  # fmt: skip
+    """reps × (H on every qubit, then random diagonal gates): engine gates and their Qiskit twins.
+
+    With ``shared`` one 0-d angle tensor is reused by several gates (a parameter shared across the batch).
+    """
+    gates, recipe = [], []
+    common = torch.tensor(float(rng.normal() * scale), dtype=torch.float64)
+    for _ in range(reps):
+        for q in range(num_qubits):
+            gates.append(Gate("h", (q,)))
+            recipe.append(("h", (q,), np.zeros((0, batch))))
+        for _ in range(3 * num_qubits):
+            name = DIAGONAL_ZOO[rng.integers(len(DIAGONAL_ZOO))]
+            arity = int(rng.integers(2, num_qubits + 1)) if name == "multirz" else ARITY[name]
+            qubits = tuple(int(q) for q in rng.choice(num_qubits, arity, replace=False))
+            if name not in PARAMETERISED:
+                gates.append(Gate(name, qubits))
+                recipe.append((name, qubits, np.zeros((0, batch))))
+            elif shared and rng.random() < 0.3:
+                gates.append(Gate(name, qubits, (common,)))
+                recipe.append((name, qubits, np.full((1, batch), float(common))))
+            else:
+                angles = rng.normal(size=(1, batch)) * scale
+                gates.append(Gate(name, qubits, (torch.tensor(angles[0]),)))
+                recipe.append((name, qubits, angles))
+    return gates, recipe
+
+
+def with_leaves(gates, dtype=torch.float32):
+    """The gates with every tensor parameter replaced by a fresh leaf (shared tensors stay shared)."""
+    leaves: dict[int, torch.Tensor] = {}
+
+    def leaf(p):
+        if id(p) not in leaves:
+            leaves[id(p)] = p.detach().to(dtype).clone().requires_grad_()
+        return leaves[id(p)]
+
+    rebuilt = [Gate(g.name, g.qubits, tuple(leaf(p) if isinstance(p, torch.Tensor) else p for p in g.params))
+               for g in gates]  # fmt: skip
+    return rebuilt, list(leaves.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: the dispatch and the phase split
+
+
+def test_the_pytorch_engine_runs_where_the_kernels_cannot():
+    gates, _ = phase_circuit(4, 2, np.random.default_rng(0), 3)
+    expected = simulate(gates, 4, dtype=torch.complex64, implementation="pytorch")
+    torch.testing.assert_close(simulate(gates, 4, dtype=torch.complex64), expected)
+    program, _ = program_for(gates, 4, torch.complex64, torch.device("cpu"))
+    if not kernels.fused_available(torch.empty(1)):
+        assert fused_spec(program) is None
+        with pytest.raises(ValueError, match="on CUDA with Triton"):
+            simulate(gates, 4, dtype=torch.complex64, implementation="fused")
+
+
+def test_bad_implementation_names_are_refused_with_the_accepted_ones(monkeypatch):
+    gates, _ = phase_circuit(4, 1, np.random.default_rng(1), 2)
+    with pytest.raises(ValueError, match="accepted: auto, pytorch, fused"):
+        simulate(gates, 4, implementation="triton")
+    monkeypatch.setenv(fused_program.IMPLEMENTATION_ENV, "fast")
+    with pytest.raises(ValueError, match="QRA_ENGINE_IMPLEMENTATION='fast'; accepted"):
+        simulate(gates, 4)
+
+
+@pytest.mark.parametrize("num_qubits", [4, 6, 8])
+def test_the_kernels_phase_split_gives_the_engines_phases(num_qubits):
+    """n·(2·pattern) mod 512 (exact integers) + constant + r·pattern equals coefficients @ pattern + constant mod 2π."""
+    rng = np.random.default_rng(num_qubits)
+    gates, _ = phase_circuit(num_qubits, 2, rng, 5, scale=40.0, shared=True)
+    program, values = program_for(gates, num_qubits, torch.complex64, torch.device("cpu"))
+    spec = fused_program._build_spec(program)
+    turns, rest = fused_program._coefficients(spec, values, 5)
+    assert torch.equal(turns, turns.round()) and turns.min() >= 0 and turns.max() < 512
+    assert rest.abs().max() <= UNIT / 2 + 1e-6
+    for index, layer in enumerate(program.layers[1::2]):
+        doubled = spec.doubled_patterns[index].double()
+        whole = torch.remainder(turns[:, index].double() @ doubled, 512) * (2 * math.pi / 512)
+        ours = whole + spec.constants[index].double() + rest[:, index].double() @ doubled / 2
+        phase = torch.zeros(5, 2**num_qubits, dtype=torch.float64)
+        if layer.varying:
+            phase += torch.stack([values[s].double().expand(5) for s in layer.varying], -1) @ layer.pattern
+        for slot, value in layer.uniform:
+            phase += (values[slot].double() * value).expand(5)[:, None]
+        if layer.constant is not None:
+            phase += layer.constant
+        difference = torch.remainder(ours - phase + math.pi, 2 * math.pi) - math.pi
+        assert difference.abs().max() < 1e-6  # the fp32 rounding of r and of the constants only
+
+
+def test_the_hadamard_operand_is_the_walsh_hadamard_matrix():
+    from qra.featuremaps.compiler import _walsh_hadamard
+
+    for n in (4, 6, 7):
+        dense, factor = hadamard_operand(n, torch.device("cpu"))
+        assert factor == 0
+        torch.testing.assert_close(dense.double() / 2 ** (n / 2), _walsh_hadamard(n, torch.float64, "cpu"))
+    half, factor = hadamard_operand(8, torch.device("cpu"))
+    assert factor == 16
+    torch.testing.assert_close(torch.kron(half, half).double() / 16, _walsh_hadamard(8, torch.float64, "cpu"))
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU: the kernels
+
+
+def _qiskit_states(recipe, num_qubits: int, batch: int) -> np.ndarray:
+    from qiskit.quantum_info import Statevector
+
+    return np.stack([Statevector(c).data for c in qiskit_circuits(recipe, num_qubits, batch)])
+
+
+@requires_gpu
+@pytest.mark.parametrize("num_qubits", [4, 5, 6, 7, 8])
+@pytest.mark.parametrize("reps", [1, 2, 3])
+def test_random_phase_circuits_on_the_kernels_equal_qiskit(num_qubits, reps):
+    pytest.importorskip("qiskit")
+    rng = np.random.default_rng(10 * num_qubits + reps)
+    gates, recipe = phase_circuit(num_qubits, reps, rng, 7)
+    program, _ = program_for(gates, num_qubits, torch.complex64, torch.device("cuda"))
+    assert fused_spec(program) is not None, program.describe()
+    cuda = [Gate(g.name, g.qubits, tuple(p.cuda() if isinstance(p, torch.Tensor) else p for p in g.params))
+            for g in gates]  # fmt: skip
+    ours = simulate(cuda, num_qubits, dtype=torch.complex64, implementation="fused").cpu().numpy()
+    assert np.abs(ours - _qiskit_states(recipe, num_qubits, 7)).max() <= 1e-5
+
+
+@requires_gpu
+@pytest.mark.parametrize("num_qubits", [4, 6, 8])
+@pytest.mark.parametrize("shared", [False, True])
+def test_kernel_states_and_gradients_equal_the_complex128_engine(num_qubits, shared):
+    rng = np.random.default_rng(num_qubits + 100 * shared)
+    batch = 300  # several programs, the last one partial
+    gates, _ = phase_circuit(num_qubits, 2, rng, batch, scale=40.0, shared=shared)
+    weights = torch.randn(batch, 2**num_qubits, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    results = []
+    for dtype, implementation in ((torch.complex128, "pytorch"), (torch.complex64, "fused")):
+        rebuilt, leaves = with_leaves(gates, torch.float64)
+        rebuilt = [Gate(g.name, g.qubits, tuple(p.cuda() if isinstance(p, torch.Tensor) else p for p in g.params))
+                   for g in rebuilt]  # fmt: skip
+        states = simulate(rebuilt, num_qubits, dtype=dtype, implementation=implementation)
+        loss = (states.to(torch.complex128) * weights.cuda()).real.sum() + states.abs().square()[:, :3].sum()
+        results.append((states.detach().cpu().to(torch.complex128), torch.autograd.grad(loss, leaves)))
+    (exact, exact_grads), (ours, our_grads) = results
+    assert (ours - exact).abs().max() <= 1e-5
+    for theirs, mine in zip(exact_grads, our_grads, strict=True):
+        scale = theirs.abs().max().item() + 1.0
+        assert (mine.cpu() - theirs.cpu()).abs().max() <= 2e-4 * scale
+
+
+@requires_gpu
+@pytest.mark.parametrize("name", ["pennylane-zz", "pennylane-iqp", "qiskit-zz"])
+@pytest.mark.parametrize("qubits", [4, 6, 8])
+def test_shipped_maps_take_the_kernels_and_match_the_pytorch_engine(name, qubits):
+    pytest.importorskip("pennylane" if name.startswith("pennylane") else "qiskit")
+    from qra.featuremaps import get
+
+    fm = get(name, d_in=16, qubits=qubits).cuda()
+    x = torch.randn(2, 3, 50, 16, device="cuda") * 2
+    fused = fm.states(x)
+    angles = fm.angles(x)
+    program, _ = program_for(fm.gates(angles), qubits, torch.complex64, torch.device("cuda"))
+    assert fused_spec(program) is not None
+    exact = simulate(fm.gates(angles.double()), qubits, dtype=torch.complex128, implementation="pytorch")
+    assert (fused.to(torch.complex128) - exact).abs().max() <= 1e-5
+
+
+@requires_gpu
+def test_other_programs_stay_on_the_pytorch_engine_and_fused_refuses_them(monkeypatch):
+    angles = torch.randn(8, 4, device="cuda", dtype=torch.float64)
+    local = [Gate("ry", (q,), (angles[:, q],)) for q in range(4)] + [Gate("cx", (0, 1))]
+    program, _ = program_for(local, 4, torch.complex64, torch.device("cuda"))
+    assert fused_spec(program) is None
+    with pytest.raises(ValueError, match="this program is"):
+        simulate(local, 4, dtype=torch.complex64, implementation="fused")
+    gates, _ = phase_circuit(5, 2, np.random.default_rng(3), 8)
+    cuda = [Gate(g.name, g.qubits, tuple(p.cuda() if isinstance(p, torch.Tensor) else p for p in g.params))
+            for g in gates]  # fmt: skip
+    program, _ = program_for(cuda, 5, torch.complex64, torch.device("cuda"))
+    monkeypatch.setenv(fused_program.IMPLEMENTATION_ENV, "pytorch")
+    assert fused_spec(program) is None
+    monkeypatch.setenv(fused_program.IMPLEMENTATION_ENV, "auto")
+    assert fused_spec(program) is not None
+    assert fused_spec(program, has_initial=True) is None  # an initial state: the PyTorch engine
+
+
+@requires_gpu
+def test_kernel_memory_is_the_states_alone():
+    """Forward + backward keeps the output and its gradient: ~2·B·2^n·8 bytes, not a copy per layer."""
+    n, batch = 8, 65_536
+    x = torch.rand(batch, n, device="cuda", dtype=torch.float64, requires_grad=True)
+    gates = []
+    for _ in range(3):
+        gates += [Gate("h", (q,)) for q in range(n)] + [Gate("p", (q,), (2 * x[:, q],)) for q in range(n)]
+        gates += [Gate("rzz", (i, j), (x[:, i] * x[:, j],)) for i in range(n) for j in range(i + 1, n)]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    states = simulate(gates, n, dtype=torch.complex64, implementation="fused")
+    states.real.sum().backward()
+    torch.cuda.synchronize()
+    state_bytes = batch * 2**n * 8
+    assert torch.cuda.max_memory_allocated() - base <= 3.5 * state_bytes
