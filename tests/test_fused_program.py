@@ -108,8 +108,8 @@ def test_the_kernels_phase_split_gives_the_engines_phases(num_qubits):
     assert rest.abs().max() <= UNIT / 2 + 1e-6
     for index, layer in enumerate(program.layers[1::2]):
         doubled = spec.doubled_patterns[index].double()
-        whole = torch.remainder(turns[:, index].double() @ doubled, 512) * (2 * math.pi / 512)
-        ours = whole + spec.constants[index].double() + rest[:, index].double() @ doubled / 2
+        whole = torch.remainder(turns[index].double().T @ doubled, 512) * (2 * math.pi / 512)
+        ours = whole + spec.constants[index].double() + rest[index].double().T @ doubled / 2
         phase = torch.zeros(5, 2**num_qubits, dtype=torch.float64)
         if layer.varying:
             phase += torch.stack([values[s].double().expand(5) for s in layer.varying], -1) @ layer.pattern

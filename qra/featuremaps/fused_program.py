@@ -37,7 +37,7 @@ TWO_PI = 2 * math.pi
 class FusedSpec:
     """A program as the kernels take it: ``columns[l][j]`` is the slot whose value is layer l's coefficient j."""
 
-    doubled_patterns: torch.Tensor  # fp32 [L, K, 2^n]: 2·pattern, integers; zero rows past each layer's columns
+    doubled_patterns: torch.Tensor  # fp32 [L, K, 2^n]: 2·pattern, integers; zero rows past a layer's columns
     constants: torch.Tensor  # fp32 [L, 2^n], in [0, 2π)
     columns: tuple[tuple[int, ...], ...]
     hadamard: torch.Tensor  # fp16 ±1
@@ -127,7 +127,7 @@ def _build_spec(program: Program) -> FusedSpec | None:
         columns.append(tuple(layer.varying) + tuple(slot for slot, _ in layer.uniform))
         if layer.constant is not None:
             constants[index] = torch.remainder(layer.constant.cpu().to(torch.float64), TWO_PI)
-    width = max(16, 1 << (max(len(rows) for rows in rows_per_layer) - 1).bit_length())  # tl.dot's 16-wide minimum
+    width = max(1, max(len(rows) for rows in rows_per_layer))
     doubled = torch.zeros(len(phase_layers), width, dim, dtype=torch.float64)
     for index, rows in enumerate(rows_per_layer):
         for j, row in enumerate(rows):
@@ -167,18 +167,18 @@ UNIT = TWO_PI / 256
 
 
 def _coefficients(spec: FusedSpec, values: Sequence[torch.Tensor], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each slot's value c modulo 4π as (n, r) with c = n·2π/256 + r, both [B, L, K] fp32 (n an integer < 512)."""
+    """Each slot's value c modulo 4π as (n, r) with c = n·2π/256 + r, both [L, K, B] fp32 (n an integer < 512)."""
     layers, width = spec.doubled_patterns.shape[:2]
-    turns = torch.zeros(batch, layers, width, dtype=torch.float32, device=spec.constants.device)
+    turns = torch.zeros(layers, width, batch, dtype=torch.float32, device=spec.constants.device)
     rest = torch.zeros_like(turns)
-    for index, slots in enumerate(spec.columns):  # layer by layer: the float64 work stays [B, K]
+    for index, slots in enumerate(spec.columns):  # layer by layer: the float64 work stays [K, B]
         if not slots:
             continue
         columns = [values[slot].detach().to(torch.float64).expand(batch) for slot in slots]
-        coefficients = torch.remainder(torch.stack(columns, dim=-1), FOUR_PI)
+        coefficients = torch.remainder(torch.stack(columns), FOUR_PI)
         whole = torch.round(coefficients / UNIT)
-        rest[:, index, : len(slots)] = coefficients - whole * UNIT
-        turns[:, index, : len(slots)] = torch.remainder(whole, 512)
+        rest[index, : len(slots)] = coefficients - whole * UNIT
+        turns[index, : len(slots)] = torch.remainder(whole, 512)
     return turns, rest
 
 
@@ -209,7 +209,7 @@ class _FusedProgram(torch.autograd.Function):
             for j, slot in enumerate(slots):
                 if not ctx.needs_input_grad[2 + slot]:
                     continue
-                column = grad_coefficients[:, index, j]
+                column = grad_coefficients[index, j]
                 column = column.sum() if values[slot].dim() == 0 else column
                 column = column.to(values[slot].dtype)
                 grads[slot] = column if grads[slot] is None else grads[slot] + column

@@ -48,55 +48,58 @@ def _dot_split(x, h):
 def _hadamard(x, h, BLOCK_B: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr):
     """x [BLOCK_B, DIM] times the unnormalised Walsh–Hadamard matrix (h: dense, or one of its two Kronecker factors)."""
     if FACTOR == 0:
-        return _dot_split(x, h)
-    # amplitude index = high·FACTOR + low: transform the low qubits, then the high ones
-    y = _dot_split(tl.reshape(x, (BLOCK_B * FACTOR, FACTOR)), h)
-    y = tl.permute(tl.reshape(y, (BLOCK_B, FACTOR, FACTOR)), (0, 2, 1))
-    y = _dot_split(tl.reshape(y, (BLOCK_B * FACTOR, FACTOR)), h)
-    y = tl.permute(tl.reshape(y, (BLOCK_B, FACTOR, FACTOR)), (0, 2, 1))
-    return tl.reshape(y, (BLOCK_B, DIM))
+        y = _dot_split(x, h)
+    else:  # amplitude index = high·FACTOR + low: transform the low qubits, then the high ones
+        y = _dot_split(tl.reshape(x, (BLOCK_B * FACTOR, FACTOR)), h)
+        y = tl.permute(tl.reshape(y, (BLOCK_B, FACTOR, FACTOR)), (0, 2, 1))
+        y = _dot_split(tl.reshape(y, (BLOCK_B * FACTOR, FACTOR)), h)
+        y = tl.permute(tl.reshape(y, (BLOCK_B, FACTOR, FACTOR)), (0, 2, 1))
+        y = tl.reshape(y, (BLOCK_B, DIM))
+    return y
 
 
 @triton.jit
-def _load_hadamard(h_ptr, DIM: tl.constexpr, FACTOR: tl.constexpr):
-    if FACTOR == 0:
-        offs = tl.arange(0, DIM)
-        return tl.load(h_ptr + offs[:, None] * DIM + offs[None, :])
-    offs = tl.arange(0, FACTOR)
-    return tl.load(h_ptr + offs[:, None] * FACTOR + offs[None, :])
+def _load_hadamard(h_ptr, SIZE: tl.constexpr):
+    offs = tl.arange(0, SIZE)
+    return tl.load(h_ptr + offs[:, None] * SIZE + offs[None, :])
 
 
 @triton.jit
-def _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, layer,
-            LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr):  # fmt: skip
-    """φ_l for a block of rows in [0, 2π + small): (Σ n·q mod 512)·2π/512 + constant, plus Σ r·q/2."""
-    ks = tl.arange(0, K)
+def _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer,
+            K: tl.constexpr, DIM: tl.constexpr, BLOCK_B: tl.constexpr):  # fmt: skip
+    """φ_l for a block of rows in [0, 2π + small): (Σ n·q mod 512)·2π/512 + constant, plus Σ r·q/2.
+
+    One rank-1 update per coefficient (coefficients are stored [L, K, B], so each load is contiguous):
+    a [K, 2^n] pattern tile held in registers next to the states would spill them.
+    """
     cols = tl.arange(0, DIM)
-    offs = rows[:, None] * (LAYERS * K) + layer * K + ks[None, :]
-    turns = tl.load(turns_ptr + offs, mask=row_mask[:, None], other=0.0)
-    rest = tl.load(rest_ptr + offs, mask=row_mask[:, None], other=0.0)
-    q = tl.load(q_ptr + layer * K * DIM + ks[:, None] * DIM + cols[None, :])
-    whole = tl.dot(turns, q, input_precision="ieee")  # an integer below 2^24: exact
+    whole = tl.zeros([BLOCK_B, DIM], dtype=tl.float32)
+    small = tl.zeros([BLOCK_B, DIM], dtype=tl.float32)
+    for j in range(K):
+        offs = (layer * K + j) * batch + rows
+        q = tl.load(q_ptr + (layer * K + j) * DIM + cols)[None, :]
+        whole += tl.load(turns_ptr + offs, mask=row_mask, other=0.0)[:, None] * q  # integers below 2^24: exact
+        small += tl.load(rest_ptr + offs, mask=row_mask, other=0.0)[:, None] * q
     whole = whole - 512.0 * tl.floor(whole / 512.0)
     base = whole * (TWO_PI / 512.0) + tl.load(const_ptr + layer * DIM + cols)[None, :]
     base = base - TWO_PI * tl.floor(base / TWO_PI)
-    return base + 0.5 * tl.dot(rest, q, input_precision="ieee")
+    return base + 0.5 * small
 
 
 @triton.jit
 def _forward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, batch, norm,
                     LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr,
-                    BLOCK_B: tl.constexpr):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+                    H_SIZE: tl.constexpr, BLOCK_B: tl.constexpr):  # fmt: skip
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # 64-bit: B·2^(n+1) may pass 2^31
     row_mask = rows < batch
-    h = _load_hadamard(h_ptr, DIM, FACTOR)
-    phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, 0, LAYERS, K, DIM)
+    h = _load_hadamard(h_ptr, H_SIZE)
+    phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, 0, K, DIM, BLOCK_B)
     re = tl.cos(phi) * norm  # D_1 |+⟩
     im = tl.sin(phi) * norm
     for layer in tl.static_range(1, LAYERS):
         re = _hadamard(re, h, BLOCK_B, DIM, FACTOR) * norm
         im = _hadamard(im, h, BLOCK_B, DIM, FACTOR) * norm
-        phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, layer, LAYERS, K, DIM)
+        phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer, K, DIM, BLOCK_B)
         cos, sin = tl.cos(phi), tl.sin(phi)
         re, im = re * cos - im * sin, re * sin + im * cos
     out = tl.reshape(tl.join(re, im), (BLOCK_B, 2 * DIM))  # complex64 as interleaved (re, im)
@@ -114,11 +117,10 @@ def _load_complex(ptr, rows, row_mask, BLOCK_B: tl.constexpr, DIM: tl.constexpr)
 @triton.jit
 def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad_ptr, dc_ptr, batch, norm,
                      LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr,
-                     BLOCK_B: tl.constexpr):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+                     H_SIZE: tl.constexpr, BLOCK_B: tl.constexpr):  # fmt: skip
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # 64-bit: B·2^(n+1) may pass 2^31
     row_mask = rows < batch
-    h = _load_hadamard(h_ptr, DIM, FACTOR)
-    ks = tl.arange(0, K)
+    h = _load_hadamard(h_ptr, H_SIZE)
     cols = tl.arange(0, DIM)
     re, im = _load_complex(out_ptr, rows, row_mask, BLOCK_B, DIM)
     g_re, g_im = _load_complex(grad_ptr, rows, row_mask, BLOCK_B, DIM)
@@ -126,11 +128,11 @@ def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad
         layer = LAYERS - 1 - step
         # ∂L/∂φ = Im(g · conj(ψ)) on the state after the phase layer, pulled back to the coefficients
         dphi = g_im * re - g_re * im
-        q_t = tl.load(q_ptr + layer * K * DIM + ks[None, :] * DIM + cols[:, None])  # [DIM, K]
-        dc = 0.5 * tl.dot(dphi, q_t, input_precision="ieee")
-        tl.store(dc_ptr + rows[:, None] * (LAYERS * K) + layer * K + ks[None, :], dc, mask=row_mask[:, None])
+        for j in range(K):
+            q = tl.load(q_ptr + (layer * K + j) * DIM + cols)[None, :]
+            tl.store(dc_ptr + (layer * K + j) * batch + rows, 0.5 * tl.sum(dphi * q, axis=1), mask=row_mask)
         if layer > 0:
-            phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, layer, LAYERS, K, DIM)
+            phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer, K, DIM, BLOCK_B)
             cos, sin = tl.cos(phi), tl.sin(phi)
             re, im = re * cos + im * sin, im * cos - re * sin  # ψ · exp(-iφ): the state before the phases
             g_re, g_im = g_re * cos + g_im * sin, g_im * cos - g_re * sin
@@ -140,26 +142,30 @@ def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad
             g_im = _hadamard(g_im, h, BLOCK_B, DIM, FACTOR) * norm
 
 
+#: (rows per program, warps) by 2^n: the largest blocks whose forward and backward compile without register
+#: spills for sm_90 (ptxas -v on the kernels, 2 layers): 48–174 registers a thread
+LAUNCH_SHAPES = {16: (64, 4), 32: (32, 4), 64: (32, 8), 128: (16, 8), 256: (16, 8)}
+
+
 def _launch_shape(dim: int) -> tuple[int, int]:
-    """(rows per program, warps): a block of states small enough to stay in registers."""
-    return max(16, 2048 // dim), 8 if dim >= 256 else 4
+    return LAUNCH_SHAPES[dim]
 
 
 def phase_program_forward(turns: torch.Tensor, rest: torch.Tensor, doubled_patterns: torch.Tensor,
                           constants: torch.Tensor, hadamard: torch.Tensor, factor: int) -> torch.Tensor:  # fmt: skip
     """States complex64 ``[B, 2^n]``.
 
-    ``turns``, ``rest`` ``[B, L, K]`` fp32: each coefficient as n (an integer, in units of 2π/256) and
+    ``turns``, ``rest`` ``[L, K, B]`` fp32: each coefficient as n (an integer, in units of 2π/256) and
     the remainder r; ``doubled_patterns`` ``[L, K, 2^n]``: 2·pattern (integers); ``constants`` ``[L, 2^n]``
     in [0, 2π); ``hadamard``, ``factor``: :func:`qra.featuremaps.fused_program.hadamard_operand`.
     """
-    batch, layers, k = turns.shape
+    layers, k, batch = turns.shape
     dim = doubled_patterns.shape[-1]
     out = torch.empty(batch, dim, dtype=torch.complex64, device=turns.device)
     block, warps = _launch_shape(dim)
     _forward_kernel[(triton.cdiv(batch, block),)](
         turns, rest, doubled_patterns, constants, hadamard, torch.view_as_real(out), batch, dim**-0.5,
-        LAYERS=layers, K=k, DIM=dim, FACTOR=factor, BLOCK_B=block, num_warps=warps,
+        LAYERS=layers, K=k, DIM=dim, FACTOR=factor, H_SIZE=hadamard.shape[0], BLOCK_B=block, num_warps=warps,
     )  # fmt: skip
     return out
 
@@ -167,14 +173,14 @@ def phase_program_forward(turns: torch.Tensor, rest: torch.Tensor, doubled_patte
 def phase_program_backward(turns: torch.Tensor, rest: torch.Tensor, doubled_patterns: torch.Tensor,
                            constants: torch.Tensor, hadamard: torch.Tensor, factor: int, out: torch.Tensor,
                            grad: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """∂L/∂coefficients ``[B, L, K]`` from the forward's output states and their gradient (complex64)."""
-    batch, layers, k = turns.shape
+    """∂L/∂coefficients ``[L, K, B]`` from the forward's output states and their gradient (complex64)."""
+    layers, k, batch = turns.shape
     dim = doubled_patterns.shape[-1]
     grad_coefficients = torch.empty_like(turns)
     block, warps = _launch_shape(dim)
     _backward_kernel[(triton.cdiv(batch, block),)](
         turns, rest, doubled_patterns, constants, hadamard, torch.view_as_real(out),
         torch.view_as_real(grad.contiguous()), grad_coefficients, batch, dim**-0.5,
-        LAYERS=layers, K=k, DIM=dim, FACTOR=factor, BLOCK_B=block, num_warps=warps,
+        LAYERS=layers, K=k, DIM=dim, FACTOR=factor, H_SIZE=hadamard.shape[0], BLOCK_B=block, num_warps=warps,
     )  # fmt: skip
     return grad_coefficients
