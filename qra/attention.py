@@ -137,7 +137,7 @@ def _weighted_values(inputs: AttentionInputs, weights: torch.Tensor, dtype: torc
 def softmax_mode(inputs: AttentionInputs) -> AttentionResult:
     """softmax(β·S) over the real keys; dot-product maps run through fused SDPA kernels (no N×N matrix)."""
     fm = inputs.featuremap
-    fq, fk = fm.query_features(inputs.q), fm(inputs.k)
+    fq, fk = fm.query_and_key_features(inputs.q, inputs.k)
     if fm.is_linear and not inputs.return_weights:
         return _softmax_through_sdpa(fq, fk, inputs.v, inputs.keep, inputs.beta, inputs.dropout_p), None
     dtype = compute_dtype(inputs.v)
@@ -163,7 +163,7 @@ def _features(inputs: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor, floa
     """
     stabilised = _stabilised_features(inputs.featuremap, inputs.q, inputs.k, inputs.keep)
     if stabilised is None:
-        return inputs.featuremap.query_features(inputs.q), inputs.featuremap(inputs.k), inputs.eps
+        return *inputs.featuremap.query_and_key_features(inputs.q, inputs.k), inputs.eps
     return *stabilised, torch.finfo(compute_dtype(inputs.v)).tiny
 
 
@@ -235,11 +235,11 @@ def fused_softmax(inputs: AttentionInputs) -> AttentionResult | None:
     if inputs.return_weights or not (fm.is_linear or fm.is_fidelity) or not _fusable(inputs):
         return None
     if fm.is_linear:
-        fq, fk = fm.query_features(inputs.q), fm(inputs.k)
+        fq, fk = fm.query_and_key_features(inputs.q, inputs.k)
         queries = fq if inputs.beta is None else fq * broadcast_beta(inputs.beta, fq.dtype, fq.device)
         out = kernels.softmax_attention(queries, fk, inputs.v, inputs.keep, inputs.dropout_p)
         return out.to(inputs.v.dtype), None
-    states_q, states_k = fm.query_features(inputs.q), fm(inputs.k)
+    states_q, states_k = fm.query_and_key_features(inputs.q, inputs.k)
     beta = inputs.beta if isinstance(inputs.beta, torch.Tensor) or inputs.beta is None else float(inputs.beta)
     # the fidelity kernel takes float32 values (its 16-bit path is not enabled): V is small next to the states
     out = kernels.fidelity_attention(states_q, states_k, inputs.v.float(), inputs.keep, beta, inputs.dropout_p)

@@ -103,7 +103,7 @@ def test_the_kernels_phase_split_gives_the_engines_phases(num_qubits):
     gates, _ = phase_circuit(num_qubits, 2, rng, 5, scale=40.0, shared=True)
     program, values = program_for(gates, num_qubits, torch.complex64, torch.device("cpu"))
     spec = fused_program._build_spec(program)
-    turns, rest = fused_program._coefficients(spec, values, 5)
+    turns, rest = fused_program._coefficients(spec, torch.stack([v.expand(5) for v in values], dim=1))
     assert torch.equal(turns, turns.round()) and turns.min() >= 0 and turns.max() < 512
     assert rest.abs().max() <= UNIT / 2 + 1e-6
     for index, layer in enumerate(program.layers[1::2]):
@@ -195,7 +195,7 @@ def test_shipped_maps_take_the_kernels_and_match_the_pytorch_engine(name, qubits
     program, _ = program_for(fm.gates(angles), qubits, torch.complex64, torch.device("cuda"))
     assert fused_spec(program) is not None
     exact = simulate(fm.gates(angles.double()), qubits, dtype=torch.complex128, implementation="pytorch")
-    assert (fused.to(torch.complex128) - exact).abs().max() <= 1e-5
+    assert (fused.to(torch.complex128) - exact.reshape(fused.shape)).abs().max() <= 1e-5
 
 
 @requires_gpu
@@ -234,3 +234,55 @@ def test_kernel_memory_is_the_states_alone():
     torch.cuda.synchronize()
     state_bytes = batch * 2**n * 8
     assert torch.cuda.max_memory_allocated() - base <= 3.5 * state_bytes
+
+
+# ----------------------------------------------------------------------------------------------
+# maps that give their gate parameters as one batched tensor
+
+
+@pytest.mark.parametrize(("name", "options"), [("pennylane-zz", {}), ("pennylane-zz", {"entanglement": "circular"}),
+                                               ("pennylane-iqp", {}), ("pennylane-iqp", {"pattern": [[0, 3], [2, 1]]})])
+def test_slot_values_give_the_states_and_gradients_of_the_gate_list(name, options):
+    pytest.importorskip("pennylane")
+    from qra.featuremaps import get
+
+    fm = get(name, d_in=4, qubits=4, engine="native", projection="identity", **options)
+    x = torch.rand(2, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 6
+    assert fm.slot_values(x.reshape(-1, 4)) is not None
+    results = []
+    for through_values in (True, False):
+        leaf = x.clone().requires_grad_()
+        if through_values:
+            states = fm.states(leaf)
+        else:
+            states = simulate(fm.gates(fm.angles(leaf).reshape(-1, 4)), 4, dtype=torch.complex128).reshape(2, 5, 16)
+        results.append((states, torch.autograd.grad((states.real * states.imag).sum() + states.real.sum(), leaf)[0]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-10)
+
+
+def test_slot_values_that_disagree_with_the_gates_are_refused():
+    pytest.importorskip("pennylane")
+    from qra.featuremaps import get
+
+    fm = get("pennylane-zz", d_in=4, qubits=4, engine="native", projection="identity")
+    fm.slot_values = lambda angles: torch.zeros(angles.shape[0], 40, dtype=angles.dtype)  # a wrong formula
+    with pytest.raises(RuntimeError, match="slot_values\\(\\) disagrees with the parameters of its gates"):
+        fm.states(torch.rand(3, 4))
+
+
+def test_circuit_maps_compute_queries_and_keys_in_one_call():
+    pytest.importorskip("pennylane")
+    from qra.featuremaps import get
+
+    fm = get("pennylane-zz", d_in=4, qubits=4, engine="native", projection="identity")
+    q, k = torch.rand(2, 3, 7, 4), torch.rand(2, 3, 5, 4)
+    calls = []
+    fm.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    fq, fk = fm.query_and_key_features(q, k)
+    assert calls == [torch.Size([2, 3, 12, 4])]
+    torch.testing.assert_close(fq, fm.query_features(q))
+    torch.testing.assert_close(fk, fm(k))
+    noisy = get("pennylane-zz", d_in=4, qubits=4, engine="native", projection="identity", noise={"readout": 0.1})
+    assert not noisy.joint_features  # keys carry readout operators that queries do not
+    assert not get("rff", d_in=4).joint_features

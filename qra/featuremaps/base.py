@@ -108,6 +108,17 @@ class FeatureMap(nn.Module, metaclass=ABCMeta):
         """
         return self(x)
 
+    #: whether :meth:`query_features` is :meth:`forward` and maps each row on its own, so that queries and keys
+    #: may go through one call (:meth:`query_and_key_features`); circuit maps set it: a call has a fixed cost
+    joint_features: bool = False
+
+    def query_and_key_features(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(query_features(q), forward(k))`` — through one call on both when :attr:`joint_features` allows."""
+        if self.joint_features and q.shape[:-2] == k.shape[:-2] and q.shape[-1] == k.shape[-1] and q.dtype == k.dtype:
+            both = self(torch.cat([q, k], dim=-2))
+            return both[..., : q.shape[-2], :], both[..., q.shape[-2] :, :]
+        return self.query_features(q), self(k)
+
     def log_features(self, x: torch.Tensor) -> torch.Tensor | None:
         """log φ(x) for maps with positive exponential features, else None (the default).
 

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from .base import FeatureMap, compute_dtype
-from .statevector import Gate, format_bytes, simulate
+from .compiler import program_for, run_program_on_values
+from .statevector import Gate, check_memory, format_bytes, simulate
 
 PROJECTIONS = ("identity", "random", "learned")
 #: How a circuit map's states are computed: ``native`` = qra's batched, differentiable engine from
@@ -272,9 +273,46 @@ class CircuitFeatureMap(FeatureMap):
                                "'framework' for states")  # fmt: skip
         if self.engine == "framework":
             return self.framework_states(angles, dtype)
+        flat = angles.reshape(-1, angles.shape[-1])
+        values = self.slot_values(flat)
+        if values is not None:  # the gate parameters in a few batched ops, on the circuit compiled once
+            check_memory(self.qubits, flat.shape[0], dtype, angles.device)
+            states = run_program_on_values(self._checked_program(flat, values, dtype), values)
+            return states.reshape(*angles.shape[:-1], 2**self.qubits)
         return simulate(
             self.gates(angles), self.qubits, dtype=dtype, device=angles.device, batch_shape=angles.shape[:-1]
         )
+
+    def slot_values(self, angles: torch.Tensor) -> torch.Tensor | None:
+        """The circuit's gate parameters for angles ``[B, num_angles]`` as one tensor ``[B, S]``, or None.
+
+        Column s is the s-th tensor parameter of :meth:`gates` (in gate order).  A map whose parameters
+        are simple functions of the angles returns them from a few batched tensor ops: per call, building
+        the gate list costs a few tensor ops per gate (and as many autograd nodes), which at 6–8 qubits
+        takes longer than simulating 196,608 circuits.  The circuit itself still comes from :meth:`gates`,
+        recorded once per dtype and device, and the first call checks these values against its
+        parameters.  None (the default): the engine takes the parameters from :meth:`gates` every call.
+        """
+        return None
+
+    def _checked_program(self, angles: torch.Tensor, values: torch.Tensor, dtype: torch.dtype):
+        """The compiled program of :meth:`gates` (recorded on a few rows), once :meth:`slot_values` matches it."""
+        cache = self.__dict__.setdefault("_slot_programs", {})
+        key = (dtype, str(angles.device))
+        if key not in cache:
+            probe = angles[:3].detach()
+            gates = self.gates(probe)
+            program, expected = program_for(gates, self.qubits, dtype, angles.device)
+            expected = torch.stack([v.expand(probe.shape[0]) for v in expected], dim=1) if expected else None
+            found = values[: probe.shape[0]].detach()
+            if expected is None or expected.shape != found.shape or not torch.allclose(
+                    found.double(), expected.double(), rtol=1e-6, atol=1e-6):  # fmt: skip
+                raise RuntimeError(
+                    f"{type(self).__name__}.slot_values() disagrees with the parameters of its gates(): "
+                    f"{None if expected is None else tuple(expected.shape)} expected, {tuple(found.shape)} found"
+                )
+            cache[key] = program
+        return cache[key]
 
     def framework_states(self, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """States from the framework's own simulator (``engine="framework"``); backends implement it."""
@@ -299,6 +337,11 @@ class CircuitFeatureMap(FeatureMap):
         if self.readout_error > 0:
             return torch.cat([states, self.readout_operators(x).flatten(-2)], dim=-1)
         return density_features(states) if self.real_lift and not self.noisy else states
+
+    @property
+    def joint_features(self) -> bool:  # type: ignore[override]
+        """Queries and keys share one simulation, except when keys carry the readout-noise operators."""
+        return not (self.readout_error > 0 and not self.projected)
 
     def query_features(self, x: torch.Tensor) -> torch.Tensor:
         """With readout noise a query needs only its state: the operator U M U† is the key's."""

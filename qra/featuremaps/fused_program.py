@@ -42,6 +42,8 @@ class FusedSpec:
     columns: tuple[tuple[int, ...], ...]
     hadamard: torch.Tensor  # fp16 ±1
     factor: int
+    slot_index: torch.Tensor  # int64 [L·K]: the slot of each column (0 for padding)
+    used: torch.Tensor  # bool [L·K, 1]: which columns are real
 
 
 def resolve_implementation(implementation: str = "auto") -> str:
@@ -136,7 +138,13 @@ def _build_spec(program: Program) -> FusedSpec | None:
         return None
     hadamard, factor = hadamard_operand(program.num_qubits, program.device)
     as_fp32 = {"device": program.device, "dtype": torch.float32}
-    return FusedSpec(doubled.to(**as_fp32), constants.to(**as_fp32), tuple(columns), hadamard, factor)
+    slot_index = torch.zeros(len(columns), width, dtype=torch.int64)
+    used = torch.zeros(len(columns), width, dtype=torch.bool)
+    for index, slots in enumerate(columns):
+        slot_index[index, : len(slots)] = torch.tensor(slots, dtype=torch.int64)
+        used[index, : len(slots)] = True
+    return FusedSpec(doubled.to(**as_fp32), constants.to(**as_fp32), tuple(columns), hadamard, factor,
+                     slot_index.flatten().to(program.device), used.reshape(-1, 1).to(program.device))  # fmt: skip
 
 
 def fused_spec(program: Program, implementation: str = "auto", has_initial: bool = False) -> FusedSpec | None:
@@ -166,31 +174,29 @@ def fused_spec(program: Program, implementation: str = "auto", has_initial: bool
 UNIT = TWO_PI / 256
 
 
-def _coefficients(spec: FusedSpec, values: Sequence[torch.Tensor], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each slot's value c modulo 4π as (n, r) with c = n·2π/256 + r, both [L, K, B] fp32 (n an integer < 512)."""
+def _coefficients(spec: FusedSpec, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each column's value c modulo 4π as (n, r) with c = n·2π/256 + r, both [L, K, B] fp32 (n an integer < 512).
+
+    ``values`` ``[B, S]``: the program's slot values, one column per slot.  A handful of batched ops,
+    whatever the number of gates: per-gate work here would cost more than the kernel.
+    """
     layers, width = spec.doubled_patterns.shape[:2]
-    turns = torch.zeros(layers, width, batch, dtype=torch.float32, device=spec.constants.device)
-    rest = torch.zeros_like(turns)
-    for index, slots in enumerate(spec.columns):  # layer by layer: the float64 work stays [K, B]
-        if not slots:
-            continue
-        columns = [values[slot].detach().to(torch.float64).expand(batch) for slot in slots]
-        coefficients = torch.remainder(torch.stack(columns), FOUR_PI)
-        whole = torch.round(coefficients / UNIT)
-        rest[index, : len(slots)] = coefficients - whole * UNIT
-        turns[index, : len(slots)] = torch.remainder(whole, 512)
-    return turns, rest
+    columns = values.detach().to(torch.float64).index_select(1, spec.slot_index).T.contiguous()  # [L·K, B]
+    coefficients = torch.remainder(columns, FOUR_PI).masked_fill_(~spec.used, 0.0)
+    whole = torch.round(coefficients / UNIT)
+    rest = (coefficients - whole * UNIT).to(torch.float32).reshape(layers, width, -1)
+    return torch.remainder(whole, 512).to(torch.float32).reshape(layers, width, -1), rest
 
 
 class _FusedProgram(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec: FusedSpec, batch: int, *values: torch.Tensor):
+    def forward(ctx, spec: FusedSpec, values: torch.Tensor):
         from ..kernels.phase_program import phase_program_forward
 
-        turns, rest = _coefficients(spec, values, batch)
+        turns, rest = _coefficients(spec, values)
         out = phase_program_forward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard, spec.factor)
-        ctx.spec, ctx.batch = spec, batch
-        ctx.save_for_backward(out, *values)  # not the coefficients: as large as the states, recomputed in backward
+        ctx.spec = spec
+        ctx.save_for_backward(out, values)  # not the coefficients: as large as the states, recomputed in backward
         return out
 
     @staticmethod
@@ -199,23 +205,17 @@ class _FusedProgram(torch.autograd.Function):
         from ..kernels.phase_program import phase_program_backward
 
         spec = ctx.spec
-        out, *values = ctx.saved_tensors
-        turns, rest = _coefficients(spec, values, ctx.batch)
+        out, values = ctx.saved_tensors
+        turns, rest = _coefficients(spec, values)
         grad = grad.to(torch.complex64).resolve_conj()
         grad_coefficients = phase_program_backward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard,
                                                    spec.factor, out, grad)  # fmt: skip
-        grads: list[torch.Tensor | None] = [None] * len(values)
-        for index, slots in enumerate(spec.columns):
-            for j, slot in enumerate(slots):
-                if not ctx.needs_input_grad[2 + slot]:
-                    continue
-                column = grad_coefficients[index, j]
-                column = column.sum() if values[slot].dim() == 0 else column
-                column = column.to(values[slot].dtype)
-                grads[slot] = column if grads[slot] is None else grads[slot] + column
-        return None, None, *grads
+        columns = grad_coefficients.reshape(-1, values.shape[0]).masked_fill_(~spec.used, 0.0)
+        grad_values = torch.zeros(values.shape[1], values.shape[0], dtype=torch.float32, device=values.device)
+        grad_values.index_add_(0, spec.slot_index, columns)
+        return None, grad_values.T.to(values.dtype)
 
 
-def run_fused(spec: FusedSpec, values: Sequence[torch.Tensor], batch: int) -> torch.Tensor:
-    """The program's states complex64 ``[batch, 2^n]`` from the kernels, differentiable in ``values``."""
-    return _FusedProgram.apply(spec, batch, *values)
+def run_fused(spec: FusedSpec, values: torch.Tensor) -> torch.Tensor:
+    """The program's states complex64 ``[B, 2^n]`` from the kernels, differentiable in ``values`` ``[B, S]``."""
+    return _FusedProgram.apply(spec, values)

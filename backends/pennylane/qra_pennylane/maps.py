@@ -221,6 +221,14 @@ class PennyLaneZZ(RepeatedPennyLaneMap):
             raise ValueError(f"unknown entanglement {entanglement!r}; accepted: {', '.join(ENTANGLEMENTS)}")
         self.entanglement = entanglement
 
+    def slot_values(self, angles: torch.Tensor) -> torch.Tensor:
+        """Per repetition: 2·x_k, then θ = 2(π−x_i)(π−x_j) and −θ/2 for each pair, as the template records them."""
+        pairs = torch.tensor(entangled_pairs(self.qubits, self.entanglement), dtype=torch.long,
+                             device=angles.device).reshape(-1, 2)  # fmt: skip
+        theta = 2 * (math.pi - angles[:, pairs[:, 0]]) * (math.pi - angles[:, pairs[:, 1]])
+        once = torch.cat([2 * angles, torch.stack([theta, -theta / 2], dim=-1).flatten(1)], dim=1)
+        return once.repeat(1, self.reps)
+
     def template(self, angles: torch.Tensor, wires: list[int]) -> None:
         n = len(wires)
         pairs = entangled_pairs(n, self.entanglement)
@@ -259,6 +267,13 @@ class PennyLaneIQP(RepeatedPennyLaneMap):
                 raise ValueError(f"pattern must be {accepted}; got the pair {pair!r}")
             pairs.append([int(pair[0]), int(pair[1])])
         return pairs
+
+    def slot_values(self, angles: torch.Tensor) -> torch.Tensor:
+        """Per repetition: RZ(x_k) on each qubit, then MultiRZ(x_a·x_b) for each pair, as IQPEmbedding records them."""
+        pairs = self.pattern if self.pattern is not None else list(combinations(range(self.qubits), 2))
+        pairs = torch.tensor(pairs, dtype=torch.long, device=angles.device).reshape(-1, 2)
+        once = torch.cat([angles, angles[:, pairs[:, 0]] * angles[:, pairs[:, 1]]], dim=1)
+        return once.repeat(1, self.reps)
 
     def template(self, angles: torch.Tensor, wires: list[int]) -> None:
         pattern = None if self.pattern is None else [[wires[a], wires[b]] for a, b in self.pattern]
