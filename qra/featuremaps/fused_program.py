@@ -35,15 +35,13 @@ TWO_PI = 2 * math.pi
 
 @dataclass(frozen=True)
 class FusedSpec:
-    """A program as the kernels take it: ``columns[l][j]`` is the slot whose value is layer l's coefficient j."""
+    """A program as the kernels take it: per phase layer, K pattern rows and the slots' weights on them."""
 
     doubled_patterns: torch.Tensor  # fp32 [L, K, 2^n]: 2·pattern, integers; zero rows past a layer's columns
     constants: torch.Tensor  # fp32 [L, 2^n], in [0, 2π)
-    columns: tuple[tuple[int, ...], ...]
+    mixing: torch.Tensor  # float64 [S, L·K]: coefficient column c = Σ_s values[s]·mixing[s, c]
     hadamard: torch.Tensor  # fp16 ±1
     factor: int
-    slot_index: torch.Tensor  # int64 [L·K]: the slot of each column (0 for padding)
-    used: torch.Tensor  # bool [L·K, 1]: which columns are real
 
 
 def resolve_implementation(implementation: str = "auto") -> str:
@@ -120,31 +118,34 @@ def _build_spec(program: Program) -> FusedSpec | None:
     """The kernels' form of the program, or None when a pattern is not half-integer (never for the shipped gates)."""
     dim = 2**program.num_qubits
     phase_layers = program.layers[1::2]
-    rows_per_layer, columns = [], []
+    rows_per_layer, weights_per_layer = [], []
     constants = torch.zeros(len(phase_layers), dim, dtype=torch.float64)
     for index, layer in enumerate(phase_layers):
         rows = [row.cpu().to(torch.float64) for row in layer.pattern] if layer.varying else []
-        rows += [torch.full((dim,), value, dtype=torch.float64) for _, value in layer.uniform]
+        weights = [{slot: 1.0} for slot in layer.varying]
+        if layer.uniform:  # the global phases: one column of ones, its coefficient Σ value·weight
+            rows.append(torch.ones(dim, dtype=torch.float64))
+            weights.append(dict(layer.uniform))
         rows_per_layer.append(rows)
-        columns.append(tuple(layer.varying) + tuple(slot for slot, _ in layer.uniform))
+        weights_per_layer.append(weights)
         if layer.constant is not None:
             constants[index] = torch.remainder(layer.constant.cpu().to(torch.float64), TWO_PI)
-    width = max(1, max(len(rows) for rows in rows_per_layer))
+    width = 16 * max(1, -(-max(len(rows) for rows in rows_per_layer) // 16))  # the kernels take 16 at a time
     doubled = torch.zeros(len(phase_layers), width, dim, dtype=torch.float64)
-    for index, rows in enumerate(rows_per_layer):
-        for j, row in enumerate(rows):
+    mixing = torch.zeros(max(program.num_slots, 1), len(phase_layers) * width, dtype=torch.float64)
+    for index, (rows, weights) in enumerate(zip(rows_per_layer, weights_per_layer, strict=True)):
+        for j, (row, weight) in enumerate(zip(rows, weights, strict=True)):
             doubled[index, j] = 2 * row
-    if not torch.equal(doubled, doubled.round()) or 512 * doubled.abs().sum(1).max() >= EXACT_LIMIT:
+            for slot, value in weight.items():
+                mixing[slot, index * width + j] += value
+    # the uniform columns' weights are half-integers too, so every coefficient may be reduced modulo 4π
+    if not torch.equal(doubled, doubled.round()) or not torch.equal(2 * mixing, (2 * mixing).round()):
+        return None
+    if 512 * doubled.abs().sum(1).max() >= EXACT_LIMIT:
         return None
     hadamard, factor = hadamard_operand(program.num_qubits, program.device)
     as_fp32 = {"device": program.device, "dtype": torch.float32}
-    slot_index = torch.zeros(len(columns), width, dtype=torch.int64)
-    used = torch.zeros(len(columns), width, dtype=torch.bool)
-    for index, slots in enumerate(columns):
-        slot_index[index, : len(slots)] = torch.tensor(slots, dtype=torch.int64)
-        used[index, : len(slots)] = True
-    return FusedSpec(doubled.to(**as_fp32), constants.to(**as_fp32), tuple(columns), hadamard, factor,
-                     slot_index.flatten().to(program.device), used.reshape(-1, 1).to(program.device))  # fmt: skip
+    return FusedSpec(doubled.to(**as_fp32), constants.to(**as_fp32), mixing.to(program.device), hadamard, factor)
 
 
 def fused_spec(program: Program, implementation: str = "auto", has_initial: bool = False) -> FusedSpec | None:
@@ -175,17 +176,17 @@ UNIT = TWO_PI / 256
 
 
 def _coefficients(spec: FusedSpec, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each column's value c modulo 4π as (n, r) with c = n·2π/256 + r, both [L, K, B] fp32 (n an integer < 512).
+    """Each column's coefficient c modulo 4π as (n, r) with c = n·2π/256 + r, both [L, K, B] fp32 (n an integer < 512).
 
-    ``values`` ``[B, S]``: the program's slot values, one column per slot.  A handful of batched ops,
-    whatever the number of gates: per-gate work here would cost more than the kernel.
+    ``values`` ``[B, S]``: the program's slot values.  One product with the mixing matrix and a few
+    in-place ops, whatever the number of gates: per-gate work here would cost more than the kernel.
     """
     layers, width = spec.doubled_patterns.shape[:2]
-    columns = values.detach().to(torch.float64).index_select(1, spec.slot_index).T.contiguous()  # [L·K, B]
-    coefficients = torch.remainder(columns, FOUR_PI).masked_fill_(~spec.used, 0.0)
+    coefficients = torch.mm(spec.mixing.T, values.detach().to(torch.float64).T)  # [L·K, B]
+    coefficients.remainder_(FOUR_PI)
     whole = torch.round(coefficients / UNIT)
-    rest = (coefficients - whole * UNIT).to(torch.float32).reshape(layers, width, -1)
-    return torch.remainder(whole, 512).to(torch.float32).reshape(layers, width, -1), rest
+    rest = coefficients.sub_(whole, alpha=UNIT).to(torch.float32)
+    return whole.remainder_(512).to(torch.float32).reshape(layers, width, -1), rest.reshape(layers, width, -1)
 
 
 class _FusedProgram(torch.autograd.Function):
@@ -210,9 +211,8 @@ class _FusedProgram(torch.autograd.Function):
         grad = grad.to(torch.complex64).resolve_conj()
         grad_coefficients = phase_program_backward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard,
                                                    spec.factor, out, grad)  # fmt: skip
-        columns = grad_coefficients.reshape(-1, values.shape[0]).masked_fill_(~spec.used, 0.0)
-        grad_values = torch.zeros(values.shape[1], values.shape[0], dtype=torch.float32, device=values.device)
-        grad_values.index_add_(0, spec.slot_index, columns)
+        del turns, rest
+        grad_values = torch.mm(spec.mixing.to(torch.float32), grad_coefficients.reshape(spec.mixing.shape[1], -1))
         return None, grad_values.T.to(values.dtype)
 
 

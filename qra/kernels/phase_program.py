@@ -69,17 +69,20 @@ def _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer,
             K: tl.constexpr, DIM: tl.constexpr, BLOCK_B: tl.constexpr):  # fmt: skip
     """φ_l for a block of rows in [0, 2π + small): (Σ n·q mod 512)·2π/512 + constant, plus Σ r·q/2.
 
-    One rank-1 update per coefficient (coefficients are stored [L, K, B], so each load is contiguous):
-    a [K, 2^n] pattern tile held in registers next to the states would spill them.
+    Tensor-core products over 16 coefficients at a time: n and q are integers that tf32 holds exactly
+    (so Σ n·q is exact in the fp32 accumulator), r·q runs as three tf32 products (tf32x3, ~fp32).
     """
     cols = tl.arange(0, DIM)
+    ks = tl.arange(0, 16)
     whole = tl.zeros([BLOCK_B, DIM], dtype=tl.float32)
     small = tl.zeros([BLOCK_B, DIM], dtype=tl.float32)
-    for j in range(K):
-        offs = (layer * K + j) * batch + rows
-        q = tl.load(q_ptr + (layer * K + j) * DIM + cols)[None, :]
-        whole += tl.load(turns_ptr + offs, mask=row_mask, other=0.0)[:, None] * q  # integers below 2^24: exact
-        small += tl.load(rest_ptr + offs, mask=row_mask, other=0.0)[:, None] * q
+    for k0 in range(0, K, 16):
+        offs = (layer * K + k0 + ks)[None, :] * batch + rows[:, None]  # coefficients are stored [L, K, B]
+        q = tl.load(q_ptr + (layer * K + k0 + ks)[:, None] * DIM + cols[None, :])
+        turns = tl.load(turns_ptr + offs, mask=row_mask[:, None], other=0.0)
+        whole = tl.dot(turns, q, acc=whole, input_precision="tf32")
+        rest = tl.load(rest_ptr + offs, mask=row_mask[:, None], other=0.0)
+        small = tl.dot(rest, q, acc=small, input_precision="tf32x3")
     whole = whole - 512.0 * tl.floor(whole / 512.0)
     base = whole * (TWO_PI / 512.0) + tl.load(const_ptr + layer * DIM + cols)[None, :]
     base = base - TWO_PI * tl.floor(base / TWO_PI)
@@ -128,9 +131,11 @@ def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad
         layer = LAYERS - 1 - step
         # ∂L/∂φ = Im(g · conj(ψ)) on the state after the phase layer, pulled back to the coefficients
         dphi = g_im * re - g_re * im
-        for j in range(K):
-            q = tl.load(q_ptr + (layer * K + j) * DIM + cols)[None, :]
-            tl.store(dc_ptr + (layer * K + j) * batch + rows, 0.5 * tl.sum(dphi * q, axis=1), mask=row_mask)
+        ks = tl.arange(0, 16)
+        for k0 in range(0, K, 16):
+            q_t = tl.load(q_ptr + (layer * K + k0 + ks)[None, :] * DIM + cols[:, None])  # [DIM, 16]
+            dc = 0.5 * tl.dot(dphi, q_t, input_precision="tf32x3")
+            tl.store(dc_ptr + (layer * K + k0 + ks)[None, :] * batch + rows[:, None], dc, mask=row_mask[:, None])
         if layer > 0:
             phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer, K, DIM, BLOCK_B)
             cos, sin = tl.cos(phi), tl.sin(phi)
