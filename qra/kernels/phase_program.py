@@ -131,10 +131,14 @@ def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad
         layer = LAYERS - 1 - step
         # ∂L/∂φ = Im(g · conj(ψ)) on the state after the phase layer, pulled back to the coefficients
         dphi = g_im * re - g_re * im
+        # q is exact in tf32, so dphi split into its tf32 part and the rest gives fp32 accuracy in two products
+        dphi_hi = (dphi.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        dphi_lo = dphi - dphi_hi
         ks = tl.arange(0, 16)
         for k0 in range(0, K, 16):
             q_t = tl.load(q_ptr + (layer * K + k0 + ks)[None, :] * DIM + cols[:, None])  # [DIM, 16]
-            dc = 0.5 * tl.dot(dphi, q_t, input_precision="tf32x3")
+            dc = tl.dot(dphi_lo, q_t, acc=tl.dot(dphi_hi, q_t, input_precision="tf32"), input_precision="tf32")
+            dc = 0.5 * dc
             tl.store(dc_ptr + (layer * K + k0 + ks)[None, :] * batch + rows[:, None], dc, mask=row_mask[:, None])
         if layer > 0:
             phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer, K, DIM, BLOCK_B)
