@@ -1,0 +1,77 @@
+"""Where a ZZ-map states call spends its time on the GPU: the whole call against the circuit kernels alone.
+
+For pennylane-zz (gate parameters from ``slot_values``) and qiskit-zz (from the gate list) at 6 and 8
+qubits, 196,608 inputs (one patched layer's queries at B = 32, N = 512, H = 12): the fused kernels'
+forward and backward on prepared coefficients, the coefficient preparation, and the map's states
+forward and forward + backward on the fused kernels (``auto``) and on the PyTorch engine.  Run on the
+GPU machine: ``python experiments/device/circuit_profile.py`` (medians of 10 after 3 warm-ups).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from qra.featuremaps import fused_program, get
+from qra.featuremaps.compiler import program_for
+from qra.kernels.phase_program import phase_program_backward, phase_program_forward
+
+INPUTS = 196_608
+
+
+def timed(step: Callable[[], object], repeats: int = 10) -> float:
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def profile(name: str, qubits: int, device: torch.device) -> dict[str, float]:
+    fm = get(name, d_in=qubits, qubits=qubits, projection="identity", engine="native").to(device)
+    x = torch.rand(INPUTS, qubits, device=device) * 2 * torch.pi
+    program, values = program_for(fm.gates(fm.angles(x)), qubits, torch.complex64, device)
+    spec = fused_program.fused_spec(program)
+    matrix = torch.stack([v.expand(INPUTS) for v in values], dim=1)
+    turns, rest = fused_program._coefficients(spec, matrix)
+    args = (turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard, spec.factor)
+    out = phase_program_forward(*args)
+    grad = torch.randn_like(out)
+
+    def forward(implementation: str) -> None:
+        with torch.no_grad(), fused_program.forced_implementation(implementation):
+            fm.states(x)
+
+    def forward_backward(implementation: str) -> None:
+        leaf = x.detach().requires_grad_()
+        with fused_program.forced_implementation(implementation):
+            states = fm.states(leaf)
+            (states.real.sum() + states.imag.sum()).backward()
+
+    return {
+        "kernel fwd": timed(lambda: phase_program_forward(*args)),
+        "kernel bwd": timed(lambda: phase_program_backward(*args, out, grad)),
+        "coefficient prep": timed(lambda: fused_program._coefficients(spec, matrix)),
+        "states fwd (auto)": timed(lambda: forward("auto")),
+        "states fwd (pytorch engine)": timed(lambda: forward("pytorch")),
+        "states fwd+bwd (auto)": timed(lambda: forward_backward("auto")),
+        "states fwd+bwd (pytorch engine)": timed(lambda: forward_backward("pytorch")),
+    }
+
+
+def main() -> None:
+    device = torch.device("cuda")
+    for qubits in (6, 8):
+        for name in ("pennylane-zz", "qiskit-zz"):
+            print(f"== {name} {qubits} qubits, {INPUTS} inputs")
+            for what, ms in profile(name, qubits, device).items():
+                print(f"   {what:32s} {ms:8.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
