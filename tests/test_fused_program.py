@@ -288,3 +288,44 @@ def test_circuit_maps_compute_queries_and_keys_in_one_call():
     noisy = get("pennylane-zz", d_in=4, qubits=4, engine="native", projection="identity", noise={"readout": 0.1})
     assert not noisy.joint_features  # keys carry readout operators that queries do not
     assert not get("rff", d_in=4).joint_features
+
+
+def _qiskit_custom_circuit():
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import ParameterVector
+
+    a = ParameterVector("a", 3)
+    circuit = QuantumCircuit(3, global_phase=a[0] / 2)
+    circuit.h(range(3))
+    circuit.rz(a[0].sin() * 2, 0)
+    circuit.cp(a[1] * a[2], 1, 2)
+    circuit.ry(a[2], 1)
+    circuit.rzz(a[1] * a[2], 0, 2)  # the same expression again: computed once
+    circuit.p((a[0] - a[1]).sign() + a[2] ** 2, 2)
+    return circuit
+
+
+@pytest.mark.parametrize("which", ["zz-full", "zz-linear-reps3", "pauli", "custom"])
+def test_qiskit_slot_values_give_the_states_and_gradients_of_the_gate_list(which):
+    pytest.importorskip("qiskit")
+    from qra_qiskit import QiskitCircuitMap, QiskitPauli, QiskitZZ
+
+    if which == "custom":
+        fm = QiskitCircuitMap(d_in=3, circuit=_qiskit_custom_circuit(), projection="identity")
+    elif which == "pauli":
+        fm = QiskitPauli(3, paulis=["Z", "XY"], reps=2, projection="identity")
+    else:
+        fm = QiskitZZ(4, reps=3 if "reps3" in which else 2, entanglement=which.split("-")[1], projection="identity")
+    n = fm.num_angles
+    x = torch.rand(6, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 6
+    assert fm.slot_values(x).shape[0] == 6
+    results = []
+    for through_values in (True, False):
+        leaf = x.clone().requires_grad_()
+        if through_values:
+            states = fm.states(leaf)
+        else:
+            states = simulate(fm.gates(fm.angles(leaf)), fm.qubits, dtype=torch.complex128)
+        results.append((states, torch.autograd.grad((states.real * states.imag).sum() + states.real.sum(), leaf)[0]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-10)

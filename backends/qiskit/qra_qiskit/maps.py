@@ -65,18 +65,44 @@ def check_native_expressions(circuit: QuantumCircuit) -> None:
         )
 
 
+def _expression(value: object) -> sympy.Expr | None:
+    """A gate parameter's sympy expression, ready for torch (opaque functions renamed), or None for a constant."""
+    if not isinstance(value, ParameterExpression) or not value.parameters:
+        return None
+    expression = sympy.sympify(value.sympify())
+    for function_class, name in _OPAQUE.items():
+        expression = expression.replace(function_class, sympy.Function(f"qra_{name}"))
+    return expression
+
+
+_NAMESPACE = _TORCH_FUNCTIONS | {f"qra_{name}": _TORCH_FUNCTIONS[name] for name in _OPAQUE.values()}
+
+
 def _compile(value: object, symbols: list[sympy.Symbol]) -> AngleFunction | float:
     """A gate parameter as a float, or a torch function of the angles ``[..., count]``."""
-    if isinstance(value, ParameterExpression):
-        if not value.parameters:
-            return float(value)
-        expression = sympy.sympify(value.sympify())
-        for function_class, name in _OPAQUE.items():
-            expression = expression.replace(function_class, sympy.Function(f"qra_{name}"))
-        namespace = _TORCH_FUNCTIONS | {f"qra_{name}": _TORCH_FUNCTIONS[name] for name in _OPAQUE.values()}
-        function = sympy.lambdify(symbols, expression, modules=[namespace, "math"])
-        return lambda angles: function(*angles.unbind(-1))
-    return float(value)
+    expression = _expression(value)
+    if expression is None:
+        return float(value)
+    function = sympy.lambdify(symbols, expression, modules=[_NAMESPACE, "math"])
+    return lambda angles: function(*angles.unbind(-1))
+
+
+def _compile_all(expressions: list[sympy.Expr], symbols: list[sympy.Symbol]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """All the expressions as one torch function of the angles ``[B, count]`` -> ``[B, len(expressions)]``.
+
+    Repeated expressions (a circuit's repetitions) are computed once and common subexpressions shared.
+    """
+    unique = list(dict.fromkeys(expressions))
+    index = [unique.index(e) for e in expressions]
+    function = sympy.lambdify(symbols, unique, modules=[_NAMESPACE, "math"], cse=True)
+
+    def values(angles: torch.Tensor) -> torch.Tensor:
+        columns = [c if isinstance(c, torch.Tensor) else angles.new_full(angles.shape[:-1], float(c))
+                   for c in function(*angles.unbind(-1))]  # fmt: skip
+        stacked = torch.stack(columns, dim=-1)
+        return stacked if len(unique) == len(expressions) else stacked[..., index]
+
+    return values
 
 
 class QiskitCircuitMap(CircuitFeatureMap):
@@ -127,6 +153,7 @@ class QiskitCircuitMap(CircuitFeatureMap):
         self.device_name = device
         self._circuit_parameters = list(circuit.parameters)
         self._program: list[tuple[str, tuple[int, ...], tuple[AngleFunction | float, ...]]] | None = None
+        self._slot_function: Callable[[torch.Tensor], torch.Tensor] | None = None
         if not isinstance(sampler, str):  # an object: used, not recorded (a saved config must stay JSON)
             getattr(self, "_featuremap_params", {}).pop("sampler", None)
         self._sampler_choice: object = sampler
@@ -150,10 +177,20 @@ class QiskitCircuitMap(CircuitFeatureMap):
                 params = tuple(_compile(p, symbols) for p in instruction.operation.params)
                 program.append((name, qubits, params))
             phase = _compile(transpiled.global_phase, symbols)
+            expressions = [_expression(p) for instruction in transpiled.data if instruction.operation.name != "barrier"
+                           for p in instruction.operation.params]  # fmt: skip
             if callable(phase) or phase != 0:  # Qiskit's e^{iφ}; the engine's global_phase is e^{-iφ}
                 program.append(("global_phase", (), (phase,)))
+                expressions.append(None if not callable(phase) else -_expression(transpiled.global_phase))
             self._program = program
+            # the gates' tensor parameters, in order, as one function: slot_values
+            self._slot_function = _compile_all([e for e in expressions if e is not None], symbols)
         return self._program
+
+    def slot_values(self, angles: torch.Tensor) -> torch.Tensor:
+        """Every parametrised gate parameter of the transpiled circuit from one compiled function (see the base)."""
+        self._native_program()
+        return self._slot_function(angles)
 
     def resources(self) -> dict[str, object]:
         """The compute–uncompute circuit U(y)†U(x), transpiled by Qiskit to IBM's basis (rz, sx, x, cx)."""
