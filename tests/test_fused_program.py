@@ -242,6 +242,22 @@ def test_kernel_memory_grows_with_the_states_not_with_the_layers(reps):
 # maps that give their gate parameters as one batched tensor
 
 
+def assert_slot_values_match_the_gate_list(fm, x: torch.Tensor) -> None:
+    """States and input gradients through ``slot_values`` equal those through the map's gate list (complex128)."""
+    assert fm.slot_values(x.reshape(-1, fm.num_angles)) is not None
+    results = []
+    for through_values in (True, False):
+        leaf = x.clone().requires_grad_()
+        if through_values:
+            states = fm.states(leaf)
+        else:
+            angles = fm.angles(leaf).reshape(-1, fm.num_angles)
+            states = simulate(fm.gates(angles), fm.qubits, dtype=torch.complex128).reshape(*x.shape[:-1], -1)
+        results.append((states, torch.autograd.grad((states.real * states.imag).sum() + states.real.sum(), leaf)[0]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize(("name", "options"), [("pennylane-zz", {}), ("pennylane-zz", {"entanglement": "circular"}),
                                                ("pennylane-iqp", {}), ("pennylane-iqp", {"pattern": [[0, 3], [2, 1]]})])
 def test_slot_values_give_the_states_and_gradients_of_the_gate_list(name, options):
@@ -250,17 +266,7 @@ def test_slot_values_give_the_states_and_gradients_of_the_gate_list(name, option
 
     fm = get(name, d_in=4, qubits=4, engine="native", projection="identity", **options)
     x = torch.rand(2, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 6
-    assert fm.slot_values(x.reshape(-1, 4)) is not None
-    results = []
-    for through_values in (True, False):
-        leaf = x.clone().requires_grad_()
-        if through_values:
-            states = fm.states(leaf)
-        else:
-            states = simulate(fm.gates(fm.angles(leaf).reshape(-1, 4)), 4, dtype=torch.complex128).reshape(2, 5, 16)
-        results.append((states, torch.autograd.grad((states.real * states.imag).sum() + states.real.sum(), leaf)[0]))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-12)
-    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-10)
+    assert_slot_values_match_the_gate_list(fm, x)
 
 
 def test_slot_values_that_disagree_with_the_gates_are_refused():
@@ -316,16 +322,5 @@ def test_qiskit_slot_values_give_the_states_and_gradients_of_the_gate_list(which
         fm = QiskitPauli(3, paulis=["Z", "XY"], reps=2, projection="identity")
     else:
         fm = QiskitZZ(4, reps=3 if "reps3" in which else 2, entanglement=which.split("-")[1], projection="identity")
-    n = fm.num_angles
-    x = torch.rand(6, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 6
-    assert fm.slot_values(x).shape[0] == 6
-    results = []
-    for through_values in (True, False):
-        leaf = x.clone().requires_grad_()
-        if through_values:
-            states = fm.states(leaf)
-        else:
-            states = simulate(fm.gates(fm.angles(leaf)), fm.qubits, dtype=torch.complex128)
-        results.append((states, torch.autograd.grad((states.real * states.imag).sum() + states.real.sum(), leaf)[0]))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-12)
-    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-10)
+    x = torch.rand(6, fm.num_angles, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 6
+    assert_slot_values_match_the_gate_list(fm, x)
