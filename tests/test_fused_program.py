@@ -122,15 +122,15 @@ def test_the_kernels_phase_split_gives_the_engines_phases(num_qubits):
 
 
 def test_the_hadamard_operand_is_the_walsh_hadamard_matrix():
-    from qra.featuremaps.compiler import _walsh_hadamard
+    from qra.featuremaps.statevector import _walsh_hadamard  # the Sylvester construction: independent of ours
 
     for n in (4, 6, 7):
         dense, factor = hadamard_operand(n, torch.device("cpu"))
         assert factor == 0
-        torch.testing.assert_close(dense.double() / 2 ** (n / 2), _walsh_hadamard(n, torch.float64, "cpu"))
+        torch.testing.assert_close(dense.double() / 2 ** (n / 2), _walsh_hadamard(n, "cpu", torch.float64))
     half, factor = hadamard_operand(8, torch.device("cpu"))
     assert factor == 16
-    torch.testing.assert_close(torch.kron(half, half).double() / 16, _walsh_hadamard(8, torch.float64, "cpu"))
+    torch.testing.assert_close(torch.kron(half, half).double() / 16, _walsh_hadamard(8, "cpu", torch.float64))
 
 
 # ----------------------------------------------------------------------------------------------

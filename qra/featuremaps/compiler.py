@@ -266,13 +266,17 @@ class HadamardLayer(Layer):
         return f"hadamard({'+'.join(str(size) for _, size, _ in self.blocks)})"
 
 
-def _walsh_hadamard(num_qubits: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def walsh_hadamard_signs(num_qubits: int) -> torch.Tensor:
+    """(−1)^popcount(i & j) as float64 ±1: H^{⊗n} times 2^{n/2}."""
     index = torch.arange(2**num_qubits)
     popcount = torch.zeros(2**num_qubits, 2**num_qubits, dtype=torch.int64)
     for k in range(num_qubits):
         popcount += ((index[:, None] >> k) & 1) * ((index[None, :] >> k) & 1)
-    signs = 1.0 - 2.0 * (popcount % 2).to(torch.float64)
-    return (signs / math.sqrt(2**num_qubits)).to(device=device, dtype=dtype)
+    return 1.0 - 2.0 * (popcount % 2).to(torch.float64)
+
+
+def _walsh_hadamard(num_qubits: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return (walsh_hadamard_signs(num_qubits) / math.sqrt(2**num_qubits)).to(device=device, dtype=dtype)
 
 
 @dataclass

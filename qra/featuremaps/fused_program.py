@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .compiler import HadamardLayer, PhaseLayer, Program
+from .compiler import HadamardLayer, PhaseLayer, Program, walsh_hadamard_signs
 
 #: qubit counts the kernels take: tl.dot needs 16-wide operands, and 2^8 amplitudes per row fill the registers
 MIN_QUBITS, MAX_QUBITS = 4, 8
@@ -77,21 +77,14 @@ def engine_path(gates: Sequence, num_qubits: int, dtype: torch.dtype, device: to
     return "fused" if fused_spec(program) is not None else "pytorch"
 
 
-def _unnormalised_hadamard(num_qubits: int, device: torch.device) -> torch.Tensor:
-    index = torch.arange(2**num_qubits)
-    parity = torch.zeros(2**num_qubits, 2**num_qubits, dtype=torch.int64)
-    for k in range(num_qubits):
-        parity ^= ((index[:, None] >> k) & 1) * ((index[None, :] >> k) & 1)
-    return (1 - 2 * parity).to(device=device, dtype=torch.float16).contiguous()
-
-
 def hadamard_operand(num_qubits: int, device: torch.device) -> tuple[torch.Tensor, int]:
     """The fp16 ±1 matrix the kernels multiply by, and its Kronecker factor size (0: the matrix is dense)."""
     if num_qubits <= DENSE_HADAMARD_QUBITS:
-        return _unnormalised_hadamard(num_qubits, device), 0
+        return walsh_hadamard_signs(num_qubits).to(device=device, dtype=torch.float16), 0
     if num_qubits % 2:
         raise ValueError(f"the factorised Hadamard needs an even qubit count, got {num_qubits}")
-    return _unnormalised_hadamard(num_qubits // 2, device), 2 ** (num_qubits // 2)
+    half = num_qubits // 2
+    return walsh_hadamard_signs(half).to(device=device, dtype=torch.float16), 2**half
 
 
 def _structure_fits(program: Program) -> bool:
@@ -104,10 +97,9 @@ def _structure_fits(program: Program) -> bool:
 
 
 def _devices_ok(program: Program) -> bool:
-    from ..kernels import fused_available
+    from ..kernels import fused_device
 
-    probe = torch.empty(1, device=program.device)
-    return fused_available(probe)
+    return fused_device(program.device)
 
 
 #: the kernels form Σ n·(2·pattern) exactly in fp32 with n < 512: the sum must stay below 2^24

@@ -50,6 +50,7 @@ __all__ = [
     "fidelity_attention",
     "fourier_linear_attention",
     "fused_available",
+    "fused_device",
     "linear_attention",
     "prologue_verified",
     "softmax_attention",
@@ -81,6 +82,14 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def fused_device(device: torch.device) -> bool:
+    """Whether the fused kernels may run on ``device``: CUDA (or the CPU under ``TRITON_INTERPRET=1``),
+    triton importable, and ``QRA_DISABLE_FUSED`` not ``1``."""
+    if os.environ.get("QRA_DISABLE_FUSED", "0") == "1" or not triton_available():
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and _interpreting())
+
+
 def fused_available(*tensors: torch.Tensor) -> bool:
     """Whether the fused kernels can take these tensors.
 
@@ -89,15 +98,13 @@ def fused_available(*tensors: torch.Tensor) -> bool:
     for states), 4-d tensors have a feature dim ≤ 256 (≤ 128 for values is checked by the callers)
     and no dimension is empty.  ``None`` entries (an absent mask) are ignored.
     """
-    if os.environ.get("QRA_DISABLE_FUSED", "0") == "1" or not triton_available():
-        return False
     devices = set()
     for t in tensors:
         if t is None:
             continue
         if not isinstance(t, torch.Tensor):
             return False
-        if t.device.type != "cuda" and not (t.device.type == "cpu" and _interpreting()):
+        if not fused_device(t.device):
             return False
         devices.add(t.device)
         if t.dtype not in (*_REAL_DTYPES, torch.complex64, torch.bool):
