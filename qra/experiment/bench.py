@@ -9,6 +9,7 @@ the device named, which every results file records.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -229,9 +230,15 @@ def _engine_path(impl: FeatureMapImpl, fm: FeatureMap, x: torch.Tensor) -> str |
         return "pytorch"
     if impl.states_via != "map" or impl.params.get("engine") != "native":
         return None
+    return _map_engine_path(fm, x.device)
+
+
+def _map_engine_path(fm: FeatureMap, device: torch.device) -> str:
+    """``fused`` or ``pytorch``: the engine a circuit map's states take on ``device`` (complex64)."""
     from ..featuremaps.fused_program import engine_path
 
-    return engine_path(fm.gates(fm.angles(x[:1])), fm.qubits, torch.complex64, x.device)
+    angles = fm.angles(torch.zeros(1, fm.d_in, device=device))
+    return engine_path(fm.gates(angles), fm.qubits, torch.complex64, device)
 
 
 def add_speedups(rows: list[Row], reference: str = "qra native (PennyLane tape)") -> list[Row]:
@@ -446,13 +453,9 @@ CIRCUIT_VARIANT_MAPS = ("pennylane-zz",)
 def _circuit_engine_path(model: torch.nn.Module, device: torch.device) -> str | None:
     """``fused`` or ``pytorch``: the engine the patched layers' circuit map takes on this device."""
     from ..featuremaps.circuit import CircuitFeatureMap
-    from ..featuremaps.fused_program import engine_path
 
-    for module in model.modules():
-        if isinstance(module, CircuitFeatureMap):
-            x = torch.zeros(1, module.d_in, device=device)
-            return engine_path(module.gates(module.angles(x)), module.qubits, torch.complex64, device)
-    return None
+    maps = [module for module in model.modules() if isinstance(module, CircuitFeatureMap)]
+    return _map_engine_path(maps[0], device) if maps else None
 
 
 def _train_step_model(model_name: str, variant: str, layers: int, device: torch.device) -> torch.nn.Module:
@@ -521,9 +524,9 @@ def _train_row(model_name: str, variant: str, device: torch.device, batch: int, 
     row = {"model": model_name, "variant": variant, "B": batch, "N": length, "layers": layers,
            "device": device_name(device), "torch": torch.__version__}  # fmt: skip
     # a -pytorch variant runs PyTorch code throughout: the attention's PyTorch path and the circuits' PyTorch engine
-    engine = "pytorch" if variant.endswith("-pytorch") else "auto"
+    pytorch_only = variant.endswith("-pytorch")
     try:
-        with forced_implementation(engine):
+        with forced_implementation("pytorch") if pytorch_only else contextlib.nullcontext():
             timing = time_it(step, device, repeats=repeats, warmup=3)
         row |= {"step_ms": timing.median_ms, "samples_per_second": batch / timing.median_ms * 1000,
                 "peak_bytes": timing.peak_bytes}  # fmt: skip
@@ -534,7 +537,7 @@ def _train_row(model_name: str, variant: str, device: torch.device, batch: int, 
     paths = sorted({m.last_path for m in model.modules() if getattr(m, "last_path", None)})
     row["attention_path"] = ",".join(paths) or None
     if TRAIN_VARIANTS[variant] is not None and TRAIN_VARIANTS[variant][0] in CIRCUIT_VARIANT_MAPS:
-        row["engine_path"] = "pytorch" if engine == "pytorch" else _circuit_engine_path(model, device)
+        row["engine_path"] = "pytorch" if pytorch_only else _circuit_engine_path(model, device)
     return row
 
 
