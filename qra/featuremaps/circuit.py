@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .base import FeatureMap, compute_dtype
-from .compiler import program_for, run_program_on_values
+from .compiler import program_for, run_program
 from .statevector import Gate, check_memory, format_bytes, simulate
 
 PROJECTIONS = ("identity", "random", "learned")
@@ -277,7 +277,8 @@ class CircuitFeatureMap(FeatureMap):
         values = self.slot_values(flat)
         if values is not None:  # the gate parameters in a few batched ops, on the circuit compiled once
             check_memory(self.qubits, flat.shape[0], dtype, angles.device)
-            states = run_program_on_values(self._checked_program(flat, values, dtype), values)
+            program = self._checked_program(flat, values, dtype)
+            states = run_program(program, list(values.unbind(1)), flat.shape[0])
             return states.reshape(*angles.shape[:-1], 2**self.qubits)
         return simulate(
             self.gates(angles), self.qubits, dtype=dtype, device=angles.device, batch_shape=angles.shape[:-1]

@@ -735,16 +735,6 @@ class _RunProgram(torch.autograd.Function):
         return None, None, None, grad_initial, *grad_values
 
 
-def run_program_on_values(program: Program, values: torch.Tensor, implementation: str = "auto") -> torch.Tensor:
-    """Run ``program`` on slot values given as one tensor ``[B, S]`` (a map's batched :meth:`slot_values`)."""
-    from .fused_program import fused_spec, run_fused
-
-    spec = fused_spec(program, implementation)
-    if spec is not None:
-        return run_fused(spec, values)
-    return run_program(program, list(values.unbind(1)), values.shape[0], implementation="pytorch")
-
-
 def run_program(program: Program, values: Sequence[torch.Tensor], batch: int, initial: torch.Tensor | None = None,
                 max_batch: int | None = None, implementation: str = "auto") -> torch.Tensor:  # fmt: skip
     """Run ``program`` on ``batch`` inputs: ``values`` are [batch] or 0-d tensors, ``initial`` [batch, 2^n].

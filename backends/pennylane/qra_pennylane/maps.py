@@ -53,6 +53,12 @@ def operations_to_gates(operations: list[qml.operation.Operator], qubits: int) -
     return gates
 
 
+@lru_cache(maxsize=64)
+def _pair_index(pairs: tuple[tuple[int, int], ...], device: torch.device) -> torch.Tensor:
+    """Qubit pairs as a [P, 2] index tensor on ``device``, made once: slot_values runs on every forward."""
+    return torch.tensor(pairs, dtype=torch.long, device=device).reshape(-1, 2)
+
+
 @lru_cache(maxsize=32)
 def _device(name: str, qubits: int) -> qml.devices.Device:
     return qml.device(name, wires=qubits)
@@ -223,8 +229,7 @@ class PennyLaneZZ(RepeatedPennyLaneMap):
 
     def slot_values(self, angles: torch.Tensor) -> torch.Tensor:
         """Per repetition: 2·x_k, then θ = 2(π−x_i)(π−x_j) and −θ/2 for each pair, as the template records them."""
-        pairs = torch.tensor(entangled_pairs(self.qubits, self.entanglement), dtype=torch.long,
-                             device=angles.device).reshape(-1, 2)  # fmt: skip
+        pairs = _pair_index(tuple(entangled_pairs(self.qubits, self.entanglement)), angles.device)
         theta = 2 * (math.pi - angles[:, pairs[:, 0]]) * (math.pi - angles[:, pairs[:, 1]])
         once = torch.cat([2 * angles, torch.stack([theta, -theta / 2], dim=-1).flatten(1)], dim=1)
         return once.repeat(1, self.reps)
@@ -270,8 +275,8 @@ class PennyLaneIQP(RepeatedPennyLaneMap):
 
     def slot_values(self, angles: torch.Tensor) -> torch.Tensor:
         """Per repetition: RZ(x_k) on each qubit, then MultiRZ(x_a·x_b) for each pair, as IQPEmbedding records them."""
-        pairs = self.pattern if self.pattern is not None else list(combinations(range(self.qubits), 2))
-        pairs = torch.tensor(pairs, dtype=torch.long, device=angles.device).reshape(-1, 2)
+        pairs = self.pattern if self.pattern is not None else combinations(range(self.qubits), 2)
+        pairs = _pair_index(tuple(tuple(pair) for pair in pairs), angles.device)
         once = torch.cat([angles, angles[:, pairs[:, 0]] * angles[:, pairs[:, 1]]], dim=1)
         return once.repeat(1, self.reps)
 
