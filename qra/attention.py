@@ -241,8 +241,7 @@ def fused_softmax(inputs: AttentionInputs) -> AttentionResult | None:
         return out.to(inputs.v.dtype), None
     states_q, states_k = fm.query_and_key_features(inputs.q, inputs.k)
     beta = inputs.beta if isinstance(inputs.beta, torch.Tensor) or inputs.beta is None else float(inputs.beta)
-    # the fidelity kernel takes float32 values (its 16-bit path is not enabled): V is small next to the states
-    out = kernels.fidelity_attention(states_q, states_k, inputs.v.float(), inputs.keep, beta, inputs.dropout_p)
+    out = kernels.fidelity_attention(states_q, states_k, inputs.v, inputs.keep, beta, inputs.dropout_p)
     return out.to(inputs.v.dtype), None
 
 
@@ -268,24 +267,34 @@ class AttentionMode:
     """One way of turning kernel values into attention.
 
     ``pytorch`` computes it anywhere (and is the tests' oracle); ``fused``, where given, runs
-    :mod:`qra.kernels` and returns None for inputs it cannot take.  ``fused_by_default``: ``auto``
-    picks the fused kernel (only where it was measured faster than the PyTorch path on an H200,
-    results/bench/).  ``needs_linear_map``: the mode needs a map whose similarity is a real dot product.
+    :mod:`qra.kernels` and returns None for inputs it cannot take.  ``fused_by_default(inputs)``: whether
+    ``auto`` picks the fused kernel for these inputs (only where it was measured faster than the PyTorch
+    path on an H200, results/bench/).  ``needs_linear_map``: the mode needs a map whose similarity is a
+    real dot product.
     """
 
     pytorch: Callable[[AttentionInputs], AttentionResult]
     fused: Callable[[AttentionInputs], AttentionResult | None] | None = None
-    fused_by_default: bool = False
+    fused_by_default: Callable[[AttentionInputs], bool] = lambda inputs: False
     needs_linear_map: bool = False
+
+
+def _fidelity_map(inputs: AttentionInputs) -> bool:
+    return inputs.featuremap.is_fidelity
+
+
+def _always(inputs: AttentionInputs) -> bool:
+    return True
 
 
 #: The attention modes by name.  A new mode is one function of :class:`AttentionInputs` and one row here.
 ATTENTION_MODES: dict[str, AttentionMode] = {
     # softmax's PyTorch path already runs dot-product maps through SDPA's fused kernels, which beat
-    # qra's Triton softmax on the H200: the Triton kernels are there on request (implementation="fused")
-    "softmax": AttentionMode(softmax_mode, fused=fused_softmax),
+    # qra's Triton softmax on the H200 (that kernel is there on request, implementation="fused"); circuit
+    # maps' PyTorch path forms the N×N fidelities, and the fidelity kernel beats it
+    "softmax": AttentionMode(softmax_mode, fused=fused_softmax, fused_by_default=_fidelity_map),
     "normalized": AttentionMode(normalized_mode),
-    "linear": AttentionMode(linear_mode, fused=fused_linear, fused_by_default=True, needs_linear_map=True),
+    "linear": AttentionMode(linear_mode, fused=fused_linear, fused_by_default=_always, needs_linear_map=True),
 }
 MODES: tuple[str, ...] = tuple(ATTENTION_MODES)
 #: which code computes a mode: ``auto`` (the fused kernel where the mode prefers it and it can take the
@@ -306,7 +315,7 @@ def run_mode(mode: str, inputs: AttentionInputs, implementation: str = "auto") -
         raise ValueError(f"{IMPLEMENTATION_ENV}={forced!r}; accepted: {', '.join(IMPLEMENTATIONS)}")
     implementation = forced or implementation
     entry = ATTENTION_MODES[mode]
-    wanted = implementation == "fused" or (implementation == "auto" and entry.fused_by_default)
+    wanted = implementation == "fused" or (implementation == "auto" and entry.fused_by_default(inputs))
     if wanted and entry.fused is not None:
         result = entry.fused(inputs)
         if result is not None:

@@ -61,6 +61,24 @@ def test_softmax_on_the_fused_kernels_equals_the_pytorch_path(name, params):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_circuit_map_takes_the_fidelity_kernel_by_default_and_agrees(dtype):
+    pytest.importorskip("qra_pennylane")
+    fm = get("pennylane-zz", d_in=16, qubits=4, engine="native").cuda()
+    q, k, v, keep = inputs(dtype)
+    layer = KernelAttention(fm, num_heads=4, mode="softmax").cuda()
+    layer(q, k, v, key_padding_mask=keep)
+    assert layer.last_path == "fused"
+    beta = torch.tensor([1.0, 2.0, 4.0, 8.0], device="cuda", requires_grad=True)
+    fused, fused_grads = gradients(fm, "softmax", "auto", q, k, v, keep, beta)
+    plain, plain_grads = gradients(fm, "softmax", "pytorch", q, k, v, keep, beta)
+    tolerance = 2e-3 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(fused.float(), plain.float(), rtol=tolerance, atol=tolerance)
+    for a, b in zip(fused_grads, plain_grads, strict=True):  # q, k, v and the map's parameters
+        scale = b.float().abs().max().item()
+        assert (a.float() - b.float()).abs().max().item() <= 5 * tolerance * scale, (a.shape, scale)
+
+
 def test_a_patched_model_on_both_paths():
     from transformers import BertConfig, BertForSequenceClassification
 

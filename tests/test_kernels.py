@@ -21,7 +21,7 @@ requires_gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and kernels.triton_available()), reason="needs CUDA and triton"
 )
 DTYPES = [torch.float32, torch.bfloat16]
-RTOL = {torch.float32: 2e-4, torch.bfloat16: 3e-2}
+RTOL = {torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 
 
 class Identity(FeatureMap):
@@ -44,8 +44,10 @@ class StateIdentity(Identity):
         return (fx.conj() @ fy.transpose(-1, -2)).abs().square()
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str = "") -> None:
-    """max |a − e| ≤ rtol · max |e| (+ a tiny floor), with NaN anywhere a failure; complex as (re, im)."""
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str = "", floor: float = 1e-4
+) -> None:
+    """max |a − e| ≤ rtol · max |e| + floor, with NaN anywhere a failure; complex as (re, im)."""
     if actual.is_complex():
         actual, expected = torch.view_as_real(actual.resolve_conj()), torch.view_as_real(expected.resolve_conj())
     actual, expected = actual.detach().float(), expected.detach().float()
@@ -53,7 +55,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what
     assert torch.isfinite(actual).all(), f"{what}: non-finite values"
     err = (actual - expected).abs().max().item()
     scale = expected.abs().max().item()
-    assert err <= rtol * scale + 1e-4, f"{what}: max error {err:.3g} vs scale {scale:.3g}"
+    assert err <= rtol * scale + floor, f"{what}: max error {err:.3g} vs scale {scale:.3g}"
 
 
 def make_mask(batch: int, n: int, device, all_padding_row: bool = True) -> torch.Tensor:
@@ -112,6 +114,45 @@ def test_cpu_fallback_matches_kernel_attention():
     beta = torch.tensor([0.5, 1.0, 2.0])
     expected, _ = kernel_attention(sq, sk, v, StateIdentity(8), "softmax", mask, beta=beta)
     torch.testing.assert_close(kernels.fidelity_attention(sq, sk, v, mask, beta), expected)
+
+
+def test_fidelity_rows_give_the_overlap_and_its_gradients():
+    """The fidelity kernel's algebra on the CPU: packed rows P = [Re | Im], rotated rows R = [Im | −Re]
+    give Re⟨ψq|ψk⟩ = Pq·Pkᵀ and Im⟨ψq|ψk⟩ = Pq·Rkᵀ; the packed gradients map back to torch's complex ones."""
+    fidelity = pytest.importorskip("qra.kernels.fidelity")
+    g = torch.Generator().manual_seed(3)
+    sq = torch.complex(torch.randn(2, 3, 5, 6, generator=g), torch.randn(2, 3, 5, 6, generator=g))
+    sk = torch.complex(torch.randn(2, 3, 7, 6, generator=g), torch.randn(2, 3, 7, 6, generator=g))
+    width = 16  # 6 amplitudes padded to 8 per half
+    pq = fidelity.pack_rows(sq, width, torch.float64)
+    pk = fidelity.pack_rows(sk, width, torch.float64)
+    rk = fidelity.pack_rows(sk, width, torch.float64, rotated=True)
+    overlap = (sq.conj().to(torch.complex128) @ sk.to(torch.complex128).transpose(-1, -2)).reshape(6, 5, 7)
+    torch.testing.assert_close(pq @ pk.transpose(-1, -2), overlap.real)
+    torch.testing.assert_close(pq @ rk.transpose(-1, -2), overlap.imag)
+    torch.testing.assert_close(fidelity._rotate(pk), rk)
+    # a real function of the packed rows: its complex gradient by autograd equals unpack_grad of the packed one
+    leaf = sq.clone().requires_grad_()
+    weights = torch.randn(6, 5, width, generator=g, dtype=torch.float64)
+    (fidelity.pack_rows(leaf, width, torch.float64) * weights).sum().backward()
+    torch.testing.assert_close(fidelity.unpack_grad(weights.float(), sq.shape), leaf.grad)
+
+
+def test_fidelity_gradient_scale_is_a_power_of_two_within_range():
+    fidelity = pytest.importorskip("qra.kernels.fidelity")
+    g = torch.Generator().manual_seed(4)
+    rows = torch.randn(6, 9, 16, generator=g).half()
+    v = torch.randn(2, 3, 9, 8, generator=g)
+    for magnitude in (1e-12, 1e-3, 1.0, 1e6):
+        grad = torch.randn(2, 3, 9, 8, generator=g) * magnitude
+        beta = torch.tensor([2.0, -40.0, 5.0])
+        scale = fidelity.gradient_scale(grad, v, rows, rows, beta, 1.25).item()
+        assert scale == 2.0 ** round(torch.log2(torch.tensor(scale)).item())
+        norms = [torch.linalg.vector_norm(x.float(), dim=-1).amax() for x in (grad, v, rows, rows)]
+        bound = 4 * 1.25 * 40.0 * torch.stack(norms).prod().item()
+        assert fidelity.GRADIENT_RANGE / 2 < bound * scale <= fidelity.GRADIENT_RANGE
+    zero = fidelity.gradient_scale(torch.zeros(2, 3, 9, 8), v, rows, rows, beta, 1.0)
+    assert zero.item() == 2.0**60
 
 
 # ------------------------------------------------------------------------------------------------ GPU
@@ -360,36 +401,67 @@ def states(b, h, n, dim, seed):
     return (s / s.abs().square().sum(-1, keepdim=True).sqrt()).to("cuda")
 
 
-@requires_gpu
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("dim", [16, 64, 256])
-@pytest.mark.parametrize(("nq", "nk"), [(1, 1), (100, 100), (17, 333)])
-def test_fidelity_matches_pytorch(dim, dtype, nq, nk):
-    b, h, dv = 2, 3, 64
+def check_fidelity(b, h, nq, nk, dim, dv, dtype, masked=True, grad_scale=1.0):
+    """The fused fidelity kernel (it must not fall back) against the fp32 PyTorch path: output, all gradients."""
     sq, sk = states(b, h, nq, dim, 0), states(b, h, nk, dim, 1)
     v = torch.randn(b, h, nk, dv, device="cuda").to(dtype)
-    beta = torch.tensor([4.0, 16.0, 32.0], device="cuda")
-    mask = make_mask(b, nk, "cuda", all_padding_row=nk > 1)
+    beta = torch.tensor([4.0, 16.0, 32.0][:h], device="cuda")
+    mask = make_mask(b, nk, "cuda", all_padding_row=nk > 1) if masked else None
     sq, sk, v, beta = leaves(sq, sk, v, beta)
     out = kernels.fidelity_attention(sq, sk, v, mask, beta)
     assert out.dtype == dtype and out.shape == (b, h, nq, dv)
-    grad_out = torch.randn_like(out)
+    grad_out = torch.randn_like(out) * grad_scale
     got = grads(out, (sq, sk, v, beta), grad_out)
-    rq, rk, rv, rb = leaves(sq, sk, v, beta)
+    rq, rk, rv, rb = leaves(sq, sk, v.float(), beta)
     expected, _ = kernel_attention(rq, rk, rv, StateIdentity(dim), "softmax", mask, beta=rb)
-    want = grads(expected, (rq, rk, rv, rb), grad_out)
+    want = grads(expected, (rq, rk, rv, rb), grad_out.float())
     assert_close(out, expected, RTOL[dtype], "out")
     for name, a, e in zip(("dstates_q", "dstates_k", "dv", "dbeta"), got, want, strict=True):
-        assert a.dtype == e.dtype, name
-        assert_close(a, e, RTOL[dtype], name)
+        assert a.dtype == (dtype if name == "dv" else e.dtype), name
+        assert_close(a, e, RTOL[dtype], name, floor=0.0)  # relative to the gradient's own scale
+
+
+@pytest.fixture
+def no_fallback(monkeypatch):
+    """Make the PyTorch fallback of kernels.fidelity_attention an error: the kernel must take the inputs."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fidelity_attention fell back to its PyTorch path")
+
+    monkeypatch.setattr(kernels.reference, "fidelity_attention", refuse)
 
 
 @requires_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dim", [4, 16, 64, 128, 256])
+@pytest.mark.parametrize(("nq", "nk"), [(1, 1), (100, 100), (17, 333)])
+def test_fidelity_matches_pytorch(dim, dtype, nq, nk, no_fallback):
+    check_fidelity(2, 3, nq, nk, dim, 64, dtype)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("nq", "nk"), [(1, 1), (17, 17), (333, 5), (5, 333)])
+@pytest.mark.parametrize("dv", [32, 64, 128])
+def test_fidelity_odd_lengths_and_value_dims(nq, nk, dv, dtype, no_fallback):
+    check_fidelity(3, 2, nq, nk, 64, dv, dtype, masked=nk > 1)
+
+
+@requires_gpu
+@pytest.mark.parametrize("grad_scale", [1e-9, 1e-4, 1e4])
+def test_fidelity_gradients_keep_their_precision_at_any_scale(grad_scale, no_fallback):
+    """16-bit values: the gradient products run in float16 on power-of-two scaled operands; tiny (bf16
+    training without loss scaling) and large gradients must neither underflow nor overflow."""
+    check_fidelity(2, 3, 64, 64, 64, 64, torch.bfloat16, grad_scale=grad_scale)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("beta", [None, 3.0, "scalar-tensor"])
-def test_fidelity_beta_forms_and_dropout(beta):
+def test_fidelity_beta_forms_and_dropout(beta, dtype):
     b, h, n, dim, dv, p = 2, 2, 50, 64, 32, 0.2
     sq, sk = states(b, h, n, dim, 2), states(b, h, n, dim, 3)
-    v = torch.randn(b, h, n, dv, device="cuda")
+    v = torch.randn(b, h, n, dv, device="cuda").to(dtype)
     if beta == "scalar-tensor":
         beta = torch.tensor(8.0, device="cuda", requires_grad=True)
     inputs = leaves(sq, sk, v)
@@ -398,12 +470,13 @@ def test_fidelity_beta_forms_and_dropout(beta):
     wrt = [*inputs, beta] if isinstance(beta, torch.Tensor) else inputs
     got = grads(out, wrt, grad_out)
     keep = kernels.dropout_keep_mask(77, b, h, n, n, p, "cuda")
-    ref_inputs = leaves(*inputs)
+    ref_inputs = leaves(sq, sk, v.float())
     ref_beta = beta.detach().clone().requires_grad_() if isinstance(beta, torch.Tensor) else beta
     expected = reference.fidelity_attention(*ref_inputs, None, ref_beta, p, keep=keep)
     ref_wrt = [*ref_inputs, ref_beta] if isinstance(beta, torch.Tensor) else ref_inputs
-    want = grads(expected, ref_wrt, grad_out)
-    assert_close(out, expected, 1e-4, "out")
+    want = grads(expected, ref_wrt, grad_out.float())
+    rtol = 1e-4 if dtype == torch.float32 else RTOL[dtype]
+    assert_close(out, expected, rtol, "out")
     for a, e in zip(got, want, strict=True):
         assert a.shape == e.shape
-        assert_close(a, e, 1e-4, "grad")
+        assert_close(a, e, rtol, "grad")

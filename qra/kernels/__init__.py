@@ -20,10 +20,11 @@ the PyTorch code in :mod:`qra.attention` stays the CPU path and the oracle the t
     attention dropout from in-kernel Philox numbers keyed by (seed, batch·head, query, key), so the
     backward regenerates exactly the forward's mask.
 ``fidelity_attention(states_q, states_k, v, key_padding_mask=None, beta=None, dropout_p=0.0, seed=None)``
-    the same softmax with scores β·|⟨ψq|ψk⟩|² computed tile by tile from the states.  The states are
-    complex64 tensors (read in place through ``torch.view_as_real``); their gradients follow torch's
-    convention for complex autograd (∂L/∂Re + i ∂L/∂Im).  β is None, a float, a 0-d tensor or a
-    per-head tensor ``[H]``; a tensor that requires grad gets one.
+    the same softmax with scores β·|⟨ψq|ψk⟩|² computed tile by tile from the states, as two products
+    of rows [Re | Im] (:mod:`qra.kernels.fidelity`).  The states are complex64 tensors of up to 256
+    amplitudes; with 16-bit values they are multiplied in float16 (float32 values: float32).  Their
+    gradients follow torch's convention for complex autograd (∂L/∂Re + i ∂L/∂Im).  β is None, a
+    float, a 0-d tensor or a per-head tensor ``[H]``; a tensor that requires grad gets one.
 
 Every function takes ``[B, H, N, ·]`` tensors of any strides and returns ``[B, H, Nq, dv]`` in v's
 dtype.  When :func:`fused_available` is False for the arguments (no CUDA, no triton, an unsupported
@@ -248,15 +249,14 @@ def fidelity_attention(
     if isinstance(beta, torch.Tensor) and beta.numel() not in (1, states_q.shape[1]):
         raise ValueError(f"beta must be a scalar or one value per head ({states_q.shape[1]}), got {tuple(beta.shape)}")
     ok = (
-        v.dtype == torch.float32  # 16-bit values: an illegal memory access on the H200, not yet found (see report)
-        and states_q.dtype == torch.complex64
+        states_q.dtype == torch.complex64
         and states_k.dtype == torch.complex64
         and (not isinstance(beta, torch.Tensor) or beta.device == v.device)
         and _fused_ok(states_q, states_k, v, key_padding_mask)
     )
     if not ok:
         return reference.fidelity_attention(states_q, states_k, v, key_padding_mask, beta, dropout_p)
-    from .flash import fused_fidelity_attention
+    from .fidelity import fused_fidelity_attention
 
     return fused_fidelity_attention(states_q, states_k, v, key_padding_mask, beta, dropout_p, seed)
 

@@ -1,0 +1,416 @@
+"""Flash-style fidelity attention: softmax over the keys of β·|⟨ψq|ψk⟩|², forward and backward.
+
+Why a kernel of its own: with the states packed as real rows P = [Re ψ | Im ψ] (width 2·2ⁿ) and the
+key rows also rotated, R = [Im ψ | −Re ψ], the overlap is two ordinary products,
+    A = Pq·Pkᵀ = Re⟨ψq|ψk⟩,   C = Pq·Rkᵀ = Im⟨ψq|ψk⟩,   s = β_h (A² + C²),
+so each score tile costs two tensor-core products over 2·2ⁿ, the fidelity is never formed as an
+N×N tensor, and memory is O(N).  The packing (and the rotation) is done once per call in PyTorch;
+the kernels read contiguous rows.
+
+Precision: states with 16-bit values are packed in float16 (amplitudes lie in [−1, 1]: 11 bits of
+mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value).  The backward's
+gradient products run in float16 too, on dA·S and dC·S with S a power of two chosen per call from a
+bound on |dA| (:func:`gradient_scale`), so that they neither overflow nor lose the small gradients of
+training without loss scaling; the fp32 sums are divided by S again.  With float32 values everything
+is float32 (IEEE products, S = 1).
+
+Backward: δ_i = dO_i·O_i (PyTorch), a key-block kernel for dK, dV (and dβ, fp32 atomics), a
+query-block kernel for dQ, both recomputing the scores.  With dA = 2β·A·dS and dC = 2β·C·dS,
+    dPq = dA·Pk + dC·Rk,   dPk = dAᵀ·Pq − dCᵀ·Rq   (Rq the query rows rotated like the keys),
+and the packed gradients become complex ones (∂L/∂Re + i ∂L/∂Im, torch's convention).
+
+Dropout and key padding follow :mod:`qra.kernels.flash` exactly (the same Philox keep-mask).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._util import mask_bytes, pow2
+from .flash import _keep, _key_ok, _launch, _new_seed, _threshold, keep_at
+
+
+@triton.jit
+def _keep_t(seed, bh, offs_m, offs_n, Nq, Nk, threshold):
+    """flash._keep's dropout mask as a [BN, BM] (key, query) tile."""
+    idx = (bh.to(tl.int64) * Nq + offs_m[None, :].to(tl.int64)) * Nk + offs_n[:, None].to(tl.int64)
+    return keep_at(seed, idx, threshold)
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _fwd_kernel(
+    QP, KP, KR, V, OUT, OUT32, LSE, MASK, BETA,
+    s_vb, s_vh, s_vn, s_vc,
+    s_ob, s_oh, s_on, s_oc,
+    s_mb, s_mn,
+    H, Nq, Nk, DV,
+    seed, threshold, scale,
+    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, SAVE32: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    bh64 = bh.to(tl.int64)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_f = tl.arange(0, BF)
+    offs_c = tl.arange(0, BV)
+    cmask = offs_c < DV
+    mmask = offs_m < Nq
+    KP = KP + bh64 * Nk * BF  # this (batch, head)'s rows; offsets within them fit int32
+    KR = KR + bh64 * Nk * BF
+    q = tl.load(QP + bh64 * Nq * BF + offs_m[:, None] * BF + offs_f[None, :], mask=mmask[:, None], other=0.0)
+    beta2 = tl.load(BETA + h) * 1.4426950408889634  # base-2 softmax
+    v_base = V + b * s_vb + h * s_vh
+    m_i = tl.full((BM,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BM,), dtype=tl.float32)
+    acc = tl.zeros((BM, BV), dtype=tl.float32)
+    for start in range(0, Nk, BN):
+        offs_n = start + tl.arange(0, BN)
+        nmask = offs_n < Nk
+        kt_off = offs_n[None, :] * BF + offs_f[:, None]  # [BF, BN]
+        a = tl.dot(q, tl.load(KP + kt_off, mask=nmask[None, :], other=0.0), input_precision=PREC)
+        c = tl.dot(q, tl.load(KR + kt_off, mask=nmask[None, :], other=0.0), input_precision=PREC)
+        ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
+        s = tl.where(ok[None, :], beta2 * (a * a + c * c), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if DROPOUT:
+            p = tl.where(_keep(seed, bh, offs_m, offs_n, Nq, Nk, threshold), p * scale, 0.0)
+        v = tl.load(
+            v_base + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc, mask=nmask[:, None] & cmask[None, :], other=0.0
+        )
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=VPREC)
+        m_i = m_new
+    has = l_i > 0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    o_mask = mmask[:, None] & cmask[None, :]
+    tl.store(
+        OUT + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
+        out.to(OUT.dtype.element_ty),
+        mask=o_mask,
+    )
+    if SAVE32:  # the unrounded output, for the backward's δ = dO·O
+        tl.store(OUT32 + (bh64 * Nq + offs_m[:, None]) * DV + offs_c[None, :], out, mask=o_mask)
+    lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("inf"))
+    tl.store(LSE + bh64 * Nq + offs_m, lse, mask=mmask)
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _bwd_kv_kernel(
+    QP, QR, KP, KR, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DK, DV_, DBETA,
+    s_vb, s_vh, s_vn, s_vc,
+    s_ob, s_oh, s_on, s_oc,
+    s_mb, s_mn,
+    s_wb, s_wh, s_wn, s_wc,
+    H, Nq, Nk, DV,
+    seed, threshold, scale,
+    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, BETA_GRAD: tl.constexpr,
+):  # fmt: skip
+    """One key block: its tiles are computed transposed ([BN, BM], keys × queries), as dK and dV need them."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    bh64 = bh.to(tl.int64)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_f = tl.arange(0, BF)
+    offs_c = tl.arange(0, BV)
+    cmask = offs_c < DV
+    nmask = offs_n < Nk
+    QP = QP + bh64 * Nq * BF  # this (batch, head)'s rows; offsets within them fit int32
+    QR = QR + bh64 * Nq * BF
+    KP = KP + bh64 * Nk * BF
+    KR = KR + bh64 * Nk * BF
+    DK = DK + bh64 * Nk * BF
+    k_off = offs_n[:, None] * BF + offs_f[None, :]
+    kp = tl.load(KP + k_off, mask=nmask[:, None], other=0.0)  # [BN, BF]
+    kr = tl.load(KR + k_off, mask=nmask[:, None], other=0.0)
+    v = tl.load(  # [BN, BV]
+        V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc,
+        mask=nmask[:, None] & cmask[None, :],
+        other=0.0,
+    )
+    beta = tl.load(BETA + h)
+    beta2 = beta * 1.4426950408889634
+    gscale = tl.load(GSCALE)
+    twice = 2.0 * beta * gscale
+    ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
+    dk = tl.zeros((BN, BF), dtype=tl.float32)
+    dv = tl.zeros((BN, BV), dtype=tl.float32)
+    dbeta = tl.zeros((BN,), dtype=tl.float32)
+    o_base = DO + b * s_ob + h * s_oh
+    for start in range(0, Nq, BM):
+        offs_m = start + tl.arange(0, BM)
+        mmask = offs_m < Nq
+        qt_off = offs_m[None, :] * BF + offs_f[:, None]  # [BF, BM]
+        qt = tl.load(QP + qt_off, mask=mmask[None, :], other=0.0)
+        a = tl.dot(kp, qt, input_precision=PREC)  # Re⟨ψq|ψk⟩, [BN, BM]
+        c = tl.dot(kr, qt, input_precision=PREC)  # Im⟨ψq|ψk⟩
+        fid = a * a + c * c
+        lse = tl.load(LSE + bh64 * Nq + offs_m, mask=mmask, other=float("inf"))
+        p = tl.where(ok[:, None], tl.exp2(beta2 * fid - lse[None, :]), 0.0)  # 0 for padding keys, empty rows
+        do = tl.load(
+            o_base + offs_m[:, None] * s_on + offs_c[None, :] * s_oc, mask=mmask[:, None] & cmask[None, :], other=0.0
+        )
+        dp = tl.dot(v, tl.trans(do), input_precision=VPREC)  # v_j·dO_i
+        pd = p
+        if DROPOUT:
+            z = tl.where(_keep_t(seed, bh, offs_m, offs_n, Nq, Nk, threshold), scale, 0.0)
+            pd = p * z
+            dp = dp * z
+        dv = tl.dot(pd.to(do.dtype), do, dv, input_precision=VPREC)
+        delta = tl.load(DELTA + bh64 * Nq + offs_m, mask=mmask, other=0.0)
+        ds = p * (dp - delta[None, :])  # ∂L/∂score
+        if BETA_GRAD:
+            dbeta += tl.sum(ds * fid, axis=1)
+        g = twice * ds
+        dk = tl.dot((g * a).to(qt.dtype), tl.trans(qt), dk, input_precision=PREC)
+        qrt = tl.load(QR + qt_off, mask=mmask[None, :], other=0.0)
+        dk = tl.dot((g * c).to(qrt.dtype), tl.trans(qrt), dk, input_precision=PREC)
+    tl.store(DK + k_off, dk / gscale, mask=nmask[:, None])
+    if BETA_GRAD:
+        tl.atomic_add(DBETA + h, tl.sum(dbeta, axis=0))
+    tl.store(
+        DV_ + b * s_wb + h * s_wh + offs_n[:, None] * s_wn + offs_c[None, :] * s_wc,
+        dv.to(DV_.dtype.element_ty),
+        mask=nmask[:, None] & cmask[None, :],
+    )
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _bwd_q_kernel(
+    QP, KP, KR, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DQ,
+    s_vb, s_vh, s_vn, s_vc,
+    s_ob, s_oh, s_on, s_oc,
+    s_mb, s_mn,
+    H, Nq, Nk, DV,
+    seed, threshold, scale,
+    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    bh64 = bh.to(tl.int64)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_f = tl.arange(0, BF)
+    offs_c = tl.arange(0, BV)
+    cmask = offs_c < DV
+    mmask = offs_m < Nq
+    QP = QP + bh64 * Nq * BF
+    KP = KP + bh64 * Nk * BF
+    KR = KR + bh64 * Nk * BF
+    DQ = DQ + bh64 * Nq * BF
+    q_off = offs_m[:, None] * BF + offs_f[None, :]
+    q = tl.load(QP + q_off, mask=mmask[:, None], other=0.0)
+    do = tl.load(
+        DO + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
+        mask=mmask[:, None] & cmask[None, :],
+        other=0.0,
+    )
+    lse = tl.load(LSE + bh64 * Nq + offs_m, mask=mmask, other=float("inf"))
+    delta = tl.load(DELTA + bh64 * Nq + offs_m, mask=mmask, other=0.0)
+    beta = tl.load(BETA + h)
+    beta2 = beta * 1.4426950408889634
+    gscale = tl.load(GSCALE)
+    twice = 2.0 * beta * gscale
+    dq = tl.zeros((BM, BF), dtype=tl.float32)
+    v_base = V + b * s_vb + h * s_vh
+    for start in range(0, Nk, BN):
+        offs_n = start + tl.arange(0, BN)
+        nmask = offs_n < Nk
+        kt_off = offs_n[None, :] * BF + offs_f[:, None]  # [BF, BN]
+        kpt = tl.load(KP + kt_off, mask=nmask[None, :], other=0.0)
+        krt = tl.load(KR + kt_off, mask=nmask[None, :], other=0.0)
+        a = tl.dot(q, kpt, input_precision=PREC)
+        c = tl.dot(q, krt, input_precision=PREC)
+        ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
+        p = tl.where(ok[None, :], tl.exp2(beta2 * (a * a + c * c) - lse[:, None]), 0.0)
+        v_t = tl.load(
+            v_base + offs_n[None, :] * s_vn + offs_c[:, None] * s_vc, mask=nmask[None, :] & cmask[:, None], other=0.0
+        )
+        dp = tl.dot(do, v_t, input_precision=VPREC)
+        if DROPOUT:
+            dp = tl.where(_keep(seed, bh, offs_m, offs_n, Nq, Nk, threshold), dp * scale, 0.0)
+        g = twice * p * (dp - delta[:, None])
+        dq = tl.dot((g * a).to(kpt.dtype), tl.trans(kpt), dq, input_precision=PREC)
+        dq = tl.dot((g * c).to(krt.dtype), tl.trans(krt), dq, input_precision=PREC)
+    tl.store(DQ + q_off, dq / gscale, mask=mmask[:, None])
+
+
+#: (BM, BN, warps, stages) by (packed row width, 16-bit planes) for the forward, the key-block (dK, dV)
+#: and the query-block (dQ) backward kernels; the width-128 rows (6 qubits) were chosen by timing on an
+#: H200 (experiments/device/fidelity_tiles.py); widths without an entry take small tiles
+FORWARD_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
+    (32, True): (128, 64, 8, 2),
+    (64, True): (128, 64, 8, 2),
+    (128, True): (128, 64, 8, 2),
+    (256, True): (64, 64, 8, 2),
+}
+BACKWARD_KV_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
+    (32, True): (32, 64, 4, 2),
+    (64, True): (32, 64, 4, 2),
+    (128, True): (32, 64, 8, 2),
+    (256, True): (32, 32, 8, 1),
+}
+BACKWARD_Q_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
+    (32, True): (64, 64, 4, 2),
+    (64, True): (64, 32, 4, 2),
+    (128, True): (64, 32, 8, 2),
+    (256, True): (32, 32, 8, 1),
+}
+_SMALL_TILES = (32, 32, 4, 1)  # float32 planes (IEEE products on CUDA cores: the tests' precision), 512-wide rows
+
+
+def _tiles(table: dict, width: int, half: bool) -> tuple[int, int, int, int]:
+    return table.get((width, half), _SMALL_TILES)
+
+
+def pack_rows(states: torch.Tensor, width: int, dtype: torch.dtype, rotated: bool = False) -> torch.Tensor:
+    """[B, H, N, D] complex states as contiguous real rows [B·H, N, width]: [Re | Im] (rotated: [Im | −Re]),
+    each half zero-padded to width/2."""
+    bsz, heads, n, dim = states.shape
+    half = width // 2
+    first, second = (states.imag, -states.real) if rotated else (states.real, states.imag)
+    alloc = torch.empty if half == dim else torch.zeros
+    rows = alloc(bsz * heads, n, 2, half, device=states.device, dtype=dtype)
+    rows[:, :, 0, :dim] = first.reshape(bsz * heads, n, dim)
+    rows[:, :, 1, :dim] = second.reshape(bsz * heads, n, dim)
+    return rows.view(bsz * heads, n, width)
+
+
+def unpack_grad(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Packed fp32 gradients [B·H, N, width] as the complex gradient ∂L/∂Re + i ∂L/∂Im of [B, H, N, D] states."""
+    dim = shape[-1]
+    halves = rows.view(rows.shape[0], rows.shape[1], 2, -1)
+    return torch.complex(halves[:, :, 0, :dim], halves[:, :, 1, :dim]).reshape(shape)
+
+
+class _FidelityAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, states_q, states_k, v, mask, beta, dropout_p, seed):
+        bsz, heads, nq, dim = states_q.shape
+        nk, dv = states_k.shape[2], v.shape[3]
+        half = v.dtype != torch.float32
+        plane = torch.float16 if half else torch.float32
+        width = 2 * pow2(dim, floor=8)
+        qp = pack_rows(states_q, width, plane)
+        kp = pack_rows(states_k, width, plane)
+        kr = pack_rows(states_k, width, plane, rotated=True)
+        bv = pow2(dv)
+        bm, bn, warps, stages = _tiles(FORWARD_TILES, width, half)
+        out = torch.empty(bsz, heads, nq, dv, device=v.device, dtype=v.dtype)
+        lse = torch.empty(bsz * heads, nq, device=v.device, dtype=torch.float32)
+        out32 = torch.empty(bsz * heads, nq, dv, device=v.device, dtype=torch.float32) if half else out
+        m = mask if mask is not None else lse
+        m_strides = tuple(mask.stride()) if mask is not None else (0, 0)
+        dropout = dropout_p > 0
+        scale = 1.0 / (1.0 - dropout_p) if dropout else 1.0
+        args = (
+            qp, kp, kr, v, out, out32, lse, m, beta,
+            *v.stride(), *out.stride(), *m_strides,
+            heads, nq, nk, dv, seed, _threshold(dropout_p), scale,
+        )  # fmt: skip
+        _launch(
+            _fwd_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages,
+            BF=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half), VPREC=_precision(half),
+            SAVE32=half,
+        )  # fmt: skip
+        ctx.save_for_backward(qp, kp, v, mask, beta, out32, lse)
+        ctx.cfg = (dropout_p, seed, half, width, states_q.shape, states_k.shape, ctx.needs_input_grad[4])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        qp, kp, v, mask, beta, out, lse = ctx.saved_tensors
+        dropout_p, seed, half, width, q_shape, k_shape, beta_grad = ctx.cfg
+        bsz, heads, nq, _ = q_shape
+        nk, dv = k_shape[2], v.shape[3]
+        bv = pow2(dv)
+        grad = grad.to(v.dtype)
+        delta = (grad.float() * out.float().view(bsz, heads, nq, dv)).sum(-1).reshape(bsz * heads, nq)
+        scale = 1.0 / (1.0 - dropout_p) if dropout_p > 0 else 1.0
+        gscale = gradient_scale(grad, v, qp, kp, beta, scale) if half else torch.ones(1, device=v.device)
+        kr = _rotate(kp)
+        qr = -_rotate(qp)  # ∂C/∂Pk = [−Im ψq | Re ψq]
+        m = mask if mask is not None else lse
+        m_strides = tuple(mask.stride()) if mask is not None else (0, 0)
+        dropout = dropout_p > 0
+        dkp = torch.empty(kp.shape, device=v.device, dtype=torch.float32)
+        dqp = torch.empty(qp.shape, device=v.device, dtype=torch.float32)
+        dvv = torch.empty_like(v)
+        dbeta = torch.zeros(heads, device=v.device, dtype=torch.float32)
+        common = dict(
+            BF=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half),
+            VPREC=_precision(half),
+        )  # fmt: skip
+        tail = (heads, nq, nk, dv, seed, _threshold(dropout_p), scale)
+        args = (
+            qp, qr, kp, kr, v, grad, lse, delta, m, beta, gscale, dkp, dvv, dbeta,
+            *v.stride(), *grad.stride(), *m_strides, *dvv.stride(), *tail,
+        )  # fmt: skip
+        bm, bn, warps, stages = _tiles(BACKWARD_KV_TILES, width, half)
+        _launch(
+            _bwd_kv_kernel, lambda bm_, bn_: (triton.cdiv(nk, bn_), bsz * heads), args, bm, bn, warps, stages,
+            BETA_GRAD=beta_grad, **common,
+        )  # fmt: skip
+        args = (qp, kp, kr, v, grad, lse, delta, m, beta, gscale, dqp, *v.stride(), *grad.stride(), *m_strides, *tail)
+        bm, bn, warps, stages = _tiles(BACKWARD_Q_TILES, width, half)
+        _launch(
+            _bwd_q_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages, **common
+        )
+        dq = unpack_grad(dqp, q_shape)
+        dk = unpack_grad(dkp, k_shape)
+        return dq, dk, dvv, None, (dbeta if beta_grad else None), None, None
+
+
+#: |dA·S| stays below this (float16's largest value is 65,504)
+GRADIENT_RANGE = 2.0**14
+
+
+def gradient_scale(grad, v, qp, kp, beta, dropout_scale: float) -> torch.Tensor:
+    """A power of two S (a 1-element fp32 tensor, no host sync) with |dA·S|, |dC·S| ≤ GRADIENT_RANGE.
+
+    |dA| = |2β·A·dS| ≤ 2|β|·‖ψq‖‖ψk‖·p·(|dO_i·v_j| + |dO_i·O_i|) ≤ 4|β|·‖ψq‖‖ψk‖·‖dO_i‖·max‖v‖·(dropout scale).
+    """
+    norms = [torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).amax() for x in (grad, v, qp, kp)]
+    bound = (4.0 * dropout_scale) * beta.abs().amax() * norms[0] * norms[1] * norms[2] * norms[3]
+    exponent = torch.floor(torch.log2(GRADIENT_RANGE / bound)).clamp(-60.0, 60.0)  # all-zero gradients: 2^60
+    return torch.exp2(exponent).reshape(1)
+
+
+def _rotate(rows: torch.Tensor) -> torch.Tensor:
+    """[Re | Im] rows as [Im | −Re]."""
+    halves = rows.view(rows.shape[0], rows.shape[1], 2, -1)
+    return torch.stack((halves[:, :, 1], -halves[:, :, 0]), dim=2).view(rows.shape)
+
+
+def _precision(half: bool) -> str:
+    """16-bit operands multiply natively; float32 ones in IEEE float32 (the tests compare with float32 PyTorch)."""
+    return "tf32" if half else "ieee"
+
+
+def fused_fidelity_attention(
+    states_q, states_k, v, key_padding_mask=None, beta=None, dropout_p: float = 0.0, seed=None
+) -> torch.Tensor:
+    """The Triton path of :func:`qra.kernels.fidelity_attention` (arguments already checked)."""
+    heads = states_q.shape[1]
+    if beta is None:
+        beta_h = torch.ones(heads, device=v.device, dtype=torch.float32)
+    elif isinstance(beta, torch.Tensor):
+        beta_h = beta.to(device=v.device, dtype=torch.float32).reshape(-1).expand(heads).contiguous()
+    else:
+        beta_h = torch.full((heads,), float(beta), device=v.device, dtype=torch.float32)
+    seed = (_new_seed() if seed is None else int(seed)) if dropout_p > 0 else 0
+    mask = mask_bytes(key_padding_mask, v.device)
+    return _FidelityAttention.apply(states_q, states_k, v, mask, beta_h, float(dropout_p), seed)
