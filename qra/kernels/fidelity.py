@@ -254,19 +254,19 @@ def _bwd_q_kernel(
 FORWARD_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (128, 64, 8, 2),
     (64, True): (128, 64, 8, 2),
-    (128, True): (128, 64, 8, 2),
+    (128, True): (128, 32, 8, 2),
     (256, True): (64, 64, 8, 2),
 }
 BACKWARD_KV_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (32, 64, 4, 2),
     (64, True): (32, 64, 4, 2),
-    (128, True): (32, 64, 8, 2),
+    (128, True): (16, 64, 4, 2),
     (256, True): (32, 32, 8, 1),
 }
 BACKWARD_Q_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (64, 64, 4, 2),
     (64, True): (64, 32, 4, 2),
-    (128, True): (64, 32, 8, 2),
+    (128, True): (64, 32, 4, 2),
     (256, True): (32, 32, 8, 1),
 }
 _SMALL_TILES = (32, 32, 4, 1)  # float32 planes (IEEE products on CUDA cores: the tests' precision), 512-wide rows
