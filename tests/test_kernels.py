@@ -436,8 +436,27 @@ def no_fallback(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dim", [4, 16, 64, 128, 256])
 @pytest.mark.parametrize(("nq", "nk"), [(1, 1), (100, 100), (17, 333)])
-def test_fidelity_matches_pytorch(dim, dtype, nq, nk, no_fallback):
+def test_fidelity_matches_pytorch(dim, dtype, nq, nk, request):
+    if dtype == torch.float32 and dim > kernels.MAX_FLOAT32_STATE_DIM:
+        check_fidelity(2, 3, nq, nk, dim, 64, dtype)  # the PyTorch path (test_fidelity_float32_limit)
+        return
+    request.getfixturevalue("no_fallback")
     check_fidelity(2, 3, nq, nk, dim, 64, dtype)
+
+
+@requires_gpu
+def test_fidelity_float32_limit(monkeypatch):
+    """float32 values with more than MAX_FLOAT32_STATE_DIM amplitudes take the PyTorch path; 16-bit ones do not."""
+    from qra.kernels import fidelity
+
+    calls = []
+    monkeypatch.setattr(fidelity, "fused_fidelity_attention", lambda *a, **k: calls.append(1) or a[2][..., :0, :])
+    dim = 2 * kernels.MAX_FLOAT32_STATE_DIM
+    sq, sk = states(1, 2, 5, dim, 0), states(1, 2, 5, dim, 1)
+    kernels.fidelity_attention(sq, sk, torch.randn(1, 2, 5, 8, device="cuda"))
+    assert calls == []
+    kernels.fidelity_attention(sq, sk, torch.randn(1, 2, 5, 8, device="cuda", dtype=torch.bfloat16))
+    assert calls == [1]
 
 
 @requires_gpu

@@ -22,7 +22,8 @@ the PyTorch code in :mod:`qra.attention` stays the CPU path and the oracle the t
 ``fidelity_attention(states_q, states_k, v, key_padding_mask=None, beta=None, dropout_p=0.0, seed=None)``
     the same softmax with scores β·|⟨ψq|ψk⟩|² computed tile by tile from the states, as two products
     of rows [Re | Im] (:mod:`qra.kernels.fidelity`).  The states are complex64 tensors of up to 256
-    amplitudes; with 16-bit values they are multiplied in float16 (float32 values: float32).  Their
+    amplitudes; with 16-bit values they are multiplied in float16 (float32 values: float32 as three
+    TF32 products, for states of up to 64 amplitudes; more take the PyTorch path).  Their
     gradients follow torch's convention for complex autograd (∂L/∂Re + i ∂L/∂Im).  β is None, a
     float, a 0-d tensor or a per-head tensor ``[H]``; a tensor that requires grad gets one.
 
@@ -61,6 +62,8 @@ __all__ = [
 #: the largest feature (query/key) dim and value dim the kernels take
 MAX_FEATURE_DIM = 256
 MAX_VALUE_DIM = 128
+#: the most amplitudes the fidelity kernel takes with float32 values (wider float32 rows spill registers)
+MAX_FLOAT32_STATE_DIM = 64
 _REAL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _triton_ok: bool | None = None
 
@@ -251,6 +254,7 @@ def fidelity_attention(
     ok = (
         states_q.dtype == torch.complex64
         and states_k.dtype == torch.complex64
+        and (v.dtype != torch.float32 or states_q.shape[-1] <= MAX_FLOAT32_STATE_DIM)
         and (not isinstance(beta, torch.Tensor) or beta.device == v.device)
         and _fused_ok(states_q, states_k, v, key_padding_mask)
     )

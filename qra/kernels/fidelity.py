@@ -8,11 +8,11 @@ N×N tensor, and memory is O(N).  The packing (and the rotation) is done once pe
 the kernels read contiguous rows.
 
 Precision: states with 16-bit values are packed in float16 (amplitudes lie in [−1, 1]: 11 bits of
-mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value).  The backward's
+mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value).  With float32
+values the rows are float32, multiplied as three TF32 products (float32's accuracy).  The backward's
 gradient products run in float16 too, on dA·S and dC·S with S a power of two chosen per call from a
 bound on |dA| (:func:`gradient_scale`), so that they neither overflow nor lose the small gradients of
-training without loss scaling; the fp32 sums are divided by S again.  With float32 values everything
-is float32 (IEEE products, S = 1).
+training without loss scaling; the fp32 sums are divided by S again (float32 values: S = 1).
 
 Backward: δ_i = dO_i·O_i (PyTorch), a key-block kernel for dK, dV (and dβ, fp32 atomics), a
 query-block kernel for dQ, both recomputing the scores.  With dA = 2β·A·dS and dC = 2β·C·dS,
@@ -249,27 +249,33 @@ def _bwd_q_kernel(
 
 
 #: (BM, BN, warps, stages) by (packed row width, 16-bit planes) for the forward, the key-block (dK, dV)
-#: and the query-block (dQ) backward kernels; the width-128 rows (6 qubits) were chosen by timing on an
-#: H200 (experiments/device/fidelity_tiles.py); widths without an entry take small tiles
+#: and the query-block (dQ) backward kernels.  16-bit, width 128 (6 qubits): timed on an H200
+#: (experiments/device/fidelity_tiles.py); the others were chosen by ptxas's register and spill report for
+#: sm_90 (float32 planes need ≥ 64-row products: 32-row float32 tiles compiled to 32 registers and kilobytes
+#: of spills).  16-bit widths without an entry take small tiles; float32 rows are at most 128 wide
+#: (``qra.kernels.MAX_FLOAT32_STATE_DIM``).
 FORWARD_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (128, 64, 8, 2),
     (64, True): (128, 64, 8, 2),
     (128, True): (128, 32, 8, 2),
     (256, True): (64, 64, 8, 2),
+    **{(width, False): (64, 32, 4, 1) for width in (16, 32, 64, 128)},
 }
 BACKWARD_KV_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (32, 64, 4, 2),
     (64, True): (32, 64, 4, 2),
     (128, True): (16, 64, 4, 2),
     (256, True): (32, 32, 8, 1),
+    **{(width, False): (16, 64, 4, 1) for width in (16, 32, 64, 128)},
 }
 BACKWARD_Q_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (64, 64, 4, 2),
     (64, True): (64, 32, 4, 2),
     (128, True): (64, 32, 4, 2),
     (256, True): (32, 32, 8, 1),
+    **{(width, False): (64, 16, 4, 1) for width in (16, 32, 64, 128)},
 }
-_SMALL_TILES = (32, 32, 4, 1)  # float32 planes (IEEE products on CUDA cores: the tests' precision), 512-wide rows
+_SMALL_TILES = (32, 32, 4, 1)
 
 
 def _tiles(table: dict, width: int, half: bool) -> tuple[int, int, int, int]:
@@ -396,8 +402,9 @@ def _rotate(rows: torch.Tensor) -> torch.Tensor:
 
 
 def _precision(half: bool) -> str:
-    """16-bit operands multiply natively; float32 ones in IEEE float32 (the tests compare with float32 PyTorch)."""
-    return "tf32" if half else "ieee"
+    """16-bit operands multiply natively; float32 ones as three TF32 products (float32's accuracy on tensor
+    cores; IEEE products on CUDA cores compiled to kilobytes of register spills)."""
+    return "tf32" if half else "tf32x3"
 
 
 def fused_fidelity_attention(

@@ -1,0 +1,69 @@
+"""Where one patched training step's time goes on the GPU: ``qra bench train``'s step under torch.profiler.
+
+    python experiments/device/train_step_profile.py [--model distilbert] [--variant pennylane-zz-native]
+
+Prints the step's wall time, the summed time of its GPU kernels (their gap to the wall time is time the
+GPU waits for the host), and the operators with the most GPU time, for the variant and the unpatched
+baseline side by side.  Three profiled steps after three warm-up steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from qra.experiment.bench import _train_step_model
+
+
+def step_function(model: torch.nn.Module, batch: int, length: int):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    input_ids = torch.randint(1000, 30000, (batch, length), device="cuda")
+    labels = torch.randint(0, 2, (batch,), device="cuda")
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def report(model_name: str, variant: str, batch: int, length: int, rows: int) -> None:
+    step = step_function(_train_step_model(model_name, variant, 6, torch.device("cuda")), batch, length)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / 3 * 1000
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernels = sum(e.self_device_time_total for e in events) / 3 / 1000
+    print(f"\n=== {model_name} {variant}: step {wall:.1f} ms wall (unprofiled), GPU kernels {kernels:.1f} ms a step")
+    print(events.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="distilbert")
+    parser.add_argument("--variant", default="pennylane-zz-native")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--rows", type=int, default=25)
+    args = parser.parse_args()
+    for variant in ("baseline", args.variant):
+        report(args.model, variant, args.batch_size, args.length, args.rows)
+
+
+if __name__ == "__main__":
+    main()
