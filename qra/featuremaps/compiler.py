@@ -735,9 +735,11 @@ class _RunProgram(torch.autograd.Function):
         return None, None, None, grad_initial, *grad_values
 
 
-def run_program(program: Program, values: Sequence[torch.Tensor], batch: int, initial: torch.Tensor | None = None,
-                max_batch: int | None = None, implementation: str = "auto") -> torch.Tensor:  # fmt: skip
-    """Run ``program`` on ``batch`` inputs: ``values`` are [batch] or 0-d tensors, ``initial`` [batch, 2^n].
+def run_program(program: Program, values: Sequence[torch.Tensor] | torch.Tensor, batch: int,
+                initial: torch.Tensor | None = None, max_batch: int | None = None,
+                implementation: str = "auto") -> torch.Tensor:  # fmt: skip
+    """Run ``program`` on ``batch`` inputs: ``values`` are [batch] or 0-d tensors, or their columns as one
+    ``[batch, S]`` tensor (a map's ``slot_values``); ``initial`` is [batch, 2^n].
 
     Phase–Hadamard programs (ZZ, IQP, …) run on the fused Triton kernels where they can
     (:mod:`qra.featuremaps.fused_program`; ``implementation`` ``auto``/``pytorch``/``fused``); their
@@ -747,8 +749,12 @@ def run_program(program: Program, values: Sequence[torch.Tensor], batch: int, in
 
     spec = fused_spec(program, implementation, has_initial=initial is not None)
     if spec is not None:
-        columns = [v.expand(batch) for v in values] or [torch.zeros(batch, device=program.device)]  # no slots: a dummy
-        return run_fused(spec, torch.stack(columns, dim=1))
+        if isinstance(values, torch.Tensor):
+            return run_fused(spec, values)
+        rows = [v.expand(batch) for v in values] or [torch.zeros(batch, device=program.device)]  # no slots: a dummy
+        return run_fused(spec, torch.stack(rows).T)
+    if isinstance(values, torch.Tensor):
+        values = values.unbind(1)
     chunk = max_batch if max_batch is not None else auto_max_batch(program.num_qubits, program.dtype, program.device)
     return _RunProgram.apply(program, batch, max(1, int(chunk)), initial, *values)
 

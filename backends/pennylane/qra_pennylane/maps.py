@@ -54,9 +54,13 @@ def operations_to_gates(operations: list[qml.operation.Operator], qubits: int) -
 
 
 @lru_cache(maxsize=64)
-def _pair_index(pairs: tuple[tuple[int, int], ...], device: torch.device) -> torch.Tensor:
-    """Qubit pairs as a [P, 2] index tensor on ``device``, made once: slot_values runs on every forward."""
-    return torch.tensor(pairs, dtype=torch.long, device=device).reshape(-1, 2)
+def _pair_rows(pairs: tuple[tuple[int, int], ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs' first and second qubits as index tensors on ``device``, made once: slot_values runs every forward.
+
+    For ``index_select``, whose backward is an ``index_add`` (advanced indexing's is a sort, ~0.7 ms on an H200
+    at 393,216 inputs)."""
+    index = torch.tensor(pairs, dtype=torch.long, device=device).reshape(-1, 2)
+    return index[:, 0].contiguous(), index[:, 1].contiguous()
 
 
 @lru_cache(maxsize=32)
@@ -229,10 +233,11 @@ class PennyLaneZZ(RepeatedPennyLaneMap):
 
     def slot_values(self, angles: torch.Tensor) -> torch.Tensor:
         """Per repetition: 2·x_k, then θ = 2(π−x_i)(π−x_j) and −θ/2 for each pair, as the template records them."""
-        pairs = _pair_index(tuple(entangled_pairs(self.qubits, self.entanglement)), angles.device)
-        theta = 2 * (math.pi - angles[:, pairs[:, 0]]) * (math.pi - angles[:, pairs[:, 1]])
-        once = torch.cat([2 * angles, torch.stack([theta, -theta / 2], dim=-1).flatten(1)], dim=1)
-        return once.repeat(1, self.reps)
+        rows = angles.T.contiguous()  # [q, B]: slots as contiguous rows (see the base class)
+        first, second = _pair_rows(tuple(entangled_pairs(self.qubits, self.entanglement)), angles.device)
+        theta = 2 * (math.pi - rows.index_select(0, first)) * (math.pi - rows.index_select(0, second))
+        once = torch.cat([2 * rows, torch.stack([theta, -theta / 2], dim=1).flatten(0, 1)])
+        return once.repeat(self.reps, 1).T
 
     def template(self, angles: torch.Tensor, wires: list[int]) -> None:
         n = len(wires)
@@ -276,9 +281,10 @@ class PennyLaneIQP(RepeatedPennyLaneMap):
     def slot_values(self, angles: torch.Tensor) -> torch.Tensor:
         """Per repetition: RZ(x_k) on each qubit, then MultiRZ(x_a·x_b) for each pair, as IQPEmbedding records them."""
         pairs = self.pattern if self.pattern is not None else combinations(range(self.qubits), 2)
-        pairs = _pair_index(tuple(tuple(pair) for pair in pairs), angles.device)
-        once = torch.cat([angles, angles[:, pairs[:, 0]] * angles[:, pairs[:, 1]]], dim=1)
-        return once.repeat(1, self.reps)
+        rows = angles.T.contiguous()  # [q, B]: slots as contiguous rows (see the base class)
+        first, second = _pair_rows(tuple(tuple(pair) for pair in pairs), angles.device)
+        once = torch.cat([rows, rows.index_select(0, first) * rows.index_select(0, second)])
+        return once.repeat(self.reps, 1).T
 
     def template(self, angles: torch.Tensor, wires: list[int]) -> None:
         pattern = None if self.pattern is None else [[wires[a], wires[b]] for a, b in self.pattern]

@@ -95,12 +95,18 @@ def _compile_all(expressions: list[sympy.Expr], symbols: list[sympy.Symbol]) -> 
     unique = list(dict.fromkeys(expressions))
     index = [unique.index(e) for e in expressions]
     function = sympy.lambdify(symbols, unique, modules=[_NAMESPACE, "math"], cse=True)
+    index_on: dict[torch.device, torch.Tensor] = {}
 
     def values(angles: torch.Tensor) -> torch.Tensor:
-        columns = [c if isinstance(c, torch.Tensor) else angles.new_full(angles.shape[:-1], float(c))
-                   for c in function(*angles.unbind(-1))]  # fmt: skip
-        stacked = torch.stack(columns, dim=-1)
-        return stacked if len(unique) == len(expressions) else stacked[..., index]
+        rows = angles.T.contiguous()  # each angle, and so each expression, a contiguous row (see slot_values)
+        computed = [c if isinstance(c, torch.Tensor) else rows.new_full(rows.shape[1:], float(c))
+                    for c in function(*rows.unbind(0))]  # fmt: skip
+        stacked = torch.stack(computed)
+        if len(unique) != len(expressions):
+            if angles.device not in index_on:
+                index_on[angles.device] = torch.tensor(index, device=angles.device)
+            stacked = stacked.index_select(0, index_on[angles.device])
+        return stacked.T
 
     return values
 
