@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ._util import mask_bytes, pow2
-from .flash import _keep, _key_ok, _launch, _new_seed, _threshold, keep_at
+from .flash import _keep, _key_ok, _launch, _new_seed, _threshold, keep_at, softmax_block, store_softmax_output
 
 
 @triton.jit
@@ -76,31 +76,18 @@ def _fwd_kernel(
         c = tl.dot(q, tl.load(KR + kt_off, mask=nmask[None, :], other=0.0), input_precision=PREC)
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
         s = tl.where(ok[None, :], beta2 * (a * a + c * c), float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i, l_i, alpha, p = softmax_block(s, m_i, l_i)
         if DROPOUT:
             p = tl.where(_keep(seed, bh, offs_m, offs_n, Nq, Nk, threshold), p * scale, 0.0)
         v = tl.load(
             v_base + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc, mask=nmask[:, None] & cmask[None, :], other=0.0
         )
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=VPREC)
-        m_i = m_new
-    has = l_i > 0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
-    o_mask = mmask[:, None] & cmask[None, :]
-    tl.store(
-        OUT + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
-        out.to(OUT.dtype.element_ty),
-        mask=o_mask,
-    )
-    if SAVE32:  # the unrounded output, for the backward's δ = dO·O
-        tl.store(OUT32 + (bh64 * Nq + offs_m[:, None]) * DV + offs_c[None, :], out, mask=o_mask)
-    lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("inf"))
-    tl.store(LSE + bh64 * Nq + offs_m, lse, mask=mmask)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=VPREC)
+    store_softmax_output(
+        acc, m_i, l_i, OUT, b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
+        OUT32, (bh64 * Nq + offs_m[:, None]) * DV + offs_c[None, :], LSE, bh64 * Nq + offs_m,
+        mmask[:, None] & cmask[None, :], mmask, SAVE32,
+    )  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["seed"])

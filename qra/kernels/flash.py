@@ -39,6 +39,30 @@ def _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK: tl.constexpr):
     return ok
 
 
+@triton.jit
+def softmax_block(s, m_i, l_i):
+    """One key block of the online softmax over base-2 scores s [BM, BN] (−inf for masked keys): the new
+    running max and sum, the factor that rescales the accumulator, and the block's unnormalised weights."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    return m_new, l_i * alpha + tl.sum(p, axis=1), alpha, p
+
+
+@triton.jit
+def store_softmax_output(acc, m_i, l_i, OUT, out_off, OUT32, out32_off, LSE, lse_off, o_mask, mmask,
+                         SAVE32: tl.constexpr):  # fmt: skip
+    """Normalise and store a query block's output (and its fp32 copy), and the base-2 log-sum-exp the
+    backward recomputes the weights from (+inf for a query without keys: its output is 0)."""
+    has = l_i > 0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    tl.store(OUT + out_off, out.to(OUT.dtype.element_ty), mask=o_mask)
+    if SAVE32:  # the unrounded output, for the backward's δ = dO·O
+        tl.store(OUT32 + out32_off, out, mask=o_mask)
+    tl.store(LSE + lse_off, tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("inf")), mask=mmask)
+
+
 @triton.jit(do_not_specialize=["seed"])
 def _fwd_kernel(
     Q, K, V, OUT, OUT32, LSE, MASK,
@@ -77,34 +101,18 @@ def _fwd_kernel(
         s = tl.dot(q, k_t, input_precision=PREC)
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
         s = tl.where(ok[None, :], s * 1.4426950408889634, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i, l_i, alpha, p = softmax_block(s, m_i, l_i)
         if DROPOUT:
             p = tl.where(_keep(seed, bh, offs_m, offs_n, Nq, Nk, threshold), p * scale, 0.0)
         v = tl.load(
             v_base + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc, mask=nmask[:, None] & cmask[None, :], other=0.0
         )
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=VPREC)
-        m_i = m_new
-    has = l_i > 0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
-    tl.store(
-        OUT + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
-        out.to(OUT.dtype.element_ty),
-        mask=mmask[:, None] & cmask[None, :],
-    )
-    if SAVE32:  # the unrounded output, for the backward's δ = dO·O
-        tl.store(
-            OUT32 + (bh.to(tl.int64) * Nq + offs_m[:, None]) * DV + offs_c[None, :],
-            out,
-            mask=mmask[:, None] & cmask[None, :],
-        )
-    lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("inf"))
-    tl.store(LSE + bh.to(tl.int64) * Nq + offs_m, lse, mask=mmask)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=VPREC)
+    store_softmax_output(
+        acc, m_i, l_i, OUT, b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
+        OUT32, (bh.to(tl.int64) * Nq + offs_m[:, None]) * DV + offs_c[None, :], LSE, bh.to(tl.int64) * Nq + offs_m,
+        mmask[:, None] & cmask[None, :], mmask, SAVE32,
+    )  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["seed"])
