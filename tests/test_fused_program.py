@@ -269,6 +269,26 @@ def test_slot_values_give_the_states_and_gradients_of_the_gate_list(name, option
     assert_slot_values_match_the_gate_list(fm, x)
 
 
+def test_run_program_takes_the_slot_values_as_one_matrix():
+    """A map's ``[B, S]`` slot values (here the transpose of ``[S, B]`` rows, as the maps build them) run the
+    program as the list of their columns does, gradients included."""
+    pytest.importorskip("pennylane")
+    from qra.featuremaps import get
+    from qra.featuremaps.compiler import run_program
+
+    fm = get("pennylane-zz", d_in=4, qubits=4, engine="native", projection="identity")
+    angles = torch.rand(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 6
+    program, _ = program_for(fm.gates(angles[:2]), 4, torch.complex128, torch.device("cpu"))
+    rows = fm.slot_values(angles).T.contiguous().requires_grad_()
+    as_matrix = run_program(program, rows.T, 6)
+    as_columns = run_program(program, list(rows.unbind(0)), 6)
+    torch.testing.assert_close(as_matrix, as_columns, rtol=0, atol=1e-12)
+    weights = torch.randn(6, 16, dtype=torch.complex128, generator=torch.Generator().manual_seed(2))
+    (grad_matrix,) = torch.autograd.grad((as_matrix * weights).real.sum(), rows)
+    (grad_columns,) = torch.autograd.grad((as_columns * weights).real.sum(), rows)
+    torch.testing.assert_close(grad_matrix, grad_columns, rtol=0, atol=1e-10)
+
+
 def test_slot_values_that_disagree_with_the_gates_are_refused():
     pytest.importorskip("pennylane")
     from qra.featuremaps import get
