@@ -269,16 +269,15 @@ def _tiles(table: dict, width: int, half: bool) -> tuple[int, int, int, int]:
     return table.get((width, half), _SMALL_TILES)
 
 
-def pack_rows(states: torch.Tensor, width: int, dtype: torch.dtype, rotated: bool = False) -> torch.Tensor:
-    """[B, H, N, D] complex states as contiguous real rows [B·H, N, width]: [Re | Im] (rotated: [Im | −Re]),
-    each half zero-padded to width/2."""
+def pack_rows(states: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, H, N, D] complex states as contiguous real rows [B·H, N, width]: [Re | Im], each half zero-padded
+    to width/2."""
     bsz, heads, n, dim = states.shape
     half = width // 2
-    first, second = (states.imag, -states.real) if rotated else (states.real, states.imag)
     alloc = torch.empty if half == dim else torch.zeros
     rows = alloc(bsz * heads, n, 2, half, device=states.device, dtype=dtype)
-    rows[:, :, 0, :dim] = first.reshape(bsz * heads, n, dim)
-    rows[:, :, 1, :dim] = second.reshape(bsz * heads, n, dim)
+    rows[:, :, 0, :dim] = states.real.reshape(bsz * heads, n, dim)
+    rows[:, :, 1, :dim] = states.imag.reshape(bsz * heads, n, dim)
     return rows.view(bsz * heads, n, width)
 
 
@@ -299,7 +298,7 @@ class _FidelityAttention(torch.autograd.Function):
         width = 2 * pow2(dim, floor=8)
         qp = pack_rows(states_q, width, plane)
         kp = pack_rows(states_k, width, plane)
-        kr = pack_rows(states_k, width, plane, rotated=True)
+        kr = rotate_rows(kp)
         bv = pow2(dv)
         bm, bn, warps, stages = _tiles(FORWARD_TILES, width, half)
         out = torch.empty(bsz, heads, nq, dv, device=v.device, dtype=v.dtype)
@@ -334,8 +333,8 @@ class _FidelityAttention(torch.autograd.Function):
         delta = (grad.float() * out.float().view(bsz, heads, nq, dv)).sum(-1).reshape(bsz * heads, nq)
         scale = 1.0 / (1.0 - dropout_p) if dropout_p > 0 else 1.0
         gscale = gradient_scale(grad, v, qp, kp, beta, scale) if half else torch.ones(1, device=v.device)
-        kr = _rotate(kp)
-        qr = -_rotate(qp)  # ∂C/∂Pk = [−Im ψq | Re ψq]
+        kr = rotate_rows(kp)
+        qr = -rotate_rows(qp)  # ∂C/∂Pk = [−Im ψq | Re ψq]
         m = mask if mask is not None else lse
         m_strides = tuple(mask.stride()) if mask is not None else (0, 0)
         dropout = dropout_p > 0
@@ -382,7 +381,7 @@ def gradient_scale(grad, v, qp, kp, beta, dropout_scale: float) -> torch.Tensor:
     return torch.exp2(exponent).reshape(1)
 
 
-def _rotate(rows: torch.Tensor) -> torch.Tensor:
+def rotate_rows(rows: torch.Tensor) -> torch.Tensor:
     """[Re | Im] rows as [Im | −Re]."""
     halves = rows.view(rows.shape[0], rows.shape[1], 2, -1)
     return torch.stack((halves[:, :, 1], -halves[:, :, 0]), dim=2).view(rows.shape)
