@@ -41,6 +41,19 @@ def mask_bytes(key_padding_mask: torch.Tensor | None, device: torch.device) -> t
     return mask.view(torch.uint8)
 
 
+def mask_arguments(mask: torch.Tensor | None, placeholder: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The kernels' mask pointer and its two strides: the [B, Nk] byte mask, or without one (HAS_MASK is then
+    False and the kernel never reads it) any tensor of the call as a placeholder pointer, strides (0, 0)."""
+    if mask is None:
+        return placeholder, (0, 0)
+    return mask, tuple(mask.stride())
+
+
+def dropout_scale(dropout_p: float) -> float:
+    """1 / (1 − p): what a kept weight is multiplied by (1 without dropout)."""
+    return 1.0 / (1.0 - dropout_p) if dropout_p > 0 else 1.0
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 operands multiply in full fp32 (the tests compare with fp32 PyTorch); 16-bit ones natively."""
     return "ieee" if dtype == torch.float32 else "tf32"

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._util import mask_bytes, pow2
+from ._util import dropout_scale, mask_arguments, mask_bytes, pow2
 from .flash import _keep, _key_ok, _launch, _new_seed, _threshold, keep_at, softmax_block, store_softmax_output
 
 
@@ -304,10 +304,9 @@ class _FidelityAttention(torch.autograd.Function):
         out = torch.empty(bsz, heads, nq, dv, device=v.device, dtype=v.dtype)
         lse = torch.empty(bsz * heads, nq, device=v.device, dtype=torch.float32)
         out32 = torch.empty(bsz * heads, nq, dv, device=v.device, dtype=torch.float32) if half else out
-        m = mask if mask is not None else lse
-        m_strides = tuple(mask.stride()) if mask is not None else (0, 0)
+        m, m_strides = mask_arguments(mask, lse)
         dropout = dropout_p > 0
-        scale = 1.0 / (1.0 - dropout_p) if dropout else 1.0
+        scale = dropout_scale(dropout_p)
         args = (
             qp, kp, kr, v, out, out32, lse, m, beta,
             *v.stride(), *out.stride(), *m_strides,
@@ -331,12 +330,11 @@ class _FidelityAttention(torch.autograd.Function):
         bv = pow2(dv)
         grad = grad.to(v.dtype)
         delta = (grad.float() * out.float().view(bsz, heads, nq, dv)).sum(-1).reshape(bsz * heads, nq)
-        scale = 1.0 / (1.0 - dropout_p) if dropout_p > 0 else 1.0
+        scale = dropout_scale(dropout_p)
         gscale = gradient_scale(grad, v, qp, kp, beta, scale) if half else torch.ones(1, device=v.device)
         kr = rotate_rows(kp)
         qr = -rotate_rows(qp)  # ∂C/∂Pk = [−Im ψq | Re ψq]
-        m = mask if mask is not None else lse
-        m_strides = tuple(mask.stride()) if mask is not None else (0, 0)
+        m, m_strides = mask_arguments(mask, lse)
         dropout = dropout_p > 0
         dkp = torch.empty(kp.shape, device=v.device, dtype=torch.float32)
         dqp = torch.empty(qp.shape, device=v.device, dtype=torch.float32)

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from ._util import dot_precision, mask_bytes, pow2
+from ._util import dot_precision, dropout_scale, mask_arguments, mask_bytes, pow2
 
 
 @triton.jit
@@ -297,10 +297,9 @@ class _FlashAttention(torch.autograd.Function):
         save32 = v.dtype != torch.float32
         out32 = torch.empty(bsz, heads, nq, dv, device=v.device, dtype=torch.float32) if save32 else out
         has_mask = mask is not None
-        m = mask if has_mask else lse
-        m_strides = tuple(mask.stride()) if has_mask else (0, 0)
+        m, m_strides = mask_arguments(mask, lse)
         dropout = dropout_p > 0
-        scale = 1.0 / (1.0 - dropout_p) if dropout else 1.0
+        scale = dropout_scale(dropout_p)
         prec = dot_precision(v.dtype)
         args = (
             q, k, v, out, out32, lse, m,
@@ -326,10 +325,9 @@ class _FlashAttention(torch.autograd.Function):
         grad = grad.to(v.dtype)
         delta = (grad.float() * out.float()).sum(-1).reshape(bsz * heads, nq)  # out: the fp32 output
         has_mask = mask is not None
-        m = mask if has_mask else lse
-        m_strides = tuple(mask.stride()) if has_mask else (0, 0)
+        m, m_strides = mask_arguments(mask, lse)
         dropout = dropout_p > 0
-        scale = 1.0 / (1.0 - dropout_p) if dropout else 1.0
+        scale = dropout_scale(dropout_p)
         dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
         dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
         dvv = torch.empty_like(v)

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._util import mask_bytes, pow2, splits
+from ._util import mask_arguments, mask_bytes, pow2, splits
 from .linear import _guard, _split_dot
 
 #: rows per tile in the forward and the backward kernels (the backward keeps more tiles live)
@@ -301,8 +301,7 @@ class _FourierLinearAttention(torch.autograd.Function):
         state = torch.zeros(bsz * heads, feat, dv, device=dev, dtype=torch.float32)
         z = torch.zeros(bsz * heads, feat, device=dev, dtype=torch.float32)
         has_mask = mask is not None
-        m = mask if has_mask else state
-        m_strides = tuple(mask.stride()) if has_mask else (0, 0)
+        m, m_strides = mask_arguments(mask, state)
         parts, per = splits(nk, BLOCK_N_FORWARD, bsz * heads, dev)
         _state_kernel[(bsz * heads, parts)](
             k, v, m, weight, bias, state, z, *k.stride(), *v.stride(), *m_strides,
@@ -339,8 +338,7 @@ class _FourierLinearAttention(torch.autograd.Function):
             BN=BLOCK_N_BACKWARD, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps,
         )  # fmt: skip
         has_mask = mask is not None
-        m = mask if has_mask else state
-        m_strides = tuple(mask.stride()) if has_mask else (0, 0)
+        m, m_strides = mask_arguments(mask, state)
         parts, per = splits(nk, BLOCK_N_BACKWARD, bsz * heads, dev)
         _bwd_k_kernel[(bsz * heads, parts)](
             k, v, m, weight, bias, ds, dz, dk, dvv, dw, db,

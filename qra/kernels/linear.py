@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._util import mask_bytes, pow2, splits
+from ._util import mask_arguments, mask_bytes, pow2, splits
 
 BLOCK_N = 64
 
@@ -264,8 +264,7 @@ class _LinearAttention(torch.autograd.Function):
         state = torch.zeros(bsz * heads, feat, dv, device=dev, dtype=torch.float32)
         z = torch.zeros(bsz * heads, feat, device=dev, dtype=torch.float32)
         has_mask = mask is not None
-        m = mask if has_mask else state
-        m_strides = tuple(mask.stride()) if has_mask else (0, 0)
+        m, m_strides = mask_arguments(mask, state)
         parts, per = splits(nk, BLOCK_N, bsz * heads, dev)
         _state_kernel[(bsz * heads, parts)](
             fk, v, m, state, z, *_strides(fk), *_strides(v), *m_strides,
@@ -303,8 +302,7 @@ class _LinearAttention(torch.autograd.Function):
         dfk = torch.empty_like(fk)
         dvv = torch.empty_like(v)
         has_mask = mask is not None
-        m = mask if has_mask else state
-        m_strides = tuple(mask.stride()) if has_mask else (0, 0)
+        m, m_strides = mask_arguments(mask, state)
         parts, per = splits(nk, BLOCK_N, bsz * heads, dev)
         _bwd_k_kernel[(bsz * heads, parts)](
             fk, v, m, ds, dz, dfk, dvv, *_strides(fk), *_strides(v), *m_strides, *_strides(dfk), *_strides(dvv),
