@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 from pathlib import Path
 
 import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
+from qra.experiment.bench import time_it
 from qra.kernels import fidelity, reference
 
 FORWARD = [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2)]
@@ -31,21 +31,6 @@ QUERY_BLOCK = [(64, 32, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2),
 def strict_launch(kernel, grid_of, args, bm, bn, warps, stages, **meta):
     """fidelity._launch without its fallback to small tiles: a candidate that does not fit must say so."""
     kernel[grid_of(bm, bn)](*args, BM=bm, BN=bn, num_warps=warps, num_stages=stages, **meta)
-
-
-def median_ms(step, repeats: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -85,6 +70,9 @@ def main() -> None:
         torch.autograd.grad(result, leaves, grad)
 
     rows = []
+
+    def median_ms(step) -> float:
+        return time_it(step, torch.device(dev), repeats=20, warmup=3).median_ms
 
     def measure(kernel: str, tiles, step) -> None:
         try:

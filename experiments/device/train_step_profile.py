@@ -16,26 +16,12 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from qra.experiment.bench import _train_step_model
-
-
-def step_function(model: torch.nn.Module, batch: int, length: int):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    input_ids = torch.randint(1000, 30000, (batch, length), device="cuda")
-    labels = torch.randint(0, 2, (batch,), device="cuda")
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=input_ids, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-
-    return step
+from qra.experiment.bench import train_step, train_step_model
 
 
 def report(model_name: str, variant: str, batch: int, length: int, rows: int) -> None:
-    step = step_function(_train_step_model(model_name, variant, 6, torch.device("cuda")), batch, length)
+    device = torch.device("cuda")
+    step = train_step(train_step_model(model_name, variant, 6, device), device, batch, length)
     for _ in range(3):
         step()
     torch.cuda.synchronize()

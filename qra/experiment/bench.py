@@ -458,7 +458,7 @@ def _circuit_engine_path(model: torch.nn.Module, device: torch.device) -> str | 
     return _map_engine_path(maps[0], device) if maps else None
 
 
-def _train_step_model(model_name: str, variant: str, layers: int, device: torch.device) -> torch.nn.Module:
+def train_step_model(model_name: str, variant: str, layers: int, device: torch.device) -> torch.nn.Module:
     """A DistilBERT-base- or MiniLM-shaped classifier with random weights, patched as ``variant`` says."""
     from transformers import (
         BertConfig,
@@ -488,6 +488,23 @@ def _train_step_model(model_name: str, variant: str, layers: int, device: torch.
     return model
 
 
+def train_step(model: torch.nn.Module, device: torch.device, batch: int, length: int) -> Callable[[], None]:
+    """One AdamW step of ``model`` on a fixed random batch (bf16 autocast on GPU): what ``qra bench train`` times."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    input_ids = torch.randint(1000, 30000, (batch, length), device=device)
+    labels = torch.randint(0, 2, (batch,), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def train_cases(
     device: torch.device,
     batch: int = 32,
@@ -508,19 +525,8 @@ def train_cases(
 
 def _train_row(model_name: str, variant: str, device: torch.device, batch: int, length: int, layers: int,
                repeats: int) -> Row:  # fmt: skip
-    model = _train_step_model(model_name, variant, layers, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    input_ids = torch.randint(1000, 30000, (batch, length), device=device)
-    labels = torch.randint(0, 2, (batch,), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = model(input_ids=input_ids, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-
+    model = train_step_model(model_name, variant, layers, device)
+    step = train_step(model, device, batch, length)
     row = {"model": model_name, "variant": variant, "B": batch, "N": length, "layers": layers,
            "device": device_name(device), "torch": torch.__version__}  # fmt: skip
     # a -pytorch variant runs PyTorch code throughout: the attention's PyTorch path and the circuits' PyTorch engine
