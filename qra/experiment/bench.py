@@ -297,7 +297,7 @@ def _sdpa_with(backend: str | None) -> Callable[..., torch.Tensor]:
     return attention
 
 
-def _attention_impls(
+def attention_impls(
     device: torch.device, features: int, head_dim: int, qubits: int, compile_paths: bool
 ) -> dict[str, tuple[str | None, str, Callable[..., torch.Tensor]]]:
     """name -> (mode, path, attention(q, k, v)) for every row of the attention benchmark."""
@@ -351,7 +351,7 @@ def attention_cases(
     states (their simulation not timed).  Forward and forward + backward, peak memory.
     ``only``: the rows to measure (all by default).
     """
-    impls = _attention_impls(device, features, head_dim, qubits, compile_paths)
+    impls = attention_impls(device, features, head_dim, qubits, compile_paths)
     if only:
         if unknown := sorted(set(only) - set(impls)):
             raise ValueError(f"unknown attention rows {', '.join(unknown)}; accepted: {', '.join(impls)}")

@@ -15,21 +15,77 @@ Kernels (grid (B·H, splits), as in :mod:`qra.kernels.linear`; g = ∂L/∂out, 
     ``_bwd_k``  dφk = keep·(v·dSᵀ + dz), dv = φk·dS, then dk = dp·W and dWᵀ, db as above.
 The angles are computed in fp32: with bf16 inputs W enters the product as a bf16 hi + lo pair (about
 16 mantissa bits), fp32 inputs multiply in ieee fp32.  φ is rounded to the input dtype before the
-attention products, exactly as the unfused path casts the map's output.
+attention products, exactly as the unfused path casts the map's output.  With bf16 inputs the cosine and
+sine are the hardware's approximate ones after an exact-enough reduction to [−π, π] (absolute error about
+1e-6, far below bf16's rounding of φ, 4e-3 relative); fp32 inputs use the correctly rounded library ones.
+
+Launch shapes (rows per tile, warps, pipeline stages, programs per SM) are the tables ``FORWARD_LAUNCH``
+and ``BACKWARD_LAUNCH``, chosen on the H200 by ``experiments/device/linear_tiles.py``.  The map's weight
+gradients are summed by fp32 atomics into ``WEIGHT_GRAD_SLOTS`` copies (program i adds into copy
+i mod slots) and the copies summed afterwards, so that thousands of programs do not contend for one
+[m, d] buffer.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from ._util import mask_arguments, mask_bytes, pow2, splits
 from .linear import _guard, _split_dot
 
-#: rows per tile in the forward and the backward kernels (the backward keeps more tiles live)
-BLOCK_N_FORWARD = 64
-BLOCK_N_BACKWARD = 32
+
+@dataclass(frozen=True)
+class Launch:
+    """How one kernel is launched: ``block`` rows per tile, ``warps`` (None: 8 for large tiles, else 4),
+    ``stages`` software-pipeline stages, and a grid of about ``per_sm`` programs per SM."""
+
+    block: int
+    warps: int | None = None
+    stages: int = 3
+    per_sm: int = 2
+
+
+#: the state and output kernels; the two backward kernels (which keep more tiles live)
+FORWARD_LAUNCH = Launch(block=64)
+BACKWARD_LAUNCH = Launch(block=32)
+#: the hardware's approximate cosine and sine for bf16 inputs (False: the library's, as for fp32)
+APPROXIMATE_TRIG = True
+#: copies of the weight-gradient buffers that the backward programs' atomics are spread over
+WEIGHT_GRAD_SLOTS = 32
+
+_INV_TWO_PI = tl.constexpr(0.15915494309189535)
+_TWO_PI_HI = tl.constexpr(6.2831854820251465)  # float32(2π)
+_TWO_PI_LO = tl.constexpr(-1.7484556000744883e-07)  # 2π − float32(2π)
+
+
+@triton.jit
+def _reduced(p):
+    """p − 2π·round(p/2π) with 2π in two float32 parts (Cody–Waite): in [−π, π], where the hardware's
+    approximate cosine and sine keep an absolute error of about 2⁻²⁰."""
+    turns = tl.floor(p * _INV_TWO_PI + 0.5)
+    return tl.fma(-turns, _TWO_PI_LO, tl.fma(-turns, _TWO_PI_HI, p))
+
+
+@triton.jit
+def _cos(p, FAST: tl.constexpr):
+    if FAST:
+        return libdevice.fast_cosf(_reduced(p))
+    else:
+        return tl.cos(p)
+
+
+@triton.jit
+def _sin(p, FAST: tl.constexpr):
+    if FAST:
+        return libdevice.fast_sinf(_reduced(p))
+    else:
+        return tl.sin(p)
 
 
 @triton.jit
@@ -71,9 +127,9 @@ def _load_weight(W, B, D, F, BD: tl.constexpr, BF: tl.constexpr):
 
 
 @triton.jit
-def _grad_map(x, dfeat, p, wt, dwt_acc, db_acc, scale, LOWP: tl.constexpr, PREC: tl.constexpr):
+def _grad_map(x, dfeat, p, wt, dwt_acc, db_acc, scale, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
     """dp = −scale·sin(p)·dφ; returns dx = dp·W and the updated dWᵀ, db accumulators."""
-    dp = -scale * tl.sin(p) * dfeat
+    dp = -scale * _sin(p, FAST) * dfeat
     dx = tl.dot(dp, tl.trans(wt), input_precision=PREC)
     dwt_acc = dwt_acc + _split_dot(tl.trans(x), dp, LOWP, PREC)
     db_acc = db_acc + tl.sum(dp, axis=0)
@@ -81,7 +137,11 @@ def _grad_map(x, dfeat, p, wt, dwt_acc, db_acc, scale, LOWP: tl.constexpr, PREC:
 
 
 @triton.jit
-def _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, BD: tl.constexpr, BF: tl.constexpr):
+def _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD: tl.constexpr, BF: tl.constexpr):
+    """Add this program's dWᵀ and db into weight-gradient copy (program number mod SLOTS)."""
+    slot = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) % SLOTS
+    DW += slot * F * D
+    DB += slot * F
     offs_d = tl.arange(0, BD)
     offs_f = tl.arange(0, BF)
     tl.atomic_add(DW + offs_f[None, :] * D + offs_d[:, None], dwt_acc,
@@ -97,7 +157,7 @@ def _state_kernel(
     s_mb, s_mn,
     H, N, D, F, DV, PER_PROGRAM, scale,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -122,7 +182,7 @@ def _state_kernel(
             keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=offs_n < N, other=0) != 0)
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        fk = scale * tl.cos(_angles(k, w_hi, w_lo, bias, LOWP, PREC))
+        fk = scale * _cos(_angles(k, w_hi, w_lo, bias, LOWP, PREC), FAST)
         fk = tl.where(keep[:, None] & fmask[None, :], fk, 0.0).to(K.dtype.element_ty)
         acc = tl.dot(tl.trans(fk), v, acc, input_precision=PREC)
         zacc += tl.sum(fk.to(tl.float32), axis=0)
@@ -138,7 +198,7 @@ def _out_kernel(
     s_ob, s_oh, s_on, s_oc,
     H, N, D, F, DV, PER_PROGRAM, scale, eps,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -161,7 +221,7 @@ def _out_kernel(
         offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
-        fq = scale * tl.cos(_angles(q, w_hi, w_lo, bias, LOWP, PREC))
+        fq = scale * _cos(_angles(q, w_hi, w_lo, bias, LOWP, PREC), FAST)
         fq = tl.where(fmask[None, :], fq, 0.0).to(Q.dtype.element_ty)
         num = _split_dot(fq, state, LOWP, PREC)
         den = _guard(tl.sum(fq.to(tl.float32) * z[None, :], axis=1), eps)
@@ -176,9 +236,9 @@ def _bwd_q_kernel(
     s_qb, s_qh, s_qn, s_qd,
     s_gb, s_gh, s_gn, s_gc,
     s_db, s_dh, s_dn, s_dd,
-    H, N, D, F, DV, PER_PROGRAM, scale, eps,
+    H, N, D, F, DV, PER_PROGRAM, SLOTS, scale, eps,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -208,7 +268,7 @@ def _bwd_q_kernel(
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
         g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(Q.dtype.element_ty)
         p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
-        fq = tl.where(nmask[:, None] & fmask[None, :], scale * tl.cos(p), 0.0).to(Q.dtype.element_ty)
+        fq = tl.where(nmask[:, None] & fmask[None, :], scale * _cos(p, FAST), 0.0).to(Q.dtype.element_ty)
         fq32 = fq.to(tl.float32)
         gs = _split_dot(g, state_t, LOWP, PREC)  # g Sᵀ [BN, BF]
         den = tl.sum(fq32 * z[None, :], axis=1)
@@ -217,7 +277,7 @@ def _bwd_q_kernel(
         dden = tl.where(tl.abs(den) >= eps, -ga / (d * d), 0.0)
         dfq = gs / d[:, None] + dden[:, None] * z[None, :]
         dfq = tl.where(nmask[:, None] & fmask[None, :], dfq, 0.0)
-        dq, dwt_acc, db_acc = _grad_map(q, dfq, p, wt, dwt_acc, db_acc, scale, LOWP, PREC)
+        dq, dwt_acc, db_acc = _grad_map(q, dfq, p, wt, dwt_acc, db_acc, scale, LOWP, PREC, FAST)
         tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dq.to(DQ.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
         ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) / d[:, None], LOWP, PREC)
@@ -225,7 +285,7 @@ def _bwd_q_kernel(
     tl.atomic_add(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :], ds_acc,
                   mask=fmask[:, None] & cmask[None, :])  # fmt: skip
     tl.atomic_add(DZ + bh.to(tl.int64) * F + offs_f, dz_acc, mask=fmask)
-    _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, BD, BF)
+    _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
 
 
 @triton.jit
@@ -236,9 +296,9 @@ def _bwd_k_kernel(
     s_mb, s_mn,
     s_xb, s_xh, s_xn, s_xd,
     s_wb, s_wh, s_wn, s_wc,
-    H, N, D, F, DV, PER_PROGRAM, scale,
+    H, N, D, F, DV, PER_PROGRAM, SLOTS, scale,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -271,22 +331,30 @@ def _bwd_k_kernel(
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
         p = _angles(k, w_hi, w_lo, bias, LOWP, PREC)
         live = keep[:, None] & fmask[None, :]
-        fk = tl.where(live, scale * tl.cos(p), 0.0).to(K.dtype.element_ty)
+        fk = tl.where(live, scale * _cos(p, FAST), 0.0).to(K.dtype.element_ty)
         dfk = tl.where(live, _split_dot(v, tl.trans(ds), LOWP, PREC) + dz[None, :], 0.0)
         dv = _split_dot(fk, ds, LOWP, PREC)
-        dk, dwt_acc, db_acc = _grad_map(k, dfk, p, wt, dwt_acc, db_acc, scale, LOWP, PREC)
+        dk, dwt_acc, db_acc = _grad_map(k, dfk, p, wt, dwt_acc, db_acc, scale, LOWP, PREC, FAST)
         tl.store(dk_base + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd, dk.to(DK.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
         tl.store(dv_base + offs_n[:, None] * s_wn + offs_c[None, :] * s_wc, dv.to(DV_.dtype.element_ty),
                  mask=nmask[:, None] & cmask[None, :])  # fmt: skip
-    _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, BD, BF)
+    _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
 
 
-def _launch_config(dtype: torch.dtype, bd: int, bf: int, bv: int) -> tuple[bool, str, int]:
-    """(bf16 split products?, dot precision, warps): more warps where the live tiles are large."""
+def _launch_config(dtype: torch.dtype, bd: int, bf: int, bv: int, launch: Launch) -> tuple[bool, str, bool, int]:
+    """(bf16 split products?, dot precision, approximate trigonometry?, warps)."""
     lowp = dtype == torch.bfloat16
-    warps = 8 if bf * max(bd, bv) >= 128 * 64 else 4
-    return lowp, ("ieee" if dtype == torch.float32 else "tf32"), warps
+    # the interpreter has no approximate cosine; bf16 needs none of the library one's accuracy
+    fast = lowp and APPROXIMATE_TRIG and os.environ.get("TRITON_INTERPRET") != "1"
+    warps = launch.warps or (8 if bf * max(bd, bv) >= 128 * 64 else 4)
+    return lowp, ("ieee" if dtype == torch.float32 else "tf32"), fast, warps
+
+
+def _grid(n: int, groups: int, device: torch.device, launch: Launch) -> tuple[tuple[int, int], int]:
+    """((groups, programs per group), blocks per program) for ``n`` rows."""
+    parts, per = splits(n, launch.block, groups, device, launch.per_sm)
+    return (groups, parts), per
 
 
 class _FourierLinearAttention(torch.autograd.Function):
@@ -296,24 +364,24 @@ class _FourierLinearAttention(torch.autograd.Function):
         nk, dv = k.shape[2], v.shape[3]
         feat = weight.shape[0]
         bd, bf, bv = pow2(dim), pow2(feat), pow2(dv)
-        lowp, prec, warps = _launch_config(v.dtype, bd, bf, bv)
+        launch = FORWARD_LAUNCH
+        lowp, prec, fast, warps = _launch_config(v.dtype, bd, bf, bv, launch)
+        meta = dict(BN=launch.block, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, FAST=fast, num_warps=warps,
+                    num_stages=launch.stages)  # fmt: skip
         dev = v.device
         state = torch.zeros(bsz * heads, feat, dv, device=dev, dtype=torch.float32)
         z = torch.zeros(bsz * heads, feat, device=dev, dtype=torch.float32)
-        has_mask = mask is not None
         m, m_strides = mask_arguments(mask, state)
-        parts, per = splits(nk, BLOCK_N_FORWARD, bsz * heads, dev)
-        _state_kernel[(bsz * heads, parts)](
+        grid, per = _grid(nk, bsz * heads, dev, launch)
+        _state_kernel[grid](
             k, v, m, weight, bias, state, z, *k.stride(), *v.stride(), *m_strides,
-            heads, nk, dim, feat, dv, per, scale,
-            BN=BLOCK_N_FORWARD, BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, LOWP=lowp, PREC=prec, num_warps=warps,
+            heads, nk, dim, feat, dv, per, scale, HAS_MASK=mask is not None, **meta,
         )  # fmt: skip
         out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
-        parts, per = splits(nq, BLOCK_N_FORWARD, bsz * heads, dev)
-        _out_kernel[(bsz * heads, parts)](
+        grid, per = _grid(nq, bsz * heads, dev, launch)
+        _out_kernel[grid](
             q, weight, bias, state, z, out, *q.stride(), *out.stride(),
-            heads, nq, dim, feat, dv, per, scale, eps,
-            BN=BLOCK_N_FORWARD, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps,
+            heads, nq, dim, feat, dv, per, scale, eps, **meta,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, weight, bias, mask, state, z)
         ctx.scale, ctx.eps = scale, eps
@@ -326,27 +394,29 @@ class _FourierLinearAttention(torch.autograd.Function):
         nk, dv = k.shape[2], v.shape[3]
         feat = weight.shape[0]
         bd, bf, bv = pow2(dim), pow2(feat), pow2(dv)
-        lowp, prec, warps = _launch_config(v.dtype, bd, bf, bv)
+        launch = BACKWARD_LAUNCH
+        lowp, prec, fast, warps = _launch_config(v.dtype, bd, bf, bv, launch)
+        meta = dict(BN=launch.block, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, FAST=fast, num_warps=warps,
+                    num_stages=launch.stages)  # fmt: skip
         dev = v.device
         dq, dk, dvv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         ds, dz = torch.zeros_like(state), torch.zeros_like(z)
-        dw, db = torch.zeros_like(weight), torch.zeros_like(bias)
-        parts, per = splits(nq, BLOCK_N_BACKWARD, bsz * heads, dev)
-        _bwd_q_kernel[(bsz * heads, parts)](
+        slots = WEIGHT_GRAD_SLOTS
+        dw = torch.zeros(slots, *weight.shape, device=dev, dtype=weight.dtype)
+        db = torch.zeros(slots, *bias.shape, device=dev, dtype=bias.dtype)
+        grid, per = _grid(nq, bsz * heads, dev, launch)
+        _bwd_q_kernel[grid](
             q, grad, weight, bias, state, z, dq, ds, dz, dw, db, *q.stride(), *grad.stride(), *dq.stride(),
-            heads, nq, dim, feat, dv, per, ctx.scale, ctx.eps,
-            BN=BLOCK_N_BACKWARD, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps,
+            heads, nq, dim, feat, dv, per, slots, ctx.scale, ctx.eps, **meta,
         )  # fmt: skip
-        has_mask = mask is not None
         m, m_strides = mask_arguments(mask, state)
-        parts, per = splits(nk, BLOCK_N_BACKWARD, bsz * heads, dev)
-        _bwd_k_kernel[(bsz * heads, parts)](
+        grid, per = _grid(nk, bsz * heads, dev, launch)
+        _bwd_k_kernel[grid](
             k, v, m, weight, bias, ds, dz, dk, dvv, dw, db,
             *k.stride(), *v.stride(), *m_strides, *dk.stride(), *dvv.stride(),
-            heads, nk, dim, feat, dv, per, ctx.scale,
-            BN=BLOCK_N_BACKWARD, BD=bd, BF=bf, BV=bv, HAS_MASK=has_mask, LOWP=lowp, PREC=prec, num_warps=warps,
+            heads, nk, dim, feat, dv, per, slots, ctx.scale, HAS_MASK=mask is not None, **meta,
         )  # fmt: skip
-        return dq, dk, dvv, dw, db, None, None, None
+        return dq, dk, dvv, dw.sum(0), db.sum(0), None, None, None
 
 
 def fused_fourier_linear_attention(q, k, v, weight, phase, scale: float, key_padding_mask=None, eps: float = 1e-6):

@@ -1,0 +1,78 @@
+"""Where the attention benchmark's time goes on the GPU: rows of ``qra bench attention`` under torch.profiler.
+
+    python experiments/device/attention_profile.py --rows sdpa,linear-fused,fidelity-fused [--length 512]
+
+For each row: forward + backward at the benchmark's shape (B·N = 16,384, H = 12, d = 64, m = 128, bf16),
+its wall time per call, the summed time of its GPU kernels (the gap is the GPU waiting for the host), and
+the kernels and operators with the most GPU time.  Ten profiled calls after five warm-up calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from qra.experiment.bench import attention_impls
+
+CALLS = 10
+
+
+def inputs(mode: str | None, batch: int, heads: int, length: int, qubits: int) -> list[torch.Tensor]:
+    """The benchmark's inputs for one row, as leaves that require grad (states as real pairs for fidelity)."""
+    width = 2 * 2**qubits if mode == "fidelity" else 64
+
+    def draw(dim: int) -> torch.Tensor:
+        return torch.randn(batch, heads, length, dim, device="cuda", dtype=torch.bfloat16)
+
+    if mode == "fidelity":
+        q, k = (torch.nn.functional.normalize(draw(width).float(), dim=-1) for _ in range(2))
+    else:
+        q, k = draw(width), draw(width)
+    return [t.requires_grad_() for t in (q, k, draw(64))]
+
+
+def report(name: str, impl, length: int, tokens: int, heads: int, qubits: int, rows: int) -> None:
+    mode, _, attention = impl
+    leaves = inputs(mode, tokens // length, heads, length, qubits)
+
+    def step() -> None:
+        attention(*leaves).float().sum().backward()
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(CALLS):
+        step()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / CALLS * 1000
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(CALLS):
+            step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernels = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / CALLS / 1000
+    print(f"\n=== {name}, N = {length}: fwd+bwd {wall:.3f} ms wall (unprofiled), GPU kernels {kernels:.3f} ms a call")
+    print(events.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=80))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", default="sdpa,linear-fused,fidelity-fused")
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--qubits", type=int, default=6)
+    parser.add_argument("--table-rows", type=int, default=25)
+    args = parser.parse_args()
+    impls = attention_impls(torch.device("cuda"), 128, 64, args.qubits, compile_paths=False)
+    for name in args.rows.split(","):
+        report(name, impls[name], args.length, args.tokens, args.heads, args.qubits, args.table_rows)
+
+
+if __name__ == "__main__":
+    main()
