@@ -50,7 +50,7 @@ def main() -> None:
 
     def shape(length: int):
         torch.manual_seed(length)
-        b, h, d = args.tokens // length, args.heads, args.head_dim
+        b, h, d = max(1, args.tokens // length), args.heads, args.head_dim
         q, k, v = (torch.randn(b, h, length, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
                    for _ in range(3))  # fmt: skip
         weight = (torch.randn(args.features, d, device=dev) / 8).requires_grad_()

@@ -1,13 +1,15 @@
 """Flash-style fidelity attention: softmax over the keys of β·|⟨ψq|ψk⟩|², forward and backward.
 
-Why a kernel of its own: with the states packed as real rows P = [Re ψ | Im ψ] (width 2·2ⁿ) and the
-key rows also rotated, R = [Im ψ | −Re ψ], the overlap is two ordinary products,
+Why a kernel of its own: read as real rows P = (Re ψ₀, Im ψ₀, Re ψ₁, Im ψ₁, …) (width 2·2ⁿ: the complex
+states' own memory, ``torch.view_as_real``) and rotated, R = (Im ψ₀, −Re ψ₀, Im ψ₁, −Re ψ₁, …), the overlap is
+two ordinary products,
     A = Pq·Pkᵀ = Re⟨ψq|ψk⟩,   C = Pq·Rkᵀ = Im⟨ψq|ψk⟩,   s = β_h (A² + C²),
 so each score tile costs two tensor-core products over 2·2ⁿ, the fidelity is never formed as an
-N×N tensor, and memory is O(N).  The packing (and the rotation) is done once per call in PyTorch;
-the kernels read contiguous rows.
+N×N tensor, and memory is O(N).  The kernels read the complex64 states in place (R is the same tile loaded
+with each pair swapped, column c from c xor 1, and every second column negated), convert them to the
+product dtype in registers, and write the gradients as complex64 tensors: no packed copies, no unpacking.
 
-Precision: states with 16-bit values are packed in float16 (amplitudes lie in [−1, 1]: 11 bits of
+Precision: states with 16-bit values are multiplied in float16 (amplitudes lie in [−1, 1]: 11 bits of
 mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value).  With float32
 values the rows are float32, multiplied as three TF32 products (float32's accuracy).  The backward's
 gradient products run in float16 too, on dA·S and dC·S with S a power of two chosen per call from a
@@ -17,7 +19,7 @@ training without loss scaling; the fp32 sums are divided by S again (float32 val
 Backward: δ_i = dO_i·O_i (PyTorch), a key-block kernel for dK, dV (and dβ, fp32 atomics), a
 query-block kernel for dQ, both recomputing the scores.  With dA = 2β·A·dS and dC = 2β·C·dS,
     dPq = dA·Pk + dC·Rk,   dPk = dAᵀ·Pq − dCᵀ·Rq   (Rq the query rows rotated like the keys),
-and the packed gradients become complex ones (∂L/∂Re + i ∂L/∂Im, torch's convention).
+written interleaved as they are, i.e. as complex gradients ∂L/∂Re + i ∂L/∂Im (torch's convention).
 
 Dropout and key padding follow :mod:`qra.kernels.flash` exactly (the same Philox keep-mask).
 """
@@ -39,15 +41,38 @@ def _keep_t(seed, bh, offs_m, offs_n, Nq, Nk, threshold):
     return keep_at(seed, idx, threshold)
 
 
+@triton.jit
+def _state_rows(base, offs_r, s_r, rmask, offs_f, FEAT, ROW: tl.constexpr, ROTATE: tl.constexpr, TRANS: tl.constexpr):
+    """A tile of interleaved (Re, Im) state rows as ``ROW`` values: [rows, BF], or [BF, rows] with ``TRANS``.
+
+    ``ROTATE``: the rotated rows (Im, −Re): column c read from column c xor 1, odd columns negated.
+    Columns from FEAT = 2·(amplitudes) on, and masked rows, are 0.
+    """
+    cols = offs_f ^ 1 if ROTATE else offs_f
+    if TRANS:
+        x = tl.load(base + offs_r[None, :] * s_r + cols[:, None], mask=rmask[None, :] & (offs_f[:, None] < FEAT),
+                    other=0.0)  # fmt: skip
+        if ROTATE:
+            x = tl.where((offs_f % 2 == 0)[:, None], x, -x)
+    else:
+        x = tl.load(base + offs_r[:, None] * s_r + cols[None, :], mask=rmask[:, None] & (offs_f[None, :] < FEAT),
+                    other=0.0)  # fmt: skip
+        if ROTATE:
+            x = tl.where((offs_f % 2 == 0)[None, :], x, -x)
+    return x.to(ROW)
+
+
 @triton.jit(do_not_specialize=["seed"])
 def _fwd_kernel(
-    QP, KP, KR, V, OUT, OUT32, LSE, MASK, BETA,
+    Q, K, V, OUT, OUT32, LSE, MASK, BETA,
+    s_qb, s_qh, s_qn,
+    s_kb, s_kh, s_kn,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
-    H, Nq, Nk, DV,
+    H, Nq, Nk, DV, FEAT,
     seed, threshold, scale,
-    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, ROW: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, SAVE32: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -60,9 +85,8 @@ def _fwd_kernel(
     offs_c = tl.arange(0, BV)
     cmask = offs_c < DV
     mmask = offs_m < Nq
-    KP = KP + bh64 * Nk * BF  # this (batch, head)'s rows; offsets within them fit int32
-    KR = KR + bh64 * Nk * BF
-    q = tl.load(QP + bh64 * Nq * BF + offs_m[:, None] * BF + offs_f[None, :], mask=mmask[:, None], other=0.0)
+    K = K + b * s_kb + h * s_kh  # this (batch, head)'s rows
+    q = _state_rows(Q + b * s_qb + h * s_qh, offs_m, s_qn, mmask, offs_f, FEAT, ROW, False, False)
     beta2 = tl.load(BETA + h) * 1.4426950408889634  # base-2 softmax
     v_base = V + b * s_vb + h * s_vh
     m_i = tl.full((BM,), float("-inf"), dtype=tl.float32)
@@ -71,9 +95,8 @@ def _fwd_kernel(
     for start in range(0, Nk, BN):
         offs_n = start + tl.arange(0, BN)
         nmask = offs_n < Nk
-        kt_off = offs_n[None, :] * BF + offs_f[:, None]  # [BF, BN]
-        a = tl.dot(q, tl.load(KP + kt_off, mask=nmask[None, :], other=0.0), input_precision=PREC)
-        c = tl.dot(q, tl.load(KR + kt_off, mask=nmask[None, :], other=0.0), input_precision=PREC)
+        a = tl.dot(q, _state_rows(K, offs_n, s_kn, nmask, offs_f, FEAT, ROW, False, True), input_precision=PREC)
+        c = tl.dot(q, _state_rows(K, offs_n, s_kn, nmask, offs_f, FEAT, ROW, True, True), input_precision=PREC)
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
         s = tl.where(ok[None, :], beta2 * (a * a + c * c), float("-inf"))
         m_i, l_i, alpha, p = softmax_block(s, m_i, l_i)
@@ -92,14 +115,17 @@ def _fwd_kernel(
 
 @triton.jit(do_not_specialize=["seed"])
 def _bwd_kv_kernel(
-    QP, QR, KP, KR, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DK, DV_, DBETA,
+    Q, K, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DK, DV_, DBETA,
+    s_qb, s_qh, s_qn,
+    s_kb, s_kh, s_kn,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
     s_wb, s_wh, s_wn, s_wc,
-    H, Nq, Nk, DV,
+    s_xb, s_xh, s_xn,
+    H, Nq, Nk, DV, FEAT,
     seed, threshold, scale,
-    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, ROW: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, BETA_GRAD: tl.constexpr,
 ):  # fmt: skip
     """One key block: its tiles are computed transposed ([BN, BM], keys × queries), as dK and dV need them."""
@@ -113,14 +139,9 @@ def _bwd_kv_kernel(
     offs_c = tl.arange(0, BV)
     cmask = offs_c < DV
     nmask = offs_n < Nk
-    QP = QP + bh64 * Nq * BF  # this (batch, head)'s rows; offsets within them fit int32
-    QR = QR + bh64 * Nq * BF
-    KP = KP + bh64 * Nk * BF
-    KR = KR + bh64 * Nk * BF
-    DK = DK + bh64 * Nk * BF
-    k_off = offs_n[:, None] * BF + offs_f[None, :]
-    kp = tl.load(KP + k_off, mask=nmask[:, None], other=0.0)  # [BN, BF]
-    kr = tl.load(KR + k_off, mask=nmask[:, None], other=0.0)
+    Q = Q + b * s_qb + h * s_qh  # this (batch, head)'s rows
+    kp = _state_rows(K + b * s_kb + h * s_kh, offs_n, s_kn, nmask, offs_f, FEAT, ROW, False, False)  # [BN, BF]
+    kr = _state_rows(K + b * s_kb + h * s_kh, offs_n, s_kn, nmask, offs_f, FEAT, ROW, True, False)
     v = tl.load(  # [BN, BV]
         V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc,
         mask=nmask[:, None] & cmask[None, :],
@@ -138,8 +159,7 @@ def _bwd_kv_kernel(
     for start in range(0, Nq, BM):
         offs_m = start + tl.arange(0, BM)
         mmask = offs_m < Nq
-        qt_off = offs_m[None, :] * BF + offs_f[:, None]  # [BF, BM]
-        qt = tl.load(QP + qt_off, mask=mmask[None, :], other=0.0)
+        qt = _state_rows(Q, offs_m, s_qn, mmask, offs_f, FEAT, ROW, False, True)  # [BF, BM]
         a = tl.dot(kp, qt, input_precision=PREC)  # Re⟨ψq|ψk⟩, [BN, BM]
         c = tl.dot(kr, qt, input_precision=PREC)  # Im⟨ψq|ψk⟩
         fid = a * a + c * c
@@ -161,9 +181,10 @@ def _bwd_kv_kernel(
             dbeta += tl.sum(ds * fid, axis=1)
         g = twice * ds
         dk = tl.dot((g * a).to(qt.dtype), tl.trans(qt), dk, input_precision=PREC)
-        qrt = tl.load(QR + qt_off, mask=mmask[None, :], other=0.0)
-        dk = tl.dot((g * c).to(qrt.dtype), tl.trans(qrt), dk, input_precision=PREC)
-    tl.store(DK + k_off, dk / gscale, mask=nmask[:, None])
+        qrt = _state_rows(Q, offs_m, s_qn, mmask, offs_f, FEAT, ROW, True, True)
+        dk = tl.dot((-g * c).to(qrt.dtype), tl.trans(qrt), dk, input_precision=PREC)
+    tl.store(DK + b * s_xb + h * s_xh + offs_n[:, None] * s_xn + offs_f[None, :], dk / gscale,
+             mask=nmask[:, None] & (offs_f[None, :] < FEAT))  # fmt: skip
     if BETA_GRAD:
         tl.atomic_add(DBETA + h, tl.sum(dbeta, axis=0))
     tl.store(
@@ -175,13 +196,16 @@ def _bwd_kv_kernel(
 
 @triton.jit(do_not_specialize=["seed"])
 def _bwd_q_kernel(
-    QP, KP, KR, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DQ,
+    Q, K, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DQ,
+    s_qb, s_qh, s_qn,
+    s_kb, s_kh, s_kn,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
-    H, Nq, Nk, DV,
+    s_xb, s_xh, s_xn,
+    H, Nq, Nk, DV, FEAT,
     seed, threshold, scale,
-    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, ROW: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -194,12 +218,8 @@ def _bwd_q_kernel(
     offs_c = tl.arange(0, BV)
     cmask = offs_c < DV
     mmask = offs_m < Nq
-    QP = QP + bh64 * Nq * BF
-    KP = KP + bh64 * Nk * BF
-    KR = KR + bh64 * Nk * BF
-    DQ = DQ + bh64 * Nq * BF
-    q_off = offs_m[:, None] * BF + offs_f[None, :]
-    q = tl.load(QP + q_off, mask=mmask[:, None], other=0.0)
+    K = K + b * s_kb + h * s_kh  # this (batch, head)'s rows
+    q = _state_rows(Q + b * s_qb + h * s_qh, offs_m, s_qn, mmask, offs_f, FEAT, ROW, False, False)
     do = tl.load(
         DO + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
         mask=mmask[:, None] & cmask[None, :],
@@ -216,9 +236,8 @@ def _bwd_q_kernel(
     for start in range(0, Nk, BN):
         offs_n = start + tl.arange(0, BN)
         nmask = offs_n < Nk
-        kt_off = offs_n[None, :] * BF + offs_f[:, None]  # [BF, BN]
-        kpt = tl.load(KP + kt_off, mask=nmask[None, :], other=0.0)
-        krt = tl.load(KR + kt_off, mask=nmask[None, :], other=0.0)
+        kpt = _state_rows(K, offs_n, s_kn, nmask, offs_f, FEAT, ROW, False, True)  # [BF, BN]
+        krt = _state_rows(K, offs_n, s_kn, nmask, offs_f, FEAT, ROW, True, True)
         a = tl.dot(q, kpt, input_precision=PREC)
         c = tl.dot(q, krt, input_precision=PREC)
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
@@ -232,7 +251,8 @@ def _bwd_q_kernel(
         g = twice * p * (dp - delta[:, None])
         dq = tl.dot((g * a).to(kpt.dtype), tl.trans(kpt), dq, input_precision=PREC)
         dq = tl.dot((g * c).to(krt.dtype), tl.trans(krt), dq, input_precision=PREC)
-    tl.store(DQ + q_off, dq / gscale, mask=mmask[:, None])
+    tl.store(DQ + b * s_xb + h * s_xh + offs_m[:, None] * s_xn + offs_f[None, :], dq / gscale,
+             mask=mmask[:, None] & (offs_f[None, :] < FEAT))  # fmt: skip
 
 
 #: (BM, BN, warps, stages) by (packed row width, 16-bit planes) for the forward, the key-block (dK, dV)
@@ -269,23 +289,22 @@ def _tiles(table: dict, width: int, half: bool) -> tuple[int, int, int, int]:
     return table.get((width, half), _SMALL_TILES)
 
 
-def pack_rows(states: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
-    """[B, H, N, D] complex states as contiguous real rows [B·H, N, width]: [Re | Im], each half zero-padded
-    to width/2."""
-    bsz, heads, n, dim = states.shape
-    half = width // 2
-    alloc = torch.empty if half == dim else torch.zeros
-    rows = alloc(bsz * heads, n, 2, half, device=states.device, dtype=dtype)
-    rows[:, :, 0, :dim] = states.real.reshape(bsz * heads, n, dim)
-    rows[:, :, 1, :dim] = states.imag.reshape(bsz * heads, n, dim)
-    return rows.view(bsz * heads, n, width)
+def _real_rows(states: torch.Tensor) -> torch.Tensor:
+    """[B, H, N, D] complex64 states as float32 [B, H, N, 2D] interleaved rows, in place where the amplitudes
+    are contiguous (the kernels take any batch, head and row strides)."""
+    if states.stride(-1) != 1:
+        states = states.contiguous()
+    return torch.view_as_real(states).flatten(-2)
 
 
-def unpack_grad(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Packed fp32 gradients [B·H, N, width] as the complex gradient ∂L/∂Re + i ∂L/∂Im of [B, H, N, D] states."""
-    dim = shape[-1]
-    halves = rows.view(rows.shape[0], rows.shape[1], 2, -1)
-    return torch.complex(halves[:, :, 0, :dim], halves[:, :, 1, :dim]).reshape(shape)
+def _grad_rows(shape: torch.Size, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A complex64 gradient of ``shape`` and its float32 interleaved view, which the kernels write."""
+    grad = torch.empty(shape, device=device, dtype=torch.complex64)
+    return grad, torch.view_as_real(grad).flatten(-2)
+
+
+def _row_strides(rows: torch.Tensor) -> tuple[int, int, int]:
+    return rows.stride(0), rows.stride(1), rows.stride(2)
 
 
 class _FidelityAttention(torch.autograd.Function):
@@ -294,11 +313,8 @@ class _FidelityAttention(torch.autograd.Function):
         bsz, heads, nq, dim = states_q.shape
         nk, dv = states_k.shape[2], v.shape[3]
         half = v.dtype != torch.float32
-        plane = torch.float16 if half else torch.float32
         width = 2 * pow2(dim, floor=8)
-        qp = pack_rows(states_q, width, plane)
-        kp = pack_rows(states_k, width, plane)
-        kr = rotate_rows(kp)
+        q_rows, k_rows = _real_rows(states_q), _real_rows(states_k)
         bv = pow2(dv)
         bm, bn, warps, stages = _tiles(FORWARD_TILES, width, half)
         out = torch.empty(bsz, heads, nq, dv, device=v.device, dtype=v.dtype)
@@ -308,59 +324,56 @@ class _FidelityAttention(torch.autograd.Function):
         dropout = dropout_p > 0
         scale = dropout_scale(dropout_p)
         args = (
-            qp, kp, kr, v, out, out32, lse, m, beta,
-            *v.stride(), *out.stride(), *m_strides,
-            heads, nq, nk, dv, seed, _threshold(dropout_p), scale,
+            q_rows, k_rows, v, out, out32, lse, m, beta,
+            *_row_strides(q_rows), *_row_strides(k_rows), *v.stride(), *out.stride(), *m_strides,
+            heads, nq, nk, dv, 2 * dim, seed, _threshold(dropout_p), scale,
         )  # fmt: skip
         _launch(
             _fwd_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages,
-            BF=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half), VPREC=_precision(half),
-            SAVE32=half,
+            BF=width, BV=bv, ROW=_row_dtype(half), HAS_MASK=mask is not None, DROPOUT=dropout,
+            PREC=_precision(half), VPREC=_precision(half), SAVE32=half,
         )  # fmt: skip
-        ctx.save_for_backward(qp, kp, v, mask, beta, out32, lse)
+        ctx.save_for_backward(q_rows, k_rows, v, mask, beta, out32, lse)
         ctx.cfg = (dropout_p, seed, half, width, states_q.shape, states_k.shape, ctx.needs_input_grad[4])
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        qp, kp, v, mask, beta, out, lse = ctx.saved_tensors
+        q_rows, k_rows, v, mask, beta, out, lse = ctx.saved_tensors
         dropout_p, seed, half, width, q_shape, k_shape, beta_grad = ctx.cfg
-        bsz, heads, nq, _ = q_shape
+        bsz, heads, nq, dim = q_shape
         nk, dv = k_shape[2], v.shape[3]
         bv = pow2(dv)
         grad = grad.to(v.dtype)
         delta = (grad.float() * out.float().view(bsz, heads, nq, dv)).sum(-1).reshape(bsz * heads, nq)
         scale = dropout_scale(dropout_p)
-        gscale = gradient_scale(grad, v, qp, kp, beta, scale) if half else torch.ones(1, device=v.device)
-        kr = rotate_rows(kp)
-        qr = -rotate_rows(qp)  # ∂C/∂Pk = [−Im ψq | Re ψq]
+        gscale = gradient_scale(grad, v, q_rows, k_rows, beta, scale) if half else torch.ones(1, device=v.device)
         m, m_strides = mask_arguments(mask, lse)
         dropout = dropout_p > 0
-        dkp = torch.empty(kp.shape, device=v.device, dtype=torch.float32)
-        dqp = torch.empty(qp.shape, device=v.device, dtype=torch.float32)
+        dk, dk_rows = _grad_rows(k_shape, v.device)
+        dq, dq_rows = _grad_rows(q_shape, v.device)
         dvv = torch.empty_like(v)
         dbeta = torch.zeros(heads, device=v.device, dtype=torch.float32)
         common = dict(
-            BF=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half),
-            VPREC=_precision(half),
+            BF=width, BV=bv, ROW=_row_dtype(half), HAS_MASK=mask is not None, DROPOUT=dropout,
+            PREC=_precision(half), VPREC=_precision(half),
         )  # fmt: skip
-        tail = (heads, nq, nk, dv, seed, _threshold(dropout_p), scale)
+        rows = (*_row_strides(q_rows), *_row_strides(k_rows), *v.stride(), *grad.stride(), *m_strides)
+        tail = (heads, nq, nk, dv, 2 * dim, seed, _threshold(dropout_p), scale)
         args = (
-            qp, qr, kp, kr, v, grad, lse, delta, m, beta, gscale, dkp, dvv, dbeta,
-            *v.stride(), *grad.stride(), *m_strides, *dvv.stride(), *tail,
+            q_rows, k_rows, v, grad, lse, delta, m, beta, gscale, dk_rows, dvv, dbeta,
+            *rows, *dvv.stride(), *_row_strides(dk_rows), *tail,
         )  # fmt: skip
         bm, bn, warps, stages = _tiles(BACKWARD_KV_TILES, width, half)
         _launch(
             _bwd_kv_kernel, lambda bm_, bn_: (triton.cdiv(nk, bn_), bsz * heads), args, bm, bn, warps, stages,
             BETA_GRAD=beta_grad, **common,
         )  # fmt: skip
-        args = (qp, kp, kr, v, grad, lse, delta, m, beta, gscale, dqp, *v.stride(), *grad.stride(), *m_strides, *tail)
+        args = (q_rows, k_rows, v, grad, lse, delta, m, beta, gscale, dq_rows, *rows, *_row_strides(dq_rows), *tail)
         bm, bn, warps, stages = _tiles(BACKWARD_Q_TILES, width, half)
         _launch(
             _bwd_q_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages, **common
         )
-        dq = unpack_grad(dqp, q_shape)
-        dk = unpack_grad(dkp, k_shape)
         return dq, dk, dvv, None, (dbeta if beta_grad else None), None, None
 
 
@@ -368,21 +381,21 @@ class _FidelityAttention(torch.autograd.Function):
 GRADIENT_RANGE = 2.0**14
 
 
-def gradient_scale(grad, v, qp, kp, beta, dropout_scale: float) -> torch.Tensor:
+def gradient_scale(grad, v, q_rows, k_rows, beta, dropout_scale: float) -> torch.Tensor:
     """A power of two S (a 1-element fp32 tensor, no host sync) with |dA·S|, |dC·S| ≤ GRADIENT_RANGE.
 
-    |dA| = |2β·A·dS| ≤ 2|β|·‖ψq‖‖ψk‖·p·(|dO_i·v_j| + |dO_i·O_i|) ≤ 4|β|·‖ψq‖‖ψk‖·‖dO_i‖·max‖v‖·(dropout scale).
+    |dA| = |2β·A·dS| ≤ 2|β|·‖ψq‖‖ψk‖·p·(|dO_i·v_j| + |dO_i·O_i|) ≤ 4|β|·‖ψq‖‖ψk‖·‖dO_i‖·max‖v‖·(dropout scale),
+    with ‖ψ‖ the norm of a state's real row (Re, Im, …), which is the state's norm.
     """
-    norms = [torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).amax() for x in (grad, v, qp, kp)]
+    norms = [torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).amax() for x in (grad, v, q_rows, k_rows)]
     bound = (4.0 * dropout_scale) * beta.abs().amax() * norms[0] * norms[1] * norms[2] * norms[3]
     exponent = torch.floor(torch.log2(GRADIENT_RANGE / bound)).clamp(-60.0, 60.0)  # all-zero gradients: 2^60
     return torch.exp2(exponent).reshape(1)
 
 
-def rotate_rows(rows: torch.Tensor) -> torch.Tensor:
-    """[Re | Im] rows as [Im | −Re]."""
-    halves = rows.view(rows.shape[0], rows.shape[1], 2, -1)
-    return torch.stack((halves[:, :, 1], -halves[:, :, 0]), dim=2).view(rows.shape)
+def _row_dtype(half: bool) -> tl.dtype:
+    """What the state rows are multiplied in: float16 for 16-bit values, float32 (as three TF32 products) else."""
+    return tl.float16 if half else tl.float32
 
 
 def _precision(half: bool) -> str:

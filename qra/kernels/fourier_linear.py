@@ -51,9 +51,11 @@ class Launch:
     per_sm: int = 2
 
 
-#: the state and output kernels; the two backward kernels (which keep more tiles live)
-FORWARD_LAUNCH = Launch(block=64)
-BACKWARD_LAUNCH = Launch(block=32)
+#: the state and output kernels; the two backward kernels (which keep more tiles live).  Timed on an H200 at
+#: N = 512 (``results/bench/linear-tiles-h200.log``): the forward went from 0.48 to 0.28 ms with 4 warps and
+#: ~8 programs per SM; no backward candidate beat round 3's shape.
+FORWARD_LAUNCH = Launch(block=64, warps=4, per_sm=8)
+BACKWARD_LAUNCH = Launch(block=32, warps=8)
 #: the hardware's approximate cosine and sine for bf16 inputs (False: the library's, as for fp32)
 APPROXIMATE_TRIG = True
 #: copies of the weight-gradient buffers that the backward programs' atomics are spread over
