@@ -5,9 +5,12 @@ states' own memory, ``torch.view_as_real``) and rotated, R = (Im ψ₀, −Re ψ
 two ordinary products,
     A = Pq·Pkᵀ = Re⟨ψq|ψk⟩,   C = Pq·Rkᵀ = Im⟨ψq|ψk⟩,   s = β_h (A² + C²),
 so each score tile costs two tensor-core products over 2·2ⁿ, the fidelity is never formed as an
-N×N tensor, and memory is O(N).  The kernels read the complex64 states in place (R is the same tile loaded
-with each pair swapped, column c from c xor 1, and every second column negated), convert them to the
-product dtype in registers, and write the gradients as complex64 tensors: no packed copies, no unpacking.
+N×N tensor, and memory is O(N).  The kernels read the complex64 states in place and convert them to the
+product dtype in registers.  A program's own fixed tile is rotated as it loads (column c from c xor 1, odd
+columns negated), and C = −Rq·Pkᵀ, so the loops load each tile of the other side once; the backward loops,
+which multiply by rotated tiles, read R as the rows of −i·ψ, formed once per backward (one elementwise op).
+Gradients are written as complex64 tensors: no packed copies, no unpacking.  (Round 4 packed float16 rows in
+PyTorch; its glue cost more GPU time than its kernels: ``results/bench/attention-profile-h200.txt``.)
 
 Precision: states with 16-bit values are multiplied in float16 (amplitudes lie in [−1, 1]: 11 bits of
 mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value).  With float32
@@ -42,24 +45,22 @@ def _keep_t(seed, bh, offs_m, offs_n, Nq, Nk, threshold):
 
 
 @triton.jit
-def _state_rows(base, offs_r, s_r, rmask, offs_f, FEAT, ROW: tl.constexpr, ROTATE: tl.constexpr, TRANS: tl.constexpr):
-    """A tile of interleaved (Re, Im) state rows as ``ROW`` values: [rows, BF], or [BF, rows] with ``TRANS``.
-
-    ``ROTATE``: the rotated rows (Im, −Re): column c read from column c xor 1, odd columns negated.
-    Columns from FEAT = 2·(amplitudes) on, and masked rows, are 0.
-    """
+def _state_rows(base, offs_r, s_r, rmask, offs_f, FEAT, ROW: tl.constexpr, ROTATE: tl.constexpr):
+    """A [rows, BF] tile of interleaved (Re, Im) state rows as ``ROW`` values; columns from FEAT = 2·(amplitudes)
+    on, and masked rows, are 0.  ``ROTATE``: the rows rotated to (Im, −Re) pairs as they load (column c from
+    column c xor 1, odd columns negated), for a program's fixed tile."""
     cols = offs_f ^ 1 if ROTATE else offs_f
-    if TRANS:
-        x = tl.load(base + offs_r[None, :] * s_r + cols[:, None], mask=rmask[None, :] & (offs_f[:, None] < FEAT),
-                    other=0.0)  # fmt: skip
-        if ROTATE:
-            x = tl.where((offs_f % 2 == 0)[:, None], x, -x)
-    else:
-        x = tl.load(base + offs_r[:, None] * s_r + cols[None, :], mask=rmask[:, None] & (offs_f[None, :] < FEAT),
-                    other=0.0)  # fmt: skip
-        if ROTATE:
-            x = tl.where((offs_f % 2 == 0)[None, :], x, -x)
+    x = tl.load(base + offs_r[:, None] * s_r + cols[None, :], mask=rmask[:, None] & (offs_f[None, :] < FEAT), other=0.0)
+    if ROTATE:
+        x = tl.where((offs_f % 2 == 0)[None, :], x, -x)
     return x.to(ROW)
+
+
+@triton.jit
+def _state_cols(base, offs_r, s_r, rmask, offs_f, FEAT, ROW: tl.constexpr):
+    """:func:`_state_rows` transposed, [BF, rows], as the loops' products take them."""
+    inside = rmask[None, :] & (offs_f[:, None] < FEAT)
+    return tl.load(base + offs_r[None, :] * s_r + offs_f[:, None], mask=inside, other=0.0).to(ROW)
 
 
 @triton.jit(do_not_specialize=["seed"])
@@ -86,7 +87,8 @@ def _fwd_kernel(
     cmask = offs_c < DV
     mmask = offs_m < Nq
     K = K + b * s_kb + h * s_kh  # this (batch, head)'s rows
-    q = _state_rows(Q + b * s_qb + h * s_qh, offs_m, s_qn, mmask, offs_f, FEAT, ROW, False, False)
+    q = _state_rows(Q + b * s_qb + h * s_qh, offs_m, s_qn, mmask, offs_f, FEAT, ROW, False)
+    q_turned = -_state_rows(Q + b * s_qb + h * s_qh, offs_m, s_qn, mmask, offs_f, FEAT, ROW, True)
     beta2 = tl.load(BETA + h) * 1.4426950408889634  # base-2 softmax
     v_base = V + b * s_vb + h * s_vh
     m_i = tl.full((BM,), float("-inf"), dtype=tl.float32)
@@ -95,8 +97,9 @@ def _fwd_kernel(
     for start in range(0, Nk, BN):
         offs_n = start + tl.arange(0, BN)
         nmask = offs_n < Nk
-        a = tl.dot(q, _state_rows(K, offs_n, s_kn, nmask, offs_f, FEAT, ROW, False, True), input_precision=PREC)
-        c = tl.dot(q, _state_rows(K, offs_n, s_kn, nmask, offs_f, FEAT, ROW, True, True), input_precision=PREC)
+        kt = _state_cols(K, offs_n, s_kn, nmask, offs_f, FEAT, ROW)  # [BF, BN]
+        a = tl.dot(q, kt, input_precision=PREC)
+        c = tl.dot(q_turned, kt, input_precision=PREC)
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
         s = tl.where(ok[None, :], beta2 * (a * a + c * c), float("-inf"))
         m_i, l_i, alpha, p = softmax_block(s, m_i, l_i)
@@ -115,8 +118,9 @@ def _fwd_kernel(
 
 @triton.jit(do_not_specialize=["seed"])
 def _bwd_kv_kernel(
-    Q, K, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DK, DV_, DBETA,
+    Q, RQ, K, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DK, DV_, DBETA,
     s_qb, s_qh, s_qn,
+    s_rb, s_rh, s_rn,
     s_kb, s_kh, s_kn,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
@@ -140,8 +144,9 @@ def _bwd_kv_kernel(
     cmask = offs_c < DV
     nmask = offs_n < Nk
     Q = Q + b * s_qb + h * s_qh  # this (batch, head)'s rows
-    kp = _state_rows(K + b * s_kb + h * s_kh, offs_n, s_kn, nmask, offs_f, FEAT, ROW, False, False)  # [BN, BF]
-    kr = _state_rows(K + b * s_kb + h * s_kh, offs_n, s_kn, nmask, offs_f, FEAT, ROW, True, False)
+    RQ = RQ + b * s_rb + h * s_rh
+    kp = _state_rows(K + b * s_kb + h * s_kh, offs_n, s_kn, nmask, offs_f, FEAT, ROW, False)  # [BN, BF]
+    kr = _state_rows(K + b * s_kb + h * s_kh, offs_n, s_kn, nmask, offs_f, FEAT, ROW, True)
     v = tl.load(  # [BN, BV]
         V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc,
         mask=nmask[:, None] & cmask[None, :],
@@ -159,7 +164,7 @@ def _bwd_kv_kernel(
     for start in range(0, Nq, BM):
         offs_m = start + tl.arange(0, BM)
         mmask = offs_m < Nq
-        qt = _state_rows(Q, offs_m, s_qn, mmask, offs_f, FEAT, ROW, False, True)  # [BF, BM]
+        qt = _state_cols(Q, offs_m, s_qn, mmask, offs_f, FEAT, ROW)  # [BF, BM]
         a = tl.dot(kp, qt, input_precision=PREC)  # Re⟨ψq|ψk⟩, [BN, BM]
         c = tl.dot(kr, qt, input_precision=PREC)  # Im⟨ψq|ψk⟩
         fid = a * a + c * c
@@ -181,7 +186,7 @@ def _bwd_kv_kernel(
             dbeta += tl.sum(ds * fid, axis=1)
         g = twice * ds
         dk = tl.dot((g * a).to(qt.dtype), tl.trans(qt), dk, input_precision=PREC)
-        qrt = _state_rows(Q, offs_m, s_qn, mmask, offs_f, FEAT, ROW, True, True)
+        qrt = _state_cols(RQ, offs_m, s_rn, mmask, offs_f, FEAT, ROW)
         dk = tl.dot((-g * c).to(qrt.dtype), tl.trans(qrt), dk, input_precision=PREC)
     tl.store(DK + b * s_xb + h * s_xh + offs_n[:, None] * s_xn + offs_f[None, :], dk / gscale,
              mask=nmask[:, None] & (offs_f[None, :] < FEAT))  # fmt: skip
@@ -196,9 +201,10 @@ def _bwd_kv_kernel(
 
 @triton.jit(do_not_specialize=["seed"])
 def _bwd_q_kernel(
-    Q, K, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DQ,
+    Q, K, RK, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DQ,
     s_qb, s_qh, s_qn,
     s_kb, s_kh, s_kn,
+    s_rb, s_rh, s_rn,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
@@ -219,7 +225,9 @@ def _bwd_q_kernel(
     cmask = offs_c < DV
     mmask = offs_m < Nq
     K = K + b * s_kb + h * s_kh  # this (batch, head)'s rows
-    q = _state_rows(Q + b * s_qb + h * s_qh, offs_m, s_qn, mmask, offs_f, FEAT, ROW, False, False)
+    RK = RK + b * s_rb + h * s_rh
+    q = _state_rows(Q + b * s_qb + h * s_qh, offs_m, s_qn, mmask, offs_f, FEAT, ROW, False)
+    q_turned = -_state_rows(Q + b * s_qb + h * s_qh, offs_m, s_qn, mmask, offs_f, FEAT, ROW, True)
     do = tl.load(
         DO + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
         mask=mmask[:, None] & cmask[None, :],
@@ -236,10 +244,9 @@ def _bwd_q_kernel(
     for start in range(0, Nk, BN):
         offs_n = start + tl.arange(0, BN)
         nmask = offs_n < Nk
-        kpt = _state_rows(K, offs_n, s_kn, nmask, offs_f, FEAT, ROW, False, True)  # [BF, BN]
-        krt = _state_rows(K, offs_n, s_kn, nmask, offs_f, FEAT, ROW, True, True)
+        kpt = _state_cols(K, offs_n, s_kn, nmask, offs_f, FEAT, ROW)  # [BF, BN]
         a = tl.dot(q, kpt, input_precision=PREC)
-        c = tl.dot(q, krt, input_precision=PREC)
+        c = tl.dot(q_turned, kpt, input_precision=PREC)
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
         p = tl.where(ok[None, :], tl.exp2(beta2 * (a * a + c * c) - lse[:, None]), 0.0)
         v_t = tl.load(
@@ -250,6 +257,7 @@ def _bwd_q_kernel(
             dp = tl.where(_keep(seed, bh, offs_m, offs_n, Nq, Nk, threshold), dp * scale, 0.0)
         g = twice * p * (dp - delta[:, None])
         dq = tl.dot((g * a).to(kpt.dtype), tl.trans(kpt), dq, input_precision=PREC)
+        krt = _state_cols(RK, offs_n, s_rn, nmask, offs_f, FEAT, ROW)
         dq = tl.dot((g * c).to(krt.dtype), tl.trans(krt), dq, input_precision=PREC)
     tl.store(DQ + b * s_xb + h * s_xh + offs_m[:, None] * s_xn + offs_f[None, :], dq / gscale,
              mask=mmask[:, None] & (offs_f[None, :] < FEAT))  # fmt: skip
@@ -264,21 +272,21 @@ def _bwd_q_kernel(
 FORWARD_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (128, 64, 8, 2),
     (64, True): (128, 64, 8, 2),
-    (128, True): (128, 32, 8, 2),
+    (128, True): (128, 64, 8, 3),
     (256, True): (64, 64, 8, 2),
     **{(width, False): (64, 32, 4, 1) for width in (16, 32, 64, 128)},
 }
 BACKWARD_KV_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (32, 64, 4, 2),
     (64, True): (32, 64, 4, 2),
-    (128, True): (16, 64, 4, 2),
+    (128, True): (32, 64, 4, 2),
     (256, True): (32, 32, 8, 1),
     **{(width, False): (16, 64, 4, 1) for width in (16, 32, 64, 128)},
 }
 BACKWARD_Q_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (64, 64, 4, 2),
     (64, True): (64, 32, 4, 2),
-    (128, True): (64, 32, 4, 2),
+    (128, True): (64, 32, 4, 1),
     (256, True): (32, 32, 8, 1),
     **{(width, False): (64, 16, 4, 1) for width in (16, 32, 64, 128)},
 }
@@ -295,6 +303,12 @@ def _real_rows(states: torch.Tensor) -> torch.Tensor:
     if states.stride(-1) != 1:
         states = states.contiguous()
     return torch.view_as_real(states).flatten(-2)
+
+
+def _turned_rows(rows: torch.Tensor) -> torch.Tensor:
+    """The rotated rows R = (Im, −Re, …) of interleaved rows: those of −i·ψ (exact), contiguous, for the backward
+    loops, which need them tile after tile (the kernels rotate a program's own fixed tile as they load it)."""
+    return torch.view_as_real(torch.view_as_complex(rows.unflatten(-1, (-1, 2))) * -1j).flatten(-2)
 
 
 def _grad_rows(shape: torch.Size, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,18 +372,24 @@ class _FidelityAttention(torch.autograd.Function):
             BF=width, BV=bv, ROW=_row_dtype(half), HAS_MASK=mask is not None, DROPOUT=dropout,
             PREC=_precision(half), VPREC=_precision(half),
         )  # fmt: skip
-        rows = (*_row_strides(q_rows), *_row_strides(k_rows), *v.stride(), *grad.stride(), *m_strides)
+        q_turned, k_turned = _turned_rows(q_rows), _turned_rows(k_rows)
+        others = (*v.stride(), *grad.stride(), *m_strides)
         tail = (heads, nq, nk, dv, 2 * dim, seed, _threshold(dropout_p), scale)
         args = (
-            q_rows, k_rows, v, grad, lse, delta, m, beta, gscale, dk_rows, dvv, dbeta,
-            *rows, *dvv.stride(), *_row_strides(dk_rows), *tail,
+            q_rows, q_turned, k_rows, v, grad, lse, delta, m, beta, gscale, dk_rows, dvv, dbeta,
+            *_row_strides(q_rows), *_row_strides(q_turned), *_row_strides(k_rows), *others,
+            *dvv.stride(), *_row_strides(dk_rows), *tail,
         )  # fmt: skip
         bm, bn, warps, stages = _tiles(BACKWARD_KV_TILES, width, half)
         _launch(
             _bwd_kv_kernel, lambda bm_, bn_: (triton.cdiv(nk, bn_), bsz * heads), args, bm, bn, warps, stages,
             BETA_GRAD=beta_grad, **common,
         )  # fmt: skip
-        args = (q_rows, k_rows, v, grad, lse, delta, m, beta, gscale, dq_rows, *rows, *_row_strides(dq_rows), *tail)
+        args = (
+            q_rows, k_rows, k_turned, v, grad, lse, delta, m, beta, gscale, dq_rows,
+            *_row_strides(q_rows), *_row_strides(k_rows), *_row_strides(k_turned), *others,
+            *_row_strides(dq_rows), *tail,
+        )  # fmt: skip
         bm, bn, warps, stages = _tiles(BACKWARD_Q_TILES, width, half)
         _launch(
             _bwd_q_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages, **common
