@@ -117,28 +117,24 @@ def test_cpu_fallback_matches_kernel_attention():
 
 
 def test_fidelity_rows_give_the_overlap_and_its_gradients():
-    """The fidelity kernel's algebra on the CPU: the states' own memory read as real rows P = (Re ψ₀, Im ψ₀, …),
-    and those rows rotated (column c from c xor 1, odd columns negated: (Im, −Re) pairs), give
-    Re⟨ψq|ψk⟩ = Pq·Pkᵀ and Im⟨ψq|ψk⟩ = Pq·Rkᵀ; a gradient written into the rows of a complex tensor is torch's
-    complex gradient (∂L/∂Re + i ∂L/∂Im)."""
+    """The fidelity kernel's algebra on the CPU: packed rows P = [Re | Im], rotated rows R = [Im | −Re]
+    give Re⟨ψq|ψk⟩ = Pq·Pkᵀ and Im⟨ψq|ψk⟩ = Pq·Rkᵀ; the packed gradients map back to torch's complex ones."""
     fidelity = pytest.importorskip("qra.kernels.fidelity")
     g = torch.Generator().manual_seed(3)
-    sq = torch.complex(torch.randn(2, 5, 3, 6, generator=g), torch.randn(2, 5, 3, 6, generator=g)).transpose(1, 2)
+    sq = torch.complex(torch.randn(2, 3, 5, 6, generator=g), torch.randn(2, 3, 5, 6, generator=g))
     sk = torch.complex(torch.randn(2, 3, 7, 6, generator=g), torch.randn(2, 3, 7, 6, generator=g))
-    pq, pk = fidelity._real_rows(sq), fidelity._real_rows(sk)
-    assert pq.data_ptr() == sq.data_ptr() and pq.stride(-1) == 1  # in place, head-strided rows included
-    cols = torch.arange(pk.shape[-1])
-    rk = pk[..., cols ^ 1] * torch.where(cols % 2 == 0, 1.0, -1.0)
-    overlap = sq.conj().to(torch.complex128) @ sk.to(torch.complex128).transpose(-1, -2)
-    torch.testing.assert_close((pq.double() @ pk.double().transpose(-1, -2)), overlap.real)
-    torch.testing.assert_close((pq.double() @ rk.double().transpose(-1, -2)), overlap.imag)
-    # a real function of the rows: its complex gradient by autograd is the row gradient written in place
-    leaf = sq.detach().clone().requires_grad_()
-    weights = torch.randn(pq.shape, generator=g)
-    (fidelity._real_rows(leaf) * weights).sum().backward()
-    grad, rows = fidelity._grad_rows(sq.shape, torch.device("cpu"))
-    rows.copy_(weights)
-    torch.testing.assert_close(grad, leaf.grad)
+    width = 16  # 6 amplitudes padded to 8 per half
+    pq = fidelity.pack_rows(sq, width, torch.float64)
+    pk = fidelity.pack_rows(sk, width, torch.float64)
+    rk = fidelity.rotate_rows(pk)
+    overlap = (sq.conj().to(torch.complex128) @ sk.to(torch.complex128).transpose(-1, -2)).reshape(6, 5, 7)
+    torch.testing.assert_close(pq @ pk.transpose(-1, -2), overlap.real)
+    torch.testing.assert_close(pq @ rk.transpose(-1, -2), overlap.imag)
+    # a real function of the packed rows: its complex gradient by autograd equals unpack_grad of the packed one
+    leaf = sq.clone().requires_grad_()
+    weights = torch.randn(6, 5, width, generator=g, dtype=torch.float64)
+    (fidelity.pack_rows(leaf, width, torch.float64) * weights).sum().backward()
+    torch.testing.assert_close(fidelity.unpack_grad(weights.float(), sq.shape), leaf.grad)
 
 
 def test_fidelity_gradient_scale_is_a_power_of_two_within_range():

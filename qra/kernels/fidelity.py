@@ -1,18 +1,13 @@
 """Flash-style fidelity attention: softmax over the keys of β·|⟨ψq|ψk⟩|², forward and backward.
 
-Why a kernel of its own: read as real rows P = (Re ψ₀, Im ψ₀, Re ψ₁, Im ψ₁, …) (width 2·2ⁿ: the complex
-states' own memory, ``torch.view_as_real``) and rotated, R = (Im ψ₀, −Re ψ₀, Im ψ₁, −Re ψ₁, …), the overlap is
-two ordinary products,
+Why a kernel of its own: with the states packed as real rows P = [Re ψ | Im ψ] (width 2·2ⁿ) and the
+key rows also rotated, R = [Im ψ | −Re ψ], the overlap is two ordinary products,
     A = Pq·Pkᵀ = Re⟨ψq|ψk⟩,   C = Pq·Rkᵀ = Im⟨ψq|ψk⟩,   s = β_h (A² + C²),
 so each score tile costs two tensor-core products over 2·2ⁿ, the fidelity is never formed as an
-N×N tensor, and memory is O(N).  The kernels read the complex64 states in place and convert them to the
-product dtype in registers.  A program's own fixed tile is rotated as it loads (column c from c xor 1, odd
-columns negated), and C = −Rq·Pkᵀ, so the loops load each tile of the other side once; the backward loops,
-which multiply by rotated tiles, read R as the rows of −i·ψ, formed once per backward (one elementwise op).
-Gradients are written as complex64 tensors: no packed copies, no unpacking.  (Round 4 packed float16 rows in
-PyTorch; its glue cost more GPU time than its kernels: ``results/bench/attention-profile-h200.txt``.)
+N×N tensor, and memory is O(N).  The packing (and the rotation) is done once per call in PyTorch;
+the kernels read contiguous rows.
 
-Precision: states with 16-bit values are multiplied in float16 (amplitudes lie in [−1, 1]: 11 bits of
+Precision: states with 16-bit values are packed in float16 (amplitudes lie in [−1, 1]: 11 bits of
 mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value).  With float32
 values the rows are float32, multiplied as three TF32 products (float32's accuracy).  The backward's
 gradient products run in float16 too, on dA·S and dC·S with S a power of two chosen per call from a
@@ -22,7 +17,7 @@ training without loss scaling; the fp32 sums are divided by S again (float32 val
 Backward: δ_i = dO_i·O_i (PyTorch), a key-block kernel for dK, dV (and dβ, fp32 atomics), a
 query-block kernel for dQ, both recomputing the scores.  With dA = 2β·A·dS and dC = 2β·C·dS,
     dPq = dA·Pk + dC·Rk,   dPk = dAᵀ·Pq − dCᵀ·Rq   (Rq the query rows rotated like the keys),
-written interleaved as they are, i.e. as complex gradients ∂L/∂Re + i ∂L/∂Im (torch's convention).
+and the packed gradients become complex ones (∂L/∂Re + i ∂L/∂Im, torch's convention).
 
 Dropout and key padding follow :mod:`qra.kernels.flash` exactly (the same Philox keep-mask).
 """
@@ -44,36 +39,15 @@ def _keep_t(seed, bh, offs_m, offs_n, Nq, Nk, threshold):
     return keep_at(seed, idx, threshold)
 
 
-@triton.jit
-def _state_rows(base, offs_r, s_r, rmask, offs_f, FEAT, ROW: tl.constexpr, ROTATE: tl.constexpr):
-    """A [rows, BF] tile of interleaved (Re, Im) state rows as ``ROW`` values; columns from FEAT = 2·(amplitudes)
-    on, and masked rows, are 0.  ``ROTATE``: the rows rotated to (Im, −Re) pairs as they load (column c from
-    column c xor 1, odd columns negated), for a program's fixed tile."""
-    cols = offs_f ^ 1 if ROTATE else offs_f
-    x = tl.load(base + offs_r[:, None] * s_r + cols[None, :], mask=rmask[:, None] & (offs_f[None, :] < FEAT), other=0.0)
-    if ROTATE:
-        x = tl.where((offs_f % 2 == 0)[None, :], x, -x)
-    return x.to(ROW)
-
-
-@triton.jit
-def _state_cols(base, offs_r, s_r, rmask, offs_f, FEAT, ROW: tl.constexpr):
-    """:func:`_state_rows` transposed, [BF, rows], as the loops' products take them."""
-    inside = rmask[None, :] & (offs_f[:, None] < FEAT)
-    return tl.load(base + offs_r[None, :] * s_r + offs_f[:, None], mask=inside, other=0.0).to(ROW)
-
-
 @triton.jit(do_not_specialize=["seed"])
 def _fwd_kernel(
-    Q, K, V, OUT, OUT32, LSE, MASK, BETA,
-    s_qb, s_qh, s_qn,
-    s_kb, s_kh, s_kn,
+    QP, KP, KR, V, OUT, OUT32, LSE, MASK, BETA,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
-    H, Nq, Nk, DV, FEAT,
+    H, Nq, Nk, DV,
     seed, threshold, scale,
-    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, ROW: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, SAVE32: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -86,9 +60,9 @@ def _fwd_kernel(
     offs_c = tl.arange(0, BV)
     cmask = offs_c < DV
     mmask = offs_m < Nq
-    K = K + b * s_kb + h * s_kh  # this (batch, head)'s rows
-    q = _state_rows(Q + b * s_qb + h * s_qh, offs_m, s_qn, mmask, offs_f, FEAT, ROW, False)
-    q_turned = -_state_rows(Q + b * s_qb + h * s_qh, offs_m, s_qn, mmask, offs_f, FEAT, ROW, True)
+    KP = KP + bh64 * Nk * BF  # this (batch, head)'s rows; offsets within them fit int32
+    KR = KR + bh64 * Nk * BF
+    q = tl.load(QP + bh64 * Nq * BF + offs_m[:, None] * BF + offs_f[None, :], mask=mmask[:, None], other=0.0)
     beta2 = tl.load(BETA + h) * 1.4426950408889634  # base-2 softmax
     v_base = V + b * s_vb + h * s_vh
     m_i = tl.full((BM,), float("-inf"), dtype=tl.float32)
@@ -97,9 +71,9 @@ def _fwd_kernel(
     for start in range(0, Nk, BN):
         offs_n = start + tl.arange(0, BN)
         nmask = offs_n < Nk
-        kt = _state_cols(K, offs_n, s_kn, nmask, offs_f, FEAT, ROW)  # [BF, BN]
-        a = tl.dot(q, kt, input_precision=PREC)
-        c = tl.dot(q_turned, kt, input_precision=PREC)
+        kt_off = offs_n[None, :] * BF + offs_f[:, None]  # [BF, BN]
+        a = tl.dot(q, tl.load(KP + kt_off, mask=nmask[None, :], other=0.0), input_precision=PREC)
+        c = tl.dot(q, tl.load(KR + kt_off, mask=nmask[None, :], other=0.0), input_precision=PREC)
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
         s = tl.where(ok[None, :], beta2 * (a * a + c * c), float("-inf"))
         m_i, l_i, alpha, p = softmax_block(s, m_i, l_i)
@@ -118,18 +92,14 @@ def _fwd_kernel(
 
 @triton.jit(do_not_specialize=["seed"])
 def _bwd_kv_kernel(
-    Q, RQ, K, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DK, DV_, DBETA,
-    s_qb, s_qh, s_qn,
-    s_rb, s_rh, s_rn,
-    s_kb, s_kh, s_kn,
+    QP, QR, KP, KR, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DK, DV_, DBETA,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
     s_wb, s_wh, s_wn, s_wc,
-    s_xb, s_xh, s_xn,
-    H, Nq, Nk, DV, FEAT,
+    H, Nq, Nk, DV,
     seed, threshold, scale,
-    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, ROW: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, BETA_GRAD: tl.constexpr,
 ):  # fmt: skip
     """One key block: its tiles are computed transposed ([BN, BM], keys × queries), as dK and dV need them."""
@@ -143,10 +113,14 @@ def _bwd_kv_kernel(
     offs_c = tl.arange(0, BV)
     cmask = offs_c < DV
     nmask = offs_n < Nk
-    Q = Q + b * s_qb + h * s_qh  # this (batch, head)'s rows
-    RQ = RQ + b * s_rb + h * s_rh
-    kp = _state_rows(K + b * s_kb + h * s_kh, offs_n, s_kn, nmask, offs_f, FEAT, ROW, False)  # [BN, BF]
-    kr = _state_rows(K + b * s_kb + h * s_kh, offs_n, s_kn, nmask, offs_f, FEAT, ROW, True)
+    QP = QP + bh64 * Nq * BF  # this (batch, head)'s rows; offsets within them fit int32
+    QR = QR + bh64 * Nq * BF
+    KP = KP + bh64 * Nk * BF
+    KR = KR + bh64 * Nk * BF
+    DK = DK + bh64 * Nk * BF
+    k_off = offs_n[:, None] * BF + offs_f[None, :]
+    kp = tl.load(KP + k_off, mask=nmask[:, None], other=0.0)  # [BN, BF]
+    kr = tl.load(KR + k_off, mask=nmask[:, None], other=0.0)
     v = tl.load(  # [BN, BV]
         V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc,
         mask=nmask[:, None] & cmask[None, :],
@@ -164,7 +138,8 @@ def _bwd_kv_kernel(
     for start in range(0, Nq, BM):
         offs_m = start + tl.arange(0, BM)
         mmask = offs_m < Nq
-        qt = _state_cols(Q, offs_m, s_qn, mmask, offs_f, FEAT, ROW)  # [BF, BM]
+        qt_off = offs_m[None, :] * BF + offs_f[:, None]  # [BF, BM]
+        qt = tl.load(QP + qt_off, mask=mmask[None, :], other=0.0)
         a = tl.dot(kp, qt, input_precision=PREC)  # Re⟨ψq|ψk⟩, [BN, BM]
         c = tl.dot(kr, qt, input_precision=PREC)  # Im⟨ψq|ψk⟩
         fid = a * a + c * c
@@ -186,10 +161,9 @@ def _bwd_kv_kernel(
             dbeta += tl.sum(ds * fid, axis=1)
         g = twice * ds
         dk = tl.dot((g * a).to(qt.dtype), tl.trans(qt), dk, input_precision=PREC)
-        qrt = _state_cols(RQ, offs_m, s_rn, mmask, offs_f, FEAT, ROW)
-        dk = tl.dot((-g * c).to(qrt.dtype), tl.trans(qrt), dk, input_precision=PREC)
-    tl.store(DK + b * s_xb + h * s_xh + offs_n[:, None] * s_xn + offs_f[None, :], dk / gscale,
-             mask=nmask[:, None] & (offs_f[None, :] < FEAT))  # fmt: skip
+        qrt = tl.load(QR + qt_off, mask=mmask[None, :], other=0.0)
+        dk = tl.dot((g * c).to(qrt.dtype), tl.trans(qrt), dk, input_precision=PREC)
+    tl.store(DK + k_off, dk / gscale, mask=nmask[:, None])
     if BETA_GRAD:
         tl.atomic_add(DBETA + h, tl.sum(dbeta, axis=0))
     tl.store(
@@ -201,17 +175,13 @@ def _bwd_kv_kernel(
 
 @triton.jit(do_not_specialize=["seed"])
 def _bwd_q_kernel(
-    Q, K, RK, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DQ,
-    s_qb, s_qh, s_qn,
-    s_kb, s_kh, s_kn,
-    s_rb, s_rh, s_rn,
+    QP, KP, KR, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DQ,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
-    s_xb, s_xh, s_xn,
-    H, Nq, Nk, DV, FEAT,
+    H, Nq, Nk, DV,
     seed, threshold, scale,
-    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, ROW: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -224,10 +194,12 @@ def _bwd_q_kernel(
     offs_c = tl.arange(0, BV)
     cmask = offs_c < DV
     mmask = offs_m < Nq
-    K = K + b * s_kb + h * s_kh  # this (batch, head)'s rows
-    RK = RK + b * s_rb + h * s_rh
-    q = _state_rows(Q + b * s_qb + h * s_qh, offs_m, s_qn, mmask, offs_f, FEAT, ROW, False)
-    q_turned = -_state_rows(Q + b * s_qb + h * s_qh, offs_m, s_qn, mmask, offs_f, FEAT, ROW, True)
+    QP = QP + bh64 * Nq * BF
+    KP = KP + bh64 * Nk * BF
+    KR = KR + bh64 * Nk * BF
+    DQ = DQ + bh64 * Nq * BF
+    q_off = offs_m[:, None] * BF + offs_f[None, :]
+    q = tl.load(QP + q_off, mask=mmask[:, None], other=0.0)
     do = tl.load(
         DO + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
         mask=mmask[:, None] & cmask[None, :],
@@ -244,9 +216,11 @@ def _bwd_q_kernel(
     for start in range(0, Nk, BN):
         offs_n = start + tl.arange(0, BN)
         nmask = offs_n < Nk
-        kpt = _state_cols(K, offs_n, s_kn, nmask, offs_f, FEAT, ROW)  # [BF, BN]
+        kt_off = offs_n[None, :] * BF + offs_f[:, None]  # [BF, BN]
+        kpt = tl.load(KP + kt_off, mask=nmask[None, :], other=0.0)
+        krt = tl.load(KR + kt_off, mask=nmask[None, :], other=0.0)
         a = tl.dot(q, kpt, input_precision=PREC)
-        c = tl.dot(q_turned, kpt, input_precision=PREC)
+        c = tl.dot(q, krt, input_precision=PREC)
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
         p = tl.where(ok[None, :], tl.exp2(beta2 * (a * a + c * c) - lse[:, None]), 0.0)
         v_t = tl.load(
@@ -257,10 +231,8 @@ def _bwd_q_kernel(
             dp = tl.where(_keep(seed, bh, offs_m, offs_n, Nq, Nk, threshold), dp * scale, 0.0)
         g = twice * p * (dp - delta[:, None])
         dq = tl.dot((g * a).to(kpt.dtype), tl.trans(kpt), dq, input_precision=PREC)
-        krt = _state_cols(RK, offs_n, s_rn, nmask, offs_f, FEAT, ROW)
         dq = tl.dot((g * c).to(krt.dtype), tl.trans(krt), dq, input_precision=PREC)
-    tl.store(DQ + b * s_xb + h * s_xh + offs_m[:, None] * s_xn + offs_f[None, :], dq / gscale,
-             mask=mmask[:, None] & (offs_f[None, :] < FEAT))  # fmt: skip
+    tl.store(DQ + q_off, dq / gscale, mask=mmask[:, None])
 
 
 #: (BM, BN, warps, stages) by (packed row width, 16-bit planes) for the forward, the key-block (dK, dV)
@@ -272,21 +244,21 @@ def _bwd_q_kernel(
 FORWARD_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (128, 64, 8, 2),
     (64, True): (128, 64, 8, 2),
-    (128, True): (128, 64, 8, 3),
+    (128, True): (128, 32, 8, 2),
     (256, True): (64, 64, 8, 2),
     **{(width, False): (64, 32, 4, 1) for width in (16, 32, 64, 128)},
 }
 BACKWARD_KV_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (32, 64, 4, 2),
     (64, True): (32, 64, 4, 2),
-    (128, True): (32, 64, 4, 2),
+    (128, True): (16, 64, 4, 2),
     (256, True): (32, 32, 8, 1),
     **{(width, False): (16, 64, 4, 1) for width in (16, 32, 64, 128)},
 }
 BACKWARD_Q_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (64, 64, 4, 2),
     (64, True): (64, 32, 4, 2),
-    (128, True): (64, 32, 4, 1),
+    (128, True): (64, 32, 4, 2),
     (256, True): (32, 32, 8, 1),
     **{(width, False): (64, 16, 4, 1) for width in (16, 32, 64, 128)},
 }
@@ -297,28 +269,23 @@ def _tiles(table: dict, width: int, half: bool) -> tuple[int, int, int, int]:
     return table.get((width, half), _SMALL_TILES)
 
 
-def _real_rows(states: torch.Tensor) -> torch.Tensor:
-    """[B, H, N, D] complex64 states as float32 [B, H, N, 2D] interleaved rows, in place where the amplitudes
-    are contiguous (the kernels take any batch, head and row strides)."""
-    if states.stride(-1) != 1:
-        states = states.contiguous()
-    return torch.view_as_real(states).flatten(-2)
+def pack_rows(states: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, H, N, D] complex states as contiguous real rows [B·H, N, width]: [Re | Im], each half zero-padded
+    to width/2."""
+    bsz, heads, n, dim = states.shape
+    half = width // 2
+    alloc = torch.empty if half == dim else torch.zeros
+    rows = alloc(bsz * heads, n, 2, half, device=states.device, dtype=dtype)
+    rows[:, :, 0, :dim] = states.real.reshape(bsz * heads, n, dim)
+    rows[:, :, 1, :dim] = states.imag.reshape(bsz * heads, n, dim)
+    return rows.view(bsz * heads, n, width)
 
 
-def _turned_rows(rows: torch.Tensor) -> torch.Tensor:
-    """The rotated rows R = (Im, −Re, …) of interleaved rows: those of −i·ψ (exact), contiguous, for the backward
-    loops, which need them tile after tile (the kernels rotate a program's own fixed tile as they load it)."""
-    return torch.view_as_real(torch.view_as_complex(rows.unflatten(-1, (-1, 2))) * -1j).flatten(-2)
-
-
-def _grad_rows(shape: torch.Size, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A complex64 gradient of ``shape`` and its float32 interleaved view, which the kernels write."""
-    grad = torch.empty(shape, device=device, dtype=torch.complex64)
-    return grad, torch.view_as_real(grad).flatten(-2)
-
-
-def _row_strides(rows: torch.Tensor) -> tuple[int, int, int]:
-    return rows.stride(0), rows.stride(1), rows.stride(2)
+def unpack_grad(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Packed fp32 gradients [B·H, N, width] as the complex gradient ∂L/∂Re + i ∂L/∂Im of [B, H, N, D] states."""
+    dim = shape[-1]
+    halves = rows.view(rows.shape[0], rows.shape[1], 2, -1)
+    return torch.complex(halves[:, :, 0, :dim], halves[:, :, 1, :dim]).reshape(shape)
 
 
 class _FidelityAttention(torch.autograd.Function):
@@ -327,8 +294,11 @@ class _FidelityAttention(torch.autograd.Function):
         bsz, heads, nq, dim = states_q.shape
         nk, dv = states_k.shape[2], v.shape[3]
         half = v.dtype != torch.float32
+        plane = torch.float16 if half else torch.float32
         width = 2 * pow2(dim, floor=8)
-        q_rows, k_rows = _real_rows(states_q), _real_rows(states_k)
+        qp = pack_rows(states_q, width, plane)
+        kp = pack_rows(states_k, width, plane)
+        kr = rotate_rows(kp)
         bv = pow2(dv)
         bm, bn, warps, stages = _tiles(FORWARD_TILES, width, half)
         out = torch.empty(bsz, heads, nq, dv, device=v.device, dtype=v.dtype)
@@ -338,62 +308,59 @@ class _FidelityAttention(torch.autograd.Function):
         dropout = dropout_p > 0
         scale = dropout_scale(dropout_p)
         args = (
-            q_rows, k_rows, v, out, out32, lse, m, beta,
-            *_row_strides(q_rows), *_row_strides(k_rows), *v.stride(), *out.stride(), *m_strides,
-            heads, nq, nk, dv, 2 * dim, seed, _threshold(dropout_p), scale,
+            qp, kp, kr, v, out, out32, lse, m, beta,
+            *v.stride(), *out.stride(), *m_strides,
+            heads, nq, nk, dv, seed, _threshold(dropout_p), scale,
         )  # fmt: skip
         _launch(
             _fwd_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages,
-            BF=width, BV=bv, ROW=_row_dtype(half), HAS_MASK=mask is not None, DROPOUT=dropout,
-            PREC=_precision(half), VPREC=_precision(half), SAVE32=half,
+            BF=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half), VPREC=_precision(half),
+            SAVE32=half,
         )  # fmt: skip
-        ctx.save_for_backward(q_rows, k_rows, v, mask, beta, out32, lse)
+        ctx.save_for_backward(qp, kp, v, mask, beta, out32, lse)
         ctx.cfg = (dropout_p, seed, half, width, states_q.shape, states_k.shape, ctx.needs_input_grad[4])
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q_rows, k_rows, v, mask, beta, out, lse = ctx.saved_tensors
+        qp, kp, v, mask, beta, out, lse = ctx.saved_tensors
         dropout_p, seed, half, width, q_shape, k_shape, beta_grad = ctx.cfg
-        bsz, heads, nq, dim = q_shape
+        bsz, heads, nq, _ = q_shape
         nk, dv = k_shape[2], v.shape[3]
         bv = pow2(dv)
         grad = grad.to(v.dtype)
         delta = (grad.float() * out.float().view(bsz, heads, nq, dv)).sum(-1).reshape(bsz * heads, nq)
         scale = dropout_scale(dropout_p)
-        gscale = gradient_scale(grad, v, q_rows, k_rows, beta, scale) if half else torch.ones(1, device=v.device)
+        gscale = gradient_scale(grad, v, qp, kp, beta, scale) if half else torch.ones(1, device=v.device)
+        kr = rotate_rows(kp)
+        qr = -rotate_rows(qp)  # ∂C/∂Pk = [−Im ψq | Re ψq]
         m, m_strides = mask_arguments(mask, lse)
         dropout = dropout_p > 0
-        dk, dk_rows = _grad_rows(k_shape, v.device)
-        dq, dq_rows = _grad_rows(q_shape, v.device)
+        dkp = torch.empty(kp.shape, device=v.device, dtype=torch.float32)
+        dqp = torch.empty(qp.shape, device=v.device, dtype=torch.float32)
         dvv = torch.empty_like(v)
         dbeta = torch.zeros(heads, device=v.device, dtype=torch.float32)
         common = dict(
-            BF=width, BV=bv, ROW=_row_dtype(half), HAS_MASK=mask is not None, DROPOUT=dropout,
-            PREC=_precision(half), VPREC=_precision(half),
+            BF=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half),
+            VPREC=_precision(half),
         )  # fmt: skip
-        q_turned, k_turned = _turned_rows(q_rows), _turned_rows(k_rows)
-        others = (*v.stride(), *grad.stride(), *m_strides)
-        tail = (heads, nq, nk, dv, 2 * dim, seed, _threshold(dropout_p), scale)
+        tail = (heads, nq, nk, dv, seed, _threshold(dropout_p), scale)
         args = (
-            q_rows, q_turned, k_rows, v, grad, lse, delta, m, beta, gscale, dk_rows, dvv, dbeta,
-            *_row_strides(q_rows), *_row_strides(q_turned), *_row_strides(k_rows), *others,
-            *dvv.stride(), *_row_strides(dk_rows), *tail,
+            qp, qr, kp, kr, v, grad, lse, delta, m, beta, gscale, dkp, dvv, dbeta,
+            *v.stride(), *grad.stride(), *m_strides, *dvv.stride(), *tail,
         )  # fmt: skip
         bm, bn, warps, stages = _tiles(BACKWARD_KV_TILES, width, half)
         _launch(
             _bwd_kv_kernel, lambda bm_, bn_: (triton.cdiv(nk, bn_), bsz * heads), args, bm, bn, warps, stages,
             BETA_GRAD=beta_grad, **common,
         )  # fmt: skip
-        args = (
-            q_rows, k_rows, k_turned, v, grad, lse, delta, m, beta, gscale, dq_rows,
-            *_row_strides(q_rows), *_row_strides(k_rows), *_row_strides(k_turned), *others,
-            *_row_strides(dq_rows), *tail,
-        )  # fmt: skip
+        args = (qp, kp, kr, v, grad, lse, delta, m, beta, gscale, dqp, *v.stride(), *grad.stride(), *m_strides, *tail)
         bm, bn, warps, stages = _tiles(BACKWARD_Q_TILES, width, half)
         _launch(
             _bwd_q_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages, **common
         )
+        dq = unpack_grad(dqp, q_shape)
+        dk = unpack_grad(dkp, k_shape)
         return dq, dk, dvv, None, (dbeta if beta_grad else None), None, None
 
 
@@ -401,21 +368,21 @@ class _FidelityAttention(torch.autograd.Function):
 GRADIENT_RANGE = 2.0**14
 
 
-def gradient_scale(grad, v, q_rows, k_rows, beta, dropout_scale: float) -> torch.Tensor:
+def gradient_scale(grad, v, qp, kp, beta, dropout_scale: float) -> torch.Tensor:
     """A power of two S (a 1-element fp32 tensor, no host sync) with |dA·S|, |dC·S| ≤ GRADIENT_RANGE.
 
-    |dA| = |2β·A·dS| ≤ 2|β|·‖ψq‖‖ψk‖·p·(|dO_i·v_j| + |dO_i·O_i|) ≤ 4|β|·‖ψq‖‖ψk‖·‖dO_i‖·max‖v‖·(dropout scale),
-    with ‖ψ‖ the norm of a state's real row (Re, Im, …), which is the state's norm.
+    |dA| = |2β·A·dS| ≤ 2|β|·‖ψq‖‖ψk‖·p·(|dO_i·v_j| + |dO_i·O_i|) ≤ 4|β|·‖ψq‖‖ψk‖·‖dO_i‖·max‖v‖·(dropout scale).
     """
-    norms = [torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).amax() for x in (grad, v, q_rows, k_rows)]
+    norms = [torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).amax() for x in (grad, v, qp, kp)]
     bound = (4.0 * dropout_scale) * beta.abs().amax() * norms[0] * norms[1] * norms[2] * norms[3]
     exponent = torch.floor(torch.log2(GRADIENT_RANGE / bound)).clamp(-60.0, 60.0)  # all-zero gradients: 2^60
     return torch.exp2(exponent).reshape(1)
 
 
-def _row_dtype(half: bool) -> tl.dtype:
-    """What the state rows are multiplied in: float16 for 16-bit values, float32 (as three TF32 products) else."""
-    return tl.float16 if half else tl.float32
+def rotate_rows(rows: torch.Tensor) -> torch.Tensor:
+    """[Re | Im] rows as [Im | −Re]."""
+    halves = rows.view(rows.shape[0], rows.shape[1], 2, -1)
+    return torch.stack((halves[:, :, 1], -halves[:, :, 0]), dim=2).view(rows.shape)
 
 
 def _precision(half: bool) -> str:
