@@ -10,11 +10,9 @@ the kernels and operators with the most GPU time.  Ten profiled calls after five
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
+from profiling import profile_step
 
 from qra.experiment.bench import attention_impls
 
@@ -37,25 +35,12 @@ def inputs(mode: str | None, batch: int, heads: int, length: int, qubits: int) -
 
 def report(name: str, impl, length: int, tokens: int, heads: int, qubits: int, rows: int) -> None:
     mode, _, attention = impl
-    leaves = inputs(mode, tokens // length, heads, length, qubits)
+    leaves = inputs(mode, max(1, tokens // length), heads, length, qubits)
 
     def step() -> None:
         attention(*leaves).float().sum().backward()
 
-    for _ in range(5):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(CALLS):
-        step()
-    torch.cuda.synchronize()
-    wall = (time.perf_counter() - start) / CALLS * 1000
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(CALLS):
-            step()
-        torch.cuda.synchronize()
-    events = prof.key_averages()
-    kernels = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / CALLS / 1000
+    wall, kernels, events = profile_step(step, CALLS, warmup=5)
     print(f"\n=== {name}, N = {length}: fwd+bwd {wall:.3f} ms wall (unprofiled), GPU kernels {kernels:.3f} ms a call")
     print(events.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=80))
 

@@ -10,11 +10,9 @@ baseline side by side.  Three profiled steps after three warm-up steps.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
+from profiling import profile_step
 
 from qra.experiment.bench import train_step, train_step_model
 
@@ -22,21 +20,7 @@ from qra.experiment.bench import train_step, train_step_model
 def report(model_name: str, variant: str, batch: int, length: int, rows: int) -> None:
     device = torch.device("cuda")
     step = train_step(train_step_model(model_name, variant, 6, device), device, batch, length)
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    wall = (time.perf_counter() - start) / 3 * 1000
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-    events = prof.key_averages()
-    # the kernels' own rows (operator rows repeat their kernels' time)
-    kernels = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 3 / 1000
+    wall, kernels, events = profile_step(step, calls=3, warmup=3)
     print(f"\n=== {model_name} {variant}: step {wall:.1f} ms wall (unprofiled), GPU kernels {kernels:.1f} ms a step")
     print(events.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70))
 
