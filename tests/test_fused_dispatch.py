@@ -79,6 +79,22 @@ def test_a_circuit_map_takes_the_fidelity_kernel_by_default_and_agrees(dtype):
         assert (a.float() - b.float()).abs().max().item() <= 5 * tolerance * scale, (a.shape, scale)
 
 
+def test_recomputed_states_on_the_circuit_kernels_give_the_same_gradients():
+    """recompute_states with the fused circuit and fidelity kernels: the same outputs and gradients as keeping
+    the states (the backward runs the circuit kernels' forward again under torch.utils.checkpoint)."""
+    pytest.importorskip("qra_pennylane")
+    q, k, v, keep = inputs(torch.bfloat16)
+    results = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        fm = get("pennylane-zz", d_in=16, qubits=6, engine="native", recompute_states=recompute).cuda()
+        results.append(gradients(fm, "softmax", "auto", q, k, v, keep))
+    (out_a, grads_a), (out_b, grads_b) = results
+    torch.testing.assert_close(out_b, out_a)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(b, a)
+
+
 def test_a_patched_model_on_both_paths():
     from transformers import BertConfig, BertForSequenceClassification
 

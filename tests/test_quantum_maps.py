@@ -140,6 +140,34 @@ def test_native_gradients_equal_pennylane_backprop():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", ["pennylane-zz", "qiskit-zz"])
+def test_recomputed_states_give_the_same_gradients_and_keep_nothing_of_the_simulation(name):
+    """recompute_states: the backward simulates again, so nothing state-sized is saved in the forward (only
+    the inputs), and the states and every gradient (inputs, the learned projection) are the same."""
+    x = torch.randn(2, 3, 40, 16)
+    results = {}
+    for recompute in (False, True):
+        fm = get(name, d_in=16, qubits=6, engine="native", recompute_states=recompute)
+        inputs = x.clone().requires_grad_()
+        saved: list[int] = []
+
+        def keep(tensor: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
+            saved.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+            states = fm(inputs)
+        (states.real.sin().sum() + states.imag.square().sum()).backward()
+        results[recompute] = (states.detach(), inputs.grad, fm.encoder.weight.grad, sum(saved))
+        assert fm.featuremap_params["recompute_states"] is recompute  # saved with the model, rebuilt by name
+    (states_a, *grads_a, saved_a), (states_b, *grads_b, saved_b) = results.values()
+    torch.testing.assert_close(states_b, states_a, rtol=0, atol=0)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(b, a)
+    state_bytes = states_a.numel() * states_a.element_size()
+    assert saved_a >= state_bytes and saved_b <= x.numel() * x.element_size()
+
+
 def test_any_user_circuit_runs_through_the_generic_qiskit_map():
     theta = ParameterVector("θ", 6)
     circuit = QuantumCircuit(3)

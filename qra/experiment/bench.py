@@ -443,6 +443,9 @@ TRAIN_VARIANTS: dict[str, tuple[str, dict[str, Any], str, str] | None] = {
     "rff-linear-pytorch": ("rff", {"m": 128}, "linear", "pytorch"),
     "pennylane-zz-native": ("pennylane-zz", {"qubits": 6, "engine": "native"}, "softmax", "auto"),
     "pennylane-zz-native-pytorch": ("pennylane-zz", {"qubits": 6, "engine": "native"}, "softmax", "pytorch"),
+    # the states simulated again in backward instead of kept (CircuitFeatureMap's recompute_states)
+    "pennylane-zz-native-recompute": ("pennylane-zz", {"qubits": 6, "engine": "native", "recompute_states": True},
+                                      "softmax", "auto"),
 }
 
 

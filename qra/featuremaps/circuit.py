@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .base import FeatureMap, compute_dtype
 from .compiler import program_for, run_program
@@ -98,6 +99,12 @@ class CircuitFeatureMap(FeatureMap):
         quantum kernel exp(−γ‖φ(x)−φ(y)‖²) (not linear).
     gamma:
         The Gaussian projected kernel's bandwidth γ > 0.
+    recompute_states:
+        Keep nothing of the simulation for the backward pass: the states (``features="state"``) are
+        simulated again there from the inputs (activation checkpointing, ``torch.utils.checkpoint``).
+        What a training step keeps per input then drops by its 2^q amplitudes and its gate parameters
+        (at B = 32, N = 512, 12 heads, 6 qubits: about 430 MB per patched layer, queries and keys), for
+        one more simulation per backward.  Off by default; measured in ``results/bench/train-round5-recompute.json``.
 
     States are complex128 for float64 inputs and complex64 otherwise, in Qiskit's little-endian
     basis order (qubit k is bit k of the index).  Angles are computed in float64 whatever the
@@ -123,6 +130,7 @@ class CircuitFeatureMap(FeatureMap):
         projected_kernel: str = "linear",
         gamma: float = 1.0,
         learn_angle_scale: bool = False,
+        recompute_states: bool = False,
         *,
         num_angles: int | None = None,
     ) -> None:
@@ -159,6 +167,7 @@ class CircuitFeatureMap(FeatureMap):
                 raise ValueError(f"learn_angle_scale needs angle_scale > 0 (it is learned as log), got {angle_scale!r}")
             self.log_angle_scale = nn.Parameter(torch.tensor(math.log(self.angle_scale), dtype=torch.float32))
         self.real_lift = bool(real_lift)
+        self.recompute_states = bool(recompute_states)
         self.engine = engine
         self.seed = int(seed)
         self.set_measurement(shots, noise)
@@ -325,6 +334,11 @@ class CircuitFeatureMap(FeatureMap):
     def states(self, x: torch.Tensor) -> torch.Tensor:
         """|ψ(x)⟩ as a complex tensor ``[..., 2^qubits]`` in Qiskit's little-endian order."""
         dtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+        if self.recompute_states and torch.is_grad_enabled():
+            return checkpoint(self._simulated_states, x, dtype, use_reentrant=False)
+        return self._simulated_states(x, dtype)
+
+    def _simulated_states(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return self.simulate(self.angles(x), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
