@@ -9,27 +9,14 @@ GPU machine: ``python experiments/device/circuit_profile.py`` (medians of 10 aft
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import torch
+from profiling import wall_ms
 
 from qra.featuremaps import fused_program, get
 from qra.featuremaps.compiler import program_for
 from qra.kernels.phase_program import phase_program_backward, phase_program_forward
 
 INPUTS = 196_608
-
-
-def timed(step: Callable[[], object], repeats: int = 10) -> float:
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats * 1000
 
 
 def profile(name: str, qubits: int, device: torch.device) -> dict[str, float]:
@@ -54,13 +41,13 @@ def profile(name: str, qubits: int, device: torch.device) -> dict[str, float]:
             (states.real.sum() + states.imag.sum()).backward()
 
     return {
-        "kernel fwd": timed(lambda: phase_program_forward(*args)),
-        "kernel bwd": timed(lambda: phase_program_backward(*args, out, grad)),
-        "coefficient prep": timed(lambda: fused_program._coefficients(spec, matrix)),
-        "states fwd (auto)": timed(lambda: forward("auto")),
-        "states fwd (pytorch engine)": timed(lambda: forward("pytorch")),
-        "states fwd+bwd (auto)": timed(lambda: forward_backward("auto")),
-        "states fwd+bwd (pytorch engine)": timed(lambda: forward_backward("pytorch")),
+        "kernel fwd": wall_ms(lambda: phase_program_forward(*args)),
+        "kernel bwd": wall_ms(lambda: phase_program_backward(*args, out, grad)),
+        "coefficient prep": wall_ms(lambda: fused_program._coefficients(spec, matrix)),
+        "states fwd (auto)": wall_ms(lambda: forward("auto")),
+        "states fwd (pytorch engine)": wall_ms(lambda: forward("pytorch")),
+        "states fwd+bwd (auto)": wall_ms(lambda: forward_backward("auto")),
+        "states fwd+bwd (pytorch engine)": wall_ms(lambda: forward_backward("pytorch")),
     }
 
 

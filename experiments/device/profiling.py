@@ -10,12 +10,8 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 
-def profile_step(step: Callable[[], object], calls: int, warmup: int) -> tuple[float, float, object]:
-    """(wall ms a call without the profiler, GPU-kernel ms a call, the profiler's key averages) on CUDA.
-
-    The kernel time sums the kernels' own rows only (operator rows repeat their kernels' time); its gap to
-    the wall time is time the GPU waited for the host.
-    """
+def wall_ms(step: Callable[[], object], calls: int = 10, warmup: int = 3) -> float:
+    """Wall ms a call of ``step`` on CUDA, back to back (the GPU kept busy: host and device overlap)."""
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
@@ -23,7 +19,16 @@ def profile_step(step: Callable[[], object], calls: int, warmup: int) -> tuple[f
     for _ in range(calls):
         step()
     torch.cuda.synchronize()
-    wall = (time.perf_counter() - start) / calls * 1000
+    return (time.perf_counter() - start) / calls * 1000
+
+
+def profile_step(step: Callable[[], object], calls: int, warmup: int) -> tuple[float, float, object]:
+    """(wall ms a call without the profiler, GPU-kernel ms a call, the profiler's key averages) on CUDA.
+
+    The kernel time sums the kernels' own rows only (operator rows repeat their kernels' time); its gap to
+    the wall time is time the GPU waited for the host.
+    """
+    wall = wall_ms(step, calls, warmup)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
             step()
