@@ -29,7 +29,17 @@ import triton
 import triton.language as tl
 
 from ._util import dropout_scale, mask_arguments, mask_bytes, pow2
-from .flash import _keep, _key_ok, _launch, _new_seed, _threshold, keep_at, softmax_block, store_softmax_output
+from .flash import (
+    _keep,
+    _key_ok,
+    _launch,
+    _new_seed,
+    _threshold,
+    accumulate_values,
+    keep_at,
+    softmax_block,
+    store_softmax_output,
+)
 
 
 @triton.jit
@@ -77,12 +87,9 @@ def _fwd_kernel(
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
         s = tl.where(ok[None, :], beta2 * (a * a + c * c), float("-inf"))
         m_i, l_i, alpha, p = softmax_block(s, m_i, l_i)
-        if DROPOUT:
-            p = tl.where(_keep(seed, bh, offs_m, offs_n, Nq, Nk, threshold), p * scale, 0.0)
-        v = tl.load(
-            v_base + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc, mask=nmask[:, None] & cmask[None, :], other=0.0
-        )
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=VPREC)
+        keep = _keep(seed, bh, offs_m, offs_n, Nq, Nk, threshold) if DROPOUT else None
+        acc = accumulate_values(acc, alpha, p, v_base + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc,
+                                nmask[:, None] & cmask[None, :], keep, scale, DROPOUT, VPREC)  # fmt: skip
     store_softmax_output(
         acc, m_i, l_i, OUT, b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
         OUT32, (bh64 * Nq + offs_m[:, None]) * DV + offs_c[None, :], LSE, bh64 * Nq + offs_m,

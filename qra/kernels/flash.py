@@ -51,6 +51,16 @@ def softmax_block(s, m_i, l_i):
 
 
 @triton.jit
+def accumulate_values(acc, alpha, p, v_ptrs, v_mask, keep, scale, DROPOUT: tl.constexpr, VPREC: tl.constexpr):
+    """The online softmax's value step for one key block: acc·α + p·V, with p's dropped weights zeroed and the
+    kept ones scaled (``keep``: the block's dropout mask, used only with DROPOUT)."""
+    if DROPOUT:
+        p = tl.where(keep, p * scale, 0.0)
+    v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+    return tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=VPREC)
+
+
+@triton.jit
 def store_softmax_output(acc, m_i, l_i, OUT, out_off, OUT32, out32_off, LSE, lse_off, o_mask, mmask,
                          SAVE32: tl.constexpr):  # fmt: skip
     """Normalise and store a query block's output (and its fp32 copy), and the base-2 log-sum-exp the
@@ -102,12 +112,9 @@ def _fwd_kernel(
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
         s = tl.where(ok[None, :], s * 1.4426950408889634, float("-inf"))
         m_i, l_i, alpha, p = softmax_block(s, m_i, l_i)
-        if DROPOUT:
-            p = tl.where(_keep(seed, bh, offs_m, offs_n, Nq, Nk, threshold), p * scale, 0.0)
-        v = tl.load(
-            v_base + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc, mask=nmask[:, None] & cmask[None, :], other=0.0
-        )
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=VPREC)
+        keep = _keep(seed, bh, offs_m, offs_n, Nq, Nk, threshold) if DROPOUT else None
+        acc = accumulate_values(acc, alpha, p, v_base + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc,
+                                nmask[:, None] & cmask[None, :], keep, scale, DROPOUT, VPREC)  # fmt: skip
     store_softmax_output(
         acc, m_i, l_i, OUT, b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
         OUT32, (bh.to(tl.int64) * Nq + offs_m[:, None]) * DV + offs_c[None, :], LSE, bh.to(tl.int64) * Nq + offs_m,
