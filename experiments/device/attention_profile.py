@@ -14,28 +14,18 @@ import argparse
 import torch
 from profiling import profile_step
 
-from qra.experiment.bench import attention_impls
+from qra.experiment.bench import attention_impls, attention_inputs
 
 CALLS = 10
-
-
-def inputs(mode: str | None, batch: int, heads: int, length: int, qubits: int) -> list[torch.Tensor]:
-    """The benchmark's inputs for one row, as leaves that require grad (states as real pairs for fidelity)."""
-    width = 2 * 2**qubits if mode == "fidelity" else 64
-
-    def draw(dim: int) -> torch.Tensor:
-        return torch.randn(batch, heads, length, dim, device="cuda", dtype=torch.bfloat16)
-
-    if mode == "fidelity":
-        q, k = (torch.nn.functional.normalize(draw(width).float(), dim=-1) for _ in range(2))
-    else:
-        q, k = draw(width), draw(width)
-    return [t.requires_grad_() for t in (q, k, draw(64))]
+HEAD_DIM, FEATURES = 64, 128  # the benchmark's d and m
 
 
 def report(name: str, impl, length: int, tokens: int, heads: int, qubits: int, rows: int) -> None:
     mode, _, attention = impl
-    leaves = inputs(mode, max(1, tokens // length), heads, length, qubits)
+    batch = max(1, tokens // length)
+    drawn = attention_inputs(mode, batch, heads, length, HEAD_DIM, FEATURES, qubits, torch.device("cuda"),
+                             torch.bfloat16)  # fmt: skip
+    leaves = [t.requires_grad_() for t in drawn]
 
     def step() -> None:
         attention(*leaves).float().sum().backward()
@@ -54,7 +44,7 @@ def main() -> None:
     parser.add_argument("--qubits", type=int, default=6)
     parser.add_argument("--table-rows", type=int, default=25)
     args = parser.parse_args()
-    impls = attention_impls(torch.device("cuda"), 128, 64, args.qubits, compile_paths=False)
+    impls = attention_impls(torch.device("cuda"), FEATURES, HEAD_DIM, args.qubits, compile_paths=False)
     for name in args.rows.split(","):
         report(name, impls[name], args.length, args.tokens, args.heads, args.qubits, args.table_rows)
 

@@ -380,19 +380,7 @@ def _attention_row(
 ) -> Row:
     mode, path, attention = impl
     batch = max(1, tokens // length)
-    generator = torch.Generator(device=device).manual_seed(length)
-    query_dim = {"fidelity": 2 * 2**qubits, "linear-kernel": features}.get(mode, head_dim)
-
-    def draw(dim: int) -> torch.Tensor:
-        return torch.randn((batch, heads, length, dim), device=device, dtype=dtype, generator=generator)
-
-    if mode == "fidelity":  # normalised states, as real pairs
-        q, k = (torch.nn.functional.normalize(draw(query_dim).float(), dim=-1) for _ in range(2))
-    elif mode == "linear-kernel":  # positive features, as a dot-product map's after its stabiliser
-        q, k = draw(query_dim).abs(), draw(query_dim).abs()
-    else:
-        q, k = draw(query_dim), draw(query_dim)
-    inputs = (q, k, draw(head_dim))
+    inputs = attention_inputs(mode, batch, heads, length, head_dim, features, qubits, device, dtype)
     row = {"impl": name, "mode": mode, "path": path, "N": length, "B": batch, "H": heads, "d": head_dim,
            "m": None if mode is None else (2**qubits if mode == "fidelity" else features),  # features per q/k
            "dtype": str(dtype).removeprefix("torch."), "device": device_name(device),
@@ -419,6 +407,34 @@ def _attention_row(
                 torch.cuda.empty_cache()
     row["peak_bytes"] = row.get("fwd_bwd_peak_bytes")
     return row
+
+
+def attention_inputs(
+    mode: str | None,
+    batch: int,
+    heads: int,
+    length: int,
+    head_dim: int,
+    features: int,
+    qubits: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q, k, v) for one attention-benchmark row, seeded by the length: head_dim-wide queries and keys, except
+    normalised states as real pairs (fidelity) and positive m-wide features (the linear kernel on given φ)."""
+    generator = torch.Generator(device=device).manual_seed(length)
+    query_dim = {"fidelity": 2 * 2**qubits, "linear-kernel": features}.get(mode, head_dim)
+
+    def draw(dim: int) -> torch.Tensor:
+        return torch.randn((batch, heads, length, dim), device=device, dtype=dtype, generator=generator)
+
+    if mode == "fidelity":  # normalised states, as real pairs
+        q, k = (torch.nn.functional.normalize(draw(query_dim).float(), dim=-1) for _ in range(2))
+    elif mode == "linear-kernel":  # positive features, as a dot-product map's after its stabiliser
+        q, k = draw(query_dim).abs(), draw(query_dim).abs()
+    else:
+        q, k = draw(query_dim), draw(query_dim)
+    return q, k, draw(head_dim)
 
 
 def add_sdpa_ratios(rows: list[Row]) -> list[Row]:
