@@ -6,6 +6,7 @@ back without them.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -114,44 +115,6 @@ def test_cpu_fallback_matches_kernel_attention():
     beta = torch.tensor([0.5, 1.0, 2.0])
     expected, _ = kernel_attention(sq, sk, v, StateIdentity(8), "softmax", mask, beta=beta)
     torch.testing.assert_close(kernels.fidelity_attention(sq, sk, v, mask, beta), expected)
-
-
-def test_fidelity_rows_give_the_overlap_and_its_gradients():
-    """The fidelity kernel's algebra on the CPU: packed rows P = [Re | Im], rotated rows R = [Im | −Re]
-    give Re⟨ψq|ψk⟩ = Pq·Pkᵀ and Im⟨ψq|ψk⟩ = Pq·Rkᵀ; the packed gradients map back to torch's complex ones."""
-    fidelity = pytest.importorskip("qra.kernels.fidelity")
-    g = torch.Generator().manual_seed(3)
-    sq = torch.complex(torch.randn(2, 3, 5, 6, generator=g), torch.randn(2, 3, 5, 6, generator=g))
-    sk = torch.complex(torch.randn(2, 3, 7, 6, generator=g), torch.randn(2, 3, 7, 6, generator=g))
-    width = 16  # 6 amplitudes padded to 8 per half
-    pq = fidelity.pack_rows(sq, width, torch.float64)
-    pk = fidelity.pack_rows(sk, width, torch.float64)
-    rk = fidelity.rotate_rows(pk)
-    overlap = (sq.conj().to(torch.complex128) @ sk.to(torch.complex128).transpose(-1, -2)).reshape(6, 5, 7)
-    torch.testing.assert_close(pq @ pk.transpose(-1, -2), overlap.real)
-    torch.testing.assert_close(pq @ rk.transpose(-1, -2), overlap.imag)
-    # a real function of the packed rows: its complex gradient by autograd equals unpack_grad of the packed one
-    leaf = sq.clone().requires_grad_()
-    weights = torch.randn(6, 5, width, generator=g, dtype=torch.float64)
-    (fidelity.pack_rows(leaf, width, torch.float64) * weights).sum().backward()
-    torch.testing.assert_close(fidelity.unpack_grad(weights.float(), sq.shape), leaf.grad)
-
-
-def test_fidelity_gradient_scale_is_a_power_of_two_within_range():
-    fidelity = pytest.importorskip("qra.kernels.fidelity")
-    g = torch.Generator().manual_seed(4)
-    rows = torch.randn(6, 9, 16, generator=g).half()
-    v = torch.randn(2, 3, 9, 8, generator=g)
-    for magnitude in (1e-12, 1e-3, 1.0, 1e6):
-        grad = torch.randn(2, 3, 9, 8, generator=g) * magnitude
-        beta = torch.tensor([2.0, -40.0, 5.0])
-        scale = fidelity.gradient_scale(grad, v, rows, rows, beta, 1.25).item()
-        assert scale == 2.0 ** round(torch.log2(torch.tensor(scale)).item())
-        norms = [torch.linalg.vector_norm(x.float(), dim=-1).amax() for x in (grad, v, rows, rows)]
-        bound = 4 * 1.25 * 40.0 * torch.stack(norms).prod().item()
-        assert fidelity.GRADIENT_RANGE / 2 < bound * scale <= fidelity.GRADIENT_RANGE
-    zero = fidelity.gradient_scale(torch.zeros(2, 3, 9, 8), v, rows, rows, beta, 1.0)
-    assert zero.item() == 2.0**60
 
 
 # ------------------------------------------------------------------------------------------------ GPU
@@ -419,6 +382,69 @@ def check_fidelity(b, h, nq, nk, dim, dv, dtype, masked=True, grad_scale=1.0):
         assert a.dtype == (dtype if name == "dv" else e.dtype), name
         # relative to the gradient's own scale, with a floor in the gradients' unit (N = 1: exactly 0)
         assert_close(a, e, RTOL[dtype], name, floor=1e-4 * grad_scale)
+
+
+@requires_gpu
+@pytest.mark.parametrize(("dim", "width"), [(64, 128), (6, 16), (4, 16)])
+def test_fidelity_packing_gives_rows_and_the_largest_norm(dim, width):
+    """One pass packs complex states, strided ones too, as rows [Re | Im] (each half zero-padded) and raises
+    the norm buffer to the largest squared ‖ψ‖."""
+    from qra.kernels import fidelity
+
+    g = torch.Generator().manual_seed(5)
+    base = torch.complex(torch.randn(2, 7, 3, dim, generator=g), torch.randn(2, 7, 3, dim, generator=g)).cuda()
+    for s in (base.transpose(1, 2), base.transpose(1, 2).contiguous() * 3.0):  # [B, H, N, D], strided and not
+        norm = torch.full((1,), 0.5, device="cuda")
+        rows = fidelity.pack_states(s, width, torch.float16, norm)
+        want = torch.zeros(6, 7, 2, width // 2, device="cuda")
+        want[:, :, 0, :dim] = s.real.reshape(6, 7, dim)
+        want[:, :, 1, :dim] = s.imag.reshape(6, 7, dim)
+        assert torch.equal(rows, want.reshape(6, 7, width).half())
+        torch.testing.assert_close(norm, s.abs().square().sum(-1).amax().reshape(1))
+
+
+@requires_gpu
+def test_fidelity_gradient_scale_is_a_power_of_two_within_range():
+    """S = 2^k with GRADIENT_RANGE/2 < bound·S ≤ GRADIENT_RANGE for bounds over 36 decades; 2^60 for a zero one."""
+    import triton
+    import triton.language as tl
+
+    from qra.kernels import fidelity
+
+    @triton.jit
+    def scale_of(NORMS_QK, NORMS_OV, BETA, OUT, dropout_scale):
+        tl.store(OUT, fidelity.gradient_scale(NORMS_QK, NORMS_OV, tl.load(BETA), dropout_scale))
+
+    for grad_norm in (0.0, 1e-24, 1e-6, 1.0, 1e12):
+        norms = torch.tensor([1.0, 0.98, grad_norm, 7.5], device="cuda")  # squared: ψq, ψk, dO, v
+        out = torch.zeros(1, device="cuda")
+        scale_of[(1,)](norms[:2], norms[2:], torch.tensor([-40.0], device="cuda"), out, 1.25)
+        scale = out.item()
+        assert scale == 2.0 ** round(math.log2(scale))
+        bound = 4 * 1.25 * 40.0 * math.sqrt(1.0 * 0.98 * grad_norm * 7.5)
+        if grad_norm == 0.0:
+            assert scale == 2.0**60
+        else:
+            assert fidelity.GRADIENT_RANGE / 2 < bound * scale <= fidelity.GRADIENT_RANGE
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fidelity_takes_strided_states(dtype, no_fallback):
+    """States as a map returns them ([B, N, H, D] seen as [B, H, N, D], and every other amplitude) give the same
+    output and gradients as contiguous copies."""
+    g = torch.Generator().manual_seed(6)
+    wide = torch.complex(torch.randn(2, 40, 3, 128, generator=g), torch.randn(2, 40, 3, 128, generator=g)).cuda()
+    sq = wide[..., ::2].transpose(1, 2)
+    sk = wide[..., 1::2].transpose(1, 2)
+    v = torch.randn(2, 3, 40, 32, device="cuda").to(dtype)
+    views = leaves(sq, sk, v)
+    copies = leaves(sq.contiguous(), sk.contiguous(), v)
+    out = kernels.fidelity_attention(*views, None, 2.0)
+    grad_out = torch.randn_like(out)
+    for a, e in zip(grads(out, views, grad_out), grads(kernels.fidelity_attention(*copies, None, 2.0), copies, grad_out)):
+        torch.testing.assert_close(a, e)
+    torch.testing.assert_close(out, kernels.fidelity_attention(*copies, None, 2.0))
 
 
 @pytest.fixture

@@ -1,23 +1,24 @@
 """Flash-style fidelity attention: softmax over the keys of β·|⟨ψq|ψk⟩|², forward and backward.
 
-Why a kernel of its own: with the states packed as real rows P = [Re ψ | Im ψ] (width 2·2ⁿ) and the
-key rows also rotated, R = [Im ψ | −Re ψ], the overlap is two ordinary products,
-    A = Pq·Pkᵀ = Re⟨ψq|ψk⟩,   C = Pq·Rkᵀ = Im⟨ψq|ψk⟩,   s = β_h (A² + C²),
-so each score tile costs two tensor-core products over 2·2ⁿ, the fidelity is never formed as an
-N×N tensor, and memory is O(N).  The packing (and the rotation) is done once per call in PyTorch;
-the kernels read contiguous rows.
+Why a kernel of its own: with the states packed as real rows P(ψ) = [Re ψ | Im ψ] (width 2·2ⁿ), the
+overlap is two ordinary products,
+    A = P(ψq)·P(ψk)ᵀ = Re⟨ψq|ψk⟩,   C = P(iψq)·P(ψk)ᵀ = Im⟨ψq|ψk⟩,   s = β_h (A² + C²),
+where P(iψ) = [−Im ψ | Re ψ] is P(ψ) read with its halves swapped and one negated — done on load, so
+each score tile costs two tensor-core products over 2·2ⁿ, the fidelity is never formed as an N×N
+tensor, and memory is O(N).  One Triton pass packs each state tensor (and notes its largest norm).
 
 Precision: states with 16-bit values are packed in float16 (amplitudes lie in [−1, 1]: 11 bits of
 mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value).  With float32
 values the rows are float32, multiplied as three TF32 products (float32's accuracy).  The backward's
-gradient products run in float16 too, on dA·S and dC·S with S a power of two chosen per call from a
+gradient products run in float16 too, on dA·S and dC·S with S a power of two chosen per head from a
 bound on |dA| (:func:`gradient_scale`), so that they neither overflow nor lose the small gradients of
 training without loss scaling; the fp32 sums are divided by S again (float32 values: S = 1).
 
-Backward: δ_i = dO_i·O_i (PyTorch), a key-block kernel for dK, dV (and dβ, fp32 atomics), a
-query-block kernel for dQ, both recomputing the scores.  With dA = 2β·A·dS and dC = 2β·C·dS,
-    dPq = dA·Pk + dC·Rk,   dPk = dAᵀ·Pq − dCᵀ·Rq   (Rq the query rows rotated like the keys),
-and the packed gradients become complex ones (∂L/∂Re + i ∂L/∂Im, torch's convention).
+Backward: one pass for δ_i = dO_i·O_i and the norms S needs, a key-block kernel for dK, dV (and dβ,
+fp32 atomics), a query-block kernel for dQ, both recomputing the scores.  With dA = 2β·A·dS and
+dC = 2β·C·dS,
+    dPq = dA·P(ψk) + dC·P(−iψk),   dPk = dAᵀ·P(ψq) + dCᵀ·P(iψq),
+and the kernels store them as complex gradients (∂L/∂Re + i ∂L/∂Im, torch's convention) in place.
 
 Dropout and key padding follow :mod:`qra.kernels.flash` exactly (the same Philox keep-mask).
 """
@@ -49,9 +50,95 @@ def _keep_t(seed, bh, offs_m, offs_n, Nq, Nk, threshold):
     return keep_at(seed, idx, threshold)
 
 
+@triton.jit
+def swapped_halves(offs_f, BF: tl.constexpr):
+    """Column offsets that read a packed row [Re | Im] as [Im | Re] (for P(±iψ), see the module docstring)."""
+    return (offs_f + BF // 2) % BF
+
+
+@triton.jit
+def complex_offsets(offs_f, BF: tl.constexpr):
+    """Where packed column f lands in a complex tensor seen as float32 pairs: Re of amplitude j at 2j, Im at
+    2j + 1; and the amplitude j itself (≥ the state's dim for the rows' zero padding)."""
+    half = BF // 2
+    amplitude = offs_f % half
+    return 2 * amplitude + (offs_f >= half).to(tl.int32), amplitude
+
+
+#: |dA·S| stays below this (float16's largest value is 65,504)
+GRADIENT_RANGE = tl.constexpr(2.0**14)
+
+
+@triton.jit
+def gradient_scale(NORMS_QK, NORMS_OV, beta, dropout_scale):
+    """A power of two S with |dA·S|, |dC·S| ≤ GRADIENT_RANGE for this head, from the largest squared norms of
+    the query and key states and of dO and V rows:
+    |dA| = |2β·A·dS| ≤ 2|β|·‖ψq‖‖ψk‖·p·(|dO_i·v_j| + |dO_i·O_i|) ≤ 4|β|·‖ψq‖‖ψk‖·‖dO_i‖·max‖v‖·(dropout scale).
+    The exponent is read from the float's bits (exact; no approximate log2), clamped to ±60 (all-zero
+    gradients: 2^60)."""
+    bound = (4.0 * dropout_scale) * tl.abs(beta)
+    bound = bound * tl.sqrt(tl.load(NORMS_QK)) * tl.sqrt(tl.load(NORMS_QK + 1))
+    bound = bound * tl.sqrt(tl.load(NORMS_OV)) * tl.sqrt(tl.load(NORMS_OV + 1))
+    ratio = GRADIENT_RANGE / bound
+    exponent = ((ratio.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+    exponent = tl.minimum(tl.maximum(exponent, -60), 60)
+    return ((exponent + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _pack_kernel(STATES, ROWS, NORM, s_b, s_h, s_n, H, N, D, BR: tl.constexpr, BF: tl.constexpr):
+    """Complex states (read as float32 pairs, strides in floats) as packed rows [Re | Im] of width BF, each
+    half zero-padded from D; the largest squared row norm into NORM (atomic max; it starts at 0)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_r = pid * BR + tl.arange(0, BR)
+    offs_f = tl.arange(0, BF)
+    pair, amplitude = complex_offsets(offs_f, BF)
+    rmask = offs_r < N
+    x = tl.load(
+        STATES + b * s_b + h * s_h + offs_r[:, None].to(tl.int64) * s_n + pair[None, :],
+        mask=rmask[:, None] & (amplitude < D)[None, :], other=0.0,
+    )  # fmt: skip
+    dst = ROWS + (bh.to(tl.int64) * N + offs_r[:, None]) * BF + offs_f[None, :]
+    tl.store(dst, x.to(ROWS.dtype.element_ty), mask=rmask[:, None])
+    tl.atomic_max(NORM, tl.max(tl.sum(x * x, axis=1), axis=0))
+
+
+@triton.jit
+def _bwd_prep_kernel(
+    DO, OUT, DELTA, V, NORMS,
+    s_ob, s_oh, s_on, s_oc,
+    s_vb, s_vh, s_vn, s_vc,
+    H, Nq, Nk, DV,
+    BR: tl.constexpr, BV: tl.constexpr,
+):  # fmt: skip
+    """δ_i = dO_i·O_i (O: the fp32 output, [B·H, Nq, DV]) and the largest squared norms of dO and V rows."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    bh64 = bh.to(tl.int64)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_r = pid * BR + tl.arange(0, BR)
+    offs_c = tl.arange(0, BV)
+    cmask = offs_c < DV
+    qmask = (offs_r < Nq)[:, None] & cmask[None, :]
+    do = tl.load(DO + b * s_ob + h * s_oh + offs_r[:, None] * s_on + offs_c[None, :] * s_oc, mask=qmask, other=0.0)
+    do = do.to(tl.float32)
+    out = tl.load(OUT + (bh64 * Nq + offs_r[:, None]) * DV + offs_c[None, :], mask=qmask, other=0.0)
+    tl.store(DELTA + bh64 * Nq + offs_r, tl.sum(do * out, axis=1), mask=offs_r < Nq)
+    v = tl.load(
+        V + b * s_vb + h * s_vh + offs_r[:, None] * s_vn + offs_c[None, :] * s_vc,
+        mask=(offs_r < Nk)[:, None] & cmask[None, :], other=0.0,
+    ).to(tl.float32)  # fmt: skip
+    tl.atomic_max(NORMS, tl.max(tl.sum(do * do, axis=1), axis=0))
+    tl.atomic_max(NORMS + 1, tl.max(tl.sum(v * v, axis=1), axis=0))
+
+
 @triton.jit(do_not_specialize=["seed"])
 def _fwd_kernel(
-    QP, KP, KR, V, OUT, OUT32, LSE, MASK, BETA,
+    QP, KP, V, OUT, OUT32, LSE, MASK, BETA,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
@@ -71,8 +158,10 @@ def _fwd_kernel(
     cmask = offs_c < DV
     mmask = offs_m < Nq
     KP = KP + bh64 * Nk * BF  # this (batch, head)'s rows; offsets within them fit int32
-    KR = KR + bh64 * Nk * BF
-    q = tl.load(QP + bh64 * Nq * BF + offs_m[:, None] * BF + offs_f[None, :], mask=mmask[:, None], other=0.0)
+    QP = QP + bh64 * Nq * BF
+    q = tl.load(QP + offs_m[:, None] * BF + offs_f[None, :], mask=mmask[:, None], other=0.0)
+    qi = tl.load(QP + offs_m[:, None] * BF + swapped_halves(offs_f, BF)[None, :], mask=mmask[:, None], other=0.0)
+    qi = tl.where((offs_f < BF // 2)[None, :], -qi, qi)  # P(iψq) = [−Im | Re]
     beta2 = tl.load(BETA + h) * 1.4426950408889634  # base-2 softmax
     v_base = V + b * s_vb + h * s_vh
     m_i = tl.full((BM,), float("-inf"), dtype=tl.float32)
@@ -81,9 +170,9 @@ def _fwd_kernel(
     for start in range(0, Nk, BN):
         offs_n = start + tl.arange(0, BN)
         nmask = offs_n < Nk
-        kt_off = offs_n[None, :] * BF + offs_f[:, None]  # [BF, BN]
-        a = tl.dot(q, tl.load(KP + kt_off, mask=nmask[None, :], other=0.0), input_precision=PREC)
-        c = tl.dot(q, tl.load(KR + kt_off, mask=nmask[None, :], other=0.0), input_precision=PREC)
+        kt = tl.load(KP + offs_n[None, :] * BF + offs_f[:, None], mask=nmask[None, :], other=0.0)  # [BF, BN]
+        a = tl.dot(q, kt, input_precision=PREC)  # Re⟨ψq|ψk⟩
+        c = tl.dot(qi, kt, input_precision=PREC)  # Im⟨ψq|ψk⟩
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
         s = tl.where(ok[None, :], beta2 * (a * a + c * c), float("-inf"))
         m_i, l_i, alpha, p = softmax_block(s, m_i, l_i)
@@ -99,15 +188,16 @@ def _fwd_kernel(
 
 @triton.jit(do_not_specialize=["seed"])
 def _bwd_kv_kernel(
-    QP, QR, KP, KR, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DK, DV_, DBETA,
+    QP, KP, V, DO, LSE, DELTA, MASK, BETA, NORMS_QK, NORMS_OV, DK, DV_, DBETA,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
     s_wb, s_wh, s_wn, s_wc,
-    H, Nq, Nk, DV,
+    H, Nq, Nk, D, DV,
     seed, threshold, scale,
     BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, BETA_GRAD: tl.constexpr,
+    SCALED: tl.constexpr,
 ):  # fmt: skip
     """One key block: its tiles are computed transposed ([BN, BM], keys × queries), as dK and dV need them."""
     pid_n = tl.program_id(0)
@@ -121,13 +211,12 @@ def _bwd_kv_kernel(
     cmask = offs_c < DV
     nmask = offs_n < Nk
     QP = QP + bh64 * Nq * BF  # this (batch, head)'s rows; offsets within them fit int32
-    QR = QR + bh64 * Nq * BF
     KP = KP + bh64 * Nk * BF
-    KR = KR + bh64 * Nk * BF
-    DK = DK + bh64 * Nk * BF
-    k_off = offs_n[:, None] * BF + offs_f[None, :]
-    kp = tl.load(KP + k_off, mask=nmask[:, None], other=0.0)  # [BN, BF]
-    kr = tl.load(KR + k_off, mask=nmask[:, None], other=0.0)
+    swapped = swapped_halves(offs_f, BF)
+    lower = offs_f < BF // 2
+    kp = tl.load(KP + offs_n[:, None] * BF + offs_f[None, :], mask=nmask[:, None], other=0.0)  # [BN, BF]
+    kr = tl.load(KP + offs_n[:, None] * BF + swapped[None, :], mask=nmask[:, None], other=0.0)
+    kr = tl.where(lower[None, :], kr, -kr)  # P(−iψk) = [Im | −Re]
     v = tl.load(  # [BN, BV]
         V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc,
         mask=nmask[:, None] & cmask[None, :],
@@ -135,7 +224,9 @@ def _bwd_kv_kernel(
     )
     beta = tl.load(BETA + h)
     beta2 = beta * 1.4426950408889634
-    gscale = tl.load(GSCALE)
+    gscale = 1.0
+    if SCALED:
+        gscale = gradient_scale(NORMS_QK, NORMS_OV, beta, scale)
     twice = 2.0 * beta * gscale
     ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
     dk = tl.zeros((BN, BF), dtype=tl.float32)
@@ -168,9 +259,14 @@ def _bwd_kv_kernel(
             dbeta += tl.sum(ds * fid, axis=1)
         g = twice * ds
         dk = tl.dot((g * a).to(qt.dtype), tl.trans(qt), dk, input_precision=PREC)
-        qrt = tl.load(QR + qt_off, mask=mmask[None, :], other=0.0)
-        dk = tl.dot((g * c).to(qrt.dtype), tl.trans(qrt), dk, input_precision=PREC)
-    tl.store(DK + k_off, dk / gscale, mask=nmask[:, None])
+        qit = tl.load(QP + offs_m[None, :] * BF + swapped[:, None], mask=mmask[None, :], other=0.0)
+        qit = tl.where(lower[:, None], -qit, qit)  # P(iψq)ᵀ
+        dk = tl.dot((g * c).to(qit.dtype), tl.trans(qit), dk, input_precision=PREC)
+    pair, amplitude = complex_offsets(offs_f, BF)
+    tl.store(
+        DK + (bh64 * Nk + offs_n[:, None]) * (2 * D) + pair[None, :], dk / gscale,
+        mask=nmask[:, None] & (amplitude < D)[None, :],
+    )  # fmt: skip
     if BETA_GRAD:
         tl.atomic_add(DBETA + h, tl.sum(dbeta, axis=0))
     tl.store(
@@ -182,14 +278,14 @@ def _bwd_kv_kernel(
 
 @triton.jit(do_not_specialize=["seed"])
 def _bwd_q_kernel(
-    QP, KP, KR, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DQ,
+    QP, KP, V, DO, LSE, DELTA, MASK, BETA, NORMS_QK, NORMS_OV, DQ,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
-    H, Nq, Nk, DV,
+    H, Nq, Nk, D, DV,
     seed, threshold, scale,
     BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr,
+    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, SCALED: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -203,10 +299,9 @@ def _bwd_q_kernel(
     mmask = offs_m < Nq
     QP = QP + bh64 * Nq * BF
     KP = KP + bh64 * Nk * BF
-    KR = KR + bh64 * Nk * BF
-    DQ = DQ + bh64 * Nq * BF
-    q_off = offs_m[:, None] * BF + offs_f[None, :]
-    q = tl.load(QP + q_off, mask=mmask[:, None], other=0.0)
+    swapped = swapped_halves(offs_f, BF)
+    lower = offs_f < BF // 2
+    q = tl.load(QP + offs_m[:, None] * BF + offs_f[None, :], mask=mmask[:, None], other=0.0)
     do = tl.load(
         DO + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
         mask=mmask[:, None] & cmask[None, :],
@@ -216,16 +311,18 @@ def _bwd_q_kernel(
     delta = tl.load(DELTA + bh64 * Nq + offs_m, mask=mmask, other=0.0)
     beta = tl.load(BETA + h)
     beta2 = beta * 1.4426950408889634
-    gscale = tl.load(GSCALE)
+    gscale = 1.0
+    if SCALED:
+        gscale = gradient_scale(NORMS_QK, NORMS_OV, beta, scale)
     twice = 2.0 * beta * gscale
     dq = tl.zeros((BM, BF), dtype=tl.float32)
     v_base = V + b * s_vb + h * s_vh
     for start in range(0, Nk, BN):
         offs_n = start + tl.arange(0, BN)
         nmask = offs_n < Nk
-        kt_off = offs_n[None, :] * BF + offs_f[:, None]  # [BF, BN]
-        kpt = tl.load(KP + kt_off, mask=nmask[None, :], other=0.0)
-        krt = tl.load(KR + kt_off, mask=nmask[None, :], other=0.0)
+        kpt = tl.load(KP + offs_n[None, :] * BF + offs_f[:, None], mask=nmask[None, :], other=0.0)  # [BF, BN]
+        krt = tl.load(KP + offs_n[None, :] * BF + swapped[:, None], mask=nmask[None, :], other=0.0)
+        krt = tl.where(lower[:, None], krt, -krt)  # P(−iψk)ᵀ
         a = tl.dot(q, kpt, input_precision=PREC)
         c = tl.dot(q, krt, input_precision=PREC)
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
@@ -239,7 +336,11 @@ def _bwd_q_kernel(
         g = twice * p * (dp - delta[:, None])
         dq = tl.dot((g * a).to(kpt.dtype), tl.trans(kpt), dq, input_precision=PREC)
         dq = tl.dot((g * c).to(krt.dtype), tl.trans(krt), dq, input_precision=PREC)
-    tl.store(DQ + q_off, dq / gscale, mask=mmask[:, None])
+    pair, amplitude = complex_offsets(offs_f, BF)
+    tl.store(
+        DQ + (bh64 * Nq + offs_m[:, None]) * (2 * D) + pair[None, :], dq / gscale,
+        mask=mmask[:, None] & (amplitude < D)[None, :],
+    )  # fmt: skip
 
 
 #: (BM, BN, warps, stages) by (packed row width, 16-bit planes) for the forward, the key-block (dK, dV)
@@ -276,23 +377,22 @@ def _tiles(table: dict, width: int, half: bool) -> tuple[int, int, int, int]:
     return table.get((width, half), _SMALL_TILES)
 
 
-def pack_rows(states: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
-    """[B, H, N, D] complex states as contiguous real rows [B·H, N, width]: [Re | Im], each half zero-padded
-    to width/2."""
+#: rows packed (and their norms read) per program of the packing pass, and of the backward's δ pass
+_PACK_ROWS = 32
+
+
+def pack_states(states: torch.Tensor, width: int, dtype: torch.dtype, norm: torch.Tensor) -> torch.Tensor:
+    """[B, H, N, D] complex64 states as contiguous real rows [B·H, N, width] of ``dtype``: [Re | Im], each half
+    zero-padded to width/2, in one pass that also raises ``norm`` (1 element) to the largest squared ‖ψ‖."""
     bsz, heads, n, dim = states.shape
-    half = width // 2
-    alloc = torch.empty if half == dim else torch.zeros
-    rows = alloc(bsz * heads, n, 2, half, device=states.device, dtype=dtype)
-    rows[:, :, 0, :dim] = states.real.reshape(bsz * heads, n, dim)
-    rows[:, :, 1, :dim] = states.imag.reshape(bsz * heads, n, dim)
-    return rows.view(bsz * heads, n, width)
-
-
-def unpack_grad(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Packed fp32 gradients [B·H, N, width] as the complex gradient ∂L/∂Re + i ∂L/∂Im of [B, H, N, D] states."""
-    dim = shape[-1]
-    halves = rows.view(rows.shape[0], rows.shape[1], 2, -1)
-    return torch.complex(halves[:, :, 0, :dim], halves[:, :, 1, :dim]).reshape(shape)
+    if states.stride(-1) != 1:
+        states = states.contiguous()
+    pairs = torch.view_as_real(states)
+    rows = torch.empty(bsz * heads, n, width, device=states.device, dtype=dtype)
+    _pack_kernel[(triton.cdiv(n, _PACK_ROWS), bsz * heads)](
+        pairs, rows, norm, *pairs.stride()[:3], heads, n, dim, BR=_PACK_ROWS, BF=width
+    )
+    return rows
 
 
 class _FidelityAttention(torch.autograd.Function):
@@ -303,9 +403,9 @@ class _FidelityAttention(torch.autograd.Function):
         half = v.dtype != torch.float32
         plane = torch.float16 if half else torch.float32
         width = 2 * pow2(dim, floor=8)
-        qp = pack_rows(states_q, width, plane)
-        kp = pack_rows(states_k, width, plane)
-        kr = rotate_rows(kp)
+        norms_qk = torch.zeros(2, device=v.device, dtype=torch.float32)
+        qp = pack_states(states_q, width, plane, norms_qk[0:1])
+        kp = pack_states(states_k, width, plane, norms_qk[1:2])
         bv = pow2(dv)
         bm, bn, warps, stages = _tiles(FORWARD_TILES, width, half)
         out = torch.empty(bsz, heads, nq, dv, device=v.device, dtype=v.dtype)
@@ -315,7 +415,7 @@ class _FidelityAttention(torch.autograd.Function):
         dropout = dropout_p > 0
         scale = dropout_scale(dropout_p)
         args = (
-            qp, kp, kr, v, out, out32, lse, m, beta,
+            qp, kp, v, out, out32, lse, m, beta,
             *v.stride(), *out.stride(), *m_strides,
             heads, nq, nk, dv, seed, _threshold(dropout_p), scale,
         )  # fmt: skip
@@ -324,36 +424,37 @@ class _FidelityAttention(torch.autograd.Function):
             BF=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half), VPREC=_precision(half),
             SAVE32=half,
         )  # fmt: skip
-        ctx.save_for_backward(qp, kp, v, mask, beta, out32, lse)
+        ctx.save_for_backward(qp, kp, v, mask, beta, out32, lse, norms_qk)
         ctx.cfg = (dropout_p, seed, half, width, states_q.shape, states_k.shape, ctx.needs_input_grad[4])
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        qp, kp, v, mask, beta, out, lse = ctx.saved_tensors
+        qp, kp, v, mask, beta, out, lse, norms_qk = ctx.saved_tensors
         dropout_p, seed, half, width, q_shape, k_shape, beta_grad = ctx.cfg
-        bsz, heads, nq, _ = q_shape
+        bsz, heads, nq, dim = q_shape
         nk, dv = k_shape[2], v.shape[3]
         bv = pow2(dv)
         grad = grad.to(v.dtype)
-        delta = (grad.float() * out.float().view(bsz, heads, nq, dv)).sum(-1).reshape(bsz * heads, nq)
+        scratch = torch.zeros(2 + heads, device=v.device, dtype=torch.float32)  # max ‖dO‖², max ‖v‖²; dβ
+        norms_ov, dbeta = scratch[:2], scratch[2:]
+        delta = torch.empty(bsz * heads, nq, device=v.device, dtype=torch.float32)
+        _bwd_prep_kernel[(triton.cdiv(max(nq, nk), _PACK_ROWS), bsz * heads)](
+            grad, out, delta, v, norms_ov, *grad.stride(), *v.stride(), heads, nq, nk, dv, BR=_PACK_ROWS, BV=bv
+        )
         scale = dropout_scale(dropout_p)
-        gscale = gradient_scale(grad, v, qp, kp, beta, scale) if half else torch.ones(1, device=v.device)
-        kr = rotate_rows(kp)
-        qr = -rotate_rows(qp)  # ∂C/∂Pk = [−Im ψq | Re ψq]
         m, m_strides = mask_arguments(mask, lse)
         dropout = dropout_p > 0
-        dkp = torch.empty(kp.shape, device=v.device, dtype=torch.float32)
-        dqp = torch.empty(qp.shape, device=v.device, dtype=torch.float32)
+        dk = torch.empty(k_shape, device=v.device, dtype=torch.complex64)
+        dq = torch.empty(q_shape, device=v.device, dtype=torch.complex64)
         dvv = torch.empty_like(v)
-        dbeta = torch.zeros(heads, device=v.device, dtype=torch.float32)
         common = dict(
             BF=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half),
-            VPREC=_precision(half),
+            VPREC=_precision(half), SCALED=half,
         )  # fmt: skip
-        tail = (heads, nq, nk, dv, seed, _threshold(dropout_p), scale)
+        tail = (heads, nq, nk, dim, dv, seed, _threshold(dropout_p), scale)
         args = (
-            qp, qr, kp, kr, v, grad, lse, delta, m, beta, gscale, dkp, dvv, dbeta,
+            qp, kp, v, grad, lse, delta, m, beta, norms_qk, norms_ov, torch.view_as_real(dk), dvv, dbeta,
             *v.stride(), *grad.stride(), *m_strides, *dvv.stride(), *tail,
         )  # fmt: skip
         bm, bn, warps, stages = _tiles(BACKWARD_KV_TILES, width, half)
@@ -361,35 +462,15 @@ class _FidelityAttention(torch.autograd.Function):
             _bwd_kv_kernel, lambda bm_, bn_: (triton.cdiv(nk, bn_), bsz * heads), args, bm, bn, warps, stages,
             BETA_GRAD=beta_grad, **common,
         )  # fmt: skip
-        args = (qp, kp, kr, v, grad, lse, delta, m, beta, gscale, dqp, *v.stride(), *grad.stride(), *m_strides, *tail)
+        args = (
+            qp, kp, v, grad, lse, delta, m, beta, norms_qk, norms_ov, torch.view_as_real(dq),
+            *v.stride(), *grad.stride(), *m_strides, *tail,
+        )  # fmt: skip
         bm, bn, warps, stages = _tiles(BACKWARD_Q_TILES, width, half)
         _launch(
             _bwd_q_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages, **common
         )
-        dq = unpack_grad(dqp, q_shape)
-        dk = unpack_grad(dkp, k_shape)
         return dq, dk, dvv, None, (dbeta if beta_grad else None), None, None
-
-
-#: |dA·S| stays below this (float16's largest value is 65,504)
-GRADIENT_RANGE = 2.0**14
-
-
-def gradient_scale(grad, v, qp, kp, beta, dropout_scale: float) -> torch.Tensor:
-    """A power of two S (a 1-element fp32 tensor, no host sync) with |dA·S|, |dC·S| ≤ GRADIENT_RANGE.
-
-    |dA| = |2β·A·dS| ≤ 2|β|·‖ψq‖‖ψk‖·p·(|dO_i·v_j| + |dO_i·O_i|) ≤ 4|β|·‖ψq‖‖ψk‖·‖dO_i‖·max‖v‖·(dropout scale).
-    """
-    norms = [torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).amax() for x in (grad, v, qp, kp)]
-    bound = (4.0 * dropout_scale) * beta.abs().amax() * norms[0] * norms[1] * norms[2] * norms[3]
-    exponent = torch.floor(torch.log2(GRADIENT_RANGE / bound)).clamp(-60.0, 60.0)  # all-zero gradients: 2^60
-    return torch.exp2(exponent).reshape(1)
-
-
-def rotate_rows(rows: torch.Tensor) -> torch.Tensor:
-    """[Re | Im] rows as [Im | −Re]."""
-    halves = rows.view(rows.shape[0], rows.shape[1], 2, -1)
-    return torch.stack((halves[:, :, 1], -halves[:, :, 0]), dim=2).view(rows.shape)
 
 
 def _precision(half: bool) -> str:
