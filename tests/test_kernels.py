@@ -365,6 +365,7 @@ def states(b, h, n, dim, seed):
 
 def check_fidelity(b, h, nq, nk, dim, dv, dtype, masked=True, grad_scale=1.0):
     """The fused fidelity kernel (it must not fall back) against the fp32 PyTorch path: output, all gradients."""
+    torch.manual_seed(7)  # v and dO: the same draws every run (float16 rows put β = 32 near the tolerance)
     sq, sk = states(b, h, nq, dim, 0), states(b, h, nk, dim, 1)
     v = torch.randn(b, h, nk, dv, device="cuda").to(dtype)
     beta = torch.tensor([4.0, 16.0, 32.0][:h], device="cuda")
@@ -441,10 +442,11 @@ def test_fidelity_takes_strided_states(dtype, no_fallback):
     views = leaves(sq, sk, v)
     copies = leaves(sq.contiguous(), sk.contiguous(), v)
     out = kernels.fidelity_attention(*views, None, 2.0)
+    expected = kernels.fidelity_attention(*copies, None, 2.0)
+    torch.testing.assert_close(out, expected)
     grad_out = torch.randn_like(out)
-    for a, e in zip(grads(out, views, grad_out), grads(kernels.fidelity_attention(*copies, None, 2.0), copies, grad_out)):
+    for a, e in zip(grads(out, views, grad_out), grads(expected, copies, grad_out), strict=True):
         torch.testing.assert_close(a, e)
-    torch.testing.assert_close(out, kernels.fidelity_attention(*copies, None, 2.0))
 
 
 @pytest.fixture

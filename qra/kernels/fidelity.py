@@ -94,16 +94,18 @@ def _pack_kernel(STATES, ROWS, NORM, s_b, s_h, s_n, H, N, D, BR: tl.constexpr, B
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_r = pid * BR + tl.arange(0, BR)
-    offs_f = tl.arange(0, BF)
-    pair, amplitude = complex_offsets(offs_f, BF)
+    offs_p = tl.arange(0, BF)  # float j of a row: Re of amplitude j // 2 if j is even, else its Im
     rmask = offs_r < N
-    x = tl.load(
-        STATES + b * s_b + h * s_h + offs_r[:, None].to(tl.int64) * s_n + pair[None, :],
-        mask=rmask[:, None] & (amplitude < D)[None, :], other=0.0,
+    pairs = tl.load(
+        STATES + b * s_b + h * s_h + offs_r[:, None].to(tl.int64) * s_n + offs_p[None, :],
+        mask=rmask[:, None] & (offs_p < 2 * D)[None, :], other=0.0,
     )  # fmt: skip
-    dst = ROWS + (bh.to(tl.int64) * N + offs_r[:, None]) * BF + offs_f[None, :]
-    tl.store(dst, x.to(ROWS.dtype.element_ty), mask=rmask[:, None])
-    tl.atomic_max(NORM, tl.max(tl.sum(x * x, axis=1), axis=0))
+    re, im = tl.split(tl.reshape(pairs, (BR, BF // 2, 2)))
+    offs_a = tl.arange(0, BF // 2)
+    dst = ROWS + (bh.to(tl.int64) * N + offs_r[:, None]) * BF + offs_a[None, :]
+    tl.store(dst, re.to(ROWS.dtype.element_ty), mask=rmask[:, None])
+    tl.store(dst + BF // 2, im.to(ROWS.dtype.element_ty), mask=rmask[:, None])
+    tl.atomic_max(NORM, tl.max(tl.sum(pairs * pairs, axis=1), axis=0))
 
 
 @triton.jit
