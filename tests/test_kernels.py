@@ -388,45 +388,47 @@ def check_fidelity(b, h, nq, nk, dim, dv, dtype, masked=True, grad_scale=1.0):
 @requires_gpu
 @pytest.mark.parametrize(("dim", "width"), [(64, 128), (6, 16), (4, 16)])
 def test_fidelity_packing_gives_rows_and_the_largest_norm(dim, width):
-    """One pass packs complex states, strided ones too, as rows [Re | Im] (each half zero-padded) and raises
-    the norm buffer to the largest squared ‖ψ‖."""
+    """One pass packs complex states, strided ones too, as rows P(ψ) = [Re | Im] (each half zero-padded) and
+    P(−iψ) = [Im | −Re], and raises the norm buffer to the largest squared ‖ψ‖."""
     from qra.kernels import fidelity
 
     g = torch.Generator().manual_seed(5)
     base = torch.complex(torch.randn(2, 7, 3, dim, generator=g), torch.randn(2, 7, 3, dim, generator=g)).cuda()
     for s in (base.transpose(1, 2), base.transpose(1, 2).contiguous() * 3.0):  # [B, H, N, D], strided and not
         norm = torch.full((1,), 0.5, device="cuda")
-        rows = fidelity.pack_states(s, width, torch.float16, norm)
+        rows, turned = fidelity.pack_states(s, width, torch.float16, norm, rotated=True)
         want = torch.zeros(6, 7, 2, width // 2, device="cuda")
         want[:, :, 0, :dim] = s.real.reshape(6, 7, dim)
         want[:, :, 1, :dim] = s.imag.reshape(6, 7, dim)
         assert torch.equal(rows, want.reshape(6, 7, width).half())
+        rotated = torch.stack((want[:, :, 1], -want[:, :, 0]), dim=2)
+        assert torch.equal(turned, rotated.reshape(6, 7, width).half())
         torch.testing.assert_close(norm, s.abs().square().sum(-1).amax().reshape(1))
 
 
 @requires_gpu
-def test_fidelity_gradient_scale_is_a_power_of_two_within_range():
-    """S = 2^k with GRADIENT_RANGE/2 < bound·S ≤ GRADIENT_RANGE for bounds over 36 decades; 2^60 for a zero one."""
-    import triton
-    import triton.language as tl
-
+def test_fidelity_backward_rows_and_gradient_scales():
+    """The backward's row pass: P(iψq) = [−Im | Re] and P(−iψk) = [Im | −Re] from packed rows, and per head a
+    power of two S with GRADIENT_RANGE/2 < bound·S ≤ GRADIENT_RANGE over 36 decades of bounds (2^60 for 0)."""
     from qra.kernels import fidelity
 
-    @triton.jit
-    def scale_of(NORMS_QK, NORMS_OV, BETA, OUT, dropout_scale):
-        tl.store(OUT, fidelity.gradient_scale(NORMS_QK, NORMS_OV, tl.load(BETA), dropout_scale))
-
+    rows = torch.randn(3, 5, 16, device="cuda").half()  # B·H = 3 heads' rows of one batch, N = 5, width 16
+    beta = torch.tensor([-40.0, 2.0, 0.5], device="cuda")
+    limit = fidelity.GRADIENT_RANGE.value
     for grad_norm in (0.0, 1e-24, 1e-6, 1.0, 1e12):
-        norms = torch.tensor([1.0, 0.98, grad_norm, 7.5], device="cuda")  # squared: ψq, ψk, dO, v
-        out = torch.zeros(1, device="cuda")
-        scale_of[(1,)](norms[:2], norms[2:], torch.tensor([-40.0], device="cuda"), out, 1.25)
-        scale = out.item()
-        assert scale == 2.0 ** round(math.log2(scale))
-        bound = 4 * 1.25 * 40.0 * math.sqrt(1.0 * 0.98 * grad_norm * 7.5)
-        if grad_norm == 0.0:
-            assert scale == 2.0**60
-        else:
-            assert fidelity.GRADIENT_RANGE / 2 < bound * scale <= fidelity.GRADIENT_RANGE
+        norms_qk = torch.tensor([1.0, 0.98], device="cuda")  # squared: ψq, ψk
+        norms_ov = torch.tensor([grad_norm, 7.5], device="cuda")  # dO, v
+        turned_q, turned_k, scales = torch.empty_like(rows), torch.empty_like(rows), torch.empty(3, device="cuda")
+        fidelity._bwd_rows_kernel[(1, 3)](
+            rows, turned_q, rows, turned_k, beta, norms_qk, norms_ov, scales, 3, 5, 5, 1.25,
+            BR=32, BF=16, BH=4, SCALED=True,
+        )  # fmt: skip
+        re, im = rows[..., :8], rows[..., 8:]
+        assert torch.equal(turned_q, torch.cat((-im, re), -1)) and torch.equal(turned_k, torch.cat((im, -re), -1))
+        for head, scale in enumerate(scales.tolist()):
+            assert scale == 2.0 ** round(math.log2(scale))
+            bound = 4 * 1.25 * abs(beta[head].item()) * math.sqrt(1.0 * 0.98 * grad_norm * 7.5)
+            assert scale == 2.0**60 if grad_norm == 0.0 else limit / 2 < bound * scale <= limit
 
 
 @requires_gpu

@@ -1,11 +1,12 @@
 """Flash-style fidelity attention: softmax over the keys of β·|⟨ψq|ψk⟩|², forward and backward.
 
-Why a kernel of its own: with the states packed as real rows P(ψ) = [Re ψ | Im ψ] (width 2·2ⁿ), the
-overlap is two ordinary products,
-    A = P(ψq)·P(ψk)ᵀ = Re⟨ψq|ψk⟩,   C = P(iψq)·P(ψk)ᵀ = Im⟨ψq|ψk⟩,   s = β_h (A² + C²),
-where P(iψ) = [−Im ψ | Re ψ] is P(ψ) read with its halves swapped and one negated — done on load, so
-each score tile costs two tensor-core products over 2·2ⁿ, the fidelity is never formed as an N×N
-tensor, and memory is O(N).  One Triton pass packs each state tensor (and notes its largest norm).
+Why a kernel of its own: with the states packed as real rows P(ψ) = [Re ψ | Im ψ] (width 2·2ⁿ) and
+rotated rows P(−iψ) = [Im ψ | −Re ψ], the overlap is two ordinary products,
+    A = P(ψq)·P(ψk)ᵀ = Re⟨ψq|ψk⟩,   C = P(ψq)·P(−iψk)ᵀ = Im⟨ψq|ψk⟩,   s = β_h (A² + C²),
+so each score tile costs two tensor-core products over 2·2ⁿ, the fidelity is never formed as an
+N×N tensor, and memory is O(N).  Packing is one Triton pass per state tensor (the keys' pass also writes
+their rotated rows, and each notes its largest norm); the kernels read contiguous rows.  Rows rotated on
+load instead measured 12–55% slower kernels on an H200 (results/bench/README.md, round 6).
 
 Precision: states with 16-bit values are packed in float16 (amplitudes lie in [−1, 1]: 11 bits of
 mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value).  With float32
@@ -14,11 +15,11 @@ gradient products run in float16 too, on dA·S and dC·S with S a power of two c
 bound on |dA| (:func:`gradient_scale`), so that they neither overflow nor lose the small gradients of
 training without loss scaling; the fp32 sums are divided by S again (float32 values: S = 1).
 
-Backward: one pass for δ_i = dO_i·O_i and the norms S needs, a key-block kernel for dK, dV (and dβ,
-fp32 atomics), a query-block kernel for dQ, both recomputing the scores.  With dA = 2β·A·dS and
-dC = 2β·C·dS,
+Backward: one pass for δ_i = dO_i·O_i and the norms S needs, one for the rotated rows and S, a key-block
+kernel for dK, dV (and dβ, fp32 atomics), a query-block kernel for dQ, both recomputing the scores.
+With dA = 2β·A·dS and dC = 2β·C·dS,
     dPq = dA·P(ψk) + dC·P(−iψk),   dPk = dAᵀ·P(ψq) + dCᵀ·P(iψq),
-and the kernels store them as complex gradients (∂L/∂Re + i ∂L/∂Im, torch's convention) in place.
+and the packed gradients become complex ones (∂L/∂Re + i ∂L/∂Im, torch's convention).
 
 Dropout and key padding follow :mod:`qra.kernels.flash` exactly (the same Philox keep-mask).
 """
@@ -50,21 +51,6 @@ def _keep_t(seed, bh, offs_m, offs_n, Nq, Nk, threshold):
     return keep_at(seed, idx, threshold)
 
 
-@triton.jit
-def swapped_halves(offs_f, BF: tl.constexpr):
-    """Column offsets that read a packed row [Re | Im] as [Im | Re] (for P(±iψ), see the module docstring)."""
-    return (offs_f + BF // 2) % BF
-
-
-@triton.jit
-def complex_offsets(offs_f, BF: tl.constexpr):
-    """Where packed column f lands in a complex tensor seen as float32 pairs: Re of amplitude j at 2j, Im at
-    2j + 1; and the amplitude j itself (≥ the state's dim for the rows' zero padding)."""
-    half = BF // 2
-    amplitude = offs_f % half
-    return 2 * amplitude + (offs_f >= half).to(tl.int32), amplitude
-
-
 #: |dA·S| stays below this (float16's largest value is 65,504)
 GRADIENT_RANGE = tl.constexpr(2.0**14)
 
@@ -86,9 +72,20 @@ def gradient_scale(NORMS_QK, NORMS_OV, beta, dropout_scale):
 
 
 @triton.jit
-def _pack_kernel(STATES, ROWS, NORM, s_b, s_h, s_n, H, N, D, BR: tl.constexpr, BF: tl.constexpr):
-    """Complex states (read as float32 pairs, strides in floats) as packed rows [Re | Im] of width BF, each
-    half zero-padded from D; the largest squared row norm into NORM (atomic max; it starts at 0)."""
+def _store_halves(ROWS, row_off, lo, hi, rmask, BF: tl.constexpr):
+    """Write a row block's halves: columns [0, BF/2) from lo, [BF/2, BF) from hi."""
+    offs_a = tl.arange(0, BF // 2)
+    dst = ROWS + row_off[:, None] * BF + offs_a[None, :]
+    tl.store(dst, lo.to(ROWS.dtype.element_ty), mask=rmask[:, None])
+    tl.store(dst + BF // 2, hi.to(ROWS.dtype.element_ty), mask=rmask[:, None])
+
+
+@triton.jit
+def _pack_kernel(STATES, ROWS, ROT, NORM, s_b, s_h, s_n, H, N, D,
+                 BR: tl.constexpr, BF: tl.constexpr, ROTATED: tl.constexpr):  # fmt: skip
+    """Complex states (read as float32 pairs, strides in floats) as packed rows P(ψ) = [Re | Im] of width BF,
+    each half zero-padded from D, and with ROTATED also P(−iψ) = [Im | −Re]; the largest squared row norm
+    into NORM (atomic max; it starts at 0)."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -101,10 +98,10 @@ def _pack_kernel(STATES, ROWS, NORM, s_b, s_h, s_n, H, N, D, BR: tl.constexpr, B
         mask=rmask[:, None] & (offs_p < 2 * D)[None, :], other=0.0,
     )  # fmt: skip
     re, im = tl.split(tl.reshape(pairs, (BR, BF // 2, 2)))
-    offs_a = tl.arange(0, BF // 2)
-    dst = ROWS + (bh.to(tl.int64) * N + offs_r[:, None]) * BF + offs_a[None, :]
-    tl.store(dst, re.to(ROWS.dtype.element_ty), mask=rmask[:, None])
-    tl.store(dst + BF // 2, im.to(ROWS.dtype.element_ty), mask=rmask[:, None])
+    row_off = bh.to(tl.int64) * N + offs_r
+    _store_halves(ROWS, row_off, re, im, rmask, BF)
+    if ROTATED:
+        _store_halves(ROT, row_off, im, -re, rmask, BF)
     tl.atomic_max(NORM, tl.max(tl.sum(pairs * pairs, axis=1), axis=0))
 
 
@@ -138,9 +135,40 @@ def _bwd_prep_kernel(
     tl.atomic_max(NORMS + 1, tl.max(tl.sum(v * v, axis=1), axis=0))
 
 
+@triton.jit
+def _turn_rows(ROWS, TURNED, row_off, rmask, sign, BF: tl.constexpr):
+    """sign·P(−iψ) = sign·[Im | −Re] of a block of packed rows [Re | Im]."""
+    offs_a = tl.arange(0, BF // 2)
+    src = ROWS + row_off[:, None] * BF + offs_a[None, :]
+    re = tl.load(src, mask=rmask[:, None], other=0.0)
+    im = tl.load(src + BF // 2, mask=rmask[:, None], other=0.0)
+    _store_halves(TURNED, row_off, sign * im, -sign * re, rmask, BF)
+
+
+@triton.jit
+def _bwd_rows_kernel(
+    QP, QR, KP, KR, BETA, NORMS_QK, NORMS_OV, GSCALE, H, Nq, Nk, dropout_scale,
+    BR: tl.constexpr, BF: tl.constexpr, BH: tl.constexpr, SCALED: tl.constexpr,
+):  # fmt: skip
+    """The rotated rows the backward products read, P(iψq) = [−Im | Re] and P(−iψk) = [Im | −Re], and (the
+    first program) every head's gradient scale S (1 without SCALED)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    offs_r = pid * BR + tl.arange(0, BR)
+    _turn_rows(QP, QR, bh.to(tl.int64) * Nq + offs_r, offs_r < Nq, -1.0, BF)
+    _turn_rows(KP, KR, bh.to(tl.int64) * Nk + offs_r, offs_r < Nk, 1.0, BF)
+    if (pid == 0) & (bh == 0):
+        offs_h = tl.arange(0, BH)
+        scale = tl.full((BH,), 1.0, tl.float32)
+        if SCALED:
+            scale = gradient_scale(NORMS_QK, NORMS_OV, tl.load(BETA + offs_h, mask=offs_h < H, other=0.0),
+                                   dropout_scale)  # fmt: skip
+        tl.store(GSCALE + offs_h, scale, mask=offs_h < H)
+
+
 @triton.jit(do_not_specialize=["seed"])
 def _fwd_kernel(
-    QP, KP, V, OUT, OUT32, LSE, MASK, BETA,
+    QP, KP, KR, V, OUT, OUT32, LSE, MASK, BETA,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
@@ -160,10 +188,8 @@ def _fwd_kernel(
     cmask = offs_c < DV
     mmask = offs_m < Nq
     KP = KP + bh64 * Nk * BF  # this (batch, head)'s rows; offsets within them fit int32
-    QP = QP + bh64 * Nq * BF
-    q = tl.load(QP + offs_m[:, None] * BF + offs_f[None, :], mask=mmask[:, None], other=0.0)
-    qi = tl.load(QP + offs_m[:, None] * BF + swapped_halves(offs_f, BF)[None, :], mask=mmask[:, None], other=0.0)
-    qi = tl.where((offs_f < BF // 2)[None, :], -qi, qi)  # P(iψq) = [−Im | Re]
+    KR = KR + bh64 * Nk * BF
+    q = tl.load(QP + bh64 * Nq * BF + offs_m[:, None] * BF + offs_f[None, :], mask=mmask[:, None], other=0.0)
     beta2 = tl.load(BETA + h) * 1.4426950408889634  # base-2 softmax
     v_base = V + b * s_vb + h * s_vh
     m_i = tl.full((BM,), float("-inf"), dtype=tl.float32)
@@ -172,9 +198,9 @@ def _fwd_kernel(
     for start in range(0, Nk, BN):
         offs_n = start + tl.arange(0, BN)
         nmask = offs_n < Nk
-        kt = tl.load(KP + offs_n[None, :] * BF + offs_f[:, None], mask=nmask[None, :], other=0.0)  # [BF, BN]
-        a = tl.dot(q, kt, input_precision=PREC)  # Re⟨ψq|ψk⟩
-        c = tl.dot(qi, kt, input_precision=PREC)  # Im⟨ψq|ψk⟩
+        kt_off = offs_n[None, :] * BF + offs_f[:, None]  # [BF, BN]
+        a = tl.dot(q, tl.load(KP + kt_off, mask=nmask[None, :], other=0.0), input_precision=PREC)
+        c = tl.dot(q, tl.load(KR + kt_off, mask=nmask[None, :], other=0.0), input_precision=PREC)
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
         s = tl.where(ok[None, :], beta2 * (a * a + c * c), float("-inf"))
         m_i, l_i, alpha, p = softmax_block(s, m_i, l_i)
@@ -190,16 +216,15 @@ def _fwd_kernel(
 
 @triton.jit(do_not_specialize=["seed"])
 def _bwd_kv_kernel(
-    QP, KP, V, DO, LSE, DELTA, MASK, BETA, NORMS_QK, NORMS_OV, DK, DV_, DBETA,
+    QP, QR, KP, KR, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DK, DV_, DBETA,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
     s_wb, s_wh, s_wn, s_wc,
-    H, Nq, Nk, D, DV,
+    H, Nq, Nk, DV,
     seed, threshold, scale,
     BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, BETA_GRAD: tl.constexpr,
-    SCALED: tl.constexpr,
 ):  # fmt: skip
     """One key block: its tiles are computed transposed ([BN, BM], keys × queries), as dK and dV need them."""
     pid_n = tl.program_id(0)
@@ -213,12 +238,13 @@ def _bwd_kv_kernel(
     cmask = offs_c < DV
     nmask = offs_n < Nk
     QP = QP + bh64 * Nq * BF  # this (batch, head)'s rows; offsets within them fit int32
+    QR = QR + bh64 * Nq * BF
     KP = KP + bh64 * Nk * BF
-    swapped = swapped_halves(offs_f, BF)
-    lower = offs_f < BF // 2
-    kp = tl.load(KP + offs_n[:, None] * BF + offs_f[None, :], mask=nmask[:, None], other=0.0)  # [BN, BF]
-    kr = tl.load(KP + offs_n[:, None] * BF + swapped[None, :], mask=nmask[:, None], other=0.0)
-    kr = tl.where(lower[None, :], kr, -kr)  # P(−iψk) = [Im | −Re]
+    KR = KR + bh64 * Nk * BF
+    DK = DK + bh64 * Nk * BF
+    k_off = offs_n[:, None] * BF + offs_f[None, :]
+    kp = tl.load(KP + k_off, mask=nmask[:, None], other=0.0)  # [BN, BF]
+    kr = tl.load(KR + k_off, mask=nmask[:, None], other=0.0)
     v = tl.load(  # [BN, BV]
         V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc,
         mask=nmask[:, None] & cmask[None, :],
@@ -226,9 +252,7 @@ def _bwd_kv_kernel(
     )
     beta = tl.load(BETA + h)
     beta2 = beta * 1.4426950408889634
-    gscale = 1.0
-    if SCALED:
-        gscale = gradient_scale(NORMS_QK, NORMS_OV, beta, scale)
+    gscale = tl.load(GSCALE + h)
     twice = 2.0 * beta * gscale
     ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
     dk = tl.zeros((BN, BF), dtype=tl.float32)
@@ -261,14 +285,9 @@ def _bwd_kv_kernel(
             dbeta += tl.sum(ds * fid, axis=1)
         g = twice * ds
         dk = tl.dot((g * a).to(qt.dtype), tl.trans(qt), dk, input_precision=PREC)
-        qit = tl.load(QP + offs_m[None, :] * BF + swapped[:, None], mask=mmask[None, :], other=0.0)
-        qit = tl.where(lower[:, None], -qit, qit)  # P(iψq)ᵀ
-        dk = tl.dot((g * c).to(qit.dtype), tl.trans(qit), dk, input_precision=PREC)
-    pair, amplitude = complex_offsets(offs_f, BF)
-    tl.store(
-        DK + (bh64 * Nk + offs_n[:, None]) * (2 * D) + pair[None, :], dk / gscale,
-        mask=nmask[:, None] & (amplitude < D)[None, :],
-    )  # fmt: skip
+        qrt = tl.load(QR + qt_off, mask=mmask[None, :], other=0.0)
+        dk = tl.dot((g * c).to(qrt.dtype), tl.trans(qrt), dk, input_precision=PREC)
+    tl.store(DK + k_off, dk / gscale, mask=nmask[:, None])
     if BETA_GRAD:
         tl.atomic_add(DBETA + h, tl.sum(dbeta, axis=0))
     tl.store(
@@ -280,14 +299,14 @@ def _bwd_kv_kernel(
 
 @triton.jit(do_not_specialize=["seed"])
 def _bwd_q_kernel(
-    QP, KP, V, DO, LSE, DELTA, MASK, BETA, NORMS_QK, NORMS_OV, DQ,
+    QP, KP, KR, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DQ,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
-    H, Nq, Nk, D, DV,
+    H, Nq, Nk, DV,
     seed, threshold, scale,
     BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, SCALED: tl.constexpr,
+    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -301,9 +320,10 @@ def _bwd_q_kernel(
     mmask = offs_m < Nq
     QP = QP + bh64 * Nq * BF
     KP = KP + bh64 * Nk * BF
-    swapped = swapped_halves(offs_f, BF)
-    lower = offs_f < BF // 2
-    q = tl.load(QP + offs_m[:, None] * BF + offs_f[None, :], mask=mmask[:, None], other=0.0)
+    KR = KR + bh64 * Nk * BF
+    DQ = DQ + bh64 * Nq * BF
+    q_off = offs_m[:, None] * BF + offs_f[None, :]
+    q = tl.load(QP + q_off, mask=mmask[:, None], other=0.0)
     do = tl.load(
         DO + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
         mask=mmask[:, None] & cmask[None, :],
@@ -313,18 +333,16 @@ def _bwd_q_kernel(
     delta = tl.load(DELTA + bh64 * Nq + offs_m, mask=mmask, other=0.0)
     beta = tl.load(BETA + h)
     beta2 = beta * 1.4426950408889634
-    gscale = 1.0
-    if SCALED:
-        gscale = gradient_scale(NORMS_QK, NORMS_OV, beta, scale)
+    gscale = tl.load(GSCALE + h)
     twice = 2.0 * beta * gscale
     dq = tl.zeros((BM, BF), dtype=tl.float32)
     v_base = V + b * s_vb + h * s_vh
     for start in range(0, Nk, BN):
         offs_n = start + tl.arange(0, BN)
         nmask = offs_n < Nk
-        kpt = tl.load(KP + offs_n[None, :] * BF + offs_f[:, None], mask=nmask[None, :], other=0.0)  # [BF, BN]
-        krt = tl.load(KP + offs_n[None, :] * BF + swapped[:, None], mask=nmask[None, :], other=0.0)
-        krt = tl.where(lower[:, None], krt, -krt)  # P(−iψk)ᵀ
+        kt_off = offs_n[None, :] * BF + offs_f[:, None]  # [BF, BN]
+        kpt = tl.load(KP + kt_off, mask=nmask[None, :], other=0.0)
+        krt = tl.load(KR + kt_off, mask=nmask[None, :], other=0.0)
         a = tl.dot(q, kpt, input_precision=PREC)
         c = tl.dot(q, krt, input_precision=PREC)
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
@@ -338,11 +356,7 @@ def _bwd_q_kernel(
         g = twice * p * (dp - delta[:, None])
         dq = tl.dot((g * a).to(kpt.dtype), tl.trans(kpt), dq, input_precision=PREC)
         dq = tl.dot((g * c).to(krt.dtype), tl.trans(krt), dq, input_precision=PREC)
-    pair, amplitude = complex_offsets(offs_f, BF)
-    tl.store(
-        DQ + (bh64 * Nq + offs_m[:, None]) * (2 * D) + pair[None, :], dq / gscale,
-        mask=mmask[:, None] & (amplitude < D)[None, :],
-    )  # fmt: skip
+    tl.store(DQ + q_off, dq / gscale, mask=mmask[:, None])
 
 
 #: (BM, BN, warps, stages) by (packed row width, 16-bit planes) for the forward, the key-block (dK, dV)
@@ -379,22 +393,34 @@ def _tiles(table: dict, width: int, half: bool) -> tuple[int, int, int, int]:
     return table.get((width, half), _SMALL_TILES)
 
 
-#: rows packed (and their norms read) per program of the packing pass, and of the backward's δ pass
-_PACK_ROWS = 32
+#: rows per program of the packing pass and of the backward's two row passes
+_ROWS_PER_PROGRAM = 32
 
 
-def pack_states(states: torch.Tensor, width: int, dtype: torch.dtype, norm: torch.Tensor) -> torch.Tensor:
-    """[B, H, N, D] complex64 states as contiguous real rows [B·H, N, width] of ``dtype``: [Re | Im], each half
-    zero-padded to width/2, in one pass that also raises ``norm`` (1 element) to the largest squared ‖ψ‖."""
+def pack_states(
+    states: torch.Tensor, width: int, dtype: torch.dtype, norm: torch.Tensor, rotated: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, H, N, D] complex64 states as contiguous real rows [B·H, N, width] of ``dtype``, P(ψ) = [Re | Im]
+    (each half zero-padded to width/2), and with ``rotated`` also P(−iψ) = [Im | −Re], in one pass that also
+    raises ``norm`` (1 element) to the largest squared ‖ψ‖."""
     bsz, heads, n, dim = states.shape
     if states.stride(-1) != 1:
         states = states.contiguous()
     pairs = torch.view_as_real(states)
     rows = torch.empty(bsz * heads, n, width, device=states.device, dtype=dtype)
-    _pack_kernel[(triton.cdiv(n, _PACK_ROWS), bsz * heads)](
-        pairs, rows, norm, *pairs.stride()[:3], heads, n, dim, BR=_PACK_ROWS, BF=width
-    )
-    return rows
+    turned = torch.empty_like(rows) if rotated else None
+    _pack_kernel[(triton.cdiv(n, _ROWS_PER_PROGRAM), bsz * heads)](
+        pairs, rows, rows if turned is None else turned, norm, *pairs.stride()[:3], heads, n, dim,
+        BR=_ROWS_PER_PROGRAM, BF=width, ROTATED=rotated,
+    )  # fmt: skip
+    return rows, turned
+
+
+def unpack_grad(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Packed fp32 gradients [B·H, N, width] as the complex gradient ∂L/∂Re + i ∂L/∂Im of [B, H, N, D] states."""
+    dim = shape[-1]
+    halves = rows.view(rows.shape[0], rows.shape[1], 2, -1)
+    return torch.complex(halves[:, :, 0, :dim], halves[:, :, 1, :dim]).reshape(shape)
 
 
 class _FidelityAttention(torch.autograd.Function):
@@ -405,9 +431,9 @@ class _FidelityAttention(torch.autograd.Function):
         half = v.dtype != torch.float32
         plane = torch.float16 if half else torch.float32
         width = 2 * pow2(dim, floor=8)
-        norms_qk = torch.zeros(2, device=v.device, dtype=torch.float32)
-        qp = pack_states(states_q, width, plane, norms_qk[0:1])
-        kp = pack_states(states_k, width, plane, norms_qk[1:2])
+        norms_qk = torch.zeros(2, device=v.device, dtype=torch.float32)  # max ‖ψq‖², max ‖ψk‖²
+        qp, _ = pack_states(states_q, width, plane, norms_qk[0:1])
+        kp, kr = pack_states(states_k, width, plane, norms_qk[1:2], rotated=True)
         bv = pow2(dv)
         bm, bn, warps, stages = _tiles(FORWARD_TILES, width, half)
         out = torch.empty(bsz, heads, nq, dv, device=v.device, dtype=v.dtype)
@@ -417,7 +443,7 @@ class _FidelityAttention(torch.autograd.Function):
         dropout = dropout_p > 0
         scale = dropout_scale(dropout_p)
         args = (
-            qp, kp, v, out, out32, lse, m, beta,
+            qp, kp, kr, v, out, out32, lse, m, beta,
             *v.stride(), *out.stride(), *m_strides,
             heads, nq, nk, dv, seed, _threshold(dropout_p), scale,
         )  # fmt: skip
@@ -434,29 +460,37 @@ class _FidelityAttention(torch.autograd.Function):
     def backward(ctx, grad):
         qp, kp, v, mask, beta, out, lse, norms_qk = ctx.saved_tensors
         dropout_p, seed, half, width, q_shape, k_shape, beta_grad = ctx.cfg
-        bsz, heads, nq, dim = q_shape
+        bsz, heads, nq, _ = q_shape
         nk, dv = k_shape[2], v.shape[3]
         bv = pow2(dv)
         grad = grad.to(v.dtype)
-        scratch = torch.zeros(2 + heads, device=v.device, dtype=torch.float32)  # max ‖dO‖², max ‖v‖²; dβ
-        norms_ov, dbeta = scratch[:2], scratch[2:]
+        scratch = torch.zeros(2 + heads, device=v.device, dtype=torch.float32)
+        norms_ov, dbeta = scratch[:2], scratch[2:]  # max ‖dO‖², max ‖v‖²; dβ
         delta = torch.empty(bsz * heads, nq, device=v.device, dtype=torch.float32)
-        _bwd_prep_kernel[(triton.cdiv(max(nq, nk), _PACK_ROWS), bsz * heads)](
-            grad, out, delta, v, norms_ov, *grad.stride(), *v.stride(), heads, nq, nk, dv, BR=_PACK_ROWS, BV=bv
-        )
+        rows = triton.cdiv(max(nq, nk), _ROWS_PER_PROGRAM)
+        _bwd_prep_kernel[(rows, bsz * heads)](
+            grad, out, delta, v, norms_ov, *grad.stride(), *v.stride(), heads, nq, nk, dv,
+            BR=_ROWS_PER_PROGRAM, BV=bv,
+        )  # fmt: skip
         scale = dropout_scale(dropout_p)
+        qr, kr = torch.empty_like(qp), torch.empty_like(kp)  # P(iψq) = ∂C/∂Pk, P(−iψk)
+        gscale = torch.empty(heads, device=v.device, dtype=torch.float32)
+        _bwd_rows_kernel[(rows, bsz * heads)](
+            qp, qr, kp, kr, beta, norms_qk, norms_ov, gscale, heads, nq, nk, scale,
+            BR=_ROWS_PER_PROGRAM, BF=width, BH=pow2(heads, floor=2), SCALED=half,
+        )  # fmt: skip
         m, m_strides = mask_arguments(mask, lse)
         dropout = dropout_p > 0
-        dk = torch.empty(k_shape, device=v.device, dtype=torch.complex64)
-        dq = torch.empty(q_shape, device=v.device, dtype=torch.complex64)
+        dkp = torch.empty(kp.shape, device=v.device, dtype=torch.float32)
+        dqp = torch.empty(qp.shape, device=v.device, dtype=torch.float32)
         dvv = torch.empty_like(v)
         common = dict(
             BF=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half),
-            VPREC=_precision(half), SCALED=half,
+            VPREC=_precision(half),
         )  # fmt: skip
-        tail = (heads, nq, nk, dim, dv, seed, _threshold(dropout_p), scale)
+        tail = (heads, nq, nk, dv, seed, _threshold(dropout_p), scale)
         args = (
-            qp, kp, v, grad, lse, delta, m, beta, norms_qk, norms_ov, torch.view_as_real(dk), dvv, dbeta,
+            qp, qr, kp, kr, v, grad, lse, delta, m, beta, gscale, dkp, dvv, dbeta,
             *v.stride(), *grad.stride(), *m_strides, *dvv.stride(), *tail,
         )  # fmt: skip
         bm, bn, warps, stages = _tiles(BACKWARD_KV_TILES, width, half)
@@ -464,14 +498,13 @@ class _FidelityAttention(torch.autograd.Function):
             _bwd_kv_kernel, lambda bm_, bn_: (triton.cdiv(nk, bn_), bsz * heads), args, bm, bn, warps, stages,
             BETA_GRAD=beta_grad, **common,
         )  # fmt: skip
-        args = (
-            qp, kp, v, grad, lse, delta, m, beta, norms_qk, norms_ov, torch.view_as_real(dq),
-            *v.stride(), *grad.stride(), *m_strides, *tail,
-        )  # fmt: skip
+        args = (qp, kp, kr, v, grad, lse, delta, m, beta, gscale, dqp, *v.stride(), *grad.stride(), *m_strides, *tail)
         bm, bn, warps, stages = _tiles(BACKWARD_Q_TILES, width, half)
         _launch(
             _bwd_q_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages, **common
         )
+        dq = unpack_grad(dqp, q_shape)
+        dk = unpack_grad(dkp, k_shape)
         return dq, dk, dvv, None, (dbeta if beta_grad else None), None, None
 
 
