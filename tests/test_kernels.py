@@ -365,7 +365,7 @@ def states(b, h, n, dim, seed):
 
 def check_fidelity(b, h, nq, nk, dim, dv, dtype, masked=True, grad_scale=1.0):
     """The fused fidelity kernel (it must not fall back) against the fp32 PyTorch path: output, all gradients."""
-    torch.manual_seed(7)  # v and dO: the same draws every run (float16 rows put β = 32 near the tolerance)
+    torch.manual_seed(7)  # v and dO: the same draws every run
     sq, sk = states(b, h, nq, dim, 0), states(b, h, nk, dim, 1)
     v = torch.randn(b, h, nk, dv, device="cuda").to(dtype)
     beta = torch.tensor([4.0, 16.0, 32.0][:h], device="cuda")
@@ -375,6 +375,8 @@ def check_fidelity(b, h, nq, nk, dim, dv, dtype, masked=True, grad_scale=1.0):
     assert out.dtype == dtype and out.shape == (b, h, nq, dv)
     grad_out = torch.randn_like(out) * grad_scale
     got = grads(out, (sq, sk, v, beta), grad_out)
+    if dtype != torch.float32:  # the kernel packs the states of 16-bit values in float16 (its docstring): so
+        sq, sk = (torch.complex(s.real.half().float(), s.imag.half().float()) for s in (sq, sk))  # does the oracle
     rq, rk, rv, rb = leaves(sq, sk, v.float(), beta)
     expected, _ = kernel_attention(rq, rk, rv, StateIdentity(dim), "softmax", mask, beta=rb)
     want = grads(expected, (rq, rk, rv, rb), grad_out.float())
