@@ -52,6 +52,14 @@ def _keep_t(seed, bh, offs_m, offs_n, Nq, Nk, threshold):
     return keep_at(seed, idx, threshold)
 
 
+@triton.jit
+def program_rows(H):
+    """This program's block number (grid axis 0), its (batch, head) number bh (axis 1), and bh as int64 with
+    its batch and head."""
+    bh = tl.program_id(1)
+    return tl.program_id(0), bh, bh.to(tl.int64), (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+
+
 #: |dA·S| stays below this (float16's largest value is 65,504)
 GRADIENT_RANGE = tl.constexpr(2.0**14)
 
@@ -87,10 +95,7 @@ def _pack_kernel(STATES, ROWS, ROT, NORM, s_b, s_h, s_n, H, N, D,
     """Complex states (read as float32 pairs, strides in floats) as packed rows P(ψ) = [Re | Im] of width BF,
     each half zero-padded from D, and with ROTATED also P(−iψ) = [Im | −Re]; the largest squared row norm
     into NORM (atomic max; it starts at 0)."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    pid, _, bh64, b, h = program_rows(H)
     offs_r = pid * BR + tl.arange(0, BR)
     offs_p = tl.arange(0, BF)  # float j of a row: Re of amplitude j // 2 if j is even, else its Im
     rmask = offs_r < N
@@ -99,7 +104,7 @@ def _pack_kernel(STATES, ROWS, ROT, NORM, s_b, s_h, s_n, H, N, D,
         mask=rmask[:, None] & (offs_p < 2 * D)[None, :], other=0.0,
     )  # fmt: skip
     re, im = tl.split(tl.reshape(pairs, (BR, BF // 2, 2)))
-    row_off = bh.to(tl.int64) * N + offs_r
+    row_off = bh64 * N + offs_r
     _store_halves(ROWS, row_off, re, im, rmask, BF)
     if ROTATED:
         _store_halves(ROT, row_off, im, -re, rmask, BF)
@@ -115,11 +120,7 @@ def _bwd_prep_kernel(
     BR: tl.constexpr, BV: tl.constexpr,
 ):  # fmt: skip
     """δ_i = dO_i·O_i (O: the fp32 output, [B·H, Nq, DV]) and the largest squared norms of dO and V rows."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    pid, _, bh64, b, h = program_rows(H)
     offs_r = pid * BR + tl.arange(0, BR)
     offs_c = tl.arange(0, BV)
     cmask = offs_c < DV
@@ -178,11 +179,7 @@ def _fwd_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, SAVE32: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    pid_m, bh, bh64, b, h = program_rows(H)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_f = tl.arange(0, BF)
     offs_c = tl.arange(0, BV)
@@ -228,11 +225,7 @@ def _bwd_kv_kernel(
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, BETA_GRAD: tl.constexpr,
 ):  # fmt: skip
     """One key block: its tiles are computed transposed ([BN, BM], keys × queries), as dK and dV need them."""
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    pid_n, bh, bh64, b, h = program_rows(H)
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_f = tl.arange(0, BF)
     offs_c = tl.arange(0, BV)
@@ -309,11 +302,7 @@ def _bwd_q_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    pid_m, bh, bh64, b, h = program_rows(H)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_f = tl.arange(0, BF)
     offs_c = tl.arange(0, BV)
