@@ -9,6 +9,12 @@
 #     NLTK for synonym swaps, which the bundle lacks: pip download --no-deps -d .whl nltk joblib defusedxml)
 #   zip -r .stage/nltk_data.zip nltk_data   (WordNet for synonym swaps, from $HOME)
 #   git rev-parse HEAD > .stage/COMMIT       (the copy on the GPU machine has no .git; results record this)
+# The feature-map benchmark's other simulators (`qra bench featuremaps`) need wheels the bundle lacks:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .whl2 \
+#     pennylane_lightning==0.45.0 tensorcircuit-ng==1.10.0 tensornetwork-ng==0.5.3 opt_einsum graphviz
+#   (~27 MB: with the bundle that is over a call's 64 MiB, so carry a copy of .device-bundle/wheels without
+#   datasets, multiprocess and qiskit_machine_learning, which the benchmark does not import; qiskit needs dill.
+#   qiskit-aer, 14 MB more, did not fit: its rows were not run on the GPU machine.)
 # then, in consecutive calls (each phase can also be chained in one call's command):
 #   1. carry .device-bundle/model .stage           bash experiments/device/run.sh stage
 #   2. carry .device-bundle/wheels .whl .device-bundle/data
