@@ -40,6 +40,7 @@ from .flash import (
     _threshold,
     accumulate_values,
     keep_at,
+    program_rows,
     softmax_block,
     store_softmax_output,
 )
@@ -50,14 +51,6 @@ def _keep_t(seed, bh, offs_m, offs_n, Nq, Nk, threshold):
     """flash._keep's dropout mask as a [BN, BM] (key, query) tile."""
     idx = (bh.to(tl.int64) * Nq + offs_m[None, :].to(tl.int64)) * Nk + offs_n[:, None].to(tl.int64)
     return keep_at(seed, idx, threshold)
-
-
-@triton.jit
-def program_rows(H):
-    """This program's block number (grid axis 0), its (batch, head) number bh (axis 1), and bh as int64 with
-    its batch and head."""
-    bh = tl.program_id(1)
-    return tl.program_id(0), bh, bh.to(tl.int64), (bh // H).to(tl.int64), (bh % H).to(tl.int64)
 
 
 #: |dA·S| stays below this (float16's largest value is 65,504)

@@ -40,6 +40,14 @@ def _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
+def program_rows(H):
+    """This program's block number (grid axis 0), its (batch, head) number bh (axis 1), and bh as int64 with
+    its batch and head."""
+    bh = tl.program_id(1)
+    return tl.program_id(0), bh, bh.to(tl.int64), (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+
+
+@triton.jit
 def softmax_block(s, m_i, l_i):
     """One key block of the online softmax over base-2 scores s [BM, BN] (−inf for masked keys): the new
     running max and sum, the factor that rescales the accumulator, and the block's unnormalised weights."""
@@ -86,10 +94,7 @@ def _fwd_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, SAVE32: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    pid_m, bh, _, b, h = program_rows(H)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_f = tl.arange(0, BF)
     offs_c = tl.arange(0, BV)
@@ -137,10 +142,7 @@ def _bwd_kv_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr,
 ):  # fmt: skip
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    pid_n, bh, _, b, h = program_rows(H)
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_f = tl.arange(0, BF)
     offs_c = tl.arange(0, BV)
@@ -204,10 +206,7 @@ def _bwd_q_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    pid_m, bh, _, b, h = program_rows(H)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_f = tl.arange(0, BF)
     offs_c = tl.arange(0, BV)
