@@ -58,13 +58,14 @@ GRADIENT_RANGE = tl.constexpr(2.0**14)
 
 
 @triton.jit
-def gradient_scale(NORMS_QK, NORMS_OV, beta, dropout_scale):
+def gradient_scale(NORMS_QK, NORMS_OV, beta, keep_scale):
     """A power of two S with |dA·S|, |dC·S| ≤ GRADIENT_RANGE for this head, from the largest squared norms of
     the query and key states and of dO and V rows:
-    |dA| = |2β·A·dS| ≤ 2|β|·‖ψq‖‖ψk‖·p·(|dO_i·v_j| + |dO_i·O_i|) ≤ 4|β|·‖ψq‖‖ψk‖·‖dO_i‖·max‖v‖·(dropout scale).
+    |dA| = |2β·A·dS| ≤ 2|β|·‖ψq‖‖ψk‖·p·(|dO_i·v_j| + |dO_i·O_i|) ≤ 4|β|·‖ψq‖‖ψk‖·‖dO_i‖·max‖v‖·keep_scale
+    (keep_scale: dropout's 1 / (1 − p)).
     The exponent is read from the float's bits (exact; no approximate log2), clamped to ±60 (all-zero
     gradients: 2^60)."""
-    bound = (4.0 * dropout_scale) * tl.abs(beta)
+    bound = (4.0 * keep_scale) * tl.abs(beta)
     bound = bound * tl.sqrt(tl.load(NORMS_QK)) * tl.sqrt(tl.load(NORMS_QK + 1))
     bound = bound * tl.sqrt(tl.load(NORMS_OV)) * tl.sqrt(tl.load(NORMS_OV + 1))
     ratio = GRADIENT_RANGE / bound
@@ -142,13 +143,14 @@ def _turn_rows(ROWS, TURNED, row_off, rmask, sign, BF: tl.constexpr):
 
 @triton.jit
 def _bwd_rows_kernel(
-    QP, QR, KP, KR, BETA, NORMS_QK, NORMS_OV, GSCALE, H, Nq, Nk, dropout_scale,
+    QP, QR, KP, KR, BETA, NORMS_QK, NORMS_OV, GSCALE, H, Nq, Nk, keep_scale,
     BR: tl.constexpr, BF: tl.constexpr, BH: tl.constexpr, SCALED: tl.constexpr,
 ):  # fmt: skip
     """The rotated rows the backward products read, P(iψq) = [−Im | Re] and P(−iψk) = [Im | −Re], and (the
-    first program) every head's gradient scale S (1 without SCALED)."""
+    first program) every head's gradient scale S (1 without SCALED).  P(−iψk) is made again here rather than
+    kept from the forward's packing pass: saving it would hold one more row tensor per layer until backward."""
     pid = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1)  # whole rows only: no batch/head split (program_rows) is needed here
     offs_r = pid * BR + tl.arange(0, BR)
     _turn_rows(QP, QR, bh.to(tl.int64) * Nq + offs_r, offs_r < Nq, -1.0, BF)
     _turn_rows(KP, KR, bh.to(tl.int64) * Nk + offs_r, offs_r < Nk, 1.0, BF)
@@ -157,7 +159,7 @@ def _bwd_rows_kernel(
         scale = tl.full((BH,), 1.0, tl.float32)
         if SCALED:
             scale = gradient_scale(NORMS_QK, NORMS_OV, tl.load(BETA + offs_h, mask=offs_h < H, other=0.0),
-                                   dropout_scale)  # fmt: skip
+                                   keep_scale)  # fmt: skip
         tl.store(GSCALE + offs_h, scale, mask=offs_h < H)
 
 
