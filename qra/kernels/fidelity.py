@@ -7,7 +7,7 @@ so each score tile costs two tensor-core products over 2·2ⁿ, the fidelity is 
 N×N tensor, and memory is O(N).  Packing is one Triton pass per state tensor (the keys' pass also writes
 their rotated rows, and each notes its largest norm); the kernels read contiguous rows.  Measured on an H200
 (results/bench/README.md, round 6): rows rotated on load made the kernels 8–12% slower, complex gradients
-stored in place from the kernels the backward ones 40–90% slower, so neither is done.
+stored in place from the kernels the backward ones 40–91% slower, so neither is done.
 
 Precision: states with 16-bit values are packed in float16 (amplitudes lie in [−1, 1]: 11 bits of
 mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value).  With float32
