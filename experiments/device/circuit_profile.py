@@ -5,12 +5,16 @@ qubits, 196,608 inputs (one patched layer's queries at B = 32, N = 512, H = 12):
 forward and backward on prepared coefficients, the coefficient preparation, and the map's states
 forward and forward + backward on the fused kernels (``auto``) and on the PyTorch engine.  Run on the
 GPU machine: ``python experiments/device/circuit_profile.py`` (medians of 10 after 3 warm-ups).
+``--table`` also prints torch.profiler's operator table of the forward + backward on the fused kernels:
+which of its GPU time is the kernels and which the PyTorch work around them.
 """
 
 from __future__ import annotations
 
+import argparse
+
 import torch
-from profiling import wall_ms
+from profiling import profile_step, wall_ms
 
 from qra.featuremaps import fused_program, get
 from qra.featuremaps.compiler import program_for
@@ -19,7 +23,7 @@ from qra.kernels.phase_program import phase_program_backward, phase_program_forw
 INPUTS = 196_608
 
 
-def profile(name: str, qubits: int, device: torch.device) -> dict[str, float]:
+def profile(name: str, qubits: int, device: torch.device, table: bool = False) -> dict[str, float]:
     fm = get(name, d_in=qubits, qubits=qubits, projection="identity", engine="native").to(device)
     x = torch.rand(INPUTS, qubits, device=device) * 2 * torch.pi
     program, values = program_for(fm.gates(fm.angles(x)), qubits, torch.complex64, device)
@@ -40,6 +44,10 @@ def profile(name: str, qubits: int, device: torch.device) -> dict[str, float]:
             states = fm.states(leaf)
             (states.real.sum() + states.imag.sum()).backward()
 
+    if table:
+        wall, kernels, events = profile_step(lambda: forward_backward("auto"), calls=10, warmup=3)
+        print(f"   fwd+bwd (auto): {wall:.3f} ms wall, GPU kernels {kernels:.3f} ms a call (10 profiled calls below)")
+        print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
     return {
         "kernel fwd": wall_ms(lambda: phase_program_forward(*args)),
         "kernel bwd": wall_ms(lambda: phase_program_backward(*args, out, grad)),
@@ -52,11 +60,16 @@ def profile(name: str, qubits: int, device: torch.device) -> dict[str, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--qubits", type=int, nargs="+", default=[6, 8])
+    parser.add_argument("--maps", nargs="+", default=["pennylane-zz", "qiskit-zz"])
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args()
     device = torch.device("cuda")
-    for qubits in (6, 8):
-        for name in ("pennylane-zz", "qiskit-zz"):
+    for qubits in args.qubits:
+        for name in args.maps:
             print(f"== {name} {qubits} qubits, {INPUTS} inputs")
-            for what, ms in profile(name, qubits, device).items():
+            for what, ms in profile(name, qubits, device, args.table).items():
                 print(f"   {what:32s} {ms:8.3f} ms")
 
 
