@@ -103,7 +103,7 @@ def test_the_kernels_phase_split_gives_the_engines_phases(num_qubits):
     gates, _ = phase_circuit(num_qubits, 2, rng, 5, scale=40.0, shared=True)
     program, values = program_for(gates, num_qubits, torch.complex64, torch.device("cpu"))
     spec = fused_program._build_spec(program)
-    turns, rest = fused_program._coefficients(spec, torch.stack([v.expand(5) for v in values], dim=1))
+    turns, rest = fused_program.coefficients_reference(spec, torch.stack([v.expand(5) for v in values], dim=1))
     assert torch.equal(turns, turns.round()) and turns.min() >= 0 and turns.max() < 512
     assert rest.abs().max() <= UNIT / 2 + 1e-6
     for index, layer in enumerate(program.layers[1::2]):
@@ -141,6 +141,29 @@ def _qiskit_states(recipe, num_qubits: int, batch: int) -> np.ndarray:
     from qiskit.quantum_info import Statevector
 
     return np.stack([Statevector(c).data for c in qiskit_circuits(recipe, num_qubits, batch)])
+
+
+@requires_gpu
+@pytest.mark.parametrize(("num_qubits", "reps", "batch"), [(4, 1, 1), (6, 2, 300), (8, 3, 1000), (8, 5, 77)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_the_coefficient_kernel_splits_as_the_pytorch_statement_does(num_qubits, reps, batch, transposed):
+    """n float16 integers in [0, 512), |r| ≤ UNIT/2, and n·UNIT + r equal to the float64 split (mod 4π) to fp32's r."""
+    from qra.kernels.phase_program import phase_coefficients
+
+    gates, _ = phase_circuit(num_qubits, reps, np.random.default_rng(num_qubits + reps), batch, scale=60.0, shared=True)
+    program, values = program_for(gates, num_qubits, torch.complex64, torch.device("cuda"))
+    spec = fused_spec(program)
+    rows = torch.stack([v.expand(batch) for v in values], dim=0 if transposed else 1).cuda()
+    matrix = rows.T if transposed else rows  # [B, S], strided or not, float64 as the maps give them
+    turns, rest = phase_coefficients(matrix, spec.mixing, spec.doubled_patterns.shape[0])
+    expected_turns, expected_rest = fused_program.coefficients_reference(spec, matrix)
+    assert turns.dtype == torch.float16 and turns.shape == expected_turns.shape
+    assert torch.equal(turns, turns.round()) and turns.min() >= 0 and turns.max() < 512
+    assert rest.abs().max() <= UNIT / 2 + 1e-6
+    ours = turns.double() * UNIT + rest.double()
+    theirs = expected_turns.double() * UNIT + expected_rest.double()
+    difference = torch.remainder(ours - theirs + 2 * math.pi, 4 * math.pi) - 2 * math.pi
+    assert difference.abs().max() < 1e-6
 
 
 @requires_gpu
@@ -220,7 +243,11 @@ def test_other_programs_stay_on_the_pytorch_engine_and_fused_refuses_them(monkey
 @requires_gpu
 @pytest.mark.parametrize("reps", [1, 4])
 def test_kernel_memory_grows_with_the_states_not_with_the_layers(reps):
-    """Forward + backward keeps the output and its gradient (2·B·2^n·8 bytes) plus [layers·K, B] coefficients."""
+    """Forward + backward keeps the output and its gradient (2·B·2^n·8 bytes) plus [layers·K, B] coefficients.
+
+    Per coefficient column and input: 6 bytes saved (n float16, r float32), 4 for its gradient, and the
+    slot values' gradient (as many slots as columns here) in float32 and once more in their dtype.
+    """
     n, batch = 8, 65_536
     x = torch.rand(batch, n, device="cuda", dtype=torch.float32, requires_grad=True)
     gates = []
@@ -234,8 +261,8 @@ def test_kernel_memory_grows_with_the_states_not_with_the_layers(reps):
     states.real.sum().backward()
     torch.cuda.synchronize()
     state_bytes = batch * 2**n * 8
-    coefficient_bytes = reps * 48 * batch * 8  # 36 terms padded to 48 columns, float64 while they are prepared
-    assert torch.cuda.max_memory_allocated() - base <= 2.2 * state_bytes + 4 * coefficient_bytes
+    columns = reps * 48 * batch  # 36 terms padded to 48 columns a layer
+    assert torch.cuda.max_memory_allocated() - base <= 2.2 * state_bytes + (6 + 4 + 4 + 4) * columns
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from profiling import profile_step, wall_ms
 
 from qra.featuremaps import fused_program, get
 from qra.featuremaps.compiler import program_for
-from qra.kernels.phase_program import phase_program_backward, phase_program_forward
+from qra.kernels.phase_program import phase_coefficients, phase_program_backward, phase_program_forward
 
 INPUTS = 196_608
 
@@ -29,7 +29,8 @@ def profile(name: str, qubits: int, device: torch.device, table: bool = False) -
     program, values = program_for(fm.gates(fm.angles(x)), qubits, torch.complex64, device)
     spec = fused_program.fused_spec(program)
     matrix = torch.stack([v.expand(INPUTS) for v in values], dim=1)
-    turns, rest = fused_program._coefficients(spec, matrix)
+    layers = spec.doubled_patterns.shape[0]
+    turns, rest = phase_coefficients(matrix, spec.mixing, layers)
     args = (turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard, spec.factor)
     out = phase_program_forward(*args)
     grad = torch.randn_like(out)
@@ -51,7 +52,7 @@ def profile(name: str, qubits: int, device: torch.device, table: bool = False) -
     return {
         "kernel fwd": wall_ms(lambda: phase_program_forward(*args)),
         "kernel bwd": wall_ms(lambda: phase_program_backward(*args, out, grad)),
-        "coefficient prep": wall_ms(lambda: fused_program._coefficients(spec, matrix)),
+        "coefficient prep": wall_ms(lambda: phase_coefficients(matrix, spec.mixing, layers)),
         "states fwd (auto)": wall_ms(lambda: forward("auto")),
         "states fwd (pytorch engine)": wall_ms(lambda: forward("pytorch")),
         "states fwd+bwd (auto)": wall_ms(lambda: forward_backward("auto")),

@@ -167,11 +167,11 @@ def fused_spec(program: Program, implementation: str = "auto", has_initial: bool
 UNIT = TWO_PI / 256
 
 
-def _coefficients(spec: FusedSpec, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def coefficients_reference(spec: FusedSpec, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each column's coefficient c modulo 4π as (n, r) with c = n·2π/256 + r, both [L, K, B] fp32 (n an integer < 512).
 
-    ``values`` ``[B, S]``: the program's slot values.  One product with the mixing matrix and a few
-    in-place ops, whatever the number of gates: per-gate work here would cost more than the kernel.
+    The split :func:`qra.kernels.phase_program.phase_coefficients` makes in one kernel, in PyTorch:
+    the tests' statement of it and their oracle for the kernel.  ``values`` ``[B, S]``: the slot values.
     """
     layers, width = spec.doubled_patterns.shape[:2]
     coefficients = torch.mm(spec.mixing.T, values.detach().to(torch.float64).T)  # [L·K, B]
@@ -184,12 +184,14 @@ def _coefficients(spec: FusedSpec, values: torch.Tensor) -> tuple[torch.Tensor, 
 class _FusedProgram(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: FusedSpec, values: torch.Tensor):
-        from ..kernels.phase_program import phase_program_forward
+        from ..kernels.phase_program import phase_coefficients, phase_program_forward
 
-        turns, rest = _coefficients(spec, values)
+        turns, rest = phase_coefficients(values.detach(), spec.mixing, spec.doubled_patterns.shape[0])
         out = phase_program_forward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard, spec.factor)
         ctx.spec = spec
-        ctx.save_for_backward(out, values)  # not the coefficients: as large as the states, recomputed in backward
+        ctx.values_dtype = values.dtype
+        # the split coefficients (6 bytes a column), not the slot values (8 a slot, and the split again in backward)
+        ctx.save_for_backward(out, turns, rest)
         return out
 
     @staticmethod
@@ -198,14 +200,12 @@ class _FusedProgram(torch.autograd.Function):
         from ..kernels.phase_program import phase_program_backward
 
         spec = ctx.spec
-        out, values = ctx.saved_tensors
-        turns, rest = _coefficients(spec, values)
+        out, turns, rest = ctx.saved_tensors
         grad = grad.to(torch.complex64).resolve_conj()
         grad_coefficients = phase_program_backward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard,
                                                    spec.factor, out, grad)  # fmt: skip
-        del turns, rest
         grad_values = torch.mm(spec.mixing.to(torch.float32), grad_coefficients.reshape(spec.mixing.shape[1], -1))
-        return None, grad_values.T.to(values.dtype)
+        return None, grad_values.T.to(ctx.values_dtype)
 
 
 def run_fused(spec: FusedSpec, values: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,10 @@ modulo 4π) is split into a multiple of 2π/256 and a remainder, c = n·2π/256 
 The patterns are half-integers, p = q/2, so Σ n·q is an integer (exact in fp32, ``ieee`` dots) whose
 residue modulo 512 gives the large part of the phase exactly in [0, 2π); the remainders' part Σ r·q/2
 is small.  Phases are then as accurate as the PyTorch engine's (float64 reduced modulo 2π, then fp32).
+The split is one more kernel (:func:`phase_coefficients`): each program mixes a block of inputs' slot
+values into the coefficient columns and reduces them in float64 registers, writing n as float16 (an
+integer below 512, exact) and r as float32; the coefficients never exist in memory in float64.  The
+forward saves that pair for the backward (6 bytes a column and input, fewer than the slot values).
 Ĥ's entries are ±1, exact in fp16, so the Walsh–Hadamard products run on tensor cores with each
 fp32 operand split into two fp16 parts (hi + lo, 22 significant bits); the sums accumulate in fp32.
 Up to 7 qubits Ĥ is one dense [2^n, 2^n] product; at 8 it is Ĥ₄ ⊗ Ĥ₄, two products of 16×16 on
@@ -34,6 +38,33 @@ import triton
 import triton.language as tl
 
 TWO_PI = tl.constexpr(2 * math.pi)
+FOUR_PI = tl.constexpr(4 * math.pi)
+#: the coefficients' whole part is counted in units of 2π/256
+UNIT = tl.constexpr(2 * math.pi / 256)
+
+
+@triton.jit
+def _coefficients_kernel(values_ptr, mixing_ptr, turns_ptr, rest_ptr, batch, slots, columns, stride_b, stride_s,
+                         BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    """c = values @ mixing for a block of rows, in float64, split as c mod 4π = n·UNIT + r (n < 512)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_mask = rows < batch
+    for c0 in range(0, columns, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        col_mask = cols < columns
+        acc = tl.zeros([BLOCK_B, BLOCK_C], dtype=tl.float64)
+        for s in range(slots):
+            v = tl.load(values_ptr + rows * stride_b + s * stride_s, mask=row_mask, other=0.0).to(tl.float64)
+            w = tl.load(mixing_ptr + s * columns + cols, mask=col_mask, other=0.0)
+            acc += v[:, None] * w[None, :]
+        acc = acc - FOUR_PI * tl.floor(acc / FOUR_PI)
+        whole = tl.floor(acc / UNIT + 0.5)
+        rest = (acc - whole * UNIT).to(tl.float32)
+        whole = whole - 512.0 * tl.floor(whole / 512.0)
+        offs = cols[None, :].to(tl.int64) * batch + rows[:, None]  # stored [columns, B]
+        both = row_mask[:, None] & col_mask[None, :]
+        tl.store(turns_ptr + offs, whole.to(tl.float16), mask=both)
+        tl.store(rest_ptr + offs, rest, mask=both)
 
 
 @triton.jit
@@ -79,7 +110,7 @@ def _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer,
     for k0 in range(0, K, 16):
         offs = (layer * K + k0 + ks)[None, :] * batch + rows[:, None]  # coefficients are stored [L, K, B]
         q = tl.load(q_ptr + (layer * K + k0 + ks)[:, None] * DIM + cols[None, :])
-        turns = tl.load(turns_ptr + offs, mask=row_mask[:, None], other=0.0)
+        turns = tl.load(turns_ptr + offs, mask=row_mask[:, None], other=0.0).to(tl.float32)
         whole = tl.dot(turns, q, acc=whole, input_precision="tf32")
         rest = tl.load(rest_ptr + offs, mask=row_mask[:, None], other=0.0)
         small = tl.dot(rest, q, acc=small, input_precision="tf32x3")
@@ -160,13 +191,35 @@ def _launch_shape(dim: int) -> tuple[int, int]:
     return LAUNCH_SHAPES[dim]
 
 
+#: rows per program of the coefficient kernel, and coefficient columns at a time (float64 accumulators)
+COEFFICIENT_ROWS, COEFFICIENT_COLUMNS = 64, 64
+
+
+def phase_coefficients(values: torch.Tensor, mixing: torch.Tensor, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' coefficients ``(n, r)``, each ``[L, K, B]``: n float16 integers in [0, 512), r float32.
+
+    ``values`` ``[B, S]`` (any strides, float32 or float64): the program's slot values; ``mixing``
+    ``[S, L·K]`` float64: coefficient column c = Σ_s values[s]·mixing[s, c].  c mod 4π = n·2π/256 + r.
+    """
+    batch, slots = values.shape
+    columns = mixing.shape[1]
+    turns = torch.empty(layers, columns // layers, batch, dtype=torch.float16, device=values.device)
+    rest = torch.empty(layers, columns // layers, batch, dtype=torch.float32, device=values.device)
+    _coefficients_kernel[(triton.cdiv(batch, COEFFICIENT_ROWS),)](
+        values, mixing, turns, rest, batch, slots, columns, *values.stride(),
+        BLOCK_B=COEFFICIENT_ROWS, BLOCK_C=COEFFICIENT_COLUMNS, num_warps=4,
+    )  # fmt: skip
+    return turns, rest
+
+
 def phase_program_forward(turns: torch.Tensor, rest: torch.Tensor, doubled_patterns: torch.Tensor,
                           constants: torch.Tensor, hadamard: torch.Tensor, factor: int) -> torch.Tensor:  # fmt: skip
     """States complex64 ``[B, 2^n]``.
 
-    ``turns``, ``rest`` ``[L, K, B]`` fp32: each coefficient as n (an integer, in units of 2π/256) and
-    the remainder r; ``doubled_patterns`` ``[L, K, 2^n]``: 2·pattern (integers); ``constants`` ``[L, 2^n]``
-    in [0, 2π); ``hadamard``, ``factor``: :func:`qra.featuremaps.fused_program.hadamard_operand`.
+    ``turns`` (float16), ``rest`` (float32) ``[L, K, B]``: each coefficient as n (an integer, in units
+    of 2π/256) and the remainder r (:func:`phase_coefficients`); ``doubled_patterns`` ``[L, K, 2^n]``:
+    2·pattern (integers); ``constants`` ``[L, 2^n]`` in [0, 2π); ``hadamard``, ``factor``:
+    :func:`qra.featuremaps.fused_program.hadamard_operand`.
     """
     layers, k, batch = turns.shape
     dim = doubled_patterns.shape[-1]
@@ -185,7 +238,7 @@ def phase_program_backward(turns: torch.Tensor, rest: torch.Tensor, doubled_patt
     """∂L/∂coefficients ``[L, K, B]`` from the forward's output states and their gradient (complex64)."""
     layers, k, batch = turns.shape
     dim = doubled_patterns.shape[-1]
-    grad_coefficients = torch.empty_like(turns)
+    grad_coefficients = torch.empty_like(rest)
     block, warps = _launch_shape(dim)
     _backward_kernel[(triton.cdiv(batch, block),)](
         turns, rest, doubled_patterns, constants, hadamard, torch.view_as_real(out),
