@@ -28,14 +28,13 @@ i mod slots) and the copies summed afterwards, so that thousands of programs do 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
+from ._trig import fast_cos, fast_sin, hardware_trig
 from ._util import mask_arguments, mask_bytes, pow2, splits
 from .linear import _guard, _split_dot
 
@@ -61,23 +60,10 @@ APPROXIMATE_TRIG = True
 #: copies of the weight-gradient buffers that the backward programs' atomics are spread over
 WEIGHT_GRAD_SLOTS = 32
 
-_INV_TWO_PI = tl.constexpr(0.15915494309189535)
-_TWO_PI_HI = tl.constexpr(6.2831854820251465)  # float32(2π)
-_TWO_PI_LO = tl.constexpr(-1.7484556000744883e-07)  # 2π − float32(2π)
-
-
-@triton.jit
-def _reduced(p):
-    """p − 2π·round(p/2π) with 2π in two float32 parts (Cody–Waite): in [−π, π], where the hardware's
-    approximate cosine and sine keep an absolute error of about 2⁻²⁰."""
-    turns = tl.floor(p * _INV_TWO_PI + 0.5)
-    return tl.fma(-turns, _TWO_PI_LO, tl.fma(-turns, _TWO_PI_HI, p))
-
-
 @triton.jit
 def _cos(p, FAST: tl.constexpr):
     if FAST:
-        return libdevice.fast_cosf(_reduced(p))
+        return fast_cos(p)
     else:
         return tl.cos(p)
 
@@ -85,7 +71,7 @@ def _cos(p, FAST: tl.constexpr):
 @triton.jit
 def _sin(p, FAST: tl.constexpr):
     if FAST:
-        return libdevice.fast_sinf(_reduced(p))
+        return fast_sin(p)
     else:
         return tl.sin(p)
 
@@ -348,7 +334,7 @@ def _launch_config(dtype: torch.dtype, bd: int, bf: int, bv: int, launch: Launch
     """(bf16 split products?, dot precision, approximate trigonometry?, warps)."""
     lowp = dtype == torch.bfloat16
     # the interpreter has no approximate cosine; bf16 needs none of the library one's accuracy
-    fast = lowp and APPROXIMATE_TRIG and os.environ.get("TRITON_INTERPRET") != "1"
+    fast = lowp and APPROXIMATE_TRIG and hardware_trig()
     warps = launch.warps or (8 if bf * max(bd, bv) >= 128 * 64 else 4)
     return lowp, ("ieee" if dtype == torch.float32 else "tf32"), fast, warps
 

@@ -11,7 +11,9 @@ and ``P_l`` ``[K, 2^n]`` its pattern, plus the layer's constant phases (see
 in registers through every layer and writes each state once; the PyTorch engine writes and reads
 the batch's states several times per layer.  The backward is the adjoint method on the same
 registers: it starts from the saved output and its gradient, undoes each layer (Ĥ is real,
-symmetric and its own inverse) and returns ∂L/∂C_l = Im(g·ψ̄) @ P_lᵀ.
+symmetric and its own inverse) and returns ∂L/∂C_l = Im(g·ψ̄) @ P_lᵀ, one fp32 row reduction per
+column (as a tensor-core product, [rows, 2^n] @ [2^n, 16], its left operand sits whole in every warp:
+255 registers a thread and 1.7 KB of spills at 8 qubits, ptxas for sm_90).
 
 Precision.  A phase reaches hundreds of radians (a ZZ map's 36 terms at 8 qubits), where one fp32
 ulp is ~1e-5: formed naively in fp32 it costs complex64 states 1e-5.  So each coefficient c (reduced
@@ -23,8 +25,11 @@ The split is one more kernel (:func:`phase_coefficients`): each program mixes a 
 values into the coefficient columns and reduces them in float64 registers, writing n as float16 (an
 integer below 512, exact) and r as float32; the coefficients never exist in memory in float64.  The
 forward saves that pair for the backward (6 bytes a column and input, fewer than the slot values).
-Ĥ's entries are ±1, exact in fp16, so the Walsh–Hadamard products run on tensor cores with each
-fp32 operand split into two fp16 parts (hi + lo, 22 significant bits); the sums accumulate in fp32.
+Cosines and sines are the hardware's approximate ones after a reduction to [−π, π] (:mod:`._trig`:
+absolute error ~2⁻²⁰·⁵ ≈ 7e-7 a phase; the library functions' slow path for huge arguments made up
+about half the kernels' instructions).  Ĥ's entries are ±1, exact in fp16, so the Walsh–Hadamard
+products run on tensor cores with each fp32 operand split into two fp16 parts (hi + lo, 22 significant
+bits); the sums accumulate in fp32.
 Up to 7 qubits Ĥ is one dense [2^n, 2^n] product; at 8 it is Ĥ₄ ⊗ Ĥ₄, two products of 16×16 on
 the state viewed as [16, 16].  States are complex64 ``[B, 2^n]``; 4 ≤ n ≤ 8.
 """
@@ -36,6 +41,8 @@ import math
 import torch
 import triton
 import triton.language as tl
+
+from ._trig import cos_sin, hardware_trig
 
 TWO_PI = tl.constexpr(2 * math.pi)
 FOUR_PI = tl.constexpr(4 * math.pi)
@@ -123,18 +130,19 @@ def _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer,
 @triton.jit
 def _forward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, batch, norm,
                     LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr,
-                    H_SIZE: tl.constexpr, BLOCK_B: tl.constexpr):  # fmt: skip
+                    H_SIZE: tl.constexpr, BLOCK_B: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # 64-bit: B·2^(n+1) may pass 2^31
     row_mask = rows < batch
     h = _load_hadamard(h_ptr, H_SIZE)
     phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, 0, K, DIM, BLOCK_B)
-    re = tl.cos(phi) * norm  # D_1 |+⟩
-    im = tl.sin(phi) * norm
+    cos, sin = cos_sin(phi, FAST)
+    re = cos * norm  # D_1 |+⟩
+    im = sin * norm
     for layer in tl.static_range(1, LAYERS):
         re = _hadamard(re, h, BLOCK_B, DIM, FACTOR) * norm
         im = _hadamard(im, h, BLOCK_B, DIM, FACTOR) * norm
         phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer, K, DIM, BLOCK_B)
-        cos, sin = tl.cos(phi), tl.sin(phi)
+        cos, sin = cos_sin(phi, FAST)
         re, im = re * cos - im * sin, re * sin + im * cos
     out = tl.reshape(tl.join(re, im), (BLOCK_B, 2 * DIM))  # complex64 as interleaved (re, im)
     offs = tl.arange(0, 2 * DIM)
@@ -151,7 +159,7 @@ def _load_complex(ptr, rows, row_mask, BLOCK_B: tl.constexpr, DIM: tl.constexpr)
 @triton.jit
 def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad_ptr, dc_ptr, batch, norm,
                      LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr,
-                     H_SIZE: tl.constexpr, BLOCK_B: tl.constexpr):  # fmt: skip
+                     H_SIZE: tl.constexpr, BLOCK_B: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # 64-bit: B·2^(n+1) may pass 2^31
     row_mask = rows < batch
     h = _load_hadamard(h_ptr, H_SIZE)
@@ -162,18 +170,15 @@ def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad
         layer = LAYERS - 1 - step
         # ∂L/∂φ = Im(g · conj(ψ)) on the state after the phase layer, pulled back to the coefficients
         dphi = g_im * re - g_re * im
-        # q is exact in tf32, so dphi split into its tf32 part and the rest gives fp32 accuracy in two products
-        dphi_hi = (dphi.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
-        dphi_lo = dphi - dphi_hi
-        ks = tl.arange(0, 16)
-        for k0 in range(0, K, 16):
-            q_t = tl.load(q_ptr + (layer * K + k0 + ks)[None, :] * DIM + cols[:, None])  # [DIM, 16]
-            dc = tl.dot(dphi_lo, q_t, acc=tl.dot(dphi_hi, q_t, input_precision="tf32"), input_precision="tf32")
-            dc = 0.5 * dc
-            tl.store(dc_ptr + (layer * K + k0 + ks)[None, :] * batch + rows[:, None], dc, mask=row_mask[:, None])
+        # as a product [BLOCK_B, 2^n] @ [2^n, 16] this would hold its left operand whole in every warp (128
+        # registers a thread at 8 qubits, and spills): one fp32 row reduction per coefficient column instead
+        for k in range(K):
+            q_k = tl.load(q_ptr + (layer * K + k) * DIM + cols)
+            dc = 0.5 * tl.sum(dphi * q_k[None, :], axis=1)
+            tl.store(dc_ptr + (layer * K + k) * batch + rows, dc, mask=row_mask)
         if layer > 0:
             phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer, K, DIM, BLOCK_B)
-            cos, sin = tl.cos(phi), tl.sin(phi)
+            cos, sin = cos_sin(phi, FAST)
             re, im = re * cos + im * sin, im * cos - re * sin  # ψ · exp(-iφ): the state before the phases
             g_re, g_im = g_re * cos + g_im * sin, g_im * cos - g_re * sin
             re = _hadamard(re, h, BLOCK_B, DIM, FACTOR) * norm
@@ -183,7 +188,7 @@ def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad
 
 
 #: (rows per program, warps) by 2^n: the largest blocks whose forward and backward compile without register
-#: spills for sm_90 (ptxas -v on the kernels, 2 layers): 48–174 registers a thread
+#: spills for sm_90 (ptxas -v on the kernels, 2 layers): 74–245 registers a thread
 LAUNCH_SHAPES = {16: (64, 4), 32: (32, 4), 64: (32, 8), 128: (16, 8), 256: (16, 8)}
 
 
@@ -227,7 +232,8 @@ def phase_program_forward(turns: torch.Tensor, rest: torch.Tensor, doubled_patte
     block, warps = _launch_shape(dim)
     _forward_kernel[(triton.cdiv(batch, block),)](
         turns, rest, doubled_patterns, constants, hadamard, torch.view_as_real(out), batch, dim**-0.5,
-        LAYERS=layers, K=k, DIM=dim, FACTOR=factor, H_SIZE=hadamard.shape[0], BLOCK_B=block, num_warps=warps,
+        LAYERS=layers, K=k, DIM=dim, FACTOR=factor, H_SIZE=hadamard.shape[0], BLOCK_B=block, FAST=hardware_trig(),
+        num_warps=warps,
     )  # fmt: skip
     return out
 
@@ -243,6 +249,7 @@ def phase_program_backward(turns: torch.Tensor, rest: torch.Tensor, doubled_patt
     _backward_kernel[(triton.cdiv(batch, block),)](
         turns, rest, doubled_patterns, constants, hadamard, torch.view_as_real(out),
         torch.view_as_real(grad.contiguous()), grad_coefficients, batch, dim**-0.5,
-        LAYERS=layers, K=k, DIM=dim, FACTOR=factor, H_SIZE=hadamard.shape[0], BLOCK_B=block, num_warps=warps,
+        LAYERS=layers, K=k, DIM=dim, FACTOR=factor, H_SIZE=hadamard.shape[0], BLOCK_B=block, FAST=hardware_trig(),
+        num_warps=warps,
     )  # fmt: skip
     return grad_coefficients

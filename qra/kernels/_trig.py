@@ -1,0 +1,51 @@
+"""The hardware's approximate cosine and sine, after a reduction to [−π, π] that keeps them accurate (Triton).
+
+The library's ``tl.cos``/``tl.sin`` carry a slow path for huge arguments (Payne–Hanek, with a local-memory
+table) that costs registers and instructions in every kernel that calls them; arguments here are phases of
+moderate size, for which p − 2π·round(p/2π) with 2π in two float32 parts (Cody–Waite) is accurate to float32's
+rounding, and the approximate functions then keep an absolute error of about 2⁻²⁰·⁵ on [−π, π].
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+_INV_TWO_PI = tl.constexpr(0.15915494309189535)
+_TWO_PI_HI = tl.constexpr(6.2831854820251465)  # float32(2π)
+_TWO_PI_LO = tl.constexpr(-1.7484556000744883e-07)  # 2π − float32(2π)
+
+
+@triton.jit
+def reduced(p):
+    """p − 2π·round(p/2π), in [−π, π]."""
+    turns = tl.floor(p * _INV_TWO_PI + 0.5)
+    return tl.fma(-turns, _TWO_PI_LO, tl.fma(-turns, _TWO_PI_HI, p))
+
+
+@triton.jit
+def fast_cos(p):
+    return libdevice.fast_cosf(reduced(p))
+
+
+@triton.jit
+def fast_sin(p):
+    return libdevice.fast_sinf(reduced(p))
+
+
+@triton.jit
+def cos_sin(p, FAST: tl.constexpr):
+    """(cos p, sin p): approximate, from one reduction (FAST), else the library's."""
+    if FAST:
+        r = reduced(p)
+        return libdevice.fast_cosf(r), libdevice.fast_sinf(r)
+    else:
+        return tl.cos(p), tl.sin(p)
+
+
+def hardware_trig() -> bool:
+    """Whether the approximate functions exist: not under Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET") != "1"
