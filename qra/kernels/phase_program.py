@@ -11,9 +11,7 @@ and ``P_l`` ``[K, 2^n]`` its pattern, plus the layer's constant phases (see
 in registers through every layer and writes each state once; the PyTorch engine writes and reads
 the batch's states several times per layer.  The backward is the adjoint method on the same
 registers: it starts from the saved output and its gradient, undoes each layer (Ĥ is real,
-symmetric and its own inverse) and returns ∂L/∂C_l = Im(g·ψ̄) @ P_lᵀ, one fp32 row reduction per
-column (as a tensor-core product, [rows, 2^n] @ [2^n, 16], its left operand sits whole in every warp:
-255 registers a thread and 1.7 KB of spills at 8 qubits, ptxas for sm_90).
+symmetric and its own inverse) and returns ∂L/∂C_l = Im(g·ψ̄) @ P_lᵀ.
 
 Precision.  A phase reaches hundreds of radians (a ZZ map's 36 terms at 8 qubits), where one fp32
 ulp is ~1e-5: formed naively in fp32 it costs complex64 states 1e-5.  So each coefficient c (reduced
@@ -21,10 +19,10 @@ modulo 4π) is split into a multiple of 2π/256 and a remainder, c = n·2π/256 
 The patterns are half-integers, p = q/2, so Σ n·q is an integer (exact in fp32, ``ieee`` dots) whose
 residue modulo 512 gives the large part of the phase exactly in [0, 2π); the remainders' part Σ r·q/2
 is small.  Phases are then as accurate as the PyTorch engine's (float64 reduced modulo 2π, then fp32).
-The split is one more kernel (:func:`phase_coefficients`): each program mixes a block of inputs' slot
-values into the coefficient columns and reduces them in float64 registers, writing n as float16 (an
-integer below 512, exact) and r as float32; the coefficients never exist in memory in float64.  The
-forward saves that pair for the backward (6 bytes a column and input, fewer than the slot values).
+The split is one elementwise kernel after the float64 product of the slot values with the program's
+mixing matrix (:func:`phase_coefficients`): it writes n as float16 (an integer below 512, exact) and r
+as float32.  The forward saves that pair for the backward (6 bytes a column and input, fewer than the
+slot values' 8 a slot), so the backward neither keeps nor recomputes float64 coefficients.
 Cosines and sines are the hardware's approximate ones after a reduction to [−π, π] (:mod:`._trig`:
 absolute error ~2⁻²⁰·⁵ ≈ 7e-7 a phase; the library functions' slow path for huge arguments made up
 about half the kernels' instructions).  Ĥ's entries are ±1, exact in fp16, so the Walsh–Hadamard
@@ -51,27 +49,15 @@ UNIT = tl.constexpr(2 * math.pi / 256)
 
 
 @triton.jit
-def _coefficients_kernel(values_ptr, mixing_ptr, turns_ptr, rest_ptr, batch, slots, columns, stride_b, stride_s,
-                         BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
-    """c = values @ mixing for a block of rows, in float64, split as c mod 4π = n·UNIT + r (n < 512)."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_mask = rows < batch
-    for c0 in range(0, columns, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        col_mask = cols < columns
-        acc = tl.zeros([BLOCK_B, BLOCK_C], dtype=tl.float64)
-        for s in range(slots):
-            v = tl.load(values_ptr + rows * stride_b + s * stride_s, mask=row_mask, other=0.0).to(tl.float64)
-            w = tl.load(mixing_ptr + s * columns + cols, mask=col_mask, other=0.0)
-            acc += v[:, None] * w[None, :]
-        acc = acc - FOUR_PI * tl.floor(acc / FOUR_PI)
-        whole = tl.floor(acc / UNIT + 0.5)
-        rest = (acc - whole * UNIT).to(tl.float32)
-        whole = whole - 512.0 * tl.floor(whole / 512.0)
-        offs = cols[None, :].to(tl.int64) * batch + rows[:, None]  # stored [columns, B]
-        both = row_mask[:, None] & col_mask[None, :]
-        tl.store(turns_ptr + offs, whole.to(tl.float16), mask=both)
-        tl.store(rest_ptr + offs, rest, mask=both)
+def _split_kernel(coefficients_ptr, turns_ptr, rest_ptr, size, BLOCK: tl.constexpr):
+    """c (float64) mod 4π = n·UNIT + r: n float16 (an integer below 512), r float32 with |r| ≤ UNIT/2."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < size
+    c = tl.load(coefficients_ptr + offs, mask=mask, other=0.0)
+    c = c - FOUR_PI * tl.floor(c / FOUR_PI)
+    whole = tl.floor(c / UNIT + 0.5)
+    tl.store(rest_ptr + offs, (c - whole * UNIT).to(tl.float32), mask=mask)
+    tl.store(turns_ptr + offs, (whole - 512.0 * tl.floor(whole / 512.0)).to(tl.float16), mask=mask)
 
 
 @triton.jit
@@ -170,12 +156,15 @@ def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad
         layer = LAYERS - 1 - step
         # ∂L/∂φ = Im(g · conj(ψ)) on the state after the phase layer, pulled back to the coefficients
         dphi = g_im * re - g_re * im
-        # as a product [BLOCK_B, 2^n] @ [2^n, 16] this would hold its left operand whole in every warp (128
-        # registers a thread at 8 qubits, and spills): one fp32 row reduction per coefficient column instead
-        for k in range(K):
-            q_k = tl.load(q_ptr + (layer * K + k) * DIM + cols)
-            dc = 0.5 * tl.sum(dphi * q_k[None, :], axis=1)
-            tl.store(dc_ptr + (layer * K + k) * batch + rows, dc, mask=row_mask)
+        # q is exact in tf32, so dphi split into its tf32 part and the rest gives fp32 accuracy in two products
+        dphi_hi = (dphi.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        dphi_lo = dphi - dphi_hi
+        ks = tl.arange(0, 16)
+        for k0 in range(0, K, 16):
+            q_t = tl.load(q_ptr + (layer * K + k0 + ks)[None, :] * DIM + cols[:, None])  # [DIM, 16]
+            dc = tl.dot(dphi_lo, q_t, acc=tl.dot(dphi_hi, q_t, input_precision="tf32"), input_precision="tf32")
+            dc = 0.5 * dc
+            tl.store(dc_ptr + (layer * K + k0 + ks)[None, :] * batch + rows[:, None], dc, mask=row_mask[:, None])
         if layer > 0:
             phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer, K, DIM, BLOCK_B)
             cos, sin = cos_sin(phi, FAST)
@@ -196,25 +185,26 @@ def _launch_shape(dim: int) -> tuple[int, int]:
     return LAUNCH_SHAPES[dim]
 
 
-#: rows per program of the coefficient kernel, and coefficient columns at a time (float64 accumulators)
-COEFFICIENT_ROWS, COEFFICIENT_COLUMNS = 64, 64
+#: elements per program of the split kernel
+SPLIT_BLOCK = 1024
 
 
 def phase_coefficients(values: torch.Tensor, mixing: torch.Tensor, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernels' coefficients ``(n, r)``, each ``[L, K, B]``: n float16 integers in [0, 512), r float32.
 
-    ``values`` ``[B, S]`` (any strides, float32 or float64): the program's slot values; ``mixing``
-    ``[S, L·K]`` float64: coefficient column c = Σ_s values[s]·mixing[s, c].  c mod 4π = n·2π/256 + r.
+    ``values`` ``[B, S]`` (any strides): the program's slot values; ``mixing`` ``[S, L·K]`` float64: coefficient
+    column c = Σ_s values[s]·mixing[s, c], formed in float64 (one cuBLAS product) and split by one kernel
+    into c mod 4π = n·2π/256 + r.  A kernel that also mixed the slots, in float64 registers, took 0.81 and
+    1.98 ms a call at 6 and 8 qubits (196,608 inputs, H200): slower than the PyTorch split it was to replace
+    (``results/bench/circuit-kernel-profile.txt``).
     """
-    batch, slots = values.shape
-    columns = mixing.shape[1]
-    turns = torch.empty(layers, columns // layers, batch, dtype=torch.float16, device=values.device)
-    rest = torch.empty(layers, columns // layers, batch, dtype=torch.float32, device=values.device)
-    _coefficients_kernel[(triton.cdiv(batch, COEFFICIENT_ROWS),)](
-        values, mixing, turns, rest, batch, slots, columns, *values.stride(),
-        BLOCK_B=COEFFICIENT_ROWS, BLOCK_C=COEFFICIENT_COLUMNS, num_warps=4,
-    )  # fmt: skip
-    return turns, rest
+    coefficients = torch.mm(mixing.T, values.detach().to(torch.float64).T)  # [L·K, B], freed on return
+    turns = torch.empty(coefficients.shape, dtype=torch.float16, device=values.device)
+    rest = torch.empty(coefficients.shape, dtype=torch.float32, device=values.device)
+    size = coefficients.numel()
+    _split_kernel[(triton.cdiv(size, SPLIT_BLOCK),)](coefficients, turns, rest, size, BLOCK=SPLIT_BLOCK, num_warps=4)
+    batch = values.shape[0]
+    return turns.view(layers, -1, batch), rest.view(layers, -1, batch)
 
 
 def phase_program_forward(turns: torch.Tensor, rest: torch.Tensor, doubled_patterns: torch.Tensor,
