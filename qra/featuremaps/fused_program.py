@@ -197,14 +197,15 @@ class _FusedProgram(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        from ..kernels.phase_program import phase_program_backward
+        from ..kernels.phase_program import exact_fp32_products, phase_program_backward
 
         spec = ctx.spec
         out, turns, rest = ctx.saved_tensors
         grad = grad.to(torch.complex64).resolve_conj()
         grad_coefficients = phase_program_backward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard,
                                                    spec.factor, out, grad)  # fmt: skip
-        grad_values = torch.mm(spec.mixing.to(torch.float32), grad_coefficients.reshape(spec.mixing.shape[1], -1))
+        with exact_fp32_products():
+            grad_values = torch.mm(spec.mixing.to(torch.float32), grad_coefficients.view(spec.mixing.shape[1], -1))
         return None, grad_values.T.to(ctx.values_dtype)
 
 

@@ -488,7 +488,10 @@ class _FidelityAttention(torch.autograd.Function):
         _launch(
             _bwd_q_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages, **common
         )
+        # buffers freed once read: a patched MiniLM step's memory peaks here (experiments/device/memory_profile.py)
+        del qr, kr, args
         dq = unpack_grad(dqp, q_shape)
+        del dqp
         dk = unpack_grad(dkp, k_shape)
         return dq, dk, dvv, None, (dbeta if beta_grad else None), None, None
 

@@ -35,6 +35,8 @@ the state viewed as [16, 16].  States are complex64 ``[B, 2^n]``; 4 ≤ n ≤ 8.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import triton
@@ -143,28 +145,21 @@ def _load_complex(ptr, rows, row_mask, BLOCK_B: tl.constexpr, DIM: tl.constexpr)
 
 
 @triton.jit
-def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad_ptr, dc_ptr, batch, norm,
+def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad_ptr, dphi_ptr, batch, count, norm,
                      LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr,
                      H_SIZE: tl.constexpr, BLOCK_B: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    """∂L/∂φ_l for ``count`` rows, written [L, count, 2^n]; coefficients strided by ``batch`` (the whole batch's)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # 64-bit: B·2^(n+1) may pass 2^31
-    row_mask = rows < batch
+    row_mask = rows < count
     h = _load_hadamard(h_ptr, H_SIZE)
     cols = tl.arange(0, DIM)
     re, im = _load_complex(out_ptr, rows, row_mask, BLOCK_B, DIM)
     g_re, g_im = _load_complex(grad_ptr, rows, row_mask, BLOCK_B, DIM)
     for step in tl.static_range(LAYERS):
         layer = LAYERS - 1 - step
-        # ∂L/∂φ = Im(g · conj(ψ)) on the state after the phase layer, pulled back to the coefficients
+        # ∂L/∂φ = Im(g · conj(ψ)) on the state after the phase layer; its product with the pattern runs in cuBLAS
         dphi = g_im * re - g_re * im
-        # q is exact in tf32, so dphi split into its tf32 part and the rest gives fp32 accuracy in two products
-        dphi_hi = (dphi.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
-        dphi_lo = dphi - dphi_hi
-        ks = tl.arange(0, 16)
-        for k0 in range(0, K, 16):
-            q_t = tl.load(q_ptr + (layer * K + k0 + ks)[None, :] * DIM + cols[:, None])  # [DIM, 16]
-            dc = tl.dot(dphi_lo, q_t, acc=tl.dot(dphi_hi, q_t, input_precision="tf32"), input_precision="tf32")
-            dc = 0.5 * dc
-            tl.store(dc_ptr + (layer * K + k0 + ks)[None, :] * batch + rows[:, None], dc, mask=row_mask[:, None])
+        tl.store(dphi_ptr + (layer * count + rows[:, None]) * DIM + cols[None, :], dphi, mask=row_mask[:, None])
         if layer > 0:
             phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer, K, DIM, BLOCK_B)
             cos, sin = cos_sin(phi, FAST)
@@ -228,18 +223,49 @@ def phase_program_forward(turns: torch.Tensor, rest: torch.Tensor, doubled_patte
     return out
 
 
+#: bytes of ∂L/∂φ (all layers, a chunk of rows) between the backward kernel and its product with the patterns
+GRADIENT_CHUNK_BYTES = 2**26
+
+
 def phase_program_backward(turns: torch.Tensor, rest: torch.Tensor, doubled_patterns: torch.Tensor,
                            constants: torch.Tensor, hadamard: torch.Tensor, factor: int, out: torch.Tensor,
                            grad: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """∂L/∂coefficients ``[L, K, B]`` from the forward's output states and their gradient (complex64)."""
-    layers, k, batch = turns.shape
+    """∂L/∂coefficients ``[L, K, B]`` from the forward's output states and their gradient (complex64).
+
+    Chunks of rows: the kernel writes ∂L/∂φ_l ``[L, rows, 2^n]`` (fp32, at most ``GRADIENT_CHUNK_BYTES``, so
+    memory does not grow with the layers) and cuBLAS multiplies it by the patterns in IEEE fp32 whatever the
+    process's TF32 setting.  In the kernel, as a tensor-core product ``[rows, 2^n] @ [2^n, 16]``, it held its
+    left operand whole in every warp and took 2.7 of the backward's 3.8 ms at 8 qubits, 196,608 inputs on an
+    H200 (``results/bench/phase-program-ab-h200.txt``); a row reduction per column was slower still.
+    """
+    layers, k, batch = rest.shape
     dim = doubled_patterns.shape[-1]
-    grad_coefficients = torch.empty_like(rest)
     block, warps = _launch_shape(dim)
-    _backward_kernel[(triton.cdiv(batch, block),)](
-        turns, rest, doubled_patterns, constants, hadamard, torch.view_as_real(out),
-        torch.view_as_real(grad.contiguous()), grad_coefficients, batch, dim**-0.5,
-        LAYERS=layers, K=k, DIM=dim, FACTOR=factor, H_SIZE=hadamard.shape[0], BLOCK_B=block, FAST=hardware_trig(),
-        num_warps=warps,
-    )  # fmt: skip
-    return grad_coefficients
+    chunk = max(block, GRADIENT_CHUNK_BYTES // (4 * layers * dim) // block * block)
+    grad_coefficients = torch.empty_like(rest)
+    dphi = torch.empty(layers * min(chunk, batch) * dim, dtype=torch.float32, device=rest.device)
+    out, grad = torch.view_as_real(out), torch.view_as_real(grad.contiguous())
+    with exact_fp32_products():
+        for start in range(0, batch, chunk):
+            count = min(chunk, batch - start)
+            _backward_kernel[(triton.cdiv(count, block),)](
+                turns[..., start:], rest[..., start:], doubled_patterns, constants, hadamard, out[start:],
+                grad[start:], dphi, batch, count, dim**-0.5,
+                LAYERS=layers, K=k, DIM=dim, FACTOR=factor, H_SIZE=hadamard.shape[0], BLOCK_B=block,
+                FAST=hardware_trig(), num_warps=warps,
+            )  # fmt: skip
+            phase_grads = dphi[: layers * count * dim].view(layers, count, dim)
+            # ∂φ/∂c = pattern = doubled / 2
+            torch.bmm(doubled_patterns, phase_grads.transpose(1, 2), out=grad_coefficients[..., start : start + count])
+    return grad_coefficients.mul_(0.5)
+
+
+@contextmanager
+def exact_fp32_products() -> Iterator[None]:
+    """float32 matrix products in IEEE fp32 inside the block, whatever ``torch.set_float32_matmul_precision`` says."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
