@@ -102,9 +102,10 @@ class CircuitFeatureMap(FeatureMap):
     recompute_states:
         Keep nothing of the simulation for the backward pass: the states (``features="state"``) are
         simulated again there from the inputs (activation checkpointing, ``torch.utils.checkpoint``).
-        What a training step keeps per input then drops by its 2^q amplitudes and its gate parameters
-        (at B = 32, N = 512, 12 heads, 6 qubits: about 430 MB per patched layer, queries and keys), for
-        one more simulation per backward.  Off by default; measured in ``results/bench/train-round5-recompute.json``.
+        What a training step keeps per input then drops by its 2^q amplitudes and what the engine keeps
+        of the gate parameters (at B = 32, N = 512, 12 heads, 6 qubits on the fused kernels: about 350 MB
+        per patched layer, queries and keys: states and split phase coefficients), for one more simulation
+        per backward.  Off by default; measured in ``results/bench/train-round7.json``.
 
     States are complex128 for float64 inputs and complex64 otherwise, in Qiskit's little-endian
     basis order (qubit k is bit k of the index).  Angles are computed in float64 whatever the
