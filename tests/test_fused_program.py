@@ -296,33 +296,6 @@ def test_kernel_memory_grows_with_the_states_not_with_the_layers(reps):
     assert torch.cuda.max_memory_allocated() - base <= bound
 
 
-@requires_gpu
-@pytest.mark.parametrize("name", ["pennylane-zz", "pennylane-iqp", "qiskit-zz"])
-@pytest.mark.parametrize("qubits", [6, 8])
-def test_circuit_maps_run_their_slot_values_in_chunks_with_the_same_states_and_gradients(name, qubits, monkeypatch):
-    """A map's states through chunks of rows (slot values made again in backward) equal one pass on its slot values."""
-    pytest.importorskip("pennylane" if name.startswith("pennylane") else "qiskit")
-    from qra.featuremaps import get
-    from qra.featuremaps.compiler import run_program
-
-    monkeypatch.setattr(fused_program, "SLOT_CHUNK_BYTES", 200_000)  # a few hundred rows a chunk, the last partial
-    fm = get(name, d_in=qubits, qubits=qubits, projection="identity").cuda()
-    x = torch.rand(2000, qubits, device="cuda", dtype=torch.float64) * 2 * math.pi
-    weights = torch.randn(2000, 2**qubits, device="cuda", dtype=torch.complex64)
-    results = []
-    for chunked in (True, False):
-        leaf = x.clone().requires_grad_()
-        angles = fm.angles(leaf)
-        program = fm._slot_program(angles, torch.complex64)
-        assert len(fused_program._row_chunks(fused_spec(program), 2000)) > 2
-        states = fm.simulate(angles, torch.complex64) if chunked else run_program(program, fm.slot_values(angles), 2000)
-        (states * weights).real.sum().backward()
-        results.append((states.detach(), leaf.grad))
-    (states, grads), (expected, expected_grads) = results
-    assert (states - expected).abs().max() <= 1e-6
-    assert (grads - expected_grads).abs().max() <= 1e-5 * expected_grads.abs().max()
-
-
 # ----------------------------------------------------------------------------------------------
 # maps that give their gate parameters as one batched tensor
 

@@ -40,7 +40,7 @@ def operands(qubits: int, device: torch.device) -> tuple[tuple, torch.Tensor]:
     x = torch.rand(INPUTS, qubits, device=device) * 2 * torch.pi
     angles = fm.angles(x)
     values = fm.slot_values(angles)
-    program = fm._slot_program(angles, torch.complex64)
+    program = fm._checked_program(angles, values, torch.complex64)
     spec = fused_program.fused_spec(program)
     turns, rest = this_module.phase_coefficients(values, spec.mixing, spec.doubled_patterns.shape[0])
     args = (turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard, spec.factor)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import FeatureMap, compute_dtype
-from .compiler import program_for, run_slot_program
+from .compiler import program_for, run_program
 from .statevector import Gate, check_memory, format_bytes, simulate
 
 PROJECTIONS = ("identity", "random", "learned")
@@ -284,10 +284,11 @@ class CircuitFeatureMap(FeatureMap):
         if self.engine == "framework":
             return self.framework_states(angles, dtype)
         flat = angles.reshape(-1, angles.shape[-1])
-        program = self._slot_program(flat, dtype)
-        if program is not None:  # the gate parameters in a few batched ops, on the circuit compiled once
+        values = self.slot_values(flat)
+        if values is not None:  # the gate parameters in a few batched ops, on the circuit compiled once
             check_memory(self.qubits, flat.shape[0], dtype, angles.device)
-            states = run_slot_program(program, self.slot_values, flat)
+            program = self._checked_program(flat, values, dtype)
+            states = run_program(program, values, flat.shape[0])
             return states.reshape(*angles.shape[:-1], 2**self.qubits)
         return simulate(
             self.gates(angles), self.qubits, dtype=dtype, device=angles.device, batch_shape=angles.shape[:-1]
@@ -308,20 +309,16 @@ class CircuitFeatureMap(FeatureMap):
         """
         return None
 
-    def _slot_program(self, angles: torch.Tensor, dtype: torch.dtype):
-        """The compiled program of :meth:`gates` (recorded on a few rows) once :meth:`slot_values` matches it,
-        or None for a map without slot values."""
+    def _checked_program(self, angles: torch.Tensor, values: torch.Tensor, dtype: torch.dtype):
+        """The compiled program of :meth:`gates` (recorded on a few rows), once :meth:`slot_values` matches it."""
         cache = self.__dict__.setdefault("_slot_programs", {})
         key = (dtype, str(angles.device))
         if key not in cache:
             probe = angles[:3].detach()
-            found = self.slot_values(probe)
-            if found is None:
-                cache[key] = None
-                return None
             gates = self.gates(probe)
             program, expected = program_for(gates, self.qubits, dtype, angles.device)
             expected = torch.stack([v.expand(probe.shape[0]) for v in expected], dim=1) if expected else None
+            found = values[: probe.shape[0]].detach()
             if expected is None or expected.shape != found.shape or not torch.allclose(
                     found.double(), expected.double(), rtol=1e-6, atol=1e-6):  # fmt: skip
                 raise RuntimeError(

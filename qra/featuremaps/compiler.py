@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -757,22 +757,6 @@ def run_program(program: Program, values: Sequence[torch.Tensor] | torch.Tensor,
         values = values.unbind(1)
     chunk = max_batch if max_batch is not None else auto_max_batch(program.num_qubits, program.dtype, program.device)
     return _RunProgram.apply(program, batch, max(1, int(chunk)), initial, *values)
-
-
-def run_slot_program(program: Program, slot_function: Callable[[torch.Tensor], torch.Tensor],
-                     angles: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """:func:`run_program` on ``slot_function(angles)`` (a map's ``slot_values``, ``[B, S]``) for angles ``[B, A]``.
-
-    On the fused kernels the slot values are made chunk by chunk in forward and again in backward, so a
-    training step keeps the angles and the states of a circuit map, not its slot values or coefficients
-    (:func:`~qra.featuremaps.fused_program.run_fused_slots`).
-    """
-    from .fused_program import fused_spec, run_fused_slots
-
-    spec = fused_spec(program)
-    if spec is not None:
-        return run_fused_slots(spec, slot_function, angles)
-    return run_program(program, slot_function(angles), angles.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------

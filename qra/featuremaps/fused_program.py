@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -197,91 +197,18 @@ class _FusedProgram(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        from ..kernels.phase_program import phase_program_backward
+        from ..kernels.phase_program import exact_fp32_products, phase_program_backward
 
         spec = ctx.spec
         out, turns, rest = ctx.saved_tensors
         grad = grad.to(torch.complex64).resolve_conj()
         grad_coefficients = phase_program_backward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard,
                                                    spec.factor, out, grad)  # fmt: skip
-        return None, _slot_gradients(spec, grad_coefficients).to(ctx.values_dtype)
-
-
-def _slot_gradients(spec: FusedSpec, grad_coefficients: torch.Tensor) -> torch.Tensor:
-    """∂L/∂values ``[B, S]`` (float32) from ∂L/∂coefficients ``[L, K, B]``: the mixing matrix's product."""
-    from ..kernels.phase_program import exact_fp32_products
-
-    with exact_fp32_products():
-        return torch.mm(spec.mixing.to(torch.float32), grad_coefficients.view(spec.mixing.shape[1], -1)).T
+        with exact_fp32_products():
+            grad_values = torch.mm(spec.mixing.to(torch.float32), grad_coefficients.view(spec.mixing.shape[1], -1))
+        return None, grad_values.T.to(ctx.values_dtype)
 
 
 def run_fused(spec: FusedSpec, values: torch.Tensor) -> torch.Tensor:
     """The program's states complex64 ``[B, 2^n]`` from the kernels, differentiable in ``values`` ``[B, S]``."""
     return _FusedProgram.apply(spec, values)
-
-
-#: bytes of per-row work that a slot program holds at once (slot values, coefficients in float64 and split, phase
-#: gradients): it runs in chunks of rows of about this size
-SLOT_CHUNK_BYTES = 2**26
-
-
-def _row_chunks(spec: FusedSpec, batch: int) -> list[tuple[int, int]]:
-    layers, width, dim = spec.doubled_patterns.shape
-    per_row = 8 * spec.mixing.shape[0] + 14 * layers * width + 4 * layers * dim
-    rows = max(1, SLOT_CHUNK_BYTES // per_row)
-    return [(start, min(start + rows, batch)) for start in range(0, batch, rows)]
-
-
-class _FusedSlotProgram(torch.autograd.Function):
-    """States from angles through a map's ``slot_values``, keeping for backward only the angles and the states.
-
-    The slot values (float64, S a row), their autograd intermediates and the split coefficients are made
-    chunk by chunk of rows, in forward and again in backward, so that a training step holds none of them
-    for the whole batch between its forward and backward.
-    """
-
-    @staticmethod
-    def forward(ctx, spec: FusedSpec, slot_function: Callable[[torch.Tensor], torch.Tensor], angles: torch.Tensor):
-        from ..kernels.phase_program import phase_coefficients, phase_program_forward
-
-        batch, layers = angles.shape[0], spec.doubled_patterns.shape[0]
-        out = torch.empty(batch, spec.doubled_patterns.shape[-1], dtype=torch.complex64, device=angles.device)
-        with torch.no_grad():
-            for start, stop in _row_chunks(spec, batch):
-                turns, rest = phase_coefficients(slot_function(angles[start:stop]), spec.mixing, layers)
-                phase_program_forward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard,
-                                      spec.factor, out=out[start:stop])  # fmt: skip
-        ctx.spec, ctx.slot_function = spec, slot_function
-        ctx.save_for_backward(angles, out)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        from ..kernels.phase_program import phase_coefficients, phase_program_backward
-
-        spec = ctx.spec
-        angles, out = ctx.saved_tensors
-        grad = grad.to(torch.complex64).resolve_conj().contiguous()
-        grad_angles = torch.empty_like(angles)
-        for start, stop in _row_chunks(spec, angles.shape[0]):
-            with torch.enable_grad():
-                leaf = angles[start:stop].detach().requires_grad_()
-                values = ctx.slot_function(leaf)
-            turns, rest = phase_coefficients(values.detach(), spec.mixing, spec.doubled_patterns.shape[0])
-            grad_coefficients = phase_program_backward(turns, rest, spec.doubled_patterns, spec.constants,
-                                                       spec.hadamard, spec.factor, out[start:stop],
-                                                       grad[start:stop])  # fmt: skip
-            del turns, rest
-            slot_grads = _slot_gradients(spec, grad_coefficients).to(values.dtype)
-            grad_angles[start:stop] = torch.autograd.grad(values, leaf, slot_grads)[0]
-        return None, None, grad_angles
-
-
-def run_fused_slots(spec: FusedSpec, slot_function: Callable[[torch.Tensor], torch.Tensor],
-                    angles: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """The states of ``slot_function(angles)`` (``[B, S]``) from the kernels, differentiable in ``angles`` ``[B, A]``.
-
-    Chunked over rows, so neither pass holds the batch's slot values or coefficients (:class:`_FusedSlotProgram`).
-    """
-    return _FusedSlotProgram.apply(spec, slot_function, angles)

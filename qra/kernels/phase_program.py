@@ -204,9 +204,8 @@ def phase_coefficients(values: torch.Tensor, mixing: torch.Tensor, layers: int) 
 
 
 def phase_program_forward(turns: torch.Tensor, rest: torch.Tensor, doubled_patterns: torch.Tensor,
-                          constants: torch.Tensor, hadamard: torch.Tensor, factor: int,
-                          out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """States complex64 ``[B, 2^n]`` (into ``out``, contiguous, when given).
+                          constants: torch.Tensor, hadamard: torch.Tensor, factor: int) -> torch.Tensor:  # fmt: skip
+    """States complex64 ``[B, 2^n]``.
 
     ``turns`` (float16), ``rest`` (float32) ``[L, K, B]``: each coefficient as n (an integer, in units
     of 2π/256) and the remainder r (:func:`phase_coefficients`); ``doubled_patterns`` ``[L, K, 2^n]``:
@@ -215,8 +214,7 @@ def phase_program_forward(turns: torch.Tensor, rest: torch.Tensor, doubled_patte
     """
     layers, k, batch = turns.shape
     dim = doubled_patterns.shape[-1]
-    if out is None:
-        out = torch.empty(batch, dim, dtype=torch.complex64, device=turns.device)
+    out = torch.empty(batch, dim, dtype=torch.complex64, device=turns.device)
     block, warps = _launch_shape(dim)
     _forward_kernel[(triton.cdiv(batch, block),)](
         turns, rest, doubled_patterns, constants, hadamard, torch.view_as_real(out), batch, dim**-0.5,
