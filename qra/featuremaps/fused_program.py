@@ -186,7 +186,7 @@ class _FusedProgram(torch.autograd.Function):
     def forward(ctx, spec: FusedSpec, values: torch.Tensor):
         from ..kernels.phase_program import phase_coefficients, phase_program_forward
 
-        turns, rest = phase_coefficients(values.detach(), spec.mixing, spec.doubled_patterns.shape[0])
+        turns, rest = phase_coefficients(values, spec.mixing, spec.doubled_patterns.shape[0])  # detaches them
         out = phase_program_forward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard, spec.factor)
         ctx.spec = spec
         ctx.values_dtype = values.dtype

@@ -27,13 +27,21 @@ def reduced(p):
 
 
 @triton.jit
-def fast_cos(p):
-    return libdevice.fast_cosf(reduced(p))
+def cosine(p, FAST: tl.constexpr):
+    """cos p: approximate after the reduction (FAST), else the library's."""
+    if FAST:
+        return libdevice.fast_cosf(reduced(p))
+    else:
+        return tl.cos(p)
 
 
 @triton.jit
-def fast_sin(p):
-    return libdevice.fast_sinf(reduced(p))
+def sine(p, FAST: tl.constexpr):
+    """sin p: approximate after the reduction (FAST), else the library's."""
+    if FAST:
+        return libdevice.fast_sinf(reduced(p))
+    else:
+        return tl.sin(p)
 
 
 @triton.jit

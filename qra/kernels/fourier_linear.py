@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._trig import fast_cos, fast_sin, hardware_trig
+from ._trig import cosine, hardware_trig, sine
 from ._util import mask_arguments, mask_bytes, pow2, splits
 from .linear import _guard, _split_dot
 
@@ -59,21 +59,6 @@ BACKWARD_LAUNCH = Launch(block=32, warps=8)
 APPROXIMATE_TRIG = True
 #: copies of the weight-gradient buffers that the backward programs' atomics are spread over
 WEIGHT_GRAD_SLOTS = 32
-
-@triton.jit
-def _cos(p, FAST: tl.constexpr):
-    if FAST:
-        return fast_cos(p)
-    else:
-        return tl.cos(p)
-
-
-@triton.jit
-def _sin(p, FAST: tl.constexpr):
-    if FAST:
-        return fast_sin(p)
-    else:
-        return tl.sin(p)
 
 
 @triton.jit
@@ -117,7 +102,7 @@ def _load_weight(W, B, D, F, BD: tl.constexpr, BF: tl.constexpr):
 @triton.jit
 def _grad_map(x, dfeat, p, wt, dwt_acc, db_acc, scale, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
     """dp = −scale·sin(p)·dφ; returns dx = dp·W and the updated dWᵀ, db accumulators."""
-    dp = -scale * _sin(p, FAST) * dfeat
+    dp = -scale * sine(p, FAST) * dfeat
     dx = tl.dot(dp, tl.trans(wt), input_precision=PREC)
     dwt_acc = dwt_acc + _split_dot(tl.trans(x), dp, LOWP, PREC)
     db_acc = db_acc + tl.sum(dp, axis=0)
@@ -170,7 +155,7 @@ def _state_kernel(
             keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=offs_n < N, other=0) != 0)
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        fk = scale * _cos(_angles(k, w_hi, w_lo, bias, LOWP, PREC), FAST)
+        fk = scale * cosine(_angles(k, w_hi, w_lo, bias, LOWP, PREC), FAST)
         fk = tl.where(keep[:, None] & fmask[None, :], fk, 0.0).to(K.dtype.element_ty)
         acc = tl.dot(tl.trans(fk), v, acc, input_precision=PREC)
         zacc += tl.sum(fk.to(tl.float32), axis=0)
@@ -209,7 +194,7 @@ def _out_kernel(
         offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
-        fq = scale * _cos(_angles(q, w_hi, w_lo, bias, LOWP, PREC), FAST)
+        fq = scale * cosine(_angles(q, w_hi, w_lo, bias, LOWP, PREC), FAST)
         fq = tl.where(fmask[None, :], fq, 0.0).to(Q.dtype.element_ty)
         num = _split_dot(fq, state, LOWP, PREC)
         den = _guard(tl.sum(fq.to(tl.float32) * z[None, :], axis=1), eps)
@@ -256,7 +241,7 @@ def _bwd_q_kernel(
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
         g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(Q.dtype.element_ty)
         p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
-        fq = tl.where(nmask[:, None] & fmask[None, :], scale * _cos(p, FAST), 0.0).to(Q.dtype.element_ty)
+        fq = tl.where(nmask[:, None] & fmask[None, :], scale * cosine(p, FAST), 0.0).to(Q.dtype.element_ty)
         fq32 = fq.to(tl.float32)
         gs = _split_dot(g, state_t, LOWP, PREC)  # g Sᵀ [BN, BF]
         den = tl.sum(fq32 * z[None, :], axis=1)
@@ -319,7 +304,7 @@ def _bwd_k_kernel(
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
         p = _angles(k, w_hi, w_lo, bias, LOWP, PREC)
         live = keep[:, None] & fmask[None, :]
-        fk = tl.where(live, scale * _cos(p, FAST), 0.0).to(K.dtype.element_ty)
+        fk = tl.where(live, scale * cosine(p, FAST), 0.0).to(K.dtype.element_ty)
         dfk = tl.where(live, _split_dot(v, tl.trans(ds), LOWP, PREC) + dz[None, :], 0.0)
         dv = _split_dot(fk, ds, LOWP, PREC)
         dk, dwt_acc, db_acc = _grad_map(k, dfk, p, wt, dwt_acc, db_acc, scale, LOWP, PREC, FAST)
