@@ -81,7 +81,7 @@ def test_a_circuit_map_takes_the_fidelity_kernel_by_default_and_agrees(dtype):
 
 def test_recomputed_states_on_the_circuit_kernels_give_the_same_gradients():
     """recompute_states with the fused circuit and fidelity kernels: the same outputs and gradients as keeping
-    the states (the backward runs the circuit kernels' forward again under torch.utils.checkpoint)."""
+    the states (the circuit's backward kernel forms the states again from the phase coefficients)."""
     pytest.importorskip("qra_pennylane")
     q, k, v, keep = inputs(torch.bfloat16)
     results = []

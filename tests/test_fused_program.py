@@ -171,6 +171,63 @@ def test_the_backward_in_chunks_and_under_tf32_gives_the_same_gradients(num_qubi
 
 
 @requires_gpu
+@pytest.mark.parametrize("num_qubits", [4, 6, 8])
+def test_the_backward_without_saved_states_and_into_slot_values_gives_the_same_gradients(num_qubits, monkeypatch):
+    """States formed again inside the backward kernel (``out=None``) give the gradient the saved states give, and
+    the slot values' gradient formed chunk by chunk (``mixing``) equals mixing @ ∂L/∂c, in the values' dtype."""
+    from qra.kernels import phase_program
+
+    batch = 1000
+    gates, _ = phase_circuit(num_qubits, 3, np.random.default_rng(7 * num_qubits), batch, scale=40.0)
+    program, values = program_for(gates, num_qubits, torch.complex64, torch.device("cuda"))
+    spec = fused_spec(program)
+    matrix = torch.stack([v.expand(batch) for v in values], dim=1).cuda()
+    turns, rest = phase_program.phase_coefficients(matrix, spec.mixing, spec.doubled_patterns.shape[0])
+    args = (turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard, spec.factor)
+    out = phase_program.phase_program_forward(*args)
+    grad = torch.randn(out.shape, dtype=out.dtype, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    kept = phase_program.phase_program_backward(*args, out, grad)
+    formed_again = phase_program.phase_program_backward(*args, None, grad)
+    assert (formed_again - kept).abs().max() <= 1e-5 * kept.abs().max()
+    expected = (spec.mixing.double() @ kept.double().reshape(spec.mixing.shape[1], -1))
+    monkeypatch.setattr(phase_program, "GRADIENT_CHUNK_BYTES", 4 * 3 * 2**num_qubits * 96)  # 96 rows a chunk
+    for states in (out, None):
+        slots = phase_program.phase_program_backward(*args, states, grad, spec.mixing, torch.float64)
+        assert slots.dtype == torch.float64 and slots.shape == (spec.mixing.shape[0], batch)
+        assert (slots - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+@requires_gpu
+@pytest.mark.parametrize("name", ["pennylane-zz", "pennylane-iqp"])
+def test_recompute_states_on_the_kernels_saves_no_state_and_gives_the_same_gradients(name):
+    """``recompute_states`` on the fused kernels: no checkpoint, nothing complex saved, the same results."""
+    pytest.importorskip("qra_pennylane")
+    from qra.featuremaps import get
+
+    x = torch.randn(2, 3, 70, 16, device="cuda") * 2
+    results = {}
+    for recompute in (False, True):
+        fm = get(name, d_in=16, qubits=6, engine="native", recompute_states=recompute).cuda()
+        inputs = x.clone().requires_grad_()
+        saved: list[torch.Tensor] = []
+
+        def keep(tensor: torch.Tensor, saved: list[torch.Tensor] = saved) -> torch.Tensor:
+            saved.append(tensor)
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+            states = fm(inputs)
+        (states.real.sin().sum() + states.imag.square().sum()).backward()
+        results[recompute] = (states.detach(), inputs.grad, fm.encoder.weight.grad)
+        assert any(t.is_complex() for t in saved) is not recompute
+    assert fm._program_recomputing_states(x, torch.complex64) is not None
+    (states_a, *grads_a), (states_b, *grads_b) = results.values()
+    torch.testing.assert_close(states_b, states_a, rtol=0, atol=0)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+@requires_gpu
 @pytest.mark.parametrize(("num_qubits", "reps", "batch"), [(4, 1, 1), (6, 2, 300), (8, 3, 1000), (8, 5, 77)])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_the_coefficient_kernel_splits_as_the_pytorch_statement_does(num_qubits, reps, batch, transposed):
@@ -272,9 +329,9 @@ def test_other_programs_stay_on_the_pytorch_engine_and_fused_refuses_them(monkey
 def test_kernel_memory_grows_with_the_states_not_with_the_layers(reps):
     """Forward + backward keeps the output and its gradient (2·B·2^n·8 bytes) plus [layers·K, B] coefficients.
 
-    Per coefficient column and input: 6 bytes saved (n float16, r float32), 4 for its gradient, and the
-    slot values' gradient (as many slots as columns here) in float32 and once more in their dtype; and the
-    backward's fixed buffer of phase gradients (``GRADIENT_CHUNK_BYTES``), whatever the layers and rows.
+    Per coefficient column and input: 6 bytes saved (n float16, r float32) and the slot values' gradient
+    (as many slots as columns here, float32); and the backward's buffers for a chunk of rows (phase
+    gradients, ``GRADIENT_CHUNK_BYTES``, and their coefficient and slot gradients), whatever the layers and rows.
     """
     from qra.kernels.phase_program import GRADIENT_CHUNK_BYTES
 
@@ -292,7 +349,7 @@ def test_kernel_memory_grows_with_the_states_not_with_the_layers(reps):
     torch.cuda.synchronize()
     state_bytes = batch * 2**n * 8
     columns = reps * 48 * batch  # 36 terms padded to 48 columns a layer
-    bound = 2.2 * state_bytes + (6 + 4 + 4 + 4) * columns + GRADIENT_CHUNK_BYTES
+    bound = 2.2 * state_bytes + (6 + 4) * columns + 1.5 * GRADIENT_CHUNK_BYTES
     assert torch.cuda.max_memory_allocated() - base <= bound
 
 
@@ -325,6 +382,22 @@ def test_slot_values_give_the_states_and_gradients_of_the_gate_list(name, option
     fm = get(name, d_in=4, qubits=4, engine="native", projection="identity", **options)
     x = torch.rand(2, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 6
     assert_slot_values_match_the_gate_list(fm, x)
+
+
+def test_pair_products_are_the_products_of_angle_rows_and_keep_only_the_rows():
+    from qra.featuremaps.slot_ops import pair_products
+
+    rows = torch.randn(5, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    first, second = torch.tensor([0, 1, 3, 4, 2]), torch.tensor([2, 4, 1, 0, 2])  # repeated qubits, a self-pair
+    leaf = rows.clone().requires_grad_()
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        theta = pair_products(leaf, first, second, shift=math.pi, scale=2.0)
+    torch.testing.assert_close(theta, 2 * (math.pi - rows[first]) * (math.pi - rows[second]), rtol=1e-15, atol=0)
+    assert sum(t.numel() for t in saved if t.is_floating_point()) == rows.numel()
+    assert torch.autograd.gradcheck(lambda r: pair_products(r, first, second, 0.7, -1.5), (leaf,))
+    with pytest.raises(ValueError, match="rows \\[qubits, batch\\]"):
+        pair_products(rows[0], first, second)
 
 
 def test_run_program_takes_the_slot_values_as_one_matrix():

@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .base import FeatureMap, compute_dtype
 from .compiler import program_for, run_program
+from .fused_program import fused_spec
 from .statevector import Gate, check_memory, format_bytes, simulate
 
 PROJECTIONS = ("identity", "random", "learned")
@@ -100,12 +101,13 @@ class CircuitFeatureMap(FeatureMap):
     gamma:
         The Gaussian projected kernel's bandwidth γ > 0.
     recompute_states:
-        Keep nothing of the simulation for the backward pass: the states (``features="state"``) are
-        simulated again there from the inputs (activation checkpointing, ``torch.utils.checkpoint``).
-        What a training step keeps per input then drops by its 2^q amplitudes and what the engine keeps
-        of the gate parameters (at B = 32, N = 512, 12 heads, 6 qubits on the fused kernels: about 350 MB
-        per patched layer, queries and keys: states and split phase coefficients), for one more simulation
-        per backward.  Off by default; measured in ``results/bench/train-round7.json``.
+        Do not keep the states for the backward pass.  On the fused circuit kernels (phase–Hadamard
+        programs such as ZZ and IQP, complex64, CUDA) the backward kernel forms them again in registers
+        from the phase coefficients it keeps (6 bytes a column and input, against 2^q·8 bytes for a
+        state): one more forward pass inside the backward kernel.  On every other engine the states
+        (``features="state"``) are simulated again from the inputs (activation checkpointing,
+        ``torch.utils.checkpoint``), which keeps nothing of the simulation.  Off by default; measured
+        in ``results/bench/train-round8.json``.
 
     States are complex128 for float64 inputs and complex64 otherwise, in Qiskit's little-endian
     basis order (qubit k is bit k of the index).  Angles are computed in float64 whatever the
@@ -336,11 +338,36 @@ class CircuitFeatureMap(FeatureMap):
         """|ψ(x)⟩ as a complex tensor ``[..., 2^qubits]`` in Qiskit's little-endian order."""
         dtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
         if self.recompute_states and torch.is_grad_enabled():
+            if (program := self._program_recomputing_states(x, dtype)) is not None:
+                angles = self.angles(x)
+                flat = angles.reshape(-1, angles.shape[-1])
+                states = run_program(program, self.slot_values(flat), flat.shape[0], keep_states=False)
+                return states.reshape(*angles.shape[:-1], 2**self.qubits)
             return checkpoint(self._simulated_states, x, dtype, use_reentrant=False)
         return self._simulated_states(x, dtype)
 
     def _simulated_states(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return self.simulate(self.angles(x), dtype)
+
+    def _program_recomputing_states(self, x: torch.Tensor, dtype: torch.dtype):
+        """The compiled program when it runs on the fused kernels, whose backward forms the states again itself.
+
+        Then ``recompute_states`` needs no checkpoint: the kernels keep the phase coefficients (6 bytes a
+        column and input), not the states, and the backward repeats neither the map's angles and gate
+        parameters nor their autograd graph.  None: checkpoint.  Decided once per dtype and device, from
+        three rows, for the native engine's batched gate parameters (:meth:`slot_values`).
+        """
+        if self.engine != "native" or x.numel() == 0:
+            return None
+        programs = self.__dict__.setdefault("_recompute_programs", {})
+        key = (dtype, str(x.device))
+        if key not in programs:
+            with torch.no_grad():
+                probe = self.angles(x.reshape(-1, x.shape[-1])[:3])
+                values = self.slot_values(probe)
+                programs[key] = None if values is None else self._checked_program(probe, values, dtype)
+        program = programs[key]
+        return program if program is not None and fused_spec(program) is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.projected and self.projected_kernel == "trace":  # (φ/√2, √(q/2)): dot = Σ_k Tr(ρ_k ρ'_k)

@@ -737,22 +737,24 @@ class _RunProgram(torch.autograd.Function):
 
 def run_program(program: Program, values: Sequence[torch.Tensor] | torch.Tensor, batch: int,
                 initial: torch.Tensor | None = None, max_batch: int | None = None,
-                implementation: str = "auto") -> torch.Tensor:  # fmt: skip
+                implementation: str = "auto", keep_states: bool = True) -> torch.Tensor:  # fmt: skip
     """Run ``program`` on ``batch`` inputs: ``values`` are [batch] or 0-d tensors, or their columns as one
     ``[batch, S]`` tensor (a map's ``slot_values``); ``initial`` is [batch, 2^n].
 
     Phase–Hadamard programs (ZZ, IQP, …) run on the fused Triton kernels where they can
     (:mod:`qra.featuremaps.fused_program`; ``implementation`` ``auto``/``pytorch``/``fused``); their
-    memory is the output states alone, so ``max_batch`` does not apply to them.
+    memory is the output states alone, so ``max_batch`` does not apply to them, and with
+    ``keep_states=False`` their backward forms the states again instead of keeping them (the PyTorch
+    engine ignores it: :class:`~qra.featuremaps.circuit.CircuitFeatureMap` checkpoints there).
     """
     from .fused_program import fused_spec, run_fused
 
     spec = fused_spec(program, implementation, has_initial=initial is not None)
     if spec is not None:
         if isinstance(values, torch.Tensor):
-            return run_fused(spec, values)
+            return run_fused(spec, values, keep_states)
         rows = [v.expand(batch) for v in values] or [torch.zeros(batch, device=program.device)]  # no slots: a dummy
-        return run_fused(spec, torch.stack(rows).T)
+        return run_fused(spec, torch.stack(rows).T, keep_states)
     if isinstance(values, torch.Tensor):
         values = values.unbind(1)
     chunk = max_batch if max_batch is not None else auto_max_batch(program.num_qubits, program.dtype, program.device)

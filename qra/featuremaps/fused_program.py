@@ -183,32 +183,35 @@ def coefficients_reference(spec: FusedSpec, values: torch.Tensor) -> tuple[torch
 
 class _FusedProgram(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec: FusedSpec, values: torch.Tensor):
+    def forward(ctx, spec: FusedSpec, values: torch.Tensor, keep_states: bool):
         from ..kernels.phase_program import phase_coefficients, phase_program_forward
 
         turns, rest = phase_coefficients(values, spec.mixing, spec.doubled_patterns.shape[0])  # detaches them
         out = phase_program_forward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard, spec.factor)
         ctx.spec = spec
         ctx.values_dtype = values.dtype
-        # the split coefficients (6 bytes a column), not the slot values (8 a slot, and the split again in backward)
-        ctx.save_for_backward(out, turns, rest)
+        # the split coefficients (6 bytes a column), not the slot values (8 a slot, and the split again in backward);
+        # without the states the backward kernel forms them again from the coefficients
+        ctx.save_for_backward(out if keep_states else None, turns, rest)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        from ..kernels.phase_program import exact_fp32_products, phase_program_backward
+        from ..kernels.phase_program import phase_program_backward
 
         spec = ctx.spec
         out, turns, rest = ctx.saved_tensors
         grad = grad.to(torch.complex64).resolve_conj()
-        grad_coefficients = phase_program_backward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard,
-                                                   spec.factor, out, grad)  # fmt: skip
-        with exact_fp32_products():
-            grad_values = torch.mm(spec.mixing.to(torch.float32), grad_coefficients.view(spec.mixing.shape[1], -1))
-        return None, grad_values.T.to(ctx.values_dtype)
+        grad_values = phase_program_backward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard,
+                                             spec.factor, out, grad, spec.mixing, ctx.values_dtype)  # fmt: skip
+        return None, grad_values.T, None
 
 
-def run_fused(spec: FusedSpec, values: torch.Tensor) -> torch.Tensor:
-    """The program's states complex64 ``[B, 2^n]`` from the kernels, differentiable in ``values`` ``[B, S]``."""
-    return _FusedProgram.apply(spec, values)
+def run_fused(spec: FusedSpec, values: torch.Tensor, keep_states: bool = True) -> torch.Tensor:
+    """The program's states complex64 ``[B, 2^n]`` from the kernels, differentiable in ``values`` ``[B, S]``.
+
+    ``keep_states=False``: the backward forms the states again inside its kernel from the saved phase
+    coefficients (6 bytes a column and input) instead of keeping them (2^n·8 bytes an input).
+    """
+    return _FusedProgram.apply(spec, values, keep_states)

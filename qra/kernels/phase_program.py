@@ -116,12 +116,10 @@ def _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer,
 
 
 @triton.jit
-def _forward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, batch, norm,
-                    LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr,
-                    H_SIZE: tl.constexpr, BLOCK_B: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # 64-bit: B·2^(n+1) may pass 2^31
-    row_mask = rows < batch
-    h = _load_hadamard(h_ptr, H_SIZE)
+def _final_state(turns_ptr, rest_ptr, q_ptr, const_ptr, h, rows, row_mask, batch, norm,
+                 LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr,
+                 BLOCK_B: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    """The program's output state (re, im) for a block of rows, in registers."""
     phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, 0, K, DIM, BLOCK_B)
     cos, sin = cos_sin(phi, FAST)
     re = cos * norm  # D_1 |+⟩
@@ -132,6 +130,18 @@ def _forward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, batch
         phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer, K, DIM, BLOCK_B)
         cos, sin = cos_sin(phi, FAST)
         re, im = re * cos - im * sin, re * sin + im * cos
+    return re, im
+
+
+@triton.jit
+def _forward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, batch, norm,
+                    LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr,
+                    H_SIZE: tl.constexpr, BLOCK_B: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # 64-bit: B·2^(n+1) may pass 2^31
+    row_mask = rows < batch
+    h = _load_hadamard(h_ptr, H_SIZE)
+    re, im = _final_state(turns_ptr, rest_ptr, q_ptr, const_ptr, h, rows, row_mask, batch, norm,
+                          LAYERS, K, DIM, FACTOR, BLOCK_B, FAST)  # fmt: skip
     out = tl.reshape(tl.join(re, im), (BLOCK_B, 2 * DIM))  # complex64 as interleaved (re, im)
     offs = tl.arange(0, 2 * DIM)
     tl.store(out_ptr + rows[:, None] * (2 * DIM) + offs[None, :], out, mask=row_mask[:, None])
@@ -147,13 +157,21 @@ def _load_complex(ptr, rows, row_mask, BLOCK_B: tl.constexpr, DIM: tl.constexpr)
 @triton.jit
 def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad_ptr, dphi_ptr, batch, count, norm,
                      LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr,
-                     H_SIZE: tl.constexpr, BLOCK_B: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
-    """∂L/∂φ_l for ``count`` rows, written [L, count, 2^n]; coefficients strided by ``batch`` (the whole batch's)."""
+                     H_SIZE: tl.constexpr, BLOCK_B: tl.constexpr, FAST: tl.constexpr,
+                     RECOMPUTE: tl.constexpr):  # fmt: skip
+    """∂L/∂φ_l for ``count`` rows, written [L, count, 2^n]; coefficients strided by ``batch`` (the whole batch's).
+
+    ``RECOMPUTE``: the output states are formed again in registers from the coefficients (``out_ptr`` unused).
+    """
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # 64-bit: B·2^(n+1) may pass 2^31
     row_mask = rows < count
     h = _load_hadamard(h_ptr, H_SIZE)
     cols = tl.arange(0, DIM)
-    re, im = _load_complex(out_ptr, rows, row_mask, BLOCK_B, DIM)
+    if RECOMPUTE:
+        re, im = _final_state(turns_ptr, rest_ptr, q_ptr, const_ptr, h, rows, row_mask, batch, norm,
+                              LAYERS, K, DIM, FACTOR, BLOCK_B, FAST)  # fmt: skip
+    else:
+        re, im = _load_complex(out_ptr, rows, row_mask, BLOCK_B, DIM)
     g_re, g_im = _load_complex(grad_ptr, rows, row_mask, BLOCK_B, DIM)
     for step in tl.static_range(LAYERS):
         layer = LAYERS - 1 - step
@@ -229,9 +247,16 @@ GRADIENT_CHUNK_BYTES = 2**26
 
 
 def phase_program_backward(turns: torch.Tensor, rest: torch.Tensor, doubled_patterns: torch.Tensor,
-                           constants: torch.Tensor, hadamard: torch.Tensor, factor: int, out: torch.Tensor,
-                           grad: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """∂L/∂coefficients ``[L, K, B]`` from the forward's output states and their gradient (complex64).
+                           constants: torch.Tensor, hadamard: torch.Tensor, factor: int, out: torch.Tensor | None,
+                           grad: torch.Tensor, mixing: torch.Tensor | None = None,
+                           dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+    """∂L/∂coefficients ``[L, K, B]`` (or, given ``mixing``, ∂L/∂slot values) from the output states' gradient.
+
+    ``out``: the forward's output states (complex64), or None to have the kernel form them again from the
+    coefficients (one more forward pass in registers; nothing state-sized kept between forward and backward).
+    ``mixing`` ``[S, L·K]``: the program's slot weights (:func:`phase_coefficients`); then the result is
+    ∂L/∂values ``[S, B]`` in ``dtype``, formed chunk by chunk, so neither the coefficients' gradient nor a
+    float32 copy of the slot values' gradient exists for the whole batch.
 
     Chunks of rows: the kernel writes ∂L/∂φ_l ``[L, rows, 2^n]`` (fp32, at most ``GRADIENT_CHUNK_BYTES``, so
     memory does not grow with the layers) and cuBLAS multiplies it by the patterns in IEEE fp32 whatever the
@@ -243,22 +268,31 @@ def phase_program_backward(turns: torch.Tensor, rest: torch.Tensor, doubled_patt
     dim = doubled_patterns.shape[-1]
     block, warps = _launch_shape(dim)
     chunk = max(block, GRADIENT_CHUNK_BYTES // (4 * layers * dim) // block * block)
-    grad_coefficients = torch.empty_like(rest)
     dphi = torch.empty(layers * min(chunk, batch) * dim, dtype=torch.float32, device=rest.device)
-    out, grad = torch.view_as_real(out), torch.view_as_real(grad.contiguous())
+    grad = torch.view_as_real(grad.contiguous())
+    states = grad if out is None else torch.view_as_real(out)  # unread when the kernel recomputes them
+    if mixing is None:
+        result = grad_coefficients = torch.empty_like(rest)
+    else:
+        half_mixing = mixing.to(torch.float32) * 0.5  # ∂φ/∂c = pattern = doubled / 2, exact in the weights
+        grad_coefficients = torch.empty(layers, k, min(chunk, batch), dtype=torch.float32, device=rest.device)
+        result = torch.empty(mixing.shape[0], batch, dtype=dtype, device=rest.device)
     with exact_fp32_products():
         for start in range(0, batch, chunk):
             count = min(chunk, batch - start)
             _backward_kernel[(triton.cdiv(count, block),)](
-                turns[..., start:], rest[..., start:], doubled_patterns, constants, hadamard, out[start:],
+                turns[..., start:], rest[..., start:], doubled_patterns, constants, hadamard, states[start:],
                 grad[start:], dphi, batch, count, dim**-0.5,
                 LAYERS=layers, K=k, DIM=dim, FACTOR=factor, H_SIZE=hadamard.shape[0], BLOCK_B=block,
-                FAST=hardware_trig(), num_warps=warps,
+                FAST=hardware_trig(), RECOMPUTE=out is None, num_warps=warps,
             )  # fmt: skip
             phase_grads = dphi[: layers * count * dim].view(layers, count, dim)
-            # ∂φ/∂c = pattern = doubled / 2
-            torch.bmm(doubled_patterns, phase_grads.transpose(1, 2), out=grad_coefficients[..., start : start + count])
-    return grad_coefficients.mul_(0.5)
+            rows = slice(start, start + count)
+            coefficients = grad_coefficients[..., rows] if mixing is None else grad_coefficients[..., :count]
+            torch.bmm(doubled_patterns, phase_grads.transpose(1, 2), out=coefficients)
+            if mixing is not None:
+                result[:, rows] = torch.mm(half_mixing, coefficients.view(layers * k, count))
+    return result.mul_(0.5) if mixing is None else result
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import pennylane as qml
 import torch
 
 from qra.featuremaps.circuit import LEGACY_ENGINES, CircuitFeatureMap
+from qra.featuremaps.slot_ops import pair_products
 from qra.featuremaps.statevector import Gate
 
 ROTATIONS = ("X", "Y", "Z")
@@ -235,7 +236,7 @@ class PennyLaneZZ(RepeatedPennyLaneMap):
         """Per repetition: 2·x_k, then θ = 2(π−x_i)(π−x_j) and −θ/2 for each pair, as the template records them."""
         rows = angles.T.contiguous()  # [q, B]: slots as contiguous rows (see the base class)
         first, second = _pair_rows(tuple(entangled_pairs(self.qubits, self.entanglement)), angles.device)
-        theta = 2 * (math.pi - rows.index_select(0, first)) * (math.pi - rows.index_select(0, second))
+        theta = pair_products(rows, first, second, shift=math.pi, scale=2.0)  # keeps only the rows for backward
         once = torch.cat([2 * rows, torch.stack([theta, -theta / 2], dim=1).flatten(0, 1)])
         return once.repeat(self.reps, 1).T
 
@@ -283,7 +284,7 @@ class PennyLaneIQP(RepeatedPennyLaneMap):
         pairs = self.pattern if self.pattern is not None else combinations(range(self.qubits), 2)
         rows = angles.T.contiguous()  # [q, B]: slots as contiguous rows (see the base class)
         first, second = _pair_rows(tuple(tuple(pair) for pair in pairs), angles.device)
-        once = torch.cat([rows, rows.index_select(0, first) * rows.index_select(0, second)])
+        once = torch.cat([rows, pair_products(rows, first, second)])
         return once.repeat(self.reps, 1).T
 
     def template(self, angles: torch.Tensor, wires: list[int]) -> None:
