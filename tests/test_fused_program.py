@@ -228,6 +228,34 @@ def test_recompute_states_on_the_kernels_saves_no_state_and_gives_the_same_gradi
 
 
 @requires_gpu
+@pytest.mark.parametrize(("name", "options"),
+                         [("pennylane-zz", {"reps": 3}), ("pennylane-iqp", {"pattern": [[0, 3], [5, 1]]})])
+def test_slot_basis_on_the_kernels_gives_the_gate_lists_states_and_gradients(name, options):
+    """The expansion folded into the kernels' mixing matrix: states and input gradients as the complex128 gate list."""
+    pytest.importorskip("qra_pennylane")
+    from qra.featuremaps import get
+
+    fm = get(name, d_in=6, qubits=6, engine="native", projection="identity", **options).cuda()
+    x = torch.rand(2, 150, 6, device="cuda", generator=torch.Generator("cuda").manual_seed(0)) * 6
+    values, expansion = fm.slot_basis(fm.angles(x).reshape(-1, 6))
+    assert expansion.shape[0] > values.shape[1]  # fewer distinct values than gate parameters
+    weights = torch.randn(2, 150, 64, dtype=torch.complex128, device="cuda")
+    results = []
+    for through_kernels in (True, False):
+        leaf = x.clone().requires_grad_()
+        if through_kernels:
+            states = fm.states(leaf).to(torch.complex128)
+        else:
+            angles = fm.angles(leaf).reshape(-1, 6)
+            states = simulate(fm.gates(angles), 6, dtype=torch.complex128, implementation="pytorch").reshape(2, 150, -1)
+        loss = (states * weights).real.sum() + states.abs().square()[..., :5].sum()
+        results.append((states.detach(), torch.autograd.grad(loss, leaf)[0]))
+    (ours, our_grad), (exact, exact_grad) = results
+    assert (ours - exact).abs().max() <= 1e-5
+    assert (our_grad - exact_grad).abs().max() <= 2e-4 * (exact_grad.abs().max() + 1)
+
+
+@requires_gpu
 @pytest.mark.parametrize(("num_qubits", "reps", "batch"), [(4, 1, 1), (6, 2, 300), (8, 3, 1000), (8, 5, 77)])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_the_coefficient_kernel_splits_as_the_pytorch_statement_does(num_qubits, reps, batch, transposed):
@@ -400,6 +428,18 @@ def test_pair_products_are_the_products_of_angle_rows_and_keep_only_the_rows():
         pair_products(rows[0], first, second)
 
 
+def test_an_expansion_that_does_not_fit_the_program_is_refused():
+    from qra.featuremaps.fused_program import _build_spec, run_fused
+
+    gates, _ = phase_circuit(4, 2, np.random.default_rng(0), 5)
+    program, _ = program_for(gates, 4, torch.complex64, torch.device("cpu"))
+    spec = _build_spec(program)
+    slots = spec.mixing.shape[0]
+    values, wrong = torch.zeros(5, 3, dtype=torch.float64), torch.zeros(slots + 1, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"to the program's {slots} slots"):
+        run_fused(spec, values, expansion=wrong)
+
+
 def test_run_program_takes_the_slot_values_as_one_matrix():
     """A map's ``[B, S]`` slot values (here the transpose of ``[S, B]`` rows, as the maps build them) run the
     program as the list of their columns does, gradients included."""
@@ -425,6 +465,11 @@ def test_slot_values_that_disagree_with_the_gates_are_refused():
     from qra.featuremaps import get
 
     fm = get("pennylane-zz", d_in=4, qubits=4, engine="native", projection="identity")
+    fm.slot_basis = lambda angles: (angles.T.contiguous().T, torch.ones(32, 4, dtype=torch.float64))  # a wrong one
+    with pytest.raises(RuntimeError, match="slot_values\\(\\) disagrees with the parameters of its gates"):
+        fm.states(torch.rand(3, 4))
+    fm = get("pennylane-zz", d_in=4, qubits=4, engine="native", projection="identity")
+    fm.slot_basis = lambda angles: None
     fm.slot_values = lambda angles: torch.zeros(angles.shape[0], 40, dtype=angles.dtype)  # a wrong formula
     with pytest.raises(RuntimeError, match="slot_values\\(\\) disagrees with the parameters of its gates"):
         fm.states(torch.rand(3, 4))

@@ -285,16 +285,39 @@ class CircuitFeatureMap(FeatureMap):
                                "'framework' for states")  # fmt: skip
         if self.engine == "framework":
             return self.framework_states(angles, dtype)
-        flat = angles.reshape(-1, angles.shape[-1])
-        values = self.slot_values(flat)
-        if values is not None:  # the gate parameters in a few batched ops, on the circuit compiled once
-            check_memory(self.qubits, flat.shape[0], dtype, angles.device)
-            program = self._checked_program(flat, values, dtype)
-            states = run_program(program, values, flat.shape[0])
-            return states.reshape(*angles.shape[:-1], 2**self.qubits)
+        batched = self._batched_states(angles, dtype)
+        if batched is not None:
+            return batched
         return simulate(
             self.gates(angles), self.qubits, dtype=dtype, device=angles.device, batch_shape=angles.shape[:-1]
         )
+
+    def _batched_states(self, angles: torch.Tensor, dtype: torch.dtype,
+                        keep_states: bool = True) -> torch.Tensor | None:  # fmt: skip
+        """States from the gate parameters in a few batched ops (:meth:`slot_basis` or :meth:`slot_values`) on
+        the circuit compiled once; None when the map gives neither.  ``keep_states``: see ``run_program``."""
+        flat = angles.reshape(-1, angles.shape[-1])
+        basis = self.slot_basis(flat)
+        values, expansion = basis if basis is not None else (self.slot_values(flat), None)
+        if values is None:
+            return None
+        check_memory(self.qubits, flat.shape[0], dtype, angles.device)
+        probe = values[:3] if expansion is None else values[:3] @ expansion.T
+        program = self._checked_program(flat, probe, dtype)
+        states = run_program(program, values, flat.shape[0], keep_states=keep_states, expansion=expansion)
+        return states.reshape(*angles.shape[:-1], 2**self.qubits)
+
+    def slot_basis(self, angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The gate parameters as a few distinct values and a fixed expansion, or None (the default).
+
+        ``(values [B, S'], expansion [S, S'])`` with :meth:`slot_values` ``= values @ expansion.T``:
+        where a circuit repeats its parameters (``reps``) or uses one value twice (a ZZ map's θ and the
+        global phase −θ/2), the engine folds the expansion into its fixed mixing matrix, so the
+        batch's values (float64), their gradient and the ops that build them shrink by S/S' (3.6×
+        for the 8-qubit ZZ map: 36 distinct values of 128 gate parameters).  ``expansion`` float64 on
+        the angles' device; ``values`` best as the transpose of a contiguous ``[S', B]`` tensor.
+        """
+        return None
 
     def slot_values(self, angles: torch.Tensor) -> torch.Tensor | None:
         """The circuit's gate parameters for angles ``[B, num_angles]`` as one tensor ``[B, S]``, or None.
@@ -307,9 +330,11 @@ class CircuitFeatureMap(FeatureMap):
         the gate list costs a few tensor ops per gate (and as many autograd nodes), which at 6–8 qubits
         takes longer than simulating 196,608 circuits.  The circuit itself still comes from :meth:`gates`,
         recorded once per dtype and device, and the first call checks these values against its
-        parameters.  None (the default): the engine takes the parameters from :meth:`gates` every call.
+        parameters.  The default: ``values @ expansion.T`` from :meth:`slot_basis` when the map gives one,
+        else None (the engine takes the parameters from :meth:`gates` every call).
         """
-        return None
+        basis = self.slot_basis(angles)
+        return None if basis is None else basis[0] @ basis[1].T
 
     def _checked_program(self, angles: torch.Tensor, values: torch.Tensor, dtype: torch.dtype):
         """The compiled program of :meth:`gates` (recorded on a few rows), once :meth:`slot_values` matches it."""
@@ -324,7 +349,8 @@ class CircuitFeatureMap(FeatureMap):
             if expected is None or expected.shape != found.shape or not torch.allclose(
                     found.double(), expected.double(), rtol=1e-6, atol=1e-6):  # fmt: skip
                 raise RuntimeError(
-                    f"{type(self).__name__}.slot_values() disagrees with the parameters of its gates(): "
+                    f"{type(self).__name__}.slot_values() disagrees with the parameters of its gates() (where the map "
+                    "gives slot_basis(), its values times their expansion are checked): "
                     f"{None if expected is None else tuple(expected.shape)} expected, {tuple(found.shape)} found"
                 )
             cache[key] = program
@@ -338,27 +364,24 @@ class CircuitFeatureMap(FeatureMap):
         """|ψ(x)⟩ as a complex tensor ``[..., 2^qubits]`` in Qiskit's little-endian order."""
         dtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
         if self.recompute_states and torch.is_grad_enabled():
-            if (program := self._program_recomputing_states(x, dtype)) is not None:
-                angles = self.angles(x)
-                flat = angles.reshape(-1, angles.shape[-1])
-                states = run_program(program, self.slot_values(flat), flat.shape[0], keep_states=False)
-                return states.reshape(*angles.shape[:-1], 2**self.qubits)
+            if self._kernels_recompute_states(x, dtype):
+                return self._batched_states(self.angles(x), dtype, keep_states=False)
             return checkpoint(self._simulated_states, x, dtype, use_reentrant=False)
         return self._simulated_states(x, dtype)
 
     def _simulated_states(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return self.simulate(self.angles(x), dtype)
 
-    def _program_recomputing_states(self, x: torch.Tensor, dtype: torch.dtype):
-        """The compiled program when it runs on the fused kernels, whose backward forms the states again itself.
+    def _kernels_recompute_states(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
+        """Whether the circuit runs on the fused kernels, whose backward forms the states again by itself.
 
         Then ``recompute_states`` needs no checkpoint: the kernels keep the phase coefficients (6 bytes a
         column and input), not the states, and the backward repeats neither the map's angles and gate
-        parameters nor their autograd graph.  None: checkpoint.  Decided once per dtype and device, from
-        three rows, for the native engine's batched gate parameters (:meth:`slot_values`).
+        parameters nor their autograd graph.  False: checkpoint.  The program is found once per dtype and
+        device, from three rows, for the native engine's batched gate parameters (:meth:`slot_values`).
         """
         if self.engine != "native" or x.numel() == 0:
-            return None
+            return False
         programs = self.__dict__.setdefault("_recompute_programs", {})
         key = (dtype, str(x.device))
         if key not in programs:
@@ -366,8 +389,7 @@ class CircuitFeatureMap(FeatureMap):
                 probe = self.angles(x.reshape(-1, x.shape[-1])[:3])
                 values = self.slot_values(probe)
                 programs[key] = None if values is None else self._checked_program(probe, values, dtype)
-        program = programs[key]
-        return program if program is not None and fused_spec(program) is not None else None
+        return programs[key] is not None and fused_spec(programs[key]) is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.projected and self.projected_kernel == "trace":  # (φ/√2, √(q/2)): dot = Σ_k Tr(ρ_k ρ'_k)

@@ -737,9 +737,12 @@ class _RunProgram(torch.autograd.Function):
 
 def run_program(program: Program, values: Sequence[torch.Tensor] | torch.Tensor, batch: int,
                 initial: torch.Tensor | None = None, max_batch: int | None = None,
-                implementation: str = "auto", keep_states: bool = True) -> torch.Tensor:  # fmt: skip
+                implementation: str = "auto", keep_states: bool = True,
+                expansion: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Run ``program`` on ``batch`` inputs: ``values`` are [batch] or 0-d tensors, or their columns as one
-    ``[batch, S]`` tensor (a map's ``slot_values``); ``initial`` is [batch, 2^n].
+    ``[batch, S]`` tensor (a map's ``slot_values``); ``initial`` is [batch, 2^n].  With ``expansion``
+    ``[S, S']`` (a map's ``slot_basis``), ``values`` ``[batch, S']`` stand for ``values @ expansion.T``;
+    the fused kernels fold the expansion into their mixing matrix instead of forming that product.
 
     Phase–Hadamard programs (ZZ, IQP, …) run on the fused Triton kernels where they can
     (:mod:`qra.featuremaps.fused_program`; ``implementation`` ``auto``/``pytorch``/``fused``); their
@@ -752,11 +755,11 @@ def run_program(program: Program, values: Sequence[torch.Tensor] | torch.Tensor,
     spec = fused_spec(program, implementation, has_initial=initial is not None)
     if spec is not None:
         if isinstance(values, torch.Tensor):
-            return run_fused(spec, values, keep_states)
+            return run_fused(spec, values, keep_states, expansion)
         rows = [v.expand(batch) for v in values] or [torch.zeros(batch, device=program.device)]  # no slots: a dummy
         return run_fused(spec, torch.stack(rows).T, keep_states)
     if isinstance(values, torch.Tensor):
-        values = values.unbind(1)
+        values = (values if expansion is None else values @ expansion.T).unbind(1)
     chunk = max_batch if max_batch is not None else auto_max_batch(program.num_qubits, program.dtype, program.device)
     return _RunProgram.apply(program, batch, max(1, int(chunk)), initial, *values)
 

@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -208,10 +208,18 @@ class _FusedProgram(torch.autograd.Function):
         return None, grad_values.T, None
 
 
-def run_fused(spec: FusedSpec, values: torch.Tensor, keep_states: bool = True) -> torch.Tensor:
+def run_fused(spec: FusedSpec, values: torch.Tensor, keep_states: bool = True,
+              expansion: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """The program's states complex64 ``[B, 2^n]`` from the kernels, differentiable in ``values`` ``[B, S]``.
 
     ``keep_states=False``: the backward forms the states again inside its kernel from the saved phase
     coefficients (6 bytes a column and input) instead of keeping them (2^n·8 bytes an input).
+    ``expansion`` ``[S, S']``: ``values`` are ``[B, S']`` and the slot values ``values @ expansion.T``;
+    the expansion is folded into the mixing matrix (coefficients = values @ (expansionᵀ·mixing)).
     """
+    if expansion is not None:
+        if expansion.shape != (spec.mixing.shape[0], values.shape[1]):
+            raise ValueError(f"expansion {tuple(expansion.shape)} does not take values {tuple(values.shape)} to the "
+                             f"program's {spec.mixing.shape[0]} slots")  # fmt: skip
+        spec = replace(spec, mixing=expansion.T.to(spec.mixing) @ spec.mixing)
     return _FusedProgram.apply(spec, values, keep_states)

@@ -64,6 +64,19 @@ def _pair_rows(pairs: tuple[tuple[int, int], ...], device: torch.device) -> tupl
     return index[:, 0].contiguous(), index[:, 1].contiguous()
 
 
+@lru_cache(maxsize=64)
+def _expansion(once: tuple[tuple[int, float], ...], reps: int, device: torch.device) -> torch.Tensor:
+    """The ``[S, S']`` float64 matrix taking a map's distinct values to its gate parameters (``slot_basis``).
+
+    ``once``: for each gate parameter of one repetition, (the distinct value it takes, its weight);
+    the template repeats those ``reps`` times.  Made once per map shape and device."""
+    width = 1 + max((column for column, _ in once), default=-1)
+    rows = torch.zeros(len(once), width, dtype=torch.float64)
+    for row, (column, weight) in enumerate(once):
+        rows[row, column] = weight
+    return rows.repeat(reps, 1).to(device)
+
+
 @lru_cache(maxsize=32)
 def _device(name: str, qubits: int) -> qml.devices.Device:
     return qml.device(name, wires=qubits)
@@ -232,13 +245,15 @@ class PennyLaneZZ(RepeatedPennyLaneMap):
             raise ValueError(f"unknown entanglement {entanglement!r}; accepted: {', '.join(ENTANGLEMENTS)}")
         self.entanglement = entanglement
 
-    def slot_values(self, angles: torch.Tensor) -> torch.Tensor:
-        """Per repetition: 2·x_k, then θ = 2(π−x_i)(π−x_j) and −θ/2 for each pair, as the template records them."""
-        rows = angles.T.contiguous()  # [q, B]: slots as contiguous rows (see the base class)
-        first, second = _pair_rows(tuple(entangled_pairs(self.qubits, self.entanglement)), angles.device)
+    def slot_basis(self, angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """2·x_k and θ = 2(π−x_i)(π−x_j) per pair; the template records, per repetition, 2·x_k, then θ and −θ/2."""
+        pairs = tuple(entangled_pairs(self.qubits, self.entanglement))
+        rows = angles.T.contiguous()  # [q, B]: values as contiguous rows (see the base class)
+        first, second = _pair_rows(pairs, angles.device)
         theta = pair_products(rows, first, second, shift=math.pi, scale=2.0)  # keeps only the rows for backward
-        once = torch.cat([2 * rows, torch.stack([theta, -theta / 2], dim=1).flatten(0, 1)])
-        return once.repeat(self.reps, 1).T
+        once = [(k, 1.0) for k in range(self.qubits)]
+        once += [(self.qubits + p, weight) for p in range(len(pairs)) for weight in (1.0, -0.5)]
+        return torch.cat([2 * rows, theta]).T, _expansion(tuple(once), self.reps, angles.device)
 
     def template(self, angles: torch.Tensor, wires: list[int]) -> None:
         n = len(wires)
@@ -279,13 +294,15 @@ class PennyLaneIQP(RepeatedPennyLaneMap):
             pairs.append([int(pair[0]), int(pair[1])])
         return pairs
 
-    def slot_values(self, angles: torch.Tensor) -> torch.Tensor:
-        """Per repetition: RZ(x_k) on each qubit, then MultiRZ(x_a·x_b) for each pair, as IQPEmbedding records them."""
-        pairs = self.pattern if self.pattern is not None else combinations(range(self.qubits), 2)
-        rows = angles.T.contiguous()  # [q, B]: slots as contiguous rows (see the base class)
-        first, second = _pair_rows(tuple(tuple(pair) for pair in pairs), angles.device)
-        once = torch.cat([rows, pair_products(rows, first, second)])
-        return once.repeat(self.reps, 1).T
+    def slot_basis(self, angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_k and x_a·x_b per pair; IQPEmbedding records, per repetition, RZ(x_k) on each qubit, then MultiRZ(x_a·x_b)
+        for each pair."""
+        pairs = tuple(tuple(pair) for pair in (self.pattern if self.pattern is not None
+                                               else combinations(range(self.qubits), 2)))  # fmt: skip
+        rows = angles.T.contiguous()  # [q, B]: values as contiguous rows (see the base class)
+        first, second = _pair_rows(pairs, angles.device)
+        once = tuple((column, 1.0) for column in range(self.qubits + len(pairs)))
+        return torch.cat([rows, pair_products(rows, first, second)]).T, _expansion(once, self.reps, angles.device)
 
     def template(self, angles: torch.Tensor, wires: list[int]) -> None:
         pattern = None if self.pattern is None else [[wires[a], wires[b]] for a, b in self.pattern]
