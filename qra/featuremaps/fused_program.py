@@ -205,7 +205,7 @@ class _FusedProgram(torch.autograd.Function):
         grad = grad.to(torch.complex64).resolve_conj()
         grad_values = phase_program_backward(turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard,
                                              spec.factor, out, grad, spec.mixing, ctx.values_dtype)  # fmt: skip
-        return None, grad_values.T, None
+        return None, grad_values, None
 
 
 def run_fused(spec: FusedSpec, values: torch.Tensor, keep_states: bool = True,

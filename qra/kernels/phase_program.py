@@ -10,8 +10,9 @@ and ``P_l`` ``[K, 2^n]`` its pattern, plus the layer's constant phases (see
 :mod:`qra.featuremaps.compiler`).  One program of the forward kernel keeps a block of inputs' states
 in registers through every layer and writes each state once; the PyTorch engine writes and reads
 the batch's states several times per layer.  The backward is the adjoint method on the same
-registers: it starts from the saved output and its gradient, undoes each layer (Ĥ is real,
-symmetric and its own inverse) and writes ∂L/∂φ_l = Im(g·ψ̄), which cuBLAS turns into ∂L/∂C_l = ∂L/∂φ_l @ P_lᵀ.
+registers: it starts from the saved output (or forms it again) and its gradient, undoes each layer (Ĥ is
+real, symmetric and its own inverse) and writes ∂L/∂φ_l = Im(g·ψ̄), which one cuBLAS product with the
+patterns and the slots' mixing turns into the slot values' gradient.
 
 Precision.  A phase reaches hundreds of radians (a ZZ map's 36 terms at 8 qubits), where one fp32
 ulp is ~1e-5: formed naively in fp32 it costs complex64 states 1e-5.  So each coefficient c (reduced
@@ -159,7 +160,7 @@ def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad
                      LAYERS: tl.constexpr, K: tl.constexpr, DIM: tl.constexpr, FACTOR: tl.constexpr,
                      H_SIZE: tl.constexpr, BLOCK_B: tl.constexpr, FAST: tl.constexpr,
                      RECOMPUTE: tl.constexpr):  # fmt: skip
-    """∂L/∂φ_l for ``count`` rows, written [L, count, 2^n]; coefficients strided by ``batch`` (the whole batch's).
+    """∂L/∂φ_l for ``count`` rows, written [count, L, 2^n]; coefficients strided by ``batch`` (the whole batch's).
 
     ``RECOMPUTE``: the output states are formed again in registers from the coefficients (``out_ptr`` unused).
     """
@@ -177,7 +178,7 @@ def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad
         layer = LAYERS - 1 - step
         # ∂L/∂φ = Im(g · conj(ψ)) on the state after the phase layer; its product with the pattern runs in cuBLAS
         dphi = g_im * re - g_re * im
-        tl.store(dphi_ptr + (layer * count + rows[:, None]) * DIM + cols[None, :], dphi, mask=row_mask[:, None])
+        tl.store(dphi_ptr + (rows[:, None] * LAYERS + layer) * DIM + cols[None, :], dphi, mask=row_mask[:, None])
         if layer > 0:
             phi = _phases(turns_ptr, rest_ptr, q_ptr, const_ptr, rows, row_mask, batch, layer, K, DIM, BLOCK_B)
             cos, sin = cos_sin(phi, FAST)
@@ -250,17 +251,16 @@ def phase_program_backward(turns: torch.Tensor, rest: torch.Tensor, doubled_patt
                            constants: torch.Tensor, hadamard: torch.Tensor, factor: int, out: torch.Tensor | None,
                            grad: torch.Tensor, mixing: torch.Tensor | None = None,
                            dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
-    """∂L/∂coefficients ``[L, K, B]`` (or, given ``mixing``, ∂L/∂slot values) from the output states' gradient.
+    """∂L/∂values ``[B, S]`` for the slot values that ``mixing`` ``[S, L·K]`` mixes into the coefficients.
 
     ``out``: the forward's output states (complex64), or None to have the kernel form them again from the
     coefficients (one more forward pass in registers; nothing state-sized kept between forward and backward).
-    ``mixing`` ``[S, L·K]``: the program's slot weights (:func:`phase_coefficients`); then the result is
-    ∂L/∂values ``[S, B]`` in ``dtype``, formed chunk by chunk, so neither the coefficients' gradient nor a
-    float32 copy of the slot values' gradient exists for the whole batch.
+    ``grad``: their gradient.  ``mixing`` None: the identity, i.e. ∂L/∂coefficients ``[B, L·K]``.  In ``dtype``.
 
-    Chunks of rows: the kernel writes ∂L/∂φ_l ``[L, rows, 2^n]`` (fp32, at most ``GRADIENT_CHUNK_BYTES``, so
-    memory does not grow with the layers) and cuBLAS multiplies it by the patterns in IEEE fp32 whatever the
-    process's TF32 setting.  In the kernel, as a tensor-core product ``[rows, 2^n] @ [2^n, 16]``, it held its
+    Chunks of rows: the kernel writes ∂L/∂φ ``[rows, L·2^n]`` (fp32, at most ``GRADIENT_CHUNK_BYTES``, so memory
+    does not grow with the layers or the batch) and one cuBLAS product with G = ½·mixing·patterns ``[S, L·2^n]``
+    (exact small numbers) turns it into the values' gradient, in IEEE fp32 whatever the process's TF32
+    setting.  In the kernel, as a tensor-core product ``[rows, 2^n] @ [2^n, 16]``, the pattern product held its
     left operand whole in every warp and took 2.7 of the backward's 3.8 ms at 8 qubits, 196,608 inputs on an
     H200 (``results/bench/phase-program-ab-h200.txt``); a row reduction per column was slower still.
     """
@@ -268,15 +268,17 @@ def phase_program_backward(turns: torch.Tensor, rest: torch.Tensor, doubled_patt
     dim = doubled_patterns.shape[-1]
     block, warps = _launch_shape(dim)
     chunk = max(block, GRADIENT_CHUNK_BYTES // (4 * layers * dim) // block * block)
-    dphi = torch.empty(layers * min(chunk, batch) * dim, dtype=torch.float32, device=rest.device)
+    if mixing is None:
+        mixing = torch.eye(layers * k, dtype=torch.float64, device=rest.device)
+    # ∂L/∂values = Σ_l ∂L/∂φ_l @ (P_lᵀ·½·mixing_lᵀ): φ_l = Σ_c c·P_l[c] and P = doubled / 2
+    weights = torch.einsum("slk,lkj->slj", mixing.view(-1, layers, k).to(torch.float64) * 0.5,
+                           doubled_patterns.to(torch.float64)).reshape(mixing.shape[0], layers * dim)  # fmt: skip
+    weights = weights.to(torch.float32).T  # exact: half-integer sums of small integers
+    dphi = torch.empty(min(chunk, batch), layers * dim, dtype=torch.float32, device=rest.device)
     grad = torch.view_as_real(grad.contiguous())
     states = grad if out is None else torch.view_as_real(out)  # unread when the kernel recomputes them
-    if mixing is None:
-        result = grad_coefficients = torch.empty_like(rest)
-    else:
-        half_mixing = mixing.to(torch.float32) * 0.5  # ∂φ/∂c = pattern = doubled / 2, exact in the weights
-        grad_coefficients = torch.empty(layers, k, min(chunk, batch), dtype=torch.float32, device=rest.device)
-        result = torch.empty(mixing.shape[0], batch, dtype=dtype, device=rest.device)
+    result = torch.empty(batch, mixing.shape[0], dtype=dtype, device=rest.device)
+    staging = None if dtype == torch.float32 else torch.empty(min(chunk, batch), mixing.shape[0], device=rest.device)
     with exact_fp32_products():
         for start in range(0, batch, chunk):
             count = min(chunk, batch - start)
@@ -286,13 +288,12 @@ def phase_program_backward(turns: torch.Tensor, rest: torch.Tensor, doubled_patt
                 LAYERS=layers, K=k, DIM=dim, FACTOR=factor, H_SIZE=hadamard.shape[0], BLOCK_B=block,
                 FAST=hardware_trig(), RECOMPUTE=out is None, num_warps=warps,
             )  # fmt: skip
-            phase_grads = dphi[: layers * count * dim].view(layers, count, dim)
             rows = slice(start, start + count)
-            coefficients = grad_coefficients[..., rows] if mixing is None else grad_coefficients[..., :count]
-            torch.bmm(doubled_patterns, phase_grads.transpose(1, 2), out=coefficients)
-            if mixing is not None:
-                result[:, rows] = torch.mm(half_mixing, coefficients.view(layers * k, count))
-    return result.mul_(0.5) if mixing is None else result
+            if staging is None:
+                torch.mm(dphi[:count], weights, out=result[rows])
+            else:
+                result[rows] = torch.mm(dphi[:count], weights, out=staging[:count])
+    return result
 
 
 @contextmanager
