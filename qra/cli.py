@@ -404,13 +404,14 @@ def bench_featuremaps_command(
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
     """ZZ feature map states: qra's engine vs its earlier engine, PennyLane and Qiskit; fwd and fwd+bwd."""
-    from .experiment.bench import add_speedups, featuremap_cases
+    from .experiment.bench import FEATUREMAP_LOSS, add_speedups, featuremap_cases
 
     chosen = _device(device)
     qubit_list, input_list = _parse_ints(qubits, "--qubits"), _parse_ints(inputs, "--inputs")
     caps = {"statevector": qiskit_inputs, "aer": aer_inputs, "pennylane-cpu": pennylane_cpu_inputs,
             "lightning": lightning_inputs}  # fmt: skip
-    settings = {"qubits": qubit_list, "inputs": input_list, "repeats": repeats, "caps": caps, "reps": 2}
+    settings = {"qubits": qubit_list, "inputs": input_list, "repeats": repeats, "caps": caps, "reps": 2,
+                "fwd_bwd_loss": FEATUREMAP_LOSS}  # fmt: skip
     rows = _run_bench("featuremaps", featuremap_cases(qubit_list, input_list, chosen, repeats, caps), add_speedups,
                       output, chosen, settings, overwrite)  # fmt: skip
     _print_table(f"ZZ feature map states on {device_label(chosen)}",

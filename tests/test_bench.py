@@ -75,6 +75,19 @@ def test_bench_featuremaps_extrapolates_the_slow_frameworks(tmp_path):
             "PennyLane default.qubit"} <= differentiable  # fmt: skip
     native = next(r for r in rows if r["engine"] == "native" and r["pass"] == "fwd")
     assert native["x_slower_than_native"] == 1.0
+    assert json.loads(out.read_text())["settings"]["fwd_bwd_loss"] == "view_as_real(states).sum()"
+
+
+def test_the_featuremaps_loss_has_the_value_and_gradient_of_the_real_and_imaginary_sums():
+    from qra.experiment.bench import amplitude_sum
+
+    leaf = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    results = []
+    for loss in (amplitude_sum, lambda states: states.real.sum() + states.imag.sum()):
+        states = torch.polar(leaf.abs() + 0.5, leaf * 3).conj()  # a conjugate view, as some frameworks return
+        value = loss(states)
+        results.append((value, torch.autograd.grad(value, leaf)[0]))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
 
 
 def test_bench_train_compares_patched_steps_with_the_baseline(tmp_path):
