@@ -493,6 +493,26 @@ def test_circuit_maps_compute_queries_and_keys_in_one_call():
     assert not get("rff", d_in=4).joint_features
 
 
+@pytest.mark.parametrize("used", ["both", "queries", "keys"])
+def test_joint_features_give_the_gradients_of_separate_calls(used):
+    """One call on queries and keys: the inputs' gradients as two calls give, also when one output is unused."""
+    pytest.importorskip("pennylane")
+    from qra.featuremaps import get
+
+    fm = get("pennylane-zz", d_in=4, qubits=4, engine="native")
+    q, k = torch.rand(2, 3, 7, 4), torch.rand(2, 3, 5, 4)
+    weights = torch.randn(2, 3, 12, 16, dtype=torch.complex64)
+    results = []
+    for joint in (True, False):
+        leaves = [q.clone().requires_grad_(), k.clone().requires_grad_()]
+        fq, fk = fm.query_and_key_features(*leaves) if joint else (fm(leaves[0]), fm(leaves[1]))
+        parts = {"queries": (fq * weights[..., :7, :]).real.sum(), "keys": (fk * weights[..., 7:, :]).imag.sum()}
+        loss = sum(parts.values()) if used == "both" else parts[used]  # an unused output gets no gradient
+        results.append(torch.autograd.grad(loss, [*leaves, fm.encoder.weight], allow_unused=True))
+    for joint, separate in zip(*results, strict=True):  # an unused input: no gradient apart, zeros jointly
+        torch.testing.assert_close(joint, torch.zeros_like(joint) if separate is None else separate)
+
+
 def _qiskit_custom_circuit():
     from qiskit import QuantumCircuit
     from qiskit.circuit import ParameterVector

@@ -115,8 +115,7 @@ class FeatureMap(nn.Module, metaclass=ABCMeta):
     def query_and_key_features(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(query_features(q), forward(k))`` — through one call on both when :attr:`joint_features` allows."""
         if self.joint_features and q.shape[:-2] == k.shape[:-2] and q.shape[-1] == k.shape[-1] and q.dtype == k.dtype:
-            both = self(torch.cat([q, k], dim=-2))
-            return both[..., : q.shape[-2], :], both[..., q.shape[-2] :, :]
+            return _SplitTokens.apply(self(torch.cat([q, k], dim=-2)), q.shape[-2])
         return self.query_features(q), self(k)
 
     def log_features(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -149,6 +148,31 @@ class FeatureMap(nn.Module, metaclass=ABCMeta):
     def extra_repr(self) -> str:
         settings = ", ".join(f"{key}={value!r}" for key, value in self.featuremap_params.items())
         return f"d_in={self.d_in}, dim={self.dim}" + (f", {settings}" if settings else "")
+
+
+class _SplitTokens(torch.autograd.Function):
+    """The queries' and the keys' rows of one joint feature tensor, as views.
+
+    Its backward writes both gradients into one new tensor (``torch.cat``).  Two slices would each
+    give a zero-filled gradient of the whole joint tensor, summed after: for a circuit map's states
+    in a MiniLM-shaped step (B = 32, N = 512, 12 heads, 6 qubits) two 192 MiB buffers instead of one.
+    """
+
+    @staticmethod
+    def forward(ctx, both: torch.Tensor, count: int):
+        ctx.count, ctx.total = count, both.shape[-2]
+        return both[..., :count, :], both[..., count:, :]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_first: torch.Tensor | None, grad_second: torch.Tensor | None):
+        reference = grad_first if grad_first is not None else grad_second
+        shape = list(reference.shape)
+        if grad_first is None:
+            grad_first = reference.new_zeros([*shape[:-2], ctx.count, shape[-1]])
+        if grad_second is None:
+            grad_second = reference.new_zeros([*shape[:-2], ctx.total - ctx.count, shape[-1]])
+        return torch.cat([grad_first, grad_second], dim=-2), None
 
 
 def _constructor_chain(map_class: type[FeatureMap]) -> list[inspect.Signature]:

@@ -752,6 +752,8 @@ def run_program(program: Program, values: Sequence[torch.Tensor] | torch.Tensor,
     """
     from .fused_program import fused_spec, run_fused
 
+    if expansion is not None and not isinstance(values, torch.Tensor):
+        raise ValueError("an expansion takes the values as one [batch, S'] tensor, not a sequence of columns")
     spec = fused_spec(program, implementation, has_initial=initial is not None)
     if spec is not None:
         if isinstance(values, torch.Tensor):
