@@ -190,10 +190,11 @@ def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad
             g_im = _hadamard(g_im, h, BLOCK_B, DIM, FACTOR) * norm
 
 
-#: (rows per program, warps) by 2^n: the largest blocks whose forward and backward compile without register
-#: spills for sm_90 (ptxas -v on the kernels, 2 layers): 74–255 registers a thread; the 8-qubit backward spills
-#: 4 bytes (it spilled 1.7 KB while it also formed ∂L/∂c)
-LAUNCH_SHAPES = {16: (64, 4), 32: (32, 4), 64: (32, 8), 128: (16, 8), 256: (16, 8)}
+#: (rows per program, warps) by 2^n: up to 7 qubits the largest blocks whose forward and backward compile without
+#: register spills for sm_90 (ptxas -v on the kernels, 2 layers: 74–255 registers a thread).  At 8 qubits 16 rows on
+#: 4 warps, timed fastest of six shapes on an H200 (experiments/device/phase_program_shapes.py, 196,608 inputs):
+#: forward 0.72 ms, backward 1.59 (8 warps: 1.24, 1.91), though its backward spills 468 bytes (712 forming the states)
+LAUNCH_SHAPES = {16: (64, 4), 32: (32, 4), 64: (32, 8), 128: (16, 8), 256: (16, 4)}
 
 
 def _launch_shape(dim: int) -> tuple[int, int]:
