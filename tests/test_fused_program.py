@@ -143,21 +143,28 @@ def _qiskit_states(recipe, num_qubits: int, batch: int) -> np.ndarray:
     return np.stack([Statevector(c).data for c in qiskit_circuits(recipe, num_qubits, batch)])
 
 
+def kernel_inputs(num_qubits: int, seed: int, grad_seed: int, batch: int, device: torch.device):
+    """A random 3-layer phase circuit's spec, the kernels' arguments, their output states and a random gradient."""
+    from qra.kernels import phase_program
+
+    gates, _ = phase_circuit(num_qubits, 3, np.random.default_rng(seed), batch, scale=40.0)
+    program, values = program_for(gates, num_qubits, torch.complex64, device)
+    spec = fused_spec(program)
+    matrix = torch.stack([v.expand(batch) for v in values], dim=1).to(device)
+    turns, rest = phase_program.phase_coefficients(matrix, spec.mixing, spec.doubled_patterns.shape[0])
+    args = (turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard, spec.factor)
+    out = phase_program.phase_program_forward(*args)
+    generator = torch.Generator(device).manual_seed(grad_seed)
+    return spec, args, out, torch.randn(out.shape, dtype=out.dtype, device=device, generator=generator)
+
+
 @requires_gpu
 @pytest.mark.parametrize("num_qubits", [6, 8])
 def test_the_backward_in_chunks_and_under_tf32_gives_the_same_gradients(num_qubits, monkeypatch):
     """Chunks of rows (the last one partial) and a process that allows TF32 leave ∂L/∂c as one IEEE pass gives it."""
     from qra.kernels import phase_program
 
-    batch = 1000
-    gates, _ = phase_circuit(num_qubits, 3, np.random.default_rng(num_qubits), batch, scale=40.0)
-    program, values = program_for(gates, num_qubits, torch.complex64, torch.device("cuda"))
-    spec = fused_spec(program)
-    matrix = torch.stack([v.expand(batch) for v in values], dim=1).cuda()
-    turns, rest = phase_program.phase_coefficients(matrix, spec.mixing, spec.doubled_patterns.shape[0])
-    args = (turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard, spec.factor)
-    out = phase_program.phase_program_forward(*args)
-    grad = torch.randn(out.shape, dtype=out.dtype, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    _, args, out, grad = kernel_inputs(num_qubits, num_qubits, grad_seed=1, batch=1000, device=torch.device("cuda"))
     whole = phase_program.phase_program_backward(*args, out, grad)
     monkeypatch.setattr(phase_program, "GRADIENT_CHUNK_BYTES", 4 * 3 * 2**num_qubits * 96)  # 96 rows a chunk
     previous = torch.get_float32_matmul_precision()
@@ -178,14 +185,8 @@ def test_the_backward_without_saved_states_and_into_slot_values_gives_the_same_g
     from qra.kernels import phase_program
 
     batch = 1000
-    gates, _ = phase_circuit(num_qubits, 3, np.random.default_rng(7 * num_qubits), batch, scale=40.0)
-    program, values = program_for(gates, num_qubits, torch.complex64, torch.device("cuda"))
-    spec = fused_spec(program)
-    matrix = torch.stack([v.expand(batch) for v in values], dim=1).cuda()
-    turns, rest = phase_program.phase_coefficients(matrix, spec.mixing, spec.doubled_patterns.shape[0])
-    args = (turns, rest, spec.doubled_patterns, spec.constants, spec.hadamard, spec.factor)
-    out = phase_program.phase_program_forward(*args)
-    grad = torch.randn(out.shape, dtype=out.dtype, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    cuda = torch.device("cuda")
+    spec, args, out, grad = kernel_inputs(num_qubits, 7 * num_qubits, grad_seed=2, batch=batch, device=cuda)
     kept = phase_program.phase_program_backward(*args, out, grad)
     formed_again = phase_program.phase_program_backward(*args, None, grad)
     assert (formed_again - kept).abs().max() <= 1e-5 * kept.abs().max()
