@@ -382,14 +382,16 @@ class CircuitFeatureMap(FeatureMap):
         """
         if self.engine != "native" or x.numel() == 0:
             return False
-        programs = self.__dict__.setdefault("_recompute_programs", {})
+        programs = self.__dict__.setdefault("_slot_programs", {})  # filled by _checked_program
         key = (dtype, str(x.device))
         if key not in programs:
             with torch.no_grad():
                 probe = self.angles(x.reshape(-1, x.shape[-1])[:3])
                 values = self.slot_values(probe)
-                programs[key] = None if values is None else self._checked_program(probe, values, dtype)
-        return programs[key] is not None and fused_spec(programs[key]) is not None
+                if values is None:
+                    return False
+                self._checked_program(probe, values, dtype)
+        return fused_spec(programs[key]) is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.projected and self.projected_kernel == "trace":  # (φ/√2, √(q/2)): dot = Σ_k Tr(ρ_k ρ'_k)
