@@ -260,7 +260,7 @@ def phase_program_backward(turns: torch.Tensor, rest: torch.Tensor, doubled_patt
 
     Chunks of rows: the kernel writes ∂L/∂φ ``[rows, L·2^n]`` (fp32, at most ``GRADIENT_CHUNK_BYTES``, so memory
     does not grow with the layers or the batch) and one cuBLAS product with G = ½·mixing·patterns ``[S, L·2^n]``
-    (exact small numbers) turns it into the values' gradient, in IEEE fp32 whatever the process's TF32
+    turns it into the values' gradient, in IEEE fp32 whatever the process's TF32
     setting.  In the kernel, as a tensor-core product ``[rows, 2^n] @ [2^n, 16]``, the pattern product held its
     left operand whole in every warp and took 2.7 of the backward's 3.8 ms at 8 qubits, 196,608 inputs on an
     H200 (``results/bench/phase-program-ab-h200.txt``); a row reduction per column was slower still.
@@ -274,12 +274,13 @@ def phase_program_backward(turns: torch.Tensor, rest: torch.Tensor, doubled_patt
     # ∂L/∂values = Σ_l ∂L/∂φ_l @ (P_lᵀ·½·mixing_lᵀ): φ_l = Σ_c c·P_l[c] and P = doubled / 2
     weights = torch.einsum("slk,lkj->slj", mixing.view(-1, layers, k).to(torch.float64) * 0.5,
                            doubled_patterns.to(torch.float64)).reshape(mixing.shape[0], layers * dim)  # fmt: skip
-    weights = weights.to(torch.float32).T  # exact: half-integer sums of small integers
+    weights = weights.to(torch.float32).T  # exact for dyadic slot weights (every shipped map's); else fp32-rounded
     dphi = torch.empty(min(chunk, batch), layers * dim, dtype=torch.float32, device=rest.device)
     grad = torch.view_as_real(grad.contiguous())
     states = grad if out is None else torch.view_as_real(out)  # unread when the kernel recomputes them
     result = torch.empty(batch, mixing.shape[0], dtype=dtype, device=rest.device)
-    staging = None if dtype == torch.float32 else torch.empty(min(chunk, batch), mixing.shape[0], device=rest.device)
+    staging = None if dtype == torch.float32 else torch.empty(min(chunk, batch), mixing.shape[0], dtype=torch.float32,
+                                                              device=rest.device)  # fmt: skip
     with exact_fp32_products():
         for start in range(0, batch, chunk):
             count = min(chunk, batch - start)
