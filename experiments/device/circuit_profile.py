@@ -54,7 +54,11 @@ def profile(name: str, qubits: int, device: torch.device, table: bool = False) -
         print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
     return {
         "kernel fwd": wall_ms(lambda: phase_program_forward(*args)),
-        "kernel bwd": wall_ms(lambda: phase_program_backward(*args, out, grad)),
+        # as _FusedProgram calls it: into the gate parameters' float64 gradient (rows "kernel bwd" in files before
+        # round 8's last commits took the coefficients' gradient, an identity mixing as wide as the coefficients)
+        "kernel bwd (gate parameters)": wall_ms(
+            lambda: phase_program_backward(*args, out, grad, spec.mixing, torch.float64)
+        ),
         "coefficient prep": wall_ms(lambda: phase_coefficients(matrix, spec.mixing, layers)),
         "states fwd (auto)": wall_ms(lambda: forward("auto")),
         "states fwd (pytorch engine)": wall_ms(lambda: forward("pytorch")),

@@ -1,4 +1,5 @@
-"""Batched building blocks for a circuit map's ``slot_values`` that keep little for backward.
+"""Batched building blocks for a circuit map's gate parameters (``slot_basis``, ``slot_values``) that keep
+little for backward.
 
 A ZZ or IQP map's two-qubit gate angles are products of two of its angles, one row per pair.  Written
 with tensor ops (``index_select``, ``sub``, ``mul``) autograd keeps both factors of every pair in
