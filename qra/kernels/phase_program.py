@@ -190,11 +190,14 @@ def _backward_kernel(turns_ptr, rest_ptr, q_ptr, const_ptr, h_ptr, out_ptr, grad
             g_im = _hadamard(g_im, h, BLOCK_B, DIM, FACTOR) * norm
 
 
-#: (rows per program, warps) by 2^n: up to 7 qubits the largest blocks whose forward and backward compile without
-#: register spills for sm_90 (ptxas -v on the kernels, 2 layers: 74–255 registers a thread).  At 8 qubits 16 rows on
-#: 4 warps, timed fastest of six shapes on an H200 (experiments/device/phase_program_shapes.py, 196,608 inputs):
-#: forward 0.72 ms, backward 1.59 (8 warps: 1.24, 1.91), though its backward spills 468 bytes (712 forming the states)
-LAUNCH_SHAPES = {16: (64, 4), 32: (32, 4), 64: (32, 8), 128: (16, 8), 256: (16, 4)}
+#: (rows per program, warps) by 2^n.  Up to 7 qubits the largest blocks whose forward and backward compile without
+#: register spills for sm_90 (ptxas -v on the kernels, 2 layers: 74–255 registers a thread), except at 6 qubits.
+#: At 6 and 8 qubits the shapes timed fastest on an H200 (experiments/device/phase_program_shapes.py, 196,608 inputs,
+#: results/bench/phase-program-shapes-h200.txt), forward / backward / backward forming the states:
+#: 6 qubits, 32 rows on 4 warps: 0.127 / 0.380 / 0.480 ms (8 warps: 0.181 / 0.402 / 0.646), though the backward
+#: spills 88 bytes; 8 qubits, 16 rows on 4 warps: 0.72 / 1.59 / 2.33 ms (8 warps: 1.24 / 1.91 / 2.77), though the
+#: backward spills 468 bytes (712 forming the states)
+LAUNCH_SHAPES = {16: (64, 4), 32: (32, 4), 64: (32, 4), 128: (16, 8), 256: (16, 4)}
 
 
 def _launch_shape(dim: int) -> tuple[int, int]:
