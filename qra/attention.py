@@ -230,10 +230,17 @@ def _fusable(inputs: AttentionInputs, *tensors: torch.Tensor | None) -> bool:
 
 
 def fused_softmax(inputs: AttentionInputs) -> AttentionResult | None:
-    """Flash-style fused softmax for dot-product maps, or the fidelity kernel for exact circuit maps."""
+    """Fused softmax: SDPA over φ from the Triton Fourier-feature pass for maps with a Fourier prologue (RFF),
+    qra's flash-style kernel for other dot-product maps, the fidelity kernel for exact circuit maps."""
     fm = inputs.featuremap
     if inputs.return_weights or not (fm.is_linear or fm.is_fidelity) or not _fusable(inputs):
         return None
+    prologue = fm.fourier_prologue() if fm.is_linear else None
+    if prologue is not None:  # φ from one Triton pass each way, then SDPA's kernels (faster than qra's softmax)
+        beta = 1.0 if inputs.beta is None else inputs.beta
+        queries, keys = (kernels.fourier_features(x, prologue.weight, prologue.phase, prologue.scale, factor)
+                         for x, factor in ((inputs.q, beta), (inputs.k, None)))  # fmt: skip
+        return _softmax_through_sdpa(queries, keys, inputs.v, inputs.keep, None, inputs.dropout_p), None
     if fm.is_linear:
         fq, fk = fm.query_and_key_features(inputs.q, inputs.k)
         queries = fq if inputs.beta is None else fq * broadcast_beta(inputs.beta, fq.dtype, fq.device)
@@ -279,8 +286,10 @@ class AttentionMode:
     needs_linear_map: bool = False
 
 
-def _fidelity_map(inputs: AttentionInputs) -> bool:
-    return inputs.featuremap.is_fidelity
+def _fidelity_or_fourier_map(inputs: AttentionInputs) -> bool:
+    """Circuit maps (the fidelity kernel) and maps with a Fourier prologue (their features from one Triton pass)."""
+    fm = inputs.featuremap
+    return fm.is_fidelity or (fm.is_linear and fm.fourier_prologue() is not None)
 
 
 def _always(inputs: AttentionInputs) -> bool:
@@ -290,9 +299,10 @@ def _always(inputs: AttentionInputs) -> bool:
 #: The attention modes by name.  A new mode is one function of :class:`AttentionInputs` and one row here.
 ATTENTION_MODES: dict[str, AttentionMode] = {
     # softmax's PyTorch path already runs dot-product maps through SDPA's fused kernels, which beat
-    # qra's Triton softmax on the H200 (that kernel is there on request, implementation="fused"); circuit
+    # qra's Triton softmax on the H200 (that kernel is there on request, implementation="fused"); maps with a
+    # Fourier prologue (RFF) get their features for SDPA from one Triton pass instead of PyTorch ops; circuit
     # maps' PyTorch path forms the N×N fidelities, and the fidelity kernel beats it
-    "softmax": AttentionMode(softmax_mode, fused=fused_softmax, fused_by_default=_fidelity_map),
+    "softmax": AttentionMode(softmax_mode, fused=fused_softmax, fused_by_default=_fidelity_or_fourier_map),
     "normalized": AttentionMode(normalized_mode),
     "linear": AttentionMode(linear_mode, fused=fused_linear, fused_by_default=_always, needs_linear_map=True),
 }

@@ -117,6 +117,21 @@ def test_cpu_fallback_matches_kernel_attention():
     torch.testing.assert_close(kernels.fidelity_attention(sq, sk, v, mask, beta), expected)
 
 
+def test_fourier_features_cpu_path_and_errors():
+    torch.manual_seed(0)
+    x, weight, phase = torch.randn(2, 3, 5, 8), torch.randn(16, 8), torch.rand(16)
+    beta = torch.tensor([0.5, 1.0, 2.0])
+    expected = 0.25 * torch.cos(x @ weight.T + phase) * beta.view(1, 3, 1, 1)
+    torch.testing.assert_close(kernels.fourier_features(x, weight, phase, 0.25, beta), expected)
+    torch.testing.assert_close(kernels.fourier_features(x, weight, phase, 0.25), expected / beta.view(1, 3, 1, 1))
+    with pytest.raises(ValueError, match=r"weight must be \[m, d=8\]"):
+        kernels.fourier_features(x, weight[:, :4], phase, 0.25)
+    with pytest.raises(ValueError, match="one value per head"):
+        kernels.fourier_features(x, weight, phase, 0.25, torch.ones(2))
+    with pytest.raises(ValueError, match=r"\[B, H, N, d\]"):
+        kernels.fourier_features(x[0], weight, phase, 0.25)
+
+
 # ------------------------------------------------------------------------------------------------ GPU
 
 
@@ -275,6 +290,74 @@ def test_rff_linear_mode_runs_the_prologue_kernel(sincos, monkeypatch):
     assert_close(out, expected, 2e-4, "out")
     for name, a, e in zip(("dq", "dk", "dv", "dlog_sigma"), got, want, strict=True):
         assert_close(a, e, 2e-4, name)
+
+
+def check_fourier_features(b, h, n, d, m, dtype, head_factor, strided=False):
+    """kernels.fourier_features against the fp32 PyTorch formula: φ and the gradients of x, W, the phases and
+    the per-head factor (when it is a tensor)."""
+    q, _, _, weight, phase = fourier_inputs(b, h, n, 1, d, m, 1, dtype, sigma=2.0)
+    if strided:  # [B, N, H, d] seen as [B, H, N, d], as a patched layer's queries are
+        q = q.transpose(1, 2).contiguous().transpose(1, 2)
+    scale = (2.0 / m) ** 0.5
+    tensors = [q, weight, phase] + ([head_factor] if isinstance(head_factor, torch.Tensor) else [])
+    inputs = leaves(*tensors)
+    factor = inputs[3] if len(inputs) > 3 else head_factor
+    out = kernels.fourier_features(*inputs[:3], scale, factor)
+    assert out.dtype == dtype and out.shape == (b, h, n, m)
+    grad_out = torch.randn_like(out)
+    got = grads(out, inputs, grad_out)
+    expected_inputs = leaves(*tensors)
+    factors = torch.as_tensor(1.0 if factor is None else head_factor, dtype=torch.float32, device="cuda")
+    if len(expected_inputs) > 3:
+        factors = expected_inputs[3]
+    expected = reference.fourier_features(*expected_inputs[:3], scale, factors.float().reshape(-1).expand(h))
+    want = grads(expected, expected_inputs, grad_out)
+    assert_close(out, expected, RTOL[dtype], "features")
+    for name, a, e in zip(("dx", "dW", "dphase", "dfactor"), got, want, strict=False):
+        assert_close(a, e, RTOL[dtype], name)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("d", "m"), [(32, 32), (64, 128), (48, 96), (64, 256)])
+def test_fourier_features_match_pytorch(d, m, dtype):
+    check_fourier_features(2, 3, 100, d, m, dtype, torch.tensor([0.5, 1.0, 2.0], device="cuda"), strided=True)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 17, 333, 4099])
+@pytest.mark.parametrize("head_factor", [None, 3.0, "scalar tensor"])
+def test_fourier_features_odd_lengths_and_factors(n, head_factor, dtype):
+    if head_factor == "scalar tensor":
+        head_factor = torch.tensor(0.7, device="cuda")
+    check_fourier_features(2, 2, n, 64, 128, dtype, head_factor)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sincos", [False, True])
+def test_rff_softmax_mode_runs_the_feature_pass(sincos, dtype, monkeypatch):
+    """kernel_attention(rff, "softmax") by default takes φ from the Triton feature pass and SDPA: the PyTorch
+    path's outputs and gradients, the learnable σ's and per-head β's included, with a padding mask."""
+    from qra.featuremaps import get
+
+    calls = []
+    original = kernels.fourier_features
+    monkeypatch.setattr(kernels, "fourier_features", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    fm = get("rff", d_in=64, m=128, sigma=8.0, sincos=sincos, learn_sigma=True).cuda()
+    q, k, v, _, _ = fourier_inputs(2, 3, 77, 77, 64, 128, 64, dtype)
+    mask = make_mask(2, 77, "cuda", all_padding_row=False)
+    results = []
+    for implementation in ("auto", "pytorch"):
+        inputs = leaves(q, k, v, torch.tensor([0.5, 1.0, 2.0], device="cuda"))
+        out, _ = kernel_attention(*inputs[:3], fm, "softmax", mask, beta=inputs[3], implementation=implementation)
+        results.append((out, grads(out.float().square().sum(), (*inputs, fm.log_sigma), None)))
+    assert len(calls) == 2, "the default softmax path did not take the Fourier feature pass for queries and keys"
+    (out, got), (expected, want) = results
+    assert_close(out, expected, RTOL[dtype], "out")
+    for name, a, e in zip(("dq", "dk", "dv", "dbeta", "dlog_sigma"), got, want, strict=True):
+        assert_close(a, e, 5 * RTOL[dtype], name)
 
 
 def softmax_inputs(b, h, nq, nk, m, dv, dtype, seed=0):

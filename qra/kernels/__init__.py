@@ -8,6 +8,10 @@ the PyTorch code in :mod:`qra.attention` stays the CPU path and the oracle the t
     accumulation.  Two passes: one kernel reduces the KV state φkᵀV and Σφk per (batch, head) over
     key blocks (split over the keys, combined with fp32 atomics), one kernel walks the query blocks.
     The backward is the same pair in reverse (a query pass that also reduces dS, dz; a key pass).
+``fourier_features(x, weight, phase, scale, head_factor=None)``
+    φ(x) = scale·cos(x·Wᵀ + phase) (random Fourier features), times a per-head factor (a softmax temperature),
+    written once in x's dtype by one Triton pass, its backward one more: the features the softmax mode hands to
+    SDPA, which cannot take a prologue.
 ``fourier_linear_attention(q, k, v, weight, phase, scale, key_padding_mask=None, eps=1e-6)``
     the same linear attention with φ(x) = scale·cos(x·Wᵀ + phase) (random Fourier features) computed
     inside the kernels' tiles from the queries and keys: φ(q), φ(k) are never written to memory, and
@@ -50,6 +54,7 @@ from . import reference
 __all__ = [
     "dropout_keep_mask",
     "fidelity_attention",
+    "fourier_features",
     "fourier_linear_attention",
     "fused_available",
     "fused_device",
@@ -182,6 +187,42 @@ def fourier_linear_attention(
     fq = reference.fourier_features(q, weight, phase, scale)
     fk = reference.fourier_features(k, weight, phase, scale)
     return linear_attention(fq, fk, v, key_padding_mask, eps)
+
+
+def fourier_features(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    phase: torch.Tensor,
+    scale: float,
+    head_factor: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """φ(x) = scale·cos(x·Wᵀ + phase) for x ``[B, H, N, d]``, times a per-head factor, in x's dtype.
+
+    ``head_factor`` is None, a float, a 0-d tensor or an ``[H]`` tensor (a softmax temperature β: the queries'
+    features come out as β_h·φ(q)); a tensor that requires grad gets one, as do x, W and the phases.  On CUDA one
+    Triton pass each way computes it (:mod:`qra.kernels.fourier_map`); elsewhere the PyTorch reference does.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected x as [B, H, N, d]; got {tuple(x.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1] or tuple(phase.shape) != (weight.shape[0],):
+        raise ValueError(
+            f"weight must be [m, d={x.shape[-1]}] and phase [m]; got {tuple(weight.shape)}, {tuple(phase.shape)}"
+        )
+    heads = x.shape[1]
+    factors = torch.as_tensor(1.0 if head_factor is None else head_factor, device=x.device, dtype=torch.float32)
+    if factors.numel() not in (1, heads):
+        raise ValueError(f"head_factor must be a scalar or one value per head ({heads}), got {tuple(factors.shape)}")
+    factors = scale * factors.reshape(-1).expand(heads)
+    fusable = (
+        fused_available(x, weight, phase, factors)
+        and x.shape[-1] <= MAX_FEATURE_DIM
+        and weight.shape[0] <= MAX_FEATURE_DIM
+    )
+    if not fusable:
+        return reference.fourier_features(x, weight, phase, 1.0, factors)
+    from .fourier_map import fused_fourier_features
+
+    return fused_fourier_features(x, weight, phase, factors)
 
 
 def _tile(n: int) -> int:

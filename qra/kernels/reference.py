@@ -30,10 +30,20 @@ def linear_attention(fq, fk, v, key_padding_mask=None, eps: float = 1e-6) -> tor
     return ((fq @ state) / den).to(v.dtype)
 
 
-def fourier_features(x: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, scale: float) -> torch.Tensor:
-    """scale·cos(x·Wᵀ + phase), computed in fp32 for half-precision x and returned in x's dtype."""
+def fourier_features(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    phase: torch.Tensor,
+    scale: float,
+    head_factors: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """scale·cos(x·Wᵀ + phase) (times ``head_factors[h]`` on head h of ``[B, H, N, d]`` x), computed in fp32 for
+    half-precision x and returned in x's dtype."""
     dtype = _compute_dtype(x)
-    return (scale * torch.cos(x.to(dtype) @ weight.to(dtype).T + phase.to(dtype))).to(x.dtype)
+    features = scale * torch.cos(x.to(dtype) @ weight.to(dtype).T + phase.to(dtype))
+    if head_factors is not None:
+        features = features * head_factors.to(dtype).view(1, -1, 1, 1)
+    return features.to(x.dtype)
 
 
 def fourier_linear_attention(q, k, v, weight, phase, scale: float, key_padding_mask=None, eps: float = 1e-6):

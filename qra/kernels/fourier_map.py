@@ -1,0 +1,172 @@
+"""Random Fourier features in one Triton pass each way: φ(x) = c_h·cos(x·Wᵀ + b), written once in x's dtype.
+
+Why: the softmax mode hands φ(q) and φ(k) to SDPA, which cannot take a prologue, so φ has to exist as a tensor.
+Built from PyTorch ops it is a float32 matrix product, a phase add, a cosine, two scalings and a cast, each a pass
+over ``[B, H, N, m]`` float32 tensors, and as many again in backward: on the H200 that made the softmax mode 4.07×
+SDPA at N = 512 (``results/bench/attention.json``), most of it φ.  Here one kernel reads a tile of rows, forms the
+angles with one tensor-core product (bf16 inputs: W as a bf16 hi + lo pair, about 16 mantissa bits, as in
+:mod:`qra.kernels.fourier_linear`), takes the cosine and writes φ in the input dtype.  ``c_h`` is a per-head factor:
+the map's scale times the softmax temperature β_h for the queries, so the temperature costs no pass of its own.
+
+The backward recomputes the angles: dp = −c_h·sin(p)·dφ, dx = dp·W, and it sums the map's dWᵀ = xᵀdp and db = Σdp
+(spread over :data:`~qra.kernels.fourier_linear.WEIGHT_GRAD_SLOTS` copies, as in the linear kernel) and
+dc_h = Σ cos(p)·dφ, from which autograd forms the temperature's gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._trig import cos_sin, cosine
+from ._util import pow2
+from .fourier_linear import (
+    WEIGHT_GRAD_SLOTS,
+    Launch,
+    _accumulate_weight_grads,
+    _angles,
+    _grid,
+    _launch_config,
+    _load_rows,
+    _load_weight,
+    _split_weight,
+)
+from .linear import _split_dot
+
+#: rows per tile, warps and programs per SM of the two passes (not tuned: the linear kernel's forward shape)
+FORWARD_LAUNCH = Launch(block=64, warps=4, per_sm=8)
+BACKWARD_LAUNCH = Launch(block=64, warps=4, per_sm=4)
+
+
+@triton.jit
+def _features_kernel(
+    X, W, B, C, OUT,
+    s_xb, s_xh, s_xn, s_xd,
+    s_ob, s_oh, s_on, s_of,
+    H, N, D, F, PER_PROGRAM,
+    BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+):  # fmt: skip
+    bh = tl.program_id(0)
+    part = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    offs_d = tl.arange(0, BD)
+    offs_f = tl.arange(0, BF)
+    dmask = offs_d < D
+    fmask = offs_f < F
+    wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split_weight(wt, LOWP, X.dtype.element_ty)
+    factor = tl.load(C + h)
+    x_base = X + b * s_xb + h.to(tl.int64) * s_xh
+    o_base = OUT + b * s_ob + h.to(tl.int64) * s_oh
+    for blk in range(0, PER_PROGRAM):
+        offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
+        nmask = offs_n < N
+        x = _load_rows(x_base, offs_n, offs_d, s_xn, s_xd, nmask, dmask)
+        features = factor * cosine(_angles(x, w_hi, w_lo, bias, LOWP, PREC), FAST)
+        tl.store(o_base + offs_n[:, None] * s_on + offs_f[None, :] * s_of, features.to(OUT.dtype.element_ty),
+                 mask=nmask[:, None] & fmask[None, :])  # fmt: skip
+
+
+@triton.jit
+def _features_backward_kernel(
+    X, G, W, B, C, DX, DW, DB, DC,
+    s_xb, s_xh, s_xn, s_xd,
+    s_gb, s_gh, s_gn, s_gf,
+    s_db, s_dh, s_dn, s_dd,
+    H, N, D, F, PER_PROGRAM, SLOTS,
+    BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, FACTOR_GRAD: tl.constexpr,
+):  # fmt: skip
+    bh = tl.program_id(0)
+    part = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    offs_d = tl.arange(0, BD)
+    offs_f = tl.arange(0, BF)
+    dmask = offs_d < D
+    fmask = offs_f < F
+    wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split_weight(wt, LOWP, X.dtype.element_ty)
+    factor = tl.load(C + h)
+    x_base = X + b * s_xb + h.to(tl.int64) * s_xh
+    g_base = G + b * s_gb + h.to(tl.int64) * s_gh
+    d_base = DX + b * s_db + h.to(tl.int64) * s_dh
+    dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
+    db_acc = tl.zeros((BF,), dtype=tl.float32)
+    dc_acc = tl.zeros((BF,), dtype=tl.float32)
+    for blk in range(0, PER_PROGRAM):
+        offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
+        nmask = offs_n < N
+        x = _load_rows(x_base, offs_n, offs_d, s_xn, s_xd, nmask, dmask)
+        g = _load_rows(g_base, offs_n, offs_f, s_gn, s_gf, nmask, fmask).to(tl.float32)
+        cos, sin = cos_sin(_angles(x, w_hi, w_lo, bias, LOWP, PREC), FAST)
+        dp = tl.where(nmask[:, None] & fmask[None, :], -factor * sin * g, 0.0)
+        dx = tl.dot(dp, tl.trans(wt), input_precision=PREC)
+        tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dx.to(DX.dtype.element_ty),
+                 mask=nmask[:, None] & dmask[None, :])  # fmt: skip
+        dwt_acc += _split_dot(tl.trans(x), dp, LOWP, PREC)
+        db_acc += tl.sum(dp, axis=0)
+        if FACTOR_GRAD:
+            dc_acc += tl.sum(cos * g, axis=0)  # g is 0 outside the rows and features
+    _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
+    if FACTOR_GRAD:
+        tl.atomic_add(DC + h, tl.sum(dc_acc, axis=0))
+
+
+def _meta(dtype: torch.dtype, dim: int, features: int, launch: Launch) -> dict:
+    bd, bf = pow2(dim), pow2(features)
+    lowp, prec, fast, warps = _launch_config(dtype, bd, bf, 16, launch)
+    return dict(BN=launch.block, BD=bd, BF=bf, LOWP=lowp, PREC=prec, FAST=fast, num_warps=warps,
+                num_stages=launch.stages)  # fmt: skip
+
+
+class _FourierFeatures(torch.autograd.Function):
+    """x ``[B, H, N, d]``, W ``[m, d]``, b ``[m]``, c ``[H]`` (float32) → c_h·cos(x·Wᵀ + b) ``[B, H, N, m]``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, factors):
+        bsz, heads, n, dim = x.shape
+        feat = weight.shape[0]
+        out = torch.empty(bsz, heads, n, feat, device=x.device, dtype=x.dtype)
+        grid, per = _grid(n, bsz * heads, x.device, FORWARD_LAUNCH)
+        _features_kernel[grid](
+            x, weight, bias, factors, out, *x.stride(), *out.stride(), heads, n, dim, feat, per,
+            **_meta(x.dtype, dim, feat, FORWARD_LAUNCH),
+        )  # fmt: skip
+        ctx.save_for_backward(x, weight, bias, factors)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bias, factors = ctx.saved_tensors
+        bsz, heads, n, dim = x.shape
+        feat = weight.shape[0]
+        slots = WEIGHT_GRAD_SLOTS
+        dx = torch.empty_like(x)
+        dw = torch.zeros(slots, *weight.shape, device=x.device, dtype=torch.float32)
+        db = torch.zeros(slots, feat, device=x.device, dtype=torch.float32)
+        factor_grad = ctx.needs_input_grad[3]
+        dc = torch.zeros(heads, device=x.device, dtype=torch.float32)
+        grid, per = _grid(n, bsz * heads, x.device, BACKWARD_LAUNCH)
+        _features_backward_kernel[grid](
+            x, grad, weight, bias, factors, dx, dw, db, dc, *x.stride(), *grad.stride(), *dx.stride(),
+            heads, n, dim, feat, per, slots, FACTOR_GRAD=factor_grad, **_meta(x.dtype, dim, feat, BACKWARD_LAUNCH),
+        )  # fmt: skip
+        return dx, dw.sum(0), db.sum(0), (dc if factor_grad else None)
+
+
+def fused_fourier_features(
+    x: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, factors: torch.Tensor
+) -> torch.Tensor:
+    """The Triton path of :func:`qra.kernels.fourier_features` (arguments already checked).
+
+    fp16 inputs compute in fp32 (the kernels' bf16 path splits W into bf16 parts) and return fp16.
+    """
+    out_dtype = x.dtype
+    x = x.float() if x.dtype == torch.float16 else x
+    out = _FourierFeatures.apply(x, weight.float().contiguous(), phase.float().contiguous(),
+                                 factors.float().contiguous())  # fmt: skip
+    return out.to(out_dtype)
