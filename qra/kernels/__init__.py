@@ -209,10 +209,13 @@ def fourier_features(
             f"weight must be [m, d={x.shape[-1]}] and phase [m]; got {tuple(weight.shape)}, {tuple(phase.shape)}"
         )
     heads = x.shape[1]
-    factors = torch.as_tensor(1.0 if head_factor is None else head_factor, device=x.device, dtype=torch.float32)
-    if factors.numel() not in (1, heads):
-        raise ValueError(f"head_factor must be a scalar or one value per head ({heads}), got {tuple(factors.shape)}")
-    factors = scale * factors.reshape(-1).expand(heads)
+    if isinstance(head_factor, torch.Tensor):
+        if head_factor.numel() not in (1, heads):
+            shape = tuple(head_factor.shape)
+            raise ValueError(f"head_factor must be a scalar or one value per head ({heads}), got {shape}")
+        factors = scale * head_factor.to(device=x.device, dtype=torch.float32).reshape(-1).expand(heads)
+    else:  # a fill on the device: a float copied from the host would wait for the GPU's queue
+        factors = torch.full((heads,), scale * (1.0 if head_factor is None else float(head_factor)), device=x.device)
     fusable = (
         fused_available(x, weight, phase, factors)
         and x.shape[-1] <= MAX_FEATURE_DIM

@@ -8,9 +8,9 @@ angles with one tensor-core product (bf16 inputs: W as a bf16 hi + lo pair, abou
 :mod:`qra.kernels.fourier_linear`), takes the cosine and writes φ in the input dtype.  ``c_h`` is a per-head factor:
 the map's scale times the softmax temperature β_h for the queries, so the temperature costs no pass of its own.
 
-The backward recomputes the angles: dp = −c_h·sin(p)·dφ, dx = dp·W, and it sums the map's dWᵀ = xᵀdp and db = Σdp
-(spread over :data:`~qra.kernels.fourier_linear.WEIGHT_GRAD_SLOTS` copies, as in the linear kernel) and
-dc_h = Σ cos(p)·dφ, from which autograd forms the temperature's gradient.
+The backward recomputes the angles: dp = −c_h·sin(p)·dφ, dx = dp·W, and each program writes its sums of the map's
+dWᵀ = xᵀdp, db = Σdp and dc_h = Σ cos(p)·dφ (from which autograd forms the temperature's gradient) to a buffer of
+its own, summed afterwards by one reduction each: fp32 atomics from every program into one set of buffers contend.
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ import triton.language as tl
 from ._trig import cos_sin, cosine
 from ._util import pow2
 from .fourier_linear import (
-    WEIGHT_GRAD_SLOTS,
     Launch,
-    _accumulate_weight_grads,
     _angles,
     _grid,
     _launch_config,
@@ -76,7 +74,7 @@ def _features_backward_kernel(
     s_xb, s_xh, s_xn, s_xd,
     s_gb, s_gh, s_gn, s_gf,
     s_db, s_dh, s_dn, s_dd,
-    H, N, D, F, PER_PROGRAM, SLOTS,
+    H, N, D, F, PER_PROGRAM,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, FACTOR_GRAD: tl.constexpr,
 ):  # fmt: skip
@@ -111,9 +109,12 @@ def _features_backward_kernel(
         db_acc += tl.sum(dp, axis=0)
         if FACTOR_GRAD:
             dc_acc += tl.sum(cos * g, axis=0)  # g is 0 outside the rows and features
-    _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
+    # this program's sums, added up by the launcher (atomics from every program into shared buffers contend)
+    program = bh * tl.num_programs(1) + part
+    tl.store(DW + program * BD * BF + offs_d[:, None] * BF + offs_f[None, :], dwt_acc)
+    tl.store(DB + program * BF + offs_f, db_acc)
     if FACTOR_GRAD:
-        tl.atomic_add(DC + h, tl.sum(dc_acc, axis=0))
+        tl.store(DC + program, tl.sum(dc_acc, axis=0))
 
 
 def _meta(dtype: torch.dtype, dim: int, features: int, launch: Launch) -> dict:
@@ -144,18 +145,20 @@ class _FourierFeatures(torch.autograd.Function):
         x, weight, bias, factors = ctx.saved_tensors
         bsz, heads, n, dim = x.shape
         feat = weight.shape[0]
-        slots = WEIGHT_GRAD_SLOTS
+        meta = _meta(x.dtype, dim, feat, BACKWARD_LAUNCH)
         dx = torch.empty_like(x)
-        dw = torch.zeros(slots, *weight.shape, device=x.device, dtype=torch.float32)
-        db = torch.zeros(slots, feat, device=x.device, dtype=torch.float32)
-        factor_grad = ctx.needs_input_grad[3]
-        dc = torch.zeros(heads, device=x.device, dtype=torch.float32)
         grid, per = _grid(n, bsz * heads, x.device, BACKWARD_LAUNCH)
+        programs = grid[0] * grid[1]
+        dwt = torch.empty(programs, meta["BD"], meta["BF"], device=x.device, dtype=torch.float32)
+        db = torch.empty(programs, meta["BF"], device=x.device, dtype=torch.float32)
+        factor_grad = ctx.needs_input_grad[3]
+        dc = torch.empty(bsz, heads, grid[1], device=x.device, dtype=torch.float32)
         _features_backward_kernel[grid](
-            x, grad, weight, bias, factors, dx, dw, db, dc, *x.stride(), *grad.stride(), *dx.stride(),
-            heads, n, dim, feat, per, slots, FACTOR_GRAD=factor_grad, **_meta(x.dtype, dim, feat, BACKWARD_LAUNCH),
+            x, grad, weight, bias, factors, dx, dwt, db, dc, *x.stride(), *grad.stride(), *dx.stride(),
+            heads, n, dim, feat, per, FACTOR_GRAD=factor_grad, **meta,
         )  # fmt: skip
-        return dx, dw.sum(0), db.sum(0), (dc if factor_grad else None)
+        dw = dwt.sum(0)[:dim, :feat].T
+        return dx, dw, db.sum(0)[:feat], (dc.sum((0, 2)) if factor_grad else None)
 
 
 def fused_fourier_features(
