@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -32,7 +33,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import kernels
-from .featuremaps.base import FeatureMap, compute_dtype
+from .featuremaps.base import FeatureMap, FourierPrologue, compute_dtype
 
 Mode = Literal["softmax", "normalized", "linear"]
 DEFAULT_EPS = 1e-6
@@ -100,6 +101,8 @@ def _softmax_through_sdpa(
         queries = queries * broadcast_beta(beta, v.dtype, v.device)
     mask = None if keep is None else keep[:, None, None, :]
     out = F.scaled_dot_product_attention(queries, keys, v, attn_mask=mask, dropout_p=dropout_p, scale=1.0)
+    if keep is None:
+        return out
     return torch.nan_to_num(out, nan=0.0)  # a sequence without any real key attends to nothing
 
 
@@ -116,6 +119,12 @@ class AttentionInputs:
     dropout_p: float
     return_weights: bool
     eps: float
+
+    @cached_property
+    def fourier_prologue(self) -> FourierPrologue | None:
+        """A dot-product map's features as scale·cos(x·Wᵀ + phase), or None: formed once a call (W may be
+        learned), however many times the dispatch asks."""
+        return self.featuremap.fourier_prologue() if self.featuremap.is_linear else None
 
     @property
     def keep_keys(self) -> torch.Tensor | None:
@@ -235,7 +244,7 @@ def fused_softmax(inputs: AttentionInputs) -> AttentionResult | None:
     fm = inputs.featuremap
     if inputs.return_weights or not (fm.is_linear or fm.is_fidelity) or not _fusable(inputs):
         return None
-    prologue = fm.fourier_prologue() if fm.is_linear else None
+    prologue = inputs.fourier_prologue
     if prologue is not None:  # φ from one Triton pass each way, then SDPA's kernels (faster than qra's softmax)
         beta = 1.0 if inputs.beta is None else inputs.beta
         queries, keys = (kernels.fourier_features(x, prologue.weight, prologue.phase, prologue.scale, factor)
@@ -260,7 +269,7 @@ def fused_linear(inputs: AttentionInputs) -> AttentionResult | None:
     """
     if inputs.return_weights or not _fusable(inputs):
         return None
-    prologue = inputs.featuremap.fourier_prologue()
+    prologue = inputs.fourier_prologue
     if prologue is not None:
         out = kernels.fourier_linear_attention(inputs.q, inputs.k, inputs.v, prologue.weight, prologue.phase,
                                                prologue.scale, inputs.keep, inputs.eps)  # fmt: skip
@@ -288,8 +297,7 @@ class AttentionMode:
 
 def _fidelity_or_fourier_map(inputs: AttentionInputs) -> bool:
     """Circuit maps (the fidelity kernel) and maps with a Fourier prologue (their features from one Triton pass)."""
-    fm = inputs.featuremap
-    return fm.is_fidelity or (fm.is_linear and fm.fourier_prologue() is not None)
+    return inputs.featuremap.is_fidelity or inputs.fourier_prologue is not None
 
 
 def _always(inputs: AttentionInputs) -> bool:
