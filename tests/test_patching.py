@@ -239,3 +239,26 @@ def test_load_patched_rejects_an_unpatched_directory(tmp_path):
     tiny_bert().save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="no qra settings"):
         qra.load_patched(tmp_path)
+
+
+def test_only_key_padding_masks_are_accepted_and_the_first_is_checked_on_the_host():
+    """A mask whose rows differ (causal, say) is refused with a message on every CPU call; a module records that its
+    first mask passed, after which CUDA masks are checked on the device without a host sync."""
+    from torch import nn
+
+    from qra.patching import MASK_CHECKED_ATTRIBUTE, _key_padding_mask
+
+    module = nn.Identity()
+    keep = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    padding = keep[:, None, None, :].expand(2, 1, 4, 4)
+    additive = torch.zeros(2, 1, 4, 4).masked_fill(~padding, torch.finfo(torch.float32).min)
+    causal = torch.ones(4, 4, dtype=torch.bool).tril().expand(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="key-padding masks only"):
+        _key_padding_mask(causal, module)
+    assert not getattr(module, MASK_CHECKED_ATTRIBUTE, False)
+    assert torch.equal(_key_padding_mask(padding, module), keep)
+    assert getattr(module, MASK_CHECKED_ATTRIBUTE)
+    assert torch.equal(_key_padding_mask(additive, module), keep)
+    with pytest.raises(ValueError, match="key-padding masks only"):  # still refused on the CPU once checked
+        _key_padding_mask(causal, module)
+    assert _key_padding_mask(None, module) is None
