@@ -299,28 +299,29 @@ def check_fourier_features(b, h, n, d, m, dtype, head_factor, strided=False, wei
     if strided:  # [B, N, H, d] seen as [B, H, N, d], as a patched layer's queries are
         q = q.transpose(1, 2).contiguous().transpose(1, 2)
     scale = (2.0 / m) ** 0.5
-    tensors = [q, weight, phase] + ([head_factor] if isinstance(head_factor, torch.Tensor) else [])
-    inputs = leaves(*tensors)
-    if not weight_grad:
-        inputs[1].requires_grad_(False)
-        inputs[2].requires_grad_(False)
-    factor = inputs[3] if len(inputs) > 3 else head_factor
-    out = kernels.fourier_features(*inputs[:3], scale, factor)
+    factor_grad = isinstance(head_factor, torch.Tensor)
+    needed = {"dx": True, "dW": weight_grad, "dphase": weight_grad, "dfactor": factor_grad}
+
+    def run(features):
+        x, w, p = leaves(q, weight, phase)
+        w.requires_grad_(weight_grad)
+        p.requires_grad_(weight_grad)
+        factor = leaves(head_factor)[0] if factor_grad else head_factor
+        wrt = [t for t, want in zip((x, w, p, factor), needed.values(), strict=True) if want]
+        return features(x, w, p, factor), wrt
+
+    def formula(x, w, p, factor):
+        factors = torch.as_tensor(1.0 if factor is None else factor, dtype=torch.float32, device=x.device)
+        return reference.fourier_features(x, w, p, scale, factors.reshape(-1).expand(h))
+
+    out, wrt = run(lambda x, w, p, factor: kernels.fourier_features(x, w, p, scale, factor))
+    expected, expected_wrt = run(formula)
     assert out.dtype == dtype and out.shape == (b, h, n, m)
     grad_out = torch.randn_like(out)
-    got = grads(out, [t for t in inputs if t.requires_grad], grad_out)
-    expected_inputs = leaves(*tensors)
-    if not weight_grad:
-        got = [got[0], None, None, *got[1:]]
-    factors = torch.as_tensor(1.0 if factor is None else head_factor, dtype=torch.float32, device="cuda")
-    if len(expected_inputs) > 3:
-        factors = expected_inputs[3]
-    expected = reference.fourier_features(*expected_inputs[:3], scale, factors.float().reshape(-1).expand(h))
-    want = grads(expected, expected_inputs, grad_out)
     assert_close(out, expected, RTOL[dtype], "features")
-    for name, a, e in zip(("dx", "dW", "dphase", "dfactor"), got, want, strict=False):
-        if a is not None:
-            assert_close(a, e, RTOL[dtype], name)
+    names = [name for name, want in needed.items() if want]
+    for name, a, e in zip(names, grads(out, wrt, grad_out), grads(expected, expected_wrt, grad_out), strict=True):
+        assert_close(a, e, RTOL[dtype], name)
 
 
 @requires_gpu
