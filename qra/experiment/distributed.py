@@ -27,6 +27,21 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def release() -> None:
+    """Tear this rank's process group down; a no-op outside distributed runs.
+
+    Ranks other than 0 finish as soon as the last collective is done, while rank 0 still writes the
+    model and measures attention. A rank that exits with its gloo group alive can abort in the group's
+    destructor (``terminate called without an active exception``, SIGABRT), and the launcher then
+    kills rank 0 mid-write. Torn down explicitly, each rank leaves cleanly; no barrier, so a rank-0
+    failure is reported at once instead of after the collective timeout.
+    """
+    if dist.is_available() and dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState().destroy_process_group()
+
+
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     """A SHA-256 of the tensors' names, dtypes, shapes and bytes (order-independent)."""
     digest = hashlib.sha256()

@@ -381,6 +381,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             ) from error
         raise
     finally:
+        distributed.release()  # the last collective is behind every rank; see release() for why
         if handler is not None:
             for name in ("qra", "transformers"):
                 logging.getLogger(name).removeHandler(handler)
