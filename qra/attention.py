@@ -257,7 +257,8 @@ def fused_softmax(inputs: AttentionInputs) -> AttentionResult | None:
         return out.to(inputs.v.dtype), None
     states_q, states_k = fm.query_and_key_features(inputs.q, inputs.k)
     beta = inputs.beta if isinstance(inputs.beta, torch.Tensor) or inputs.beta is None else float(inputs.beta)
-    out = kernels.fidelity_attention(states_q, states_k, inputs.v, inputs.keep, beta, inputs.dropout_p)
+    out = kernels.fidelity_attention(states_q, states_k, inputs.v, inputs.keep, beta, inputs.dropout_p,
+                                     states_kept=fm.keeps_features_for_backward)  # fmt: skip
     return out.to(inputs.v.dtype), None
 
 

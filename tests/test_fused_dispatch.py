@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qra import KernelAttention, kernel_attention
+from qra import KernelAttention, kernel_attention, kernels
 from qra.featuremaps import get
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -93,6 +93,25 @@ def test_recomputed_states_on_the_circuit_kernels_give_the_same_gradients():
     torch.testing.assert_close(out_b, out_a)
     for a, b in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(b, a)
+
+
+def test_circuit_maps_let_the_fidelity_kernel_save_their_states(monkeypatch):
+    """A circuit map whose adjoint keeps its states has the fidelity kernel save those instead of packed copies;
+    with recompute_states, which keeps none, the kernel keeps its own."""
+    pytest.importorskip("qra_pennylane")
+    seen = []
+    original = kernels.fidelity_attention
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["states_kept"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "fidelity_attention", recording)
+    q, k, v, keep = inputs(torch.bfloat16)
+    for recompute in (False, True):
+        fm = get("pennylane-zz", d_in=16, qubits=6, engine="native", recompute_states=recompute).cuda()
+        gradients(fm, "softmax", "auto", q, k, v, keep)
+    assert seen == [True, False]
 
 
 def test_a_patched_model_on_both_paths():

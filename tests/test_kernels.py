@@ -544,6 +544,33 @@ def test_fidelity_takes_strided_states(dtype, no_fallback):
         torch.testing.assert_close(a, e)
 
 
+@requires_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fidelity_saves_kept_states_instead_of_packed_rows(dtype, no_fallback):
+    """states_kept: the same outputs and gradients (dropout and a padding mask included), and the packed rows
+    (4 bytes an amplitude, token and head with 16-bit values; 8 with float32) are not held until backward."""
+    b, h, nq, nk, dim = 2, 3, 37, 29, 16
+    sq, sk = states(b, h, nq, dim, 0), states(b, h, nk, dim, 1)
+    v = torch.randn(b, h, nk, 32, device="cuda").to(dtype)
+    mask = make_mask(b, nk, "cuda")
+    results, held = [], []
+    for kept in (False, True):
+        inputs = leaves(sq, sk, v, torch.tensor([2.0, 4.0, 8.0], device="cuda"))
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t) or t, lambda t: t):
+            out = kernels.fidelity_attention(*inputs[:3], mask, inputs[3], 0.2, seed=3, states_kept=kept)
+        own = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}
+        for leaf in inputs:
+            own.pop(leaf.untyped_storage().data_ptr(), None)
+        held.append(sum(own.values()))
+        results.append((out, grads(out, inputs, torch.ones_like(out))))
+    assert held[0] - held[1] == b * h * (nq + nk) * dim * (8 if dtype == torch.float32 else 4)
+    (out, got), (out_kept, got_kept) = results
+    assert torch.equal(out_kept, out)
+    for name, a, e in zip(("dstates_q", "dstates_k", "dv", "dbeta"), got_kept, got, strict=True):
+        assert_close(a, e, 1e-6, name)  # the same kernels on the same rows; dβ sums with atomics
+
+
 @pytest.fixture
 def no_fallback(monkeypatch):
     """Make the PyTorch fallback of kernels.fidelity_attention an error: the kernel must take the inputs."""

@@ -141,6 +141,24 @@ def test_native_gradients_equal_pennylane_backprop():
 
 
 @pytest.mark.parametrize("name", ["pennylane-zz", "qiskit-zz"])
+def test_maps_that_say_they_keep_their_states_do(name):
+    """keeps_features_for_backward is a promise the fidelity kernel relies on to save the states rather than
+    copies of its own: true exactly when the map's own graph saves the states it returns."""
+    x = torch.randn(2, 3, 10, 16, requires_grad=True)
+    for recompute in (False, True):
+        fm = get(name, d_in=16, qubits=4, engine="native", recompute_states=recompute)
+        saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t) or t, lambda t: t):
+            states = fm(x)
+        storage = states.untyped_storage().data_ptr()
+        kept = any(t.untyped_storage().data_ptr() == storage for t in saved)
+        assert fm.keeps_features_for_backward is kept is (not recompute)
+    assert not get(name, d_in=16, qubits=4, engine="framework").keeps_features_for_backward
+    assert not get(name, d_in=16, qubits=4, engine="native", shots=100).keeps_features_for_backward
+    assert not get("rff", d_in=16).keeps_features_for_backward
+
+
+@pytest.mark.parametrize("name", ["pennylane-zz", "qiskit-zz"])
 def test_recomputed_states_give_the_same_gradients_and_keep_nothing_of_the_simulation(name):
     """recompute_states: the backward simulates again, so nothing state-sized is saved in the forward (only
     the inputs), and the states and every gradient (inputs, the learned projection) are the same."""

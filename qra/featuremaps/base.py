@@ -55,6 +55,10 @@ class FeatureMap(nn.Module, metaclass=ABCMeta):
     #: True when :meth:`forward` gives complex states and :meth:`similarity` is the exact fidelity
     #: |⟨ψx|ψy⟩|²: the fused fidelity kernel may then compute attention from the states
     is_fidelity: ClassVar[bool] = False
+    #: True when the tensors :meth:`forward` returns stay alive until backward anyway, because the map's own
+    #: autograd graph keeps them (a circuit map's adjoint keeps its output states): attention kernels may then
+    #: save these for their backward instead of copies of their own
+    keeps_features_for_backward: ClassVar[bool] = False
     #: constructor parameters that this class sets itself, for itself or for a parent, and so does not
     #: take from users (read per class, not inherited; see :func:`parameter_names`)
     fixed_parameters: ClassVar[tuple[str, ...]] = ()

@@ -225,6 +225,12 @@ class CircuitFeatureMap(FeatureMap):
                 and not self.measures_kernel)  # fmt: skip
 
     @property
+    def keeps_features_for_backward(self) -> bool:  # type: ignore[override]
+        """The native engine's adjoint keeps the output states for backward (both its PyTorch program and the
+        fused kernels), unless ``recompute_states``; a framework's simulator may not."""
+        return self.is_fidelity and self.engine == "native" and not self.recompute_states
+
+    @property
     def measures_kernel(self) -> bool:
         """Whether the engine estimates each fidelity itself, from compute–uncompute circuits run with the map's
         shots (a sampler here; backends add their shot devices): the features are then the angles, and

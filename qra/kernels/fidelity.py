@@ -410,11 +410,11 @@ def unpack_grad(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 class _FidelityAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, states_q, states_k, v, mask, beta, dropout_p, seed):
+    def forward(ctx, states_q, states_k, v, mask, beta, dropout_p, seed, states_kept):
         bsz, heads, nq, dim = states_q.shape
         nk, dv = states_k.shape[2], v.shape[3]
         half = v.dtype != torch.float32
-        plane = torch.float16 if half else torch.float32
+        plane = _plane(half)
         width = 2 * pow2(dim, floor=8)
         norms_qk = torch.zeros(2, device=v.device, dtype=torch.float32)  # max ‖ψq‖², max ‖ψk‖²
         qp, _ = pack_states(states_q, width, plane, norms_qk[0:1])
@@ -437,14 +437,18 @@ class _FidelityAttention(torch.autograd.Function):
             BF=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half), VPREC=_precision(half),
             SAVE32=half,
         )  # fmt: skip
-        ctx.save_for_backward(qp, kp, v, mask, beta, out32, lse, norms_qk)
-        ctx.cfg = (dropout_p, seed, half, width, states_q.shape, states_k.shape, ctx.needs_input_grad[4])
+        # the states when their producer keeps them anyway (packed again in backward), else the packed rows
+        saved = (states_q, states_k) if states_kept else (qp, kp)
+        ctx.save_for_backward(*saved, v, mask, beta, out32, lse, norms_qk)
+        ctx.cfg = (dropout_p, seed, half, width, states_q.shape, states_k.shape, ctx.needs_input_grad[4], states_kept)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        qp, kp, v, mask, beta, out, lse, norms_qk = ctx.saved_tensors
-        dropout_p, seed, half, width, q_shape, k_shape, beta_grad = ctx.cfg
+        saved_q, saved_k, v, mask, beta, out, lse, norms_qk = ctx.saved_tensors
+        dropout_p, seed, half, width, q_shape, k_shape, beta_grad, states_kept = ctx.cfg
+        qp, kp = _pack_again(saved_q, saved_k, width, _plane(half)) if states_kept else (saved_q, saved_k)
+        del saved_q, saved_k
         bsz, heads, nq, _ = q_shape
         nk, dv = k_shape[2], v.shape[3]
         bv = pow2(dv)
@@ -488,12 +492,25 @@ class _FidelityAttention(torch.autograd.Function):
         _launch(
             _bwd_q_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages, **common
         )
-        # buffers freed once read: a patched MiniLM step's memory peaks here (experiments/device/memory_profile.py)
-        del qr, kr, args
+        # buffers freed once read: a patched MiniLM step's memory peaks here (experiments/device/memory_profile.py);
+        # the packed rows go too when they were packed again here (else the saved ones live until backward ends)
+        del qp, kp, qr, kr, args
         dq = unpack_grad(dqp, q_shape)
         del dqp
         dk = unpack_grad(dkp, k_shape)
-        return dq, dk, dvv, None, (dbeta if beta_grad else None), None, None
+        return dq, dk, dvv, None, (dbeta if beta_grad else None), None, None, None
+
+
+def _plane(half: bool) -> torch.dtype:
+    """The packed rows' dtype: float16 for 16-bit values (module docstring), else float32."""
+    return torch.float16 if half else torch.float32
+
+
+def _pack_again(states_q, states_k, width: int, plane: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward's packed rows of saved states, formed again in backward (the packing is exact, so they are
+    the same rows); the norms it raises are the forward's, already kept."""
+    scratch = torch.zeros(2, device=states_q.device, dtype=torch.float32)
+    return pack_states(states_q, width, plane, scratch[0:1])[0], pack_states(states_k, width, plane, scratch[1:2])[0]
 
 
 def _precision(half: bool) -> str:
@@ -503,7 +520,8 @@ def _precision(half: bool) -> str:
 
 
 def fused_fidelity_attention(
-    states_q, states_k, v, key_padding_mask=None, beta=None, dropout_p: float = 0.0, seed=None
+    states_q, states_k, v, key_padding_mask=None, beta=None, dropout_p: float = 0.0, seed=None,
+    states_kept: bool = False,
 ) -> torch.Tensor:
     """The Triton path of :func:`qra.kernels.fidelity_attention` (arguments already checked)."""
     heads = states_q.shape[1]
@@ -515,4 +533,4 @@ def fused_fidelity_attention(
         beta_h = torch.full((heads,), float(beta), device=v.device, dtype=torch.float32)
     seed = (_new_seed() if seed is None else int(seed)) if dropout_p > 0 else 0
     mask = mask_bytes(key_padding_mask, v.device)
-    return _FidelityAttention.apply(states_q, states_k, v, mask, beta_h, float(dropout_p), seed)
+    return _FidelityAttention.apply(states_q, states_k, v, mask, beta_h, float(dropout_p), seed, bool(states_kept))
