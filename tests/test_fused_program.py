@@ -501,8 +501,9 @@ def test_joint_features_give_the_gradients_of_separate_calls(used):
     from qra.featuremaps import get
 
     fm = get("pennylane-zz", d_in=4, qubits=4, engine="native")
-    q, k = torch.rand(2, 3, 7, 4), torch.rand(2, 3, 5, 4)
-    weights = torch.randn(2, 3, 12, 16, dtype=torch.complex64)
+    generator = torch.Generator().manual_seed(0)
+    q, k = torch.rand(2, 3, 7, 4, generator=generator), torch.rand(2, 3, 5, 4, generator=generator)
+    weights = torch.randn(2, 3, 12, 16, dtype=torch.complex64, generator=generator)
     results = []
     for joint in (True, False):
         leaves = [q.clone().requires_grad_(), k.clone().requires_grad_()]
@@ -511,7 +512,9 @@ def test_joint_features_give_the_gradients_of_separate_calls(used):
         loss = sum(parts.values()) if used == "both" else parts[used]  # an unused output gets no gradient
         results.append(torch.autograd.grad(loss, [*leaves, fm.encoder.weight], allow_unused=True))
     for joint, separate in zip(*results, strict=True):  # an unused input: no gradient apart, zeros jointly
-        torch.testing.assert_close(joint, torch.zeros_like(joint) if separate is None else separate)
+        # float32 sums over other batch shapes: the weight gradient differs in its last bits (3e-6 relative seen)
+        expected = torch.zeros_like(joint) if separate is None else separate
+        torch.testing.assert_close(joint, expected, rtol=2e-5, atol=2e-5)
 
 
 def _qiskit_custom_circuit():
