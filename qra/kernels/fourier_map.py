@@ -40,6 +40,17 @@ BACKWARD_LAUNCH = Launch(block=32, warps=8, per_sm=2)
 
 
 @triton.jit
+def _program_weights(X, W, B, C, H, D, F, BD: tl.constexpr, BF: tl.constexpr, LOWP: tl.constexpr):
+    """Both passes' start: this program's batch and head (grid axis 0, as int64) and what each of its row blocks
+    uses, Wᵀ (float32, and as the product's hi + lo pair for 16-bit x), the phase and the head's factor c_h."""
+    bh = tl.program_id(0)
+    h = bh % H
+    wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split_weight(wt, LOWP, X.dtype.element_ty)
+    return (bh // H).to(tl.int64), h.to(tl.int64), wt, w_hi, w_lo, bias, tl.load(C + h)
+
+
+@triton.jit
 def _features_kernel(
     X, W, B, C, OUT,
     s_xb, s_xh, s_xn, s_xd,
@@ -48,19 +59,14 @@ def _features_kernel(
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0)
+    b, h, _, w_hi, w_lo, bias, factor = _program_weights(X, W, B, C, H, D, F, BD, BF, LOWP)
     part = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
     offs_d = tl.arange(0, BD)
     offs_f = tl.arange(0, BF)
     dmask = offs_d < D
     fmask = offs_f < F
-    wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split_weight(wt, LOWP, X.dtype.element_ty)
-    factor = tl.load(C + h)
-    x_base = X + b * s_xb + h.to(tl.int64) * s_xh
-    o_base = OUT + b * s_ob + h.to(tl.int64) * s_oh
+    x_base = X + b * s_xb + h * s_xh
+    o_base = OUT + b * s_ob + h * s_oh
     for blk in range(0, PER_PROGRAM):
         offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
@@ -80,20 +86,15 @@ def _features_backward_kernel(
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr, FACTOR_GRAD: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0)
+    b, h, wt, w_hi, w_lo, bias, factor = _program_weights(X, W, B, C, H, D, F, BD, BF, LOWP)
     part = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
     offs_d = tl.arange(0, BD)
     offs_f = tl.arange(0, BF)
     dmask = offs_d < D
     fmask = offs_f < F
-    wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split_weight(wt, LOWP, X.dtype.element_ty)
-    factor = tl.load(C + h)
-    x_base = X + b * s_xb + h.to(tl.int64) * s_xh
-    g_base = G + b * s_gb + h.to(tl.int64) * s_gh
-    d_base = DX + b * s_db + h.to(tl.int64) * s_dh
+    x_base = X + b * s_xb + h * s_xh
+    g_base = G + b * s_gb + h * s_gh
+    d_base = DX + b * s_db + h * s_dh
     dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
     db_acc = tl.zeros((BF,), dtype=tl.float32)
     dc_acc = tl.zeros((BF,), dtype=tl.float32)
@@ -113,7 +114,7 @@ def _features_backward_kernel(
         if FACTOR_GRAD:
             dc_acc += tl.sum(cos * g, axis=0)  # g is 0 outside the rows and features
     # this program's sums, added up by the launcher (atomics from every program into shared buffers contend)
-    program = bh * tl.num_programs(1) + part
+    program = tl.program_id(0) * tl.num_programs(1) + part
     if WEIGHT_GRAD:
         tl.store(DW + program * BD * BF + offs_d[:, None] * BF + offs_f[None, :], dwt_acc)
         tl.store(DB + program * BF + offs_f, db_acc)
