@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import kernels
-from .featuremaps.base import FeatureMap, FourierPrologue, compute_dtype
+from .featuremaps.base import ExponentialPrologue, FeatureMap, FourierPrologue, compute_dtype
 
 Mode = Literal["softmax", "normalized", "linear"]
 DEFAULT_EPS = 1e-6
@@ -73,7 +73,9 @@ def _stabilised_features(
     reference = log_k.detach()
     if keep is not None:
         reference = reference.masked_fill(~keep[:, None, :, None], float("-inf"))
-    log_k = log_k - reference.amax(dim=(-2, -1), keepdim=True)
+    best = reference.amax(dim=(-2, -1), keepdim=True)
+    # a sequence without any real key has the max −inf: its features are masked whatever they are, so keep them finite
+    log_k = log_k - torch.where(torch.isfinite(best), best, 0.0)
     return log_q.exp(), log_k.exp()
 
 
@@ -125,6 +127,16 @@ class AttentionInputs:
         """A dot-product map's features as scale·cos(x·Wᵀ + phase), or None: formed once a call (W may be
         learned), however many times the dispatch asks."""
         return self.featuremap.fourier_prologue() if self.featuremap.is_linear else None
+
+    @cached_property
+    def exponential_prologue(self) -> ExponentialPrologue | None:
+        """A dot-product map's features as scale·exp(x·Wᵀ − η‖x‖²) (FAVOR+), or None."""
+        return self.featuremap.exponential_prologue() if self.featuremap.is_linear else None
+
+    @property
+    def has_prologue(self) -> bool:
+        """Whether a Triton pass can compute the map's features (a Fourier or an exponential prologue)."""
+        return self.fourier_prologue is not None or self.exponential_prologue is not None
 
     @property
     def keep_keys(self) -> torch.Tensor | None:
@@ -238,17 +250,24 @@ def _fusable(inputs: AttentionInputs, *tensors: torch.Tensor | None) -> bool:
     )
 
 
+def _prologue_features(inputs: AttentionInputs, beta: torch.Tensor | float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """β·φ(q) and φ(k) from the Triton feature pass of the map's Fourier or exponential prologue (no stabiliser)."""
+    fourier, exponential = inputs.fourier_prologue, inputs.exponential_prologue
+    if fourier is not None:
+        return tuple(kernels.fourier_features(x, fourier.weight, fourier.phase, fourier.scale, factor)
+                     for x, factor in ((inputs.q, beta), (inputs.k, None)))  # fmt: skip
+    return tuple(kernels.exponential_features(x, exponential.weight, exponential.norm_weight, exponential.scale, factor)
+                 for x, factor in ((inputs.q, beta), (inputs.k, None)))  # fmt: skip
+
+
 def fused_softmax(inputs: AttentionInputs) -> AttentionResult | None:
-    """Fused softmax: SDPA over φ from the Triton Fourier-feature pass for maps with a Fourier prologue (RFF),
-    qra's flash-style kernel for other dot-product maps, the fidelity kernel for exact circuit maps."""
+    """Fused softmax: SDPA over φ from a Triton feature pass for maps with a prologue (RFF, FAVOR+), qra's
+    flash-style kernel for other dot-product maps, the fidelity kernel for exact circuit maps."""
     fm = inputs.featuremap
     if inputs.return_weights or not (fm.is_linear or fm.is_fidelity) or not _fusable(inputs):
         return None
-    prologue = inputs.fourier_prologue
-    if prologue is not None:  # φ from one Triton pass each way, then SDPA's kernels (faster than qra's softmax)
-        beta = 1.0 if inputs.beta is None else inputs.beta
-        queries, keys = (kernels.fourier_features(x, prologue.weight, prologue.phase, prologue.scale, factor)
-                         for x, factor in ((inputs.q, beta), (inputs.k, None)))  # fmt: skip
+    if inputs.has_prologue:  # φ from one Triton pass each way, then SDPA's kernels (faster than qra's softmax)
+        queries, keys = _prologue_features(inputs, 1.0 if inputs.beta is None else inputs.beta)
         return _softmax_through_sdpa(queries, keys, inputs.v, inputs.keep, None, inputs.dropout_p), None
     if fm.is_linear:
         fq, fk = fm.query_and_key_features(inputs.q, inputs.k)
@@ -262,10 +281,24 @@ def fused_softmax(inputs: AttentionInputs) -> AttentionResult | None:
     return out.to(inputs.v.dtype), None
 
 
+def _stabilised_prologue_features(
+    inputs: AttentionInputs, prologue: ExponentialPrologue
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """:func:`_features` for a map with an exponential prologue, its φ(q), φ(k) from the Triton feature pass."""
+    if not prologue.stabilize:
+        return *_prologue_features(inputs, None), inputs.eps
+    # the stabilisers absorb the constant scale, as log_features' max does on the PyTorch path
+    weight, eta = prologue.weight, prologue.norm_weight
+    fq = kernels.exponential_features(inputs.q, weight, eta, 1.0, stabilizer="row")
+    fk = kernels.exponential_features(inputs.k, weight, eta, 1.0, stabilizer="sequence", key_padding_mask=inputs.keep)
+    return fq, fk, torch.finfo(compute_dtype(inputs.v)).tiny
+
+
 def fused_linear(inputs: AttentionInputs) -> AttentionResult | None:
     """The two-pass fused linear kernel (weights, when asked for, need the PyTorch path).
 
-    A map with a Fourier prologue (RFF) has its features computed inside the kernel's tiles;
+    A map with a Fourier prologue (RFF) has its features computed inside the kernel's tiles, one with an
+    exponential prologue (FAVOR+) by a Triton pass each (with the stabiliser the PyTorch path applies);
     any other map's are computed first and handed over.
     """
     if inputs.return_weights or not _fusable(inputs):
@@ -275,7 +308,11 @@ def fused_linear(inputs: AttentionInputs) -> AttentionResult | None:
         out = kernels.fourier_linear_attention(inputs.q, inputs.k, inputs.v, prologue.weight, prologue.phase,
                                                prologue.scale, inputs.keep, inputs.eps)  # fmt: skip
         return out.to(inputs.v.dtype), None
-    fq, fk, eps = _features(inputs)
+    exponential = inputs.exponential_prologue
+    if exponential is not None:
+        fq, fk, eps = _stabilised_prologue_features(inputs, exponential)
+    else:
+        fq, fk, eps = _features(inputs)
     return kernels.linear_attention(fq, fk, inputs.v, inputs.keep, eps).to(inputs.v.dtype), None
 
 
@@ -296,9 +333,9 @@ class AttentionMode:
     needs_linear_map: bool = False
 
 
-def _fidelity_or_fourier_map(inputs: AttentionInputs) -> bool:
-    """Circuit maps (the fidelity kernel) and maps with a Fourier prologue (their features from one Triton pass)."""
-    return inputs.featuremap.is_fidelity or inputs.fourier_prologue is not None
+def _fidelity_or_prologue_map(inputs: AttentionInputs) -> bool:
+    """Circuit maps (the fidelity kernel) and maps with a prologue (their features from one Triton pass)."""
+    return inputs.featuremap.is_fidelity or inputs.has_prologue
 
 
 def _always(inputs: AttentionInputs) -> bool:
@@ -309,9 +346,9 @@ def _always(inputs: AttentionInputs) -> bool:
 ATTENTION_MODES: dict[str, AttentionMode] = {
     # softmax's PyTorch path already runs dot-product maps through SDPA's fused kernels, which beat
     # qra's Triton softmax on the H200 (that kernel is there on request, implementation="fused"); maps with a
-    # Fourier prologue (RFF) get their features for SDPA from one Triton pass instead of PyTorch ops; circuit
+    # prologue (RFF, FAVOR+) get their features for SDPA from one Triton pass instead of PyTorch ops; circuit
     # maps' PyTorch path forms the N×N fidelities, and the fidelity kernel beats it
-    "softmax": AttentionMode(softmax_mode, fused=fused_softmax, fused_by_default=_fidelity_or_fourier_map),
+    "softmax": AttentionMode(softmax_mode, fused=fused_softmax, fused_by_default=_fidelity_or_prologue_map),
     "normalized": AttentionMode(normalized_mode),
     "linear": AttentionMode(linear_mode, fused=fused_linear, fused_by_default=_always, needs_linear_map=True),
 }

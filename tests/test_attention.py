@@ -224,20 +224,24 @@ def test_normalized_blocks_give_the_whole_matrix_gradients(monkeypatch):
 
 @pytest.mark.parametrize(
     ("map_name", "params", "by_default"),
-    [("rff", {}, True), ("rff", {"sincos": True, "learn_sigma": True}, True), ("performer", {}, False),
-     ("hedgehog", {"heads": 2}, False)],
+    [("rff", {}, True), ("rff", {"sincos": True, "learn_sigma": True}, True), ("performer", {}, True),
+     ("performer", {"stabilize": False}, True), ("hedgehog", {"heads": 2}, False)],
 )  # fmt: skip
-def test_softmax_prefers_the_fused_path_for_fourier_and_circuit_maps(map_name, params, by_default):
-    """auto takes the fused softmax for maps with a Fourier prologue (features from one Triton pass, then SDPA) and
-    for circuit maps (the fidelity kernel); other dot-product maps keep SDPA over PyTorch's features."""
+def test_softmax_prefers_the_fused_path_for_prologue_and_circuit_maps(map_name, params, by_default):
+    """auto takes the fused softmax for maps with a Fourier or exponential prologue (features from one Triton pass,
+    then SDPA) and for circuit maps (the fidelity kernel); other dot-product maps keep SDPA over PyTorch's
+    features."""
     from qra.attention import ATTENTION_MODES, attention_inputs
 
     fm = get(map_name, d_in=8, **params)
     q = k = v = torch.randn(1, 2, 5, 8)
     inputs = attention_inputs(q, k, v, fm, "softmax", None, None, 0.0, False, 1e-6)
     assert ATTENTION_MODES["softmax"].fused_by_default(inputs) is by_default
-    assert (inputs.fourier_prologue is not None) is by_default
+    assert inputs.has_prologue is by_default
+    assert (inputs.fourier_prologue is not None) is (map_name == "rff")
+    assert (inputs.exponential_prologue is not None) is (map_name == "performer")
     assert inputs.fourier_prologue is inputs.fourier_prologue  # formed once a call
+    assert inputs.exponential_prologue is inputs.exponential_prologue
 
 
 def test_a_circuit_map_prefers_the_fidelity_kernel():

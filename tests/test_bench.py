@@ -27,7 +27,8 @@ def test_bench_attention_writes_sdpa_and_every_mode_and_path(tmp_path):
     payload = json.loads(out.read_text())
     assert {"command", "device", "versions", "commit"} <= set(payload["provenance"]) and payload["complete"]
     rows = payload["rows"]
-    impls = ("sdpa", "softmax-pytorch", "normalized-pytorch", "linear-pytorch", "fidelity-pytorch")
+    impls = ("sdpa", "softmax-pytorch", "normalized-pytorch", "linear-pytorch", "fidelity-pytorch",
+             "performer-softmax-pytorch", "performer-linear-pytorch")
     assert {(r["impl"], r["N"]) for r in rows} == {(i, n) for i in impls for n in (16, 32)}
     for row in rows:
         assert {"impl", "mode", "path", "N", "B", "H", "d", "m", "fwd_ms", "fwd_bwd_ms", "peak_bytes", "device",

@@ -342,6 +342,91 @@ def test_fourier_features_odd_lengths_and_factors(n, head_factor, weight_grad, d
     check_fourier_features(2, 2, n, 64, 128, dtype, head_factor, weight_grad=weight_grad)
 
 
+def check_exponential_features(b, h, n, d, m, dtype, head_factor, stabilizer, mask=None, weight_grad=True):
+    """kernels.exponential_features against the fp32 PyTorch formula (a FAVOR+ map's W and η): φ and the
+    gradients of x, W (when ``weight_grad``) and the per-head factor (when it is a tensor)."""
+    from qra.featuremaps import get
+
+    prologue = get("performer", d_in=d, m=m).exponential_prologue()
+    q = fourier_inputs(b, h, n, 1, d, m, 1, dtype)[0].transpose(1, 2).contiguous().transpose(1, 2)
+    scale = 1.0 if stabilizer != "none" else prologue.scale
+    factor_grad = isinstance(head_factor, torch.Tensor)
+    needed = {"dx": True, "dW": weight_grad, "dfactor": factor_grad}
+
+    def run(features):
+        x, w = leaves(q, prologue.weight.cuda())
+        w.requires_grad_(weight_grad)
+        factor = leaves(head_factor)[0] if factor_grad else head_factor
+        wrt = [t for t, want in zip((x, w, factor), needed.values(), strict=True) if want]
+        return features(x, w, factor), wrt
+
+    def formula(x, w, factor):
+        factors = torch.as_tensor(1.0 if factor is None else factor, dtype=torch.float32, device=x.device)
+        return reference.exponential_features(x, w, prologue.norm_weight, scale, factors.reshape(-1).expand(h),
+                                              stabilizer, mask)  # fmt: skip
+
+    out, wrt = run(lambda x, w, factor: kernels.exponential_features(x, w, prologue.norm_weight, scale, factor,
+                                                                     stabilizer, mask))  # fmt: skip
+    expected, expected_wrt = run(formula)
+    assert out.dtype == (torch.float32 if dtype == torch.float16 else dtype) and out.shape == (b, h, n, m)
+    grad_out = torch.randn_like(out)
+    assert_close(out, expected, RTOL[dtype], "features")
+    names = [name for name, want in needed.items() if want]
+    for name, a, e in zip(names, grads(out, wrt, grad_out), grads(expected, expected_wrt, grad_out), strict=True):
+        assert_close(a, e, RTOL[dtype], name)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stabilizer", ["none", "row", "sequence"])
+@pytest.mark.parametrize(("d", "m"), [(32, 32), (64, 128), (48, 96), (64, 256)])
+def test_exponential_features_match_pytorch(d, m, stabilizer, dtype):
+    mask = make_mask(2, 100, "cuda") if stabilizer == "sequence" else None
+    check_exponential_features(2, 3, 100, d, m, dtype, torch.tensor([0.5, 1.0, 2.0], device="cuda"), stabilizer,
+                               mask)  # fmt: skip
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 17, 4099])
+@pytest.mark.parametrize("stabilizer", ["none", "row", "sequence"])
+@pytest.mark.parametrize("weight_grad", [True, False])
+def test_exponential_features_odd_lengths(n, stabilizer, weight_grad, dtype):
+    mask = make_mask(2, n, "cuda") if stabilizer == "sequence" and n > 1 else None
+    check_exponential_features(2, 2, n, 64, 128, dtype, 3.0 if stabilizer == "none" else None, stabilizer, mask,
+                               weight_grad)  # fmt: skip
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["softmax", "linear"])
+@pytest.mark.parametrize("stabilize", [True, False])
+def test_performer_modes_run_the_feature_pass(mode, stabilize, dtype, monkeypatch):
+    """kernel_attention(performer) by default takes φ from the Triton exponential pass (softmax: then SDPA, with a
+    per-head β; linear: with the stabilisers, then the linear kernel): the PyTorch path's outputs and gradients,
+    with a padding mask (in linear mode a sequence without any real key too)."""
+    from qra.featuremaps import get
+
+    calls = []
+    original = kernels.exponential_features
+    monkeypatch.setattr(kernels, "exponential_features", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    fm = get("performer", d_in=64, m=128, stabilize=stabilize).cuda()
+    q, k, v, _, _ = fourier_inputs(2, 3, 77, 77, 64, 128, 64, dtype)
+    mask = make_mask(2, 77, "cuda", all_padding_row=mode == "linear")
+    results = []
+    for implementation in ("auto", "pytorch"):
+        inputs = leaves(q, k, v, torch.tensor([0.5, 1.0, 2.0], device="cuda"))
+        beta = inputs[3] if mode == "softmax" else None
+        out, _ = kernel_attention(*inputs[:3], fm, mode, mask, beta=beta, implementation=implementation)
+        wrt = inputs if mode == "softmax" else inputs[:3]
+        results.append((out, grads(out.float().square().sum(), wrt, None)))
+    assert len(calls) == 2, f"the default {mode} path did not take the exponential feature pass for queries and keys"
+    (out, got), (expected, want) = results
+    assert_close(out, expected, RTOL[dtype], "out")
+    for name, a, e in zip(("dq", "dk", "dv", "dbeta"), got, want, strict=False):
+        assert_close(a, e, 5 * RTOL[dtype], name)
+
+
 @requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("sincos", [False, True])

@@ -107,3 +107,63 @@ def test_large_query_and_key_norms_stay_normalised(mode, dtype):
     tolerance = 1e-9 if dtype == torch.float64 else 2e-4
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
     torch.testing.assert_close(weights.sum(-1).double(), torch.ones(2, 3, 8, dtype=torch.float64), rtol=0, atol=1e-5)
+
+
+def test_exponential_prologue_gives_the_maps_features_and_its_stabilised_features():
+    """The prologue's formula (the fused kernels' input) is the map's φ, and with the stabilisers the features the
+    PyTorch linear mode uses (each query's and each sequence's real keys' max subtracted)."""
+    from qra.attention import _stabilised_features
+    from qra.kernels.reference import exponential_features
+
+    fm = get("performer", d_in=16, m=32).double()
+    prologue = fm.exponential_prologue()
+    assert prologue.stabilize
+    generator = torch.Generator().manual_seed(2)
+    q, k = (torch.randn(2, 3, 9, 16, generator=generator, dtype=torch.float64) * 2 for _ in range(2))
+    keep = torch.ones(2, 9, dtype=torch.bool)
+    keep[1, 5:] = False
+    weight, eta = prologue.weight.double(), prologue.norm_weight
+    torch.testing.assert_close(exponential_features(q, weight, eta, prologue.scale), fm(q), rtol=1e-12, atol=0)
+    expected_q, expected_k = _stabilised_features(fm, q, k, keep)
+    torch.testing.assert_close(exponential_features(q, weight, eta, 1.0, stabilizer="row"), expected_q)
+    got_k = exponential_features(k, weight, eta, 1.0, stabilizer="sequence", key_padding_mask=keep)
+    torch.testing.assert_close(got_k, expected_k)
+    assert not get("performer", d_in=16, stabilize=False).exponential_prologue().stabilize
+
+
+def test_subclasses_that_change_the_features_have_no_exponential_prologue():
+    class Doubled(PositiveRandomFeatures):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    assert Doubled(d_in=8).exponential_prologue() is None
+    assert PositiveRandomFeatures(d_in=8).exponential_prologue() is not None
+
+
+def test_exponential_features_cpu_path_and_errors():
+    from qra import kernels
+
+    fm = get("performer", d_in=8, m=16)
+    prologue = fm.exponential_prologue()
+    x = torch.randn(2, 3, 5, 8)
+    beta = torch.tensor([0.5, 1.0, 2.0])
+    got = kernels.exponential_features(x, prologue.weight, prologue.norm_weight, prologue.scale, beta)
+    torch.testing.assert_close(got, fm(x) * beta.view(1, 3, 1, 1))
+    with pytest.raises(ValueError, match="unknown stabilizer 'max'; expected one of none, row, sequence"):
+        kernels.exponential_features(x, prologue.weight, 0.5, 1.0, stabilizer="max")
+    with pytest.raises(ValueError, match=r"key_padding_mask must be \[B, N\]"):
+        kernels.exponential_features(x, prologue.weight, 0.5, 1.0, key_padding_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"weight must be \[m, d=8\]"):
+        kernels.exponential_features(x, prologue.weight[:, :4], 0.5, 1.0)
+
+
+@pytest.mark.parametrize("mode", ["linear", "normalized"])
+def test_a_sequence_without_real_keys_attends_to_nothing(mode):
+    """The keys' stabiliser is −inf for a sequence whose keys are all padding; that sequence's output is 0 and its
+    gradients finite, not inf · 0 = NaN."""
+    q, k, v = (torch.randn(2, 3, 6, 16, requires_grad=True) for _ in range(3))
+    keep = torch.ones(2, 6, dtype=torch.bool)
+    keep[0] = False
+    out, _ = kernel_attention(q, k, v, get("performer", d_in=16, m=32), mode, key_padding_mask=keep)
+    assert torch.isfinite(out).all() and (out[0] == 0).all()
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(out.square().sum(), (q, k, v)))

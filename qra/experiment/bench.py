@@ -335,6 +335,15 @@ def attention_impls(
 
             compiled = torch.compile(attention, dynamic=True) if path == "compiled" else attention
             impls[f"{mode}-{path}"] = (mode, path, compiled)
+    performer = get("performer", d_in=head_dim, m=features).to(device)
+    for mode in ("softmax", "linear"):  # FAVOR+ features: the exponential prologue's Triton pass, or PyTorch ops
+        for path in ("fused", "pytorch") if device.type == "cuda" else ("pytorch",):
+
+            def attention(q, k, v, mode=mode, path=path):
+                implementation = "fused" if path == "fused" else "pytorch"
+                return kernel_attention(q, k, v, performer, mode, implementation=implementation)[0]
+
+            impls[f"performer-{mode}-{path}"] = (mode, path, attention)
     if device.type == "cuda":
         from .. import kernels
 
@@ -361,7 +370,8 @@ def attention_cases(
     """SDPA (default choice, flash, cuDNN) against qra kernel attention at B·N = ``tokens``.
 
     Every mode with RFF features (m = ``features``) on the fused kernels, the PyTorch path and
-    ``torch.compile`` of the PyTorch path; and the fidelity softmax on given ``qubits``-qubit
+    ``torch.compile`` of the PyTorch path; the softmax and linear modes with FAVOR+ features (performer); the fidelity
+    softmax on given ``qubits``-qubit
     states (their simulation not timed).  Forward and forward + backward, peak memory.
     ``only``: the rows to measure (all by default).
     """

@@ -32,6 +32,20 @@ class FourierPrologue:
     scale: float
 
 
+@dataclass(frozen=True)
+class ExponentialPrologue:
+    """φ(x) = scale · exp(x·Wᵀ − norm_weight·‖x‖²): positive random features (FAVOR+) in a form fused kernels compute.
+
+    With ``stabilize`` the linear mode subtracts each query's max and the max over a sequence's real keys from
+    the exponents (constants that cancel there, as :meth:`FeatureMap.log_features` does on the PyTorch path).
+    """
+
+    weight: torch.Tensor  # [dim, d_in]
+    norm_weight: float
+    scale: float
+    stabilize: bool
+
+
 class FeatureMap(nn.Module, metaclass=ABCMeta):
     """Abstract feature map φ: R^d_in -> R^dim (or C^dim for quantum states).
 
@@ -136,6 +150,14 @@ class FeatureMap(nn.Module, metaclass=ABCMeta):
 
         Return one only when it equals both :meth:`forward` and :meth:`query_features` (up to rounding):
         the fused linear kernel then computes φ inside its tiles and never calls them.
+        """
+        return None
+
+    def exponential_prologue(self) -> ExponentialPrologue | None:
+        """φ as scale · exp(x·Wᵀ − η‖x‖²) for fused kernels, or None (the default: φ is computed as a tensor).
+
+        Return one only when it equals both :meth:`forward` and :meth:`query_features` (up to rounding), and
+        its ``stabilize`` says whether :meth:`log_features` is given.
         """
         return None
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .base import FeatureMap, compute_dtype
+from .base import ExponentialPrologue, FeatureMap, compute_dtype
 from .random_draws import gaussian_frequencies
 
 
@@ -71,3 +71,15 @@ class PositiveRandomFeatures(FeatureMap):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._log_features(x).exp().to(x.dtype)
+
+    def exponential_prologue(self) -> ExponentialPrologue | None:
+        """W = s·ω, η = s²/2 and the factor 1/√m; None for a subclass that redefines the features."""
+        cls = type(self)
+        if (
+            cls.forward is not PositiveRandomFeatures.forward
+            or cls._log_features is not PositiveRandomFeatures._log_features
+            or cls.log_features is not PositiveRandomFeatures.log_features
+            or cls.query_features is not FeatureMap.query_features
+        ):
+            return None
+        return ExponentialPrologue(self.omega.float() * self.scale, 0.5 * self.scale**2, self.m**-0.5, self.stabilize)

@@ -53,6 +53,7 @@ from . import reference
 
 __all__ = [
     "dropout_keep_mask",
+    "exponential_features",
     "fidelity_attention",
     "fourier_features",
     "fourier_linear_attention",
@@ -208,14 +209,7 @@ def fourier_features(
         raise ValueError(
             f"weight must be [m, d={x.shape[-1]}] and phase [m]; got {tuple(weight.shape)}, {tuple(phase.shape)}"
         )
-    heads = x.shape[1]
-    if isinstance(head_factor, torch.Tensor):
-        if head_factor.numel() not in (1, heads):
-            shape = tuple(head_factor.shape)
-            raise ValueError(f"head_factor must be a scalar or one value per head ({heads}), got {shape}")
-        factors = scale * head_factor.to(device=x.device, dtype=torch.float32).reshape(-1).expand(heads)
-    else:  # a fill on the device: a float copied from the host would wait for the GPU's queue
-        factors = torch.full((heads,), scale * (1.0 if head_factor is None else float(head_factor)), device=x.device)
+    factors = _head_factors(x, scale, head_factor)
     fusable = (
         fused_available(x, weight, phase, factors)
         and x.shape[-1] <= MAX_FEATURE_DIM
@@ -226,6 +220,63 @@ def fourier_features(
     from .fourier_map import fused_fourier_features
 
     return fused_fourier_features(x, weight, phase, factors)
+
+
+def _head_factors(x: torch.Tensor, scale: float, head_factor: torch.Tensor | float | None) -> torch.Tensor:
+    """scale times the per-head factor, as float32 ``[H]`` for x ``[B, H, N, d]`` (a float is filled on the device:
+    copied from the host it would wait for the GPU's queue)."""
+    heads = x.shape[1]
+    if isinstance(head_factor, torch.Tensor):
+        if head_factor.numel() not in (1, heads):
+            shape = tuple(head_factor.shape)
+            raise ValueError(f"head_factor must be a scalar or one value per head ({heads}), got {shape}")
+        return scale * head_factor.to(device=x.device, dtype=torch.float32).reshape(-1).expand(heads)
+    return torch.full((heads,), scale * (1.0 if head_factor is None else float(head_factor)), device=x.device)
+
+
+#: the stabilisers :func:`exponential_features` takes, and their numbers in the kernels
+STABILIZERS = {"none": 0, "row": 1, "sequence": 2}
+
+
+def exponential_features(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: float,
+    scale: float,
+    head_factor: torch.Tensor | float | None = None,
+    stabilizer: str = "none",
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """FAVOR+ positive features φ(x) = scale·exp(x·Wᵀ − η‖x‖² − s) for x ``[B, H, N, d]``, times a per-head factor.
+
+    η is ``norm_weight``.  ``stabilizer`` picks s, which autograd treats as a constant (it cancels in linear
+    attention and only keeps exp() in range): ``none`` (0), ``row`` (each row's max over the features: queries)
+    or ``sequence`` (the max over the real keys of each sequence and head, ``key_padding_mask`` ``[B, N]`` saying
+    which are real: keys).  Returned in x's dtype (fp32 for fp16 x, whose range exponentials outrun).  On CUDA one
+    Triton pass each way computes it (:mod:`qra.kernels.fourier_map`), and with ``sequence`` one more pass finds
+    the maxima; elsewhere the PyTorch reference does.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected x as [B, H, N, d]; got {tuple(x.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"weight must be [m, d={x.shape[-1]}]; got {tuple(weight.shape)}")
+    if stabilizer not in STABILIZERS:
+        raise ValueError(f"unknown stabilizer {stabilizer!r}; expected one of {', '.join(STABILIZERS)}")
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (x.shape[0], x.shape[2]):
+        raise ValueError(f"key_padding_mask must be [B, N] = {(x.shape[0], x.shape[2])}, got "
+                         f"{tuple(key_padding_mask.shape)}")  # fmt: skip
+    factors = _head_factors(x, scale, head_factor)
+    fusable = (
+        fused_available(x, weight, factors, key_padding_mask)
+        and x.shape[-1] <= MAX_FEATURE_DIM
+        and weight.shape[0] <= MAX_FEATURE_DIM
+    )
+    if not fusable:
+        return reference.exponential_features(x, weight, norm_weight, 1.0, factors, stabilizer, key_padding_mask)
+    from .fourier_map import fused_exponential_features, sequence_max
+
+    maxima = sequence_max(x, weight, norm_weight, key_padding_mask) if stabilizer == "sequence" else None
+    return fused_exponential_features(x, weight, norm_weight, factors, STABILIZERS[stabilizer], maxima)
 
 
 def _tile(n: int) -> int:

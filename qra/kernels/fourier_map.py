@@ -1,4 +1,5 @@
-"""Random Fourier features in one Triton pass each way: φ(x) = c_h·cos(x·Wᵀ + b), written once in x's dtype.
+"""Random features in one Triton pass each way, written once: Fourier features φ(x) = c_h·cos(x·Wᵀ + b) and
+FAVOR+ positive features φ(x) = c_h·exp(x·Wᵀ + b − η‖x‖² − s), s an optional stabiliser.
 
 Why: the softmax mode hands φ(q) and φ(k) to SDPA, which cannot take a prologue, so φ has to exist as a tensor.
 Built from PyTorch ops it is a float32 matrix product, a phase add, a cosine, two scalings and a cast, each a pass
@@ -11,16 +12,23 @@ the map's scale times the softmax temperature β_h for the queries, so the tempe
 The backward recomputes the angles: dp = −c_h·sin(p)·dφ, dx = dp·W, and each program writes its sums of the map's
 dWᵀ = xᵀdp, db = Σdp and dc_h = Σ cos(p)·dφ (from which autograd forms the temperature's gradient) to a buffer of
 its own, summed afterwards by one reduction each: fp32 atomics from every program into one set of buffers contend.
+
+Positive features (``EXP``) share all of it but the activation: l = x·Wᵀ + b − η‖x‖², φ = c_h·exp(l − s) and
+dp = φ·dφ, dx = dp·W − 2η·x·Σ_f dp.  The stabiliser s is a constant (FAVOR+ treats it as one: it cancels in the
+linear mode): 0, each row's max over its features (``STAB_ROW``, recomputed in backward), or one value per batch
+and head (``STAB_GIVEN``: the max over a sequence's real keys, from :func:`sequence_max`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from ._trig import cos_sin, cosine
-from ._util import pow2
+from ._util import mask_arguments, mask_bytes, pow2
 from .fourier_linear import (
     Launch,
     _angles,
@@ -31,6 +39,9 @@ from .fourier_linear import (
     _split_weight,
 )
 from .linear import _split_dot
+
+#: the stabilisers of positive features: none, each row's own max, one value per (batch, head) read from memory
+STAB_NONE, STAB_ROW, STAB_GIVEN = 0, 1, 2
 
 #: rows per tile, warps and programs per SM of the two passes.  ptxas for sm_90 (bf16, d = 64, m = 128): the
 #: backward spills 3,084 bytes at 64 rows on 4 warps, 1,544 on 8, 596 at 32 rows on 4 warps and none at 32 rows
@@ -51,13 +62,26 @@ def _program_weights(X, W, B, C, H, D, F, BD: tl.constexpr, BF: tl.constexpr, LO
 
 
 @triton.jit
+def _exponents(x, p, fmask, ETA, S, STAB: tl.constexpr):
+    """l − s = x·Wᵀ + b − η‖x‖² − s in fp32 for the angles p = x·Wᵀ + b of a row tile x; −inf outside the
+    features, so that exp() gives 0 there and a row's max ignores them."""
+    xf = x.to(tl.float32)
+    exponents = tl.where(fmask[None, :], p - ETA * tl.sum(xf * xf, axis=1)[:, None], float("-inf"))
+    if STAB == 1:  # STAB_ROW
+        exponents -= tl.max(exponents, axis=1)[:, None]
+    elif STAB == 2:  # STAB_GIVEN
+        exponents -= tl.load(S + tl.program_id(0))
+    return exponents
+
+
+@triton.jit
 def _features_kernel(
-    X, W, B, C, OUT,
+    X, W, B, C, S, OUT,
     s_xb, s_xh, s_xn, s_xd,
     s_ob, s_oh, s_on, s_of,
-    H, N, D, F, PER_PROGRAM,
+    H, N, D, F, PER_PROGRAM, ETA,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, EXP: tl.constexpr, STAB: tl.constexpr,
 ):  # fmt: skip
     b, h, _, w_hi, w_lo, bias, factor = _program_weights(X, W, B, C, H, D, F, BD, BF, LOWP)
     part = tl.program_id(1)
@@ -71,20 +95,25 @@ def _features_kernel(
         offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
         x = _load_rows(x_base, offs_n, offs_d, s_xn, s_xd, nmask, dmask)
-        features = factor * cosine(_angles(x, w_hi, w_lo, bias, LOWP, PREC), FAST)
+        p = _angles(x, w_hi, w_lo, bias, LOWP, PREC)
+        if EXP:  # noqa: SIM108  (a constexpr branch: only one side is compiled)
+            features = factor * tl.exp(_exponents(x, p, fmask, ETA, S, STAB))
+        else:
+            features = factor * cosine(p, FAST)
         tl.store(o_base + offs_n[:, None] * s_on + offs_f[None, :] * s_of, features.to(OUT.dtype.element_ty),
                  mask=nmask[:, None] & fmask[None, :])  # fmt: skip
 
 
 @triton.jit
 def _features_backward_kernel(
-    X, G, W, B, C, DX, DW, DB, DC,
+    X, G, W, B, C, S, DX, DW, DB, DC,
     s_xb, s_xh, s_xn, s_xd,
     s_gb, s_gh, s_gn, s_gf,
     s_db, s_dh, s_dn, s_dd,
-    H, N, D, F, PER_PROGRAM,
+    H, N, D, F, PER_PROGRAM, ETA,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr, FACTOR_GRAD: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, EXP: tl.constexpr, STAB: tl.constexpr,
+    WEIGHT_GRAD: tl.constexpr, FACTOR_GRAD: tl.constexpr,
 ):  # fmt: skip
     b, h, wt, w_hi, w_lo, bias, factor = _program_weights(X, W, B, C, H, D, F, BD, BF, LOWP)
     part = tl.program_id(1)
@@ -103,16 +132,24 @@ def _features_backward_kernel(
         nmask = offs_n < N
         x = _load_rows(x_base, offs_n, offs_d, s_xn, s_xd, nmask, dmask)
         g = _load_rows(g_base, offs_n, offs_f, s_gn, s_gf, nmask, fmask).to(tl.float32)
-        cos, sin = cos_sin(_angles(x, w_hi, w_lo, bias, LOWP, PREC), FAST)
-        dp = tl.where(nmask[:, None] & fmask[None, :], -factor * sin * g, 0.0)
+        p = _angles(x, w_hi, w_lo, bias, LOWP, PREC)
+        if EXP:  # the feature (over c_h) and its slope are both exp(l − s)
+            value = tl.exp(_exponents(x, p, fmask, ETA, S, STAB))
+            slope = value
+        else:
+            value, slope = cos_sin(p, FAST)
+            slope = -slope
+        dp = tl.where(nmask[:, None] & fmask[None, :], factor * slope * g, 0.0)
         dx = tl.dot(dp, tl.trans(wt), input_precision=PREC)
+        if EXP:
+            dx -= (2.0 * ETA) * x.to(tl.float32) * tl.sum(dp, axis=1)[:, None]
         tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dx.to(DX.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
         if WEIGHT_GRAD:
             dwt_acc += _split_dot(tl.trans(x), dp, LOWP, PREC)
             db_acc += tl.sum(dp, axis=0)
         if FACTOR_GRAD:
-            dc_acc += tl.sum(cos * g, axis=0)  # g is 0 outside the rows and features
+            dc_acc += tl.sum(value * g, axis=0)  # g is 0 outside the rows and features
     # this program's sums, added up by the launcher (atomics from every program into shared buffers contend)
     program = tl.program_id(0) * tl.num_programs(1) + part
     if WEIGHT_GRAD:
@@ -122,6 +159,32 @@ def _features_backward_kernel(
         tl.store(DC + program, tl.sum(dc_acc, axis=0))
 
 
+@triton.jit
+def _sequence_max_kernel(
+    X, W, B, C, M, OUT,
+    s_xb, s_xh, s_xn, s_xd, s_mb, s_mn,
+    H, N, D, F, PER_PROGRAM, ETA,
+    BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, HAS_MASK: tl.constexpr,
+):  # fmt: skip
+    """This program's max of l = x·Wᵀ + b − η‖x‖² over its rows that are real keys (−inf without any)."""
+    b, h, _, w_hi, w_lo, bias, _ = _program_weights(X, W, B, C, H, D, F, BD, BF, LOWP)
+    part = tl.program_id(1)
+    offs_d = tl.arange(0, BD)
+    fmask = tl.arange(0, BF) < F
+    x_base = X + b * s_xb + h * s_xh
+    best = tl.full((BN,), float("-inf"), tl.float32)
+    for blk in range(0, PER_PROGRAM):
+        offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
+        rows = offs_n < N
+        if HAS_MASK:
+            rows &= tl.load(M + b * s_mb + offs_n * s_mn, mask=rows, other=0) != 0
+        x = _load_rows(x_base, offs_n, offs_d, s_xn, s_xd, rows, offs_d < D)
+        exponents = _exponents(x, _angles(x, w_hi, w_lo, bias, LOWP, PREC), fmask, ETA, C, 0)
+        best = tl.maximum(best, tl.where(rows, tl.max(exponents, axis=1), float("-inf")))
+    tl.store(OUT + tl.program_id(0) * tl.num_programs(1) + part, tl.max(best, axis=0))
+
+
 def _meta(dtype: torch.dtype, dim: int, features: int, launch: Launch) -> dict:
     bd, bf = pow2(dim), pow2(features)
     lowp, prec, fast, warps = _launch_config(dtype, bd, bf, 16, launch)
@@ -129,25 +192,40 @@ def _meta(dtype: torch.dtype, dim: int, features: int, launch: Launch) -> dict:
                 num_stages=launch.stages)  # fmt: skip
 
 
-class _FourierFeatures(torch.autograd.Function):
-    """x ``[B, H, N, d]``, W ``[m, d]``, b ``[m]``, c ``[H]`` (float32) → c_h·cos(x·Wᵀ + b) ``[B, H, N, m]``."""
+@dataclass(frozen=True)
+class Activation:
+    """Which features the kernels compute: cosines, or exponentials with ``norm_weight`` η and a stabiliser."""
+
+    exponential: bool = False
+    norm_weight: float = 0.0
+    stabilizer: int = STAB_NONE
+
+    def meta(self) -> dict:
+        return dict(EXP=self.exponential, STAB=self.stabilizer)
+
+
+class _RandomFeatures(torch.autograd.Function):
+    """x ``[B, H, N, d]``, W ``[m, d]``, b ``[m]``, c ``[H]`` (float32), the stabilisers s ``[B·H]`` (read with
+    ``STAB_GIVEN``) → c_h·cos(x·Wᵀ + b) or c_h·exp(x·Wᵀ + b − η‖x‖² − s), ``[B, H, N, m]`` in x's dtype."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, factors):
+    def forward(ctx, x, weight, bias, factors, stabilizers, activation: Activation):
         bsz, heads, n, dim = x.shape
         feat = weight.shape[0]
         out = torch.empty(bsz, heads, n, feat, device=x.device, dtype=x.dtype)
         grid, per = _grid(n, bsz * heads, x.device, FORWARD_LAUNCH)
         _features_kernel[grid](
-            x, weight, bias, factors, out, *x.stride(), *out.stride(), heads, n, dim, feat, per,
-            **_meta(x.dtype, dim, feat, FORWARD_LAUNCH),
+            x, weight, bias, factors, stabilizers, out, *x.stride(), *out.stride(), heads, n, dim, feat, per,
+            activation.norm_weight, **_meta(x.dtype, dim, feat, FORWARD_LAUNCH), **activation.meta(),
         )  # fmt: skip
-        ctx.save_for_backward(x, weight, bias, factors)
+        ctx.save_for_backward(x, weight, bias, factors, stabilizers)
+        ctx.activation = activation
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, bias, factors = ctx.saved_tensors
+        x, weight, bias, factors, stabilizers = ctx.saved_tensors
+        activation = ctx.activation
         bsz, heads, n, dim = x.shape
         feat = weight.shape[0]
         meta = _meta(x.dtype, dim, feat, BACKWARD_LAUNCH)
@@ -161,12 +239,18 @@ class _FourierFeatures(torch.autograd.Function):
         db = torch.empty(sums, meta["BF"], device=x.device, dtype=torch.float32)
         dc = torch.empty(bsz, heads, grid[1] if factor_grad else 1, device=x.device, dtype=torch.float32)
         _features_backward_kernel[grid](
-            x, grad, weight, bias, factors, dx, dwt, db, dc, *x.stride(), *grad.stride(), *dx.stride(),
-            heads, n, dim, feat, per, WEIGHT_GRAD=weight_grad, FACTOR_GRAD=factor_grad, **meta,
+            x, grad, weight, bias, factors, stabilizers, dx, dwt, db, dc, *x.stride(), *grad.stride(), *dx.stride(),
+            heads, n, dim, feat, per, activation.norm_weight, WEIGHT_GRAD=weight_grad, FACTOR_GRAD=factor_grad,
+            **meta, **activation.meta(),
         )  # fmt: skip
         dw = dwt.sum(0)[:dim, :feat].T if ctx.needs_input_grad[1] else None
         db = db.sum(0)[:feat] if ctx.needs_input_grad[2] else None
-        return dx, dw, db, (dc.sum((0, 2)) if factor_grad else None)
+        return dx, dw, db, (dc.sum((0, 2)) if factor_grad else None), None, None
+
+
+def _prepared(x: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """fp16 x as fp32 (the kernels' 16-bit path is bf16's hi + lo split), the parameters as contiguous fp32."""
+    return (x.float() if x.dtype == torch.float16 else x, *(t.float().contiguous() for t in params))
 
 
 def fused_fourier_features(
@@ -176,8 +260,47 @@ def fused_fourier_features(
 
     fp16 inputs compute in fp32 (the kernels' bf16 path splits W into bf16 parts) and return fp16.
     """
-    out_dtype = x.dtype
-    x = x.float() if x.dtype == torch.float16 else x
-    out = _FourierFeatures.apply(x, weight.float().contiguous(), phase.float().contiguous(),
-                                 factors.float().contiguous())  # fmt: skip
-    return out.to(out_dtype)
+    x32, weight, phase, factors = _prepared(x, weight, phase, factors)
+    return _RandomFeatures.apply(x32, weight, phase, factors, factors, Activation()).to(x.dtype)
+
+
+@torch.no_grad()
+def sequence_max(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: float, key_padding_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """max over each sequence's real keys and the features of l = x·Wᵀ − η‖x‖², ``[B·H]`` float32 (0 where a
+    sequence has no real key: its features are all masked, whatever they are)."""
+    x, weight = _prepared(x, weight)
+    bsz, heads, n, dim = x.shape
+    feat = weight.shape[0]
+    grid, per = _grid(n, bsz * heads, x.device, FORWARD_LAUNCH)
+    maxima = torch.empty(grid[0], grid[1], device=x.device, dtype=torch.float32)
+    bias = torch.zeros(feat, device=x.device, dtype=torch.float32)
+    factors = torch.ones(heads, device=x.device, dtype=torch.float32)  # read by the shared start, unused here
+    mask = mask_bytes(key_padding_mask, x.device)
+    m, m_strides = mask_arguments(mask, maxima)
+    meta = _meta(x.dtype, dim, feat, FORWARD_LAUNCH)
+    meta.pop("FAST")
+    _sequence_max_kernel[grid](
+        x, weight, bias, factors, m, maxima, *x.stride(), *m_strides, heads, n, dim, feat, per, float(norm_weight),
+        HAS_MASK=mask is not None, **meta,
+    )  # fmt: skip
+    best = maxima.amax(dim=1)
+    return torch.where(torch.isfinite(best), best, 0.0)
+
+
+def fused_exponential_features(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: float,
+    factors: torch.Tensor,
+    stabilizer: int,
+    stabilizers: torch.Tensor | None,
+) -> torch.Tensor:
+    """The Triton path of :func:`qra.kernels.exponential_features` (arguments already checked); fp16 inputs
+    compute in fp32 and return fp32 (exponentials outrun fp16's range)."""
+    x, weight, factors = _prepared(x, weight, factors)
+    bias = torch.zeros(weight.shape[0], device=x.device, dtype=torch.float32)
+    stabilizers = factors if stabilizers is None else stabilizers.float().contiguous()
+    activation = Activation(exponential=True, norm_weight=float(norm_weight), stabilizer=stabilizer)
+    return _RandomFeatures.apply(x, weight, bias, factors, stabilizers, activation)

@@ -46,6 +46,36 @@ def fourier_features(
     return features.to(x.dtype)
 
 
+def exponential_features(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: float,
+    scale: float,
+    head_factors: torch.Tensor | None = None,
+    stabilizer: str = "none",
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """scale·exp(x·Wᵀ − η‖x‖² − s) (times ``head_factors[h]`` on head h), s the stabiliser (a constant to autograd):
+    0 (``none``), each row's max (``row``) or the max over each sequence's real keys (``sequence``; 0 for a
+    sequence without any).  Computed in fp32 for half-precision x, returned in x's dtype (fp32 for fp16 x)."""
+    dtype = _compute_dtype(x)
+    values = x.to(dtype)
+    exponents = values @ weight.to(dtype).T - norm_weight * values.square().sum(dim=-1, keepdim=True)
+    if stabilizer == "row":
+        exponents = exponents - exponents.detach().amax(dim=-1, keepdim=True)
+    elif stabilizer == "sequence":
+        reference = exponents.detach()
+        if key_padding_mask is not None:
+            keep = key_padding_mask.to(device=x.device, dtype=torch.bool)[:, None, :, None]
+            reference = reference.masked_fill(~keep, float("-inf"))
+        best = reference.amax(dim=(-2, -1), keepdim=True)
+        exponents = exponents - torch.where(torch.isfinite(best), best, 0.0)
+    features = scale * exponents.exp()
+    if head_factors is not None:
+        features = features * head_factors.to(dtype).view(1, -1, 1, 1)
+    return features.to(torch.float32 if x.dtype == torch.float16 else x.dtype)
+
+
 def fourier_linear_attention(q, k, v, weight, phase, scale: float, key_padding_mask=None, eps: float = 1e-6):
     fq, fk = fourier_features(q, weight, phase, scale), fourier_features(k, weight, phase, scale)
     return linear_attention(fq, fk, v, key_padding_mask, eps)
