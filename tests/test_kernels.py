@@ -292,6 +292,15 @@ def test_rff_linear_mode_runs_the_prologue_kernel(sincos, monkeypatch):
         assert_close(a, e, 2e-4, name)
 
 
+def assert_features_and_gradients(out, wrt, expected, expected_wrt, needed: dict[str, bool], rtol: float) -> None:
+    """Features and the gradients named True in ``needed`` (in order) against the formula's."""
+    grad_out = torch.randn_like(out)
+    assert_close(out, expected, rtol, "features")
+    names = [name for name, want in needed.items() if want]
+    for name, a, e in zip(names, grads(out, wrt, grad_out), grads(expected, expected_wrt, grad_out), strict=True):
+        assert_close(a, e, rtol, name)
+
+
 def check_fourier_features(b, h, n, d, m, dtype, head_factor, strided=False, weight_grad=True):
     """kernels.fourier_features against the fp32 PyTorch formula: φ and the gradients of x, W, the phases and
     the per-head factor (when it is a tensor); with ``weight_grad`` False W and the phases are constants."""
@@ -317,11 +326,7 @@ def check_fourier_features(b, h, n, d, m, dtype, head_factor, strided=False, wei
     out, wrt = run(lambda x, w, p, factor: kernels.fourier_features(x, w, p, scale, factor))
     expected, expected_wrt = run(formula)
     assert out.dtype == dtype and out.shape == (b, h, n, m)
-    grad_out = torch.randn_like(out)
-    assert_close(out, expected, RTOL[dtype], "features")
-    names = [name for name, want in needed.items() if want]
-    for name, a, e in zip(names, grads(out, wrt, grad_out), grads(expected, expected_wrt, grad_out), strict=True):
-        assert_close(a, e, RTOL[dtype], name)
+    assert_features_and_gradients(out, wrt, expected, expected_wrt, needed, RTOL[dtype])
 
 
 @requires_gpu
@@ -369,11 +374,7 @@ def check_exponential_features(b, h, n, d, m, dtype, head_factor, stabilizer, ma
                                                                      stabilizer, mask))  # fmt: skip
     expected, expected_wrt = run(formula)
     assert out.dtype == (torch.float32 if dtype == torch.float16 else dtype) and out.shape == (b, h, n, m)
-    grad_out = torch.randn_like(out)
-    assert_close(out, expected, RTOL[dtype], "features")
-    names = [name for name, want in needed.items() if want]
-    for name, a, e in zip(names, grads(out, wrt, grad_out), grads(expected, expected_wrt, grad_out), strict=True):
-        assert_close(a, e, RTOL[dtype], name)
+    assert_features_and_gradients(out, wrt, expected, expected_wrt, needed, RTOL[dtype])
 
 
 @requires_gpu

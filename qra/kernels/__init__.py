@@ -12,6 +12,11 @@ the PyTorch code in :mod:`qra.attention` stays the CPU path and the oracle the t
     φ(x) = scale·cos(x·Wᵀ + phase) (random Fourier features), times a per-head factor (a softmax temperature),
     written once in x's dtype by one Triton pass, its backward one more: the features the softmax mode hands to
     SDPA, which cannot take a prologue.
+``exponential_features(x, weight, norm_weight, scale, head_factor=None, stabilizer="none", key_padding_mask=None)``
+    FAVOR+ positive features φ(x) = scale·exp(x·Wᵀ − η‖x‖² − s) by the same Triton passes, s a stabiliser that
+    autograd treats as a constant: none, each row's max (queries in linear attention) or the max over each
+    sequence's real keys (keys; one more pass finds it).  The softmax mode hands them to SDPA, the linear mode
+    to ``linear_attention``.
 ``fourier_linear_attention(q, k, v, weight, phase, scale, key_padding_mask=None, eps=1e-6)``
     the same linear attention with φ(x) = scale·cos(x·Wᵀ + phase) (random Fourier features) computed
     inside the kernels' tiles from the queries and keys: φ(q), φ(k) are never written to memory, and
@@ -210,12 +215,7 @@ def fourier_features(
             f"weight must be [m, d={x.shape[-1]}] and phase [m]; got {tuple(weight.shape)}, {tuple(phase.shape)}"
         )
     factors = _head_factors(x, scale, head_factor)
-    fusable = (
-        fused_available(x, weight, phase, factors)
-        and x.shape[-1] <= MAX_FEATURE_DIM
-        and weight.shape[0] <= MAX_FEATURE_DIM
-    )
-    if not fusable:
+    if not _feature_pass_fits(x, weight, phase, factors):
         return reference.fourier_features(x, weight, phase, 1.0, factors)
     from .fourier_map import fused_fourier_features
 
@@ -232,6 +232,11 @@ def _head_factors(x: torch.Tensor, scale: float, head_factor: torch.Tensor | flo
             raise ValueError(f"head_factor must be a scalar or one value per head ({heads}), got {shape}")
         return scale * head_factor.to(device=x.device, dtype=torch.float32).reshape(-1).expand(heads)
     return torch.full((heads,), scale * (1.0 if head_factor is None else float(head_factor)), device=x.device)
+
+
+def _feature_pass_fits(x: torch.Tensor, weight: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether the Triton feature pass takes x ``[B, H, N, d]`` and W ``[m, d]``: both dims within its tiles."""
+    return fused_available(x, weight, *others) and x.shape[-1] <= MAX_FEATURE_DIM and weight.shape[0] <= MAX_FEATURE_DIM
 
 
 #: the stabilisers :func:`exponential_features` takes, and their numbers in the kernels
@@ -266,12 +271,7 @@ def exponential_features(
         raise ValueError(f"key_padding_mask must be [B, N] = {(x.shape[0], x.shape[2])}, got "
                          f"{tuple(key_padding_mask.shape)}")  # fmt: skip
     factors = _head_factors(x, scale, head_factor)
-    fusable = (
-        fused_available(x, weight, factors, key_padding_mask)
-        and x.shape[-1] <= MAX_FEATURE_DIM
-        and weight.shape[0] <= MAX_FEATURE_DIM
-    )
-    if not fusable:
+    if not _feature_pass_fits(x, weight, factors, key_padding_mask):
         return reference.exponential_features(x, weight, norm_weight, 1.0, factors, stabilizer, key_padding_mask)
     from .fourier_map import fused_exponential_features, sequence_max
 
