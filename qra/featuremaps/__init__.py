@@ -6,7 +6,7 @@
 ['performer', 'rff']
 """
 
-from .base import FeatureMap
+from .base import ExponentialPrologue, FeatureMap, FourierPrologue
 from .hedgehog import HedgehogFeatureMap
 from .performer import PositiveRandomFeatures
 from .registry import ENTRY_POINT_GROUP, FeatureMapInfo, UnknownFeatureMapError, available, get
@@ -14,8 +14,10 @@ from .rff import RandomFourierFeatures
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ExponentialPrologue",
     "FeatureMap",
     "FeatureMapInfo",
+    "FourierPrologue",
     "HedgehogFeatureMap",
     "PositiveRandomFeatures",
     "RandomFourierFeatures",
