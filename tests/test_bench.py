@@ -93,12 +93,13 @@ def test_the_featuremaps_loss_has_the_value_and_gradient_of_the_real_and_imagina
 
 def test_bench_train_compares_patched_steps_with_the_baseline(tmp_path):
     out = tmp_path / "train.json"
-    run(["bench", "train", "--batch-size", "1", "--length", "16", "--models", "minilm", "--variants",
-         "baseline,rff-linear", "--repeats", "1", "--device", "cpu", "--output", str(out)])  # fmt: skip
+    run(["bench", "train", "--batch-size", "1", "--length", "16", "--models", "minilm", "--repeats", "1",
+         "--variants", "baseline,rff-linear,performer-linear", "--device", "cpu", "--output", str(out)])  # fmt: skip
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["model"], r["variant"]) for r in rows] == [("minilm", "baseline"), ("minilm", "rff-linear")]
-    assert rows[0]["throughput_vs_baseline"] == 1.0 and rows[1]["step_ms"] > 0
-    assert rows[1]["attention_path"] == "pytorch" and rows[0]["attention_path"] is None
+    variants = [(r["model"], r["variant"]) for r in rows]
+    assert variants == [("minilm", "baseline"), ("minilm", "rff-linear"), ("minilm", "performer-linear")]
+    assert rows[0]["throughput_vs_baseline"] == 1.0 and rows[1]["step_ms"] > 0 and rows[2]["step_ms"] > 0
+    assert rows[1]["attention_path"] == rows[2]["attention_path"] == "pytorch" and rows[0]["attention_path"] is None
     result = run(["bench", "train", "--models", "gpt", "--device", "cpu", "--output", str(tmp_path / "x.json")], 2)
     assert "unknown gpt; accepted: distilbert, minilm" in result.output
 

@@ -481,6 +481,8 @@ TRAIN_VARIANTS: dict[str, tuple[str, dict[str, Any], str, str] | None] = {
     "rff-softmax-pytorch": ("rff", {"m": 128}, "softmax", "pytorch"),
     "rff-linear": ("rff", {"m": 128}, "linear", "auto"),
     "rff-linear-pytorch": ("rff", {"m": 128}, "linear", "pytorch"),
+    "performer-linear": ("performer", {"m": 128}, "linear", "auto"),
+    "performer-linear-pytorch": ("performer", {"m": 128}, "linear", "pytorch"),
     "pennylane-zz-native": ("pennylane-zz", {"qubits": 6, "engine": "native"}, "softmax", "auto"),
     "pennylane-zz-native-pytorch": ("pennylane-zz", {"qubits": 6, "engine": "native"}, "softmax", "pytorch"),
     # the states simulated again in backward instead of kept (CircuitFeatureMap's recompute_states)
