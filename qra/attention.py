@@ -130,8 +130,11 @@ class AttentionInputs:
 
     @cached_property
     def exponential_prologue(self) -> ExponentialPrologue | None:
-        """A dot-product map's features as scale·exp(x·Wᵀ − η‖x‖²) (FAVOR+), or None."""
-        return self.featuremap.exponential_prologue() if self.featuremap.is_linear else None
+        """A dot-product map's features as scale·exp(x·Wᵀ − η‖x‖²) (FAVOR+), or None; None too while the
+        exponential feature pass is off (:func:`qra.kernels.exponential_pass_enabled`)."""
+        if not (self.featuremap.is_linear and kernels.exponential_pass_enabled()):
+            return None
+        return self.featuremap.exponential_prologue()
 
     @property
     def has_prologue(self) -> bool:

@@ -227,12 +227,13 @@ def test_normalized_blocks_give_the_whole_matrix_gradients(monkeypatch):
     [("rff", {}, True), ("rff", {"sincos": True, "learn_sigma": True}, True), ("performer", {}, True),
      ("performer", {"stabilize": False}, True), ("hedgehog", {"heads": 2}, False)],
 )  # fmt: skip
-def test_softmax_prefers_the_fused_path_for_prologue_and_circuit_maps(map_name, params, by_default):
+def test_softmax_prefers_the_fused_path_for_prologue_and_circuit_maps(map_name, params, by_default, monkeypatch):
     """auto takes the fused softmax for maps with a Fourier or exponential prologue (features from one Triton pass,
-    then SDPA) and for circuit maps (the fidelity kernel); other dot-product maps keep SDPA over PyTorch's
-    features."""
+    then SDPA; the exponential one once switched on) and for circuit maps (the fidelity kernel); other dot-product
+    maps keep SDPA over PyTorch's features."""
     from qra.attention import ATTENTION_MODES, attention_inputs
 
+    monkeypatch.setenv("QRA_EXPONENTIAL_PASS", "1")
     fm = get(map_name, d_in=8, **params)
     q = k = v = torch.randn(1, 2, 5, 8)
     inputs = attention_inputs(q, k, v, fm, "softmax", None, None, 0.0, False, 1e-6)
@@ -242,6 +243,22 @@ def test_softmax_prefers_the_fused_path_for_prologue_and_circuit_maps(map_name, 
     assert (inputs.exponential_prologue is not None) is (map_name == "performer")
     assert inputs.fourier_prologue is inputs.fourier_prologue  # formed once a call
     assert inputs.exponential_prologue is inputs.exponential_prologue
+    monkeypatch.setenv("QRA_EXPONENTIAL_PASS", "0")
+    inputs = attention_inputs(q, k, v, fm, "softmax", None, None, 0.0, False, 1e-6)
+    assert inputs.exponential_prologue is None and inputs.has_prologue is (map_name == "rff")
+
+
+def test_the_exponential_pass_is_off_until_measured_on_a_gpu(monkeypatch):
+    """FAVOR+ maps keep the PyTorch features by default until the Triton pass is verified on an H200; the
+    environment variable switches it either way."""
+    from qra import kernels
+
+    monkeypatch.delenv("QRA_EXPONENTIAL_PASS", raising=False)
+    assert kernels.exponential_pass_enabled() is kernels.EXPONENTIAL_PASS_BY_DEFAULT
+    monkeypatch.setenv("QRA_EXPONENTIAL_PASS", "1")
+    assert kernels.exponential_pass_enabled()
+    monkeypatch.setenv("QRA_EXPONENTIAL_PASS", "0")
+    assert not kernels.exponential_pass_enabled()
 
 
 def test_a_circuit_map_prefers_the_fidelity_kernel():

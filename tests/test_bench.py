@@ -35,6 +35,7 @@ def test_bench_attention_writes_sdpa_and_every_mode_and_path(tmp_path):
                 "torch", "fwd_bwd_vs_sdpa"} <= set(row)  # fmt: skip
         assert row["B"] * row["N"] == 64 and row["fwd_ms"] > 0
     assert next(r for r in rows if r["impl"] == "fidelity-pytorch")["m"] == 4
+    assert all(isinstance(r["exponential_pass"], bool) for r in rows if r["impl"].startswith("performer-"))
 
 
 def test_bench_refuses_to_overwrite_and_keeps_finished_cases_when_stopped(tmp_path, monkeypatch):

@@ -403,11 +403,12 @@ def test_exponential_features_odd_lengths(n, stabilizer, weight_grad, dtype):
 @pytest.mark.parametrize("mode", ["softmax", "linear"])
 @pytest.mark.parametrize("stabilize", [True, False])
 def test_performer_modes_run_the_feature_pass(mode, stabilize, dtype, monkeypatch):
-    """kernel_attention(performer) by default takes φ from the Triton exponential pass (softmax: then SDPA, with a
+    """kernel_attention(performer) with the exponential pass on takes φ from it (softmax: then SDPA, with a
     per-head β; linear: with the stabilisers, then the linear kernel): the PyTorch path's outputs and gradients,
     with a padding mask (in linear mode a sequence without any real key too)."""
     from qra.featuremaps import get
 
+    monkeypatch.setenv("QRA_EXPONENTIAL_PASS", "1")
     calls = []
     original = kernels.exponential_features
     monkeypatch.setattr(kernels, "exponential_features", lambda *a, **kw: calls.append(1) or original(*a, **kw))

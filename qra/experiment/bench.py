@@ -409,6 +409,10 @@ def _attention_row(
            "m": None if mode is None else (2**qubits if mode == "fidelity" else features),  # features per q/k
            "dtype": str(dtype).removeprefix("torch."), "device": device_name(device),
            "torch": torch.__version__}  # fmt: skip
+    if name.startswith("performer-"):  # whether FAVOR+ features came from the Triton pass (off by default for now)
+        from .. import kernels
+
+        row["exponential_pass"] = kernels.exponential_pass_enabled()
     for kind in ("fwd", "fwd_bwd"):
 
         def step(kind=kind) -> None:

@@ -59,6 +59,7 @@ from . import reference
 __all__ = [
     "dropout_keep_mask",
     "exponential_features",
+    "exponential_pass_enabled",
     "fidelity_attention",
     "fourier_features",
     "fourier_linear_attention",
@@ -237,6 +238,20 @@ def _head_factors(x: torch.Tensor, scale: float, head_factor: torch.Tensor | flo
 def _feature_pass_fits(x: torch.Tensor, weight: torch.Tensor, *others: torch.Tensor | None) -> bool:
     """Whether the Triton feature pass takes x ``[B, H, N, d]`` and W ``[m, d]``: both dims within its tiles."""
     return fused_available(x, weight, *others) and x.shape[-1] <= MAX_FEATURE_DIM and weight.shape[0] <= MAX_FEATURE_DIM
+
+
+#: Whether the attention modes hand FAVOR+ maps to :func:`exponential_features` by default.  False until its
+#: Triton pass has passed its GPU tests and been measured against the PyTorch path on an H200 (it has run only under
+#: Triton's CPU interpreter so far); ``QRA_EXPONENTIAL_PASS=1`` turns it on before that.
+EXPONENTIAL_PASS_BY_DEFAULT = False
+EXPONENTIAL_PASS_ENV = "QRA_EXPONENTIAL_PASS"
+
+
+def exponential_pass_enabled() -> bool:
+    """Whether attention dispatch takes the exponential feature pass (:data:`EXPONENTIAL_PASS_BY_DEFAULT`, or the
+    environment variable ``QRA_EXPONENTIAL_PASS`` set to ``1``; ``0`` turns it off)."""
+    setting = os.environ.get(EXPONENTIAL_PASS_ENV)
+    return EXPONENTIAL_PASS_BY_DEFAULT if setting is None else setting == "1"
 
 
 #: the stabilisers :func:`exponential_features` takes, and their numbers in the kernels
