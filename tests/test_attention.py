@@ -229,7 +229,7 @@ def test_normalized_blocks_give_the_whole_matrix_gradients(monkeypatch):
 )  # fmt: skip
 def test_softmax_prefers_the_fused_path_for_prologue_and_circuit_maps(map_name, params, by_default, monkeypatch):
     """auto takes the fused softmax for maps with a Fourier or exponential prologue (features from one Triton pass,
-    then SDPA; the exponential one once switched on) and for circuit maps (the fidelity kernel); other dot-product
+    then SDPA; the exponential one unless switched off) and for circuit maps (the fidelity kernel); other dot-product
     maps keep SDPA over PyTorch's features."""
     from qra.attention import ATTENTION_MODES, attention_inputs
 
@@ -248,13 +248,13 @@ def test_softmax_prefers_the_fused_path_for_prologue_and_circuit_maps(map_name, 
     assert inputs.exponential_prologue is None and inputs.has_prologue is (map_name == "rff")
 
 
-def test_the_exponential_pass_is_off_until_measured_on_a_gpu(monkeypatch):
-    """FAVOR+ maps keep the PyTorch features by default until the Triton pass is verified on an H200; the
-    environment variable switches it either way."""
+def test_the_exponential_pass_follows_its_default_and_the_environment(monkeypatch):
+    """FAVOR+ maps take the Triton feature pass by default (verified and measured on an H200); the environment
+    variable switches it either way."""
     from qra import kernels
 
     monkeypatch.delenv("QRA_EXPONENTIAL_PASS", raising=False)
-    assert kernels.exponential_pass_enabled() is kernels.EXPONENTIAL_PASS_BY_DEFAULT
+    assert kernels.exponential_pass_enabled() is kernels.EXPONENTIAL_PASS_BY_DEFAULT is True
     monkeypatch.setenv("QRA_EXPONENTIAL_PASS", "1")
     assert kernels.exponential_pass_enabled()
     monkeypatch.setenv("QRA_EXPONENTIAL_PASS", "0")

@@ -240,10 +240,10 @@ def _feature_pass_fits(x: torch.Tensor, weight: torch.Tensor, *others: torch.Ten
     return fused_available(x, weight, *others) and x.shape[-1] <= MAX_FEATURE_DIM and weight.shape[0] <= MAX_FEATURE_DIM
 
 
-#: Whether the attention modes hand FAVOR+ maps to :func:`exponential_features` by default.  False until its
-#: Triton pass has passed its GPU tests and been measured against the PyTorch path on an H200 (it has run only under
-#: Triton's CPU interpreter so far); ``QRA_EXPONENTIAL_PASS=1`` turns it on before that.
-EXPONENTIAL_PASS_BY_DEFAULT = False
+#: Whether the attention modes hand FAVOR+ maps to :func:`exponential_features` by default: yes, since its Triton
+#: pass passed its GPU tests on an H200 and beat the PyTorch path there in both modes, at N = 512 and 32,768
+#: (results/bench/attention-performer-round11.json); ``QRA_EXPONENTIAL_PASS=0`` turns it off.
+EXPONENTIAL_PASS_BY_DEFAULT = True
 EXPONENTIAL_PASS_ENV = "QRA_EXPONENTIAL_PASS"
 
 
