@@ -370,9 +370,9 @@ def attention_cases(
     """SDPA (default choice, flash, cuDNN) against qra kernel attention at B·N = ``tokens``.
 
     Every mode with RFF features (m = ``features``) on the fused kernels, the PyTorch path and
-    ``torch.compile`` of the PyTorch path; the softmax and linear modes with FAVOR+ features (performer); the fidelity
-    softmax on given ``qubits``-qubit
-    states (their simulation not timed).  Forward and forward + backward, peak memory.
+    ``torch.compile`` of the PyTorch path; the softmax and linear modes with FAVOR+ features (performer);
+    the fidelity softmax on given ``qubits``-qubit states (their simulation not timed).  Forward and
+    forward + backward, peak memory.
     ``only``: the rows to measure (all by default).
     """
     impls = attention_impls(device, features, head_dim, qubits, compile_paths)
@@ -409,7 +409,7 @@ def _attention_row(
            "m": None if mode is None else (2**qubits if mode == "fidelity" else features),  # features per q/k
            "dtype": str(dtype).removeprefix("torch."), "device": device_name(device),
            "torch": torch.__version__}  # fmt: skip
-    if name.startswith("performer-"):  # whether FAVOR+ features came from the Triton pass (off by default for now)
+    if name.startswith("performer-"):  # whether the fused rows took FAVOR+ features from the Triton pass
         from .. import kernels
 
         row["exponential_pass"] = kernels.exponential_pass_enabled()
