@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import kernels
 from .featuremaps.base import ExponentialPrologue, FeatureMap, FourierPrologue, compute_dtype
+from .kernels.reference import stabilised
 
 Mode = Literal["softmax", "normalized", "linear"]
 DEFAULT_EPS = 1e-6
@@ -69,14 +70,7 @@ def _stabilised_features(
     log_q, log_k = featuremap.log_features(q), featuremap.log_features(k)
     if log_q is None or log_k is None:
         return None
-    log_q = log_q - log_q.detach().amax(dim=-1, keepdim=True)
-    reference = log_k.detach()
-    if keep is not None:
-        reference = reference.masked_fill(~keep[:, None, :, None], float("-inf"))
-    best = reference.amax(dim=(-2, -1), keepdim=True)
-    # a sequence without any real key has the max −inf: its features are masked whatever they are, so keep them finite
-    log_k = log_k - torch.where(torch.isfinite(best), best, 0.0)
-    return log_q.exp(), log_k.exp()
+    return stabilised(log_q, "row").exp(), stabilised(log_k, "sequence", keep).exp()
 
 
 def broadcast_beta(beta: torch.Tensor | float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

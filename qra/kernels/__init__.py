@@ -254,8 +254,8 @@ def exponential_pass_enabled() -> bool:
     return EXPONENTIAL_PASS_BY_DEFAULT if setting is None else setting == "1"
 
 
-#: the stabilisers :func:`exponential_features` takes, and their numbers in the kernels
-STABILIZERS = {"none": 0, "row": 1, "sequence": 2}
+#: the stabilisers :func:`exponential_features` takes
+STABILIZERS = ("none", "row", "sequence")
 
 
 def exponential_features(
@@ -288,10 +288,9 @@ def exponential_features(
     factors = _head_factors(x, scale, head_factor)
     if not _feature_pass_fits(x, weight, factors, key_padding_mask):
         return reference.exponential_features(x, weight, norm_weight, 1.0, factors, stabilizer, key_padding_mask)
-    from .fourier_map import fused_exponential_features, sequence_max
+    from .fourier_map import fused_exponential_features
 
-    maxima = sequence_max(x, weight, norm_weight, key_padding_mask) if stabilizer == "sequence" else None
-    return fused_exponential_features(x, weight, norm_weight, factors, STABILIZERS[stabilizer], maxima)
+    return fused_exponential_features(x, weight, norm_weight, factors, stabilizer, key_padding_mask)
 
 
 def _tile(n: int) -> int:

@@ -16,7 +16,7 @@ its own, summed afterwards by one reduction each: fp32 atomics from every progra
 Positive features (``EXP``) share all of it but the activation: l = x·Wᵀ + b − η‖x‖², φ = c_h·exp(l − s) and
 dp = φ·dφ, dx = dp·W − 2η·x·Σ_f dp.  The stabiliser s is a constant (FAVOR+ treats it as one: it cancels in the
 linear mode): 0, each row's max over its features (``STAB_ROW``, recomputed in backward), or one value per batch
-and head (``STAB_GIVEN``: the max over a sequence's real keys, from :func:`sequence_max`).
+and head (``STAB_GIVEN``: the max over a sequence's real keys, found by one more pass, ``_sequence_max_kernel``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from .linear import _split_dot
 
 #: the stabilisers of positive features: none, each row's own max, one value per (batch, head) read from memory
 STAB_NONE, STAB_ROW, STAB_GIVEN = 0, 1, 2
+#: :func:`qra.kernels.exponential_features`' stabilisers as the kernels' ``STAB``: a sequence's max is given to them
+STAB_OF = {"none": STAB_NONE, "row": STAB_ROW, "sequence": STAB_GIVEN}
 
 #: rows per tile, warps and programs per SM of the two passes.  ptxas for sm_90 (bf16, d = 64, m = 128): the
 #: backward spills 3,084 bytes at 64 rows on 4 warps, 1,544 on 8, 596 at 32 rows on 4 warps and none at 32 rows
@@ -265,17 +267,15 @@ def fused_fourier_features(
 
 
 @torch.no_grad()
-def sequence_max(
-    x: torch.Tensor, weight: torch.Tensor, norm_weight: float, key_padding_mask: torch.Tensor | None
+def _sequence_max(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm_weight: float, key_padding_mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """max over each sequence's real keys and the features of l = x·Wᵀ − η‖x‖², ``[B·H]`` float32 (0 where a
-    sequence has no real key: its features are all masked, whatever they are)."""
-    x, weight = _prepared(x, weight)
+    """max over each sequence's real keys and the features of l = x·Wᵀ + b − η‖x‖², ``[B·H]`` float32 (0 where a
+    sequence has no real key: its features are all masked, whatever they are); x and W already prepared."""
     bsz, heads, n, dim = x.shape
     feat = weight.shape[0]
     grid, per = _grid(n, bsz * heads, x.device, FORWARD_LAUNCH)
     maxima = torch.empty(grid[0], grid[1], device=x.device, dtype=torch.float32)
-    bias = torch.zeros(feat, device=x.device, dtype=torch.float32)
     factors = torch.ones(heads, device=x.device, dtype=torch.float32)  # read by the shared start, unused here
     mask = mask_bytes(key_padding_mask, x.device)
     m, m_strides = mask_arguments(mask, maxima)
@@ -294,13 +294,14 @@ def fused_exponential_features(
     weight: torch.Tensor,
     norm_weight: float,
     factors: torch.Tensor,
-    stabilizer: int,
-    stabilizers: torch.Tensor | None,
+    stabilizer: str,
+    key_padding_mask: torch.Tensor | None,
 ) -> torch.Tensor:
     """The Triton path of :func:`qra.kernels.exponential_features` (arguments already checked); fp16 inputs
     compute in fp32 and return fp32 (exponentials outrun fp16's range)."""
     x, weight, factors = _prepared(x, weight, factors)
     bias = torch.zeros(weight.shape[0], device=x.device, dtype=torch.float32)
-    stabilizers = factors if stabilizers is None else stabilizers.float().contiguous()
-    activation = Activation(exponential=True, norm_weight=float(norm_weight), stabilizer=stabilizer)
+    given = stabilizer == "sequence"
+    stabilizers = _sequence_max(x, weight, bias, norm_weight, key_padding_mask) if given else factors
+    activation = Activation(exponential=True, norm_weight=float(norm_weight), stabilizer=STAB_OF[stabilizer])
     return _RandomFeatures.apply(x, weight, bias, factors, stabilizers, activation)

@@ -46,6 +46,22 @@ def fourier_features(
     return features.to(x.dtype)
 
 
+def stabilised(exponents: torch.Tensor, stabilizer: str, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """FAVOR+'s stabiliser in log space: ``[B, H, N, m]`` exponents minus a constant to autograd, none (``none``),
+    each row's max (``row``: queries) or the max over each sequence's real keys (``sequence``: keys).  A sequence
+    without any real key has the max −inf; it gets 0, since its features are masked whatever they are."""
+    if stabilizer == "row":
+        return exponents - exponents.detach().amax(dim=-1, keepdim=True)
+    if stabilizer != "sequence":
+        return exponents
+    reference = exponents.detach()
+    if key_padding_mask is not None:
+        keep = key_padding_mask.to(device=exponents.device, dtype=torch.bool)[:, None, :, None]
+        reference = reference.masked_fill(~keep, float("-inf"))
+    best = reference.amax(dim=(-2, -1), keepdim=True)
+    return exponents - torch.where(torch.isfinite(best), best, 0.0)
+
+
 def exponential_features(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -61,16 +77,7 @@ def exponential_features(
     dtype = _compute_dtype(x)
     values = x.to(dtype)
     exponents = values @ weight.to(dtype).T - norm_weight * values.square().sum(dim=-1, keepdim=True)
-    if stabilizer == "row":
-        exponents = exponents - exponents.detach().amax(dim=-1, keepdim=True)
-    elif stabilizer == "sequence":
-        reference = exponents.detach()
-        if key_padding_mask is not None:
-            keep = key_padding_mask.to(device=x.device, dtype=torch.bool)[:, None, :, None]
-            reference = reference.masked_fill(~keep, float("-inf"))
-        best = reference.amax(dim=(-2, -1), keepdim=True)
-        exponents = exponents - torch.where(torch.isfinite(best), best, 0.0)
-    features = scale * exponents.exp()
+    features = scale * stabilised(exponents, stabilizer, key_padding_mask).exp()
     if head_factors is not None:
         features = features * head_factors.to(dtype).view(1, -1, 1, 1)
     return features.to(torch.float32 if x.dtype == torch.float16 else x.dtype)
