@@ -213,18 +213,24 @@ def fourier_inputs(b, h, nq, nk, d, m, dv, dtype, sigma=8.0, seed=0):
     return q, k, v, weight, phase
 
 
-def check_fourier_linear(b, h, nq, nk, d, m, dv, dtype, mask):
-    q, k, v, weight, phase = leaves(*fourier_inputs(b, h, nq, nk, d, m, dv, dtype))
+def check_fourier_linear(b, h, nq, nk, d, m, dv, dtype, mask, map_grad=True):
+    """The fused kernel against the PyTorch formula: output and the gradients of q, k, v and, with
+    ``map_grad``, of W and the phases (without, as for RFF's fixed buffers, the kernels skip them)."""
+    q, k, v, weight, phase = fourier_inputs(b, h, nq, nk, d, m, dv, dtype)
+    wrt = leaves(q, k, v, weight, phase) if map_grad else leaves(q, k, v)
+    q, k, v = wrt[:3]
+    if map_grad:
+        weight, phase = wrt[3:]
     scale = (2.0 / m) ** 0.5
     out = kernels.fourier_linear_attention(q, k, v, weight, phase, scale, mask)
     assert out.dtype == dtype and out.shape == (b, h, nq, dv)
     grad_out = torch.randn_like(out)
-    got = grads(out, (q, k, v, weight, phase), grad_out)
-    expected_inputs = leaves(q, k, v, weight, phase)
-    expected = reference.fourier_linear_attention(*expected_inputs, scale, mask)
+    got = grads(out, wrt, grad_out)
+    expected_inputs = leaves(*wrt)
+    expected = reference.fourier_linear_attention(*expected_inputs, *([] if map_grad else [weight, phase]), scale, mask)
     want = grads(expected, expected_inputs, grad_out)
     assert_close(out, expected, RTOL[dtype], "out")
-    names = ("dq", "dk", "dv", "dW", "dphase")
+    names = ("dq", "dk", "dv", "dW", "dphase")[: len(wrt)]
     # with one key, out = v whatever q and k are: their gradients are rounding noise around 0
     checked = ("dv",) if nk == 1 else names
     for name, a, e in zip(names, got, want, strict=True):
@@ -242,16 +248,26 @@ def test_fourier_linear_matches_pytorch(d, m, dv, dtype):
 
 @requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("nq", "nk"), [(1, 1), (17, 17), (333, 333), (5, 333), (333, 1)])
-@pytest.mark.parametrize("masked", [False, True])
-def test_fourier_linear_odd_lengths(nq, nk, dtype, masked):
-    mask = make_mask(3, nk, "cuda", all_padding_row=nk > 1) if masked else None
-    check_fourier_linear(3, 2, nq, nk, 48, 96, 32, dtype, mask)
+@pytest.mark.parametrize(("d", "m", "dv"), [(32, 64, 32), (64, 128, 64), (64, 256, 64)])
+def test_fourier_linear_fixed_map_matches_pytorch(d, m, dv, dtype):
+    """W and the phases without grad (RFF's default): the kernels skip the map's gradients, the rest holds."""
+    check_fourier_linear(2, 3, 100, 100, d, m, dv, dtype, make_mask(2, 100, "cuda"), map_grad=False)
 
 
 @requires_gpu
-def test_fourier_linear_long_sequence_splits():
-    check_fourier_linear(1, 2, 4099, 5000, 64, 128, 64, torch.bfloat16, make_mask(1, 5000, "cuda", False))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("nq", "nk"), [(1, 1), (17, 17), (333, 333), (5, 333), (333, 1)])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("map_grad", [True, False])
+def test_fourier_linear_odd_lengths(nq, nk, dtype, masked, map_grad):
+    mask = make_mask(3, nk, "cuda", all_padding_row=nk > 1) if masked else None
+    check_fourier_linear(3, 2, nq, nk, 48, 96, 32, dtype, mask, map_grad)
+
+
+@requires_gpu
+@pytest.mark.parametrize("map_grad", [True, False])
+def test_fourier_linear_long_sequence_splits(map_grad):
+    check_fourier_linear(1, 2, 4099, 5000, 64, 128, 64, torch.bfloat16, make_mask(1, 5000, "cuda", False), map_grad)
 
 
 @requires_gpu

@@ -1,7 +1,11 @@
 """Choose the fused RFF linear-attention kernels' launch shapes on the GPU (``fourier_linear.FORWARD_LAUNCH``,
 ``BACKWARD_LAUNCH``): time candidates at the benchmark's shape, side by side with SDPA, in one run.
 
-    python experiments/device/linear_tiles.py --output linear-tiles.json [--lengths 512,32768]
+    python experiments/device/linear_tiles.py --output linear-tiles.json [--lengths 512,32768] [--map-grad]
+
+W and the phases are fixed, as RFF's buffers are by default (the backward then skips their gradients);
+``--map-grad`` makes them require grad, as a learned σ does.  Either way the search's forward + backward is
+also timed once with the other setting, at the chosen shapes, so the map gradients' cost is in the file.
 
 Coordinate search at the first length: forward candidates (forward alone), then backward candidates
 (forward + backward, the forward at its best); then the best three of each, and the launch shapes before
@@ -42,21 +46,22 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--features", type=int, default=128)
     parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--map-grad", action="store_true", help="W and the phases require grad (a learned σ)")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     lengths = [int(n) for n in args.lengths.split(",")]
     dev = torch.device("cuda")
     rows: list[dict] = []
 
-    def shape(length: int):
+    def shape(length: int, map_grad: bool = args.map_grad):
         torch.manual_seed(length)
         b, h, d = max(1, args.tokens // length), args.heads, args.head_dim
         q, k, v = (torch.randn(b, h, length, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
                    for _ in range(3))  # fmt: skip
-        weight = (torch.randn(args.features, d, device=dev) / 8).requires_grad_()
-        phase = (torch.rand(args.features, device=dev) * 2 * torch.pi).requires_grad_()
+        weight = (torch.randn(args.features, d, device=dev) / 8).requires_grad_(map_grad)
+        phase = (torch.rand(args.features, device=dev) * 2 * torch.pi).requires_grad_(map_grad)
         scale = (2.0 / args.features) ** 0.5
-        leaves = (q, k, v, weight, phase)
+        leaves = (q, k, v, weight, phase) if map_grad else (q, k, v)
 
         def forward() -> None:
             with torch.no_grad():
@@ -74,7 +79,7 @@ def main() -> None:
                 with torch.no_grad():
                     torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
-        return {"fwd": forward, "fwd_bwd": forward_backward,
+        return {"fwd": forward, "fwd_bwd": forward_backward, "map_grad": map_grad,
                 "sdpa fwd": lambda: sdpa(False), "sdpa fwd_bwd": lambda: sdpa(True)}  # fmt: skip
 
     def median_ms(step) -> float:
@@ -83,7 +88,7 @@ def main() -> None:
     def measure(length: int, steps, kind: str, forward: Launch, backward: Launch, label: str) -> float | None:
         fourier_linear.FORWARD_LAUNCH, fourier_linear.BACKWARD_LAUNCH = forward, backward
         row = {"N": length, "kind": kind, "label": label, "forward": asdict(forward), "backward": asdict(backward),
-               "approximate_trig": fourier_linear.APPROXIMATE_TRIG}  # fmt: skip
+               "approximate_trig": fourier_linear.APPROXIMATE_TRIG, "map_grad": steps["map_grad"]}  # fmt: skip
         try:
             row["ms"] = median_ms(steps[kind])
         except (OutOfResources, RuntimeError) as error:
@@ -116,6 +121,7 @@ def main() -> None:
             fourier_linear.APPROXIMATE_TRIG = approximate
             for kind in ("fwd", "fwd_bwd"):
                 measure(length, steps, kind, best_forward[0], best_backward[0], "trig")
+        measure(length, shape(length, not args.map_grad), "fwd_bwd", best_forward[0], best_backward[0], "map grad")
         print(length, references[length], flush=True)
     result = {
         "command": "python experiments/device/linear_tiles.py " + " ".join(

@@ -10,9 +10,12 @@ unfused path) are never written, which is where the unfused mode spent most of i
 Kernels (grid (B·H, splits), as in :mod:`qra.kernels.linear`; g = ∂L/∂out, p = x·Wᵀ + b):
     ``_state``  S += φkᵀV, z += Σφk over the program's key blocks (fp32 atomics).
     ``_out``    out = φq S / guard(φq·z) for its query blocks.
-    ``_bwd_q``  dφq as in the unfused kernel, then dp = −scale·sin(p)·dφq, dq = dp·W; reduces dS, dz and
-                the map's dWᵀ += qᵀdp, db += Σdp.
+    ``_bwd_q``  dφq as in the unfused kernel, then dp = −scale·sin(p)·dφq, dq = dp·W; reduces dS, dz and,
+                when W or the phases require grad (a learned σ), the map's dWᵀ += qᵀdp, db += Σdp.
     ``_bwd_k``  dφk = keep·(v·dSᵀ + dz), dv = φk·dS, then dk = dp·W and dWᵀ, db as above.
+Without the map's gradients (RFF's default: Ω and the phases are buffers) the backward kernels skip their
+products and atomics, and the launcher their buffers and sums.  Loop-invariant fp32 tiles that enter
+bf16 products (S, dS) are split into their hi + lo pair once per program, before the loop.
 The angles are computed in fp32: with bf16 inputs W enters the product as a bf16 hi + lo pair (about
 16 mantissa bits), fp32 inputs multiply in ieee fp32.  φ is rounded to the input dtype before the
 attention products, exactly as the unfused path casts the map's output.  With bf16 inputs the cosine and
@@ -36,7 +39,7 @@ import triton.language as tl
 
 from ._trig import cosine, hardware_trig, sine
 from ._util import mask_arguments, mask_bytes, pow2, splits
-from .linear import _guard, _split_dot
+from .linear import _dot_pair, _guard, _split, _split_dot
 
 
 @dataclass(frozen=True)
@@ -59,18 +62,6 @@ BACKWARD_LAUNCH = Launch(block=32, warps=8)
 APPROXIMATE_TRIG = True
 #: copies of the weight-gradient buffers that the backward programs' atomics are spread over
 WEIGHT_GRAD_SLOTS = 32
-
-
-@triton.jit
-def _split_weight(wt, LOWP: tl.constexpr, DTYPE: tl.constexpr):
-    """Wᵀ as a (hi, lo) pair of the input dtype for bf16 inputs; as itself (twice) for fp32."""
-    if LOWP:
-        hi = wt.to(DTYPE)
-        lo = (wt - hi.to(tl.float32)).to(DTYPE)
-    else:
-        hi = wt
-        lo = wt
-    return hi, lo
 
 
 @triton.jit
@@ -100,12 +91,14 @@ def _load_weight(W, B, D, F, BD: tl.constexpr, BF: tl.constexpr):
 
 
 @triton.jit
-def _grad_map(x, dfeat, p, wt, dwt_acc, db_acc, scale, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
-    """dp = −scale·sin(p)·dφ; returns dx = dp·W and the updated dWᵀ, db accumulators."""
+def _grad_map(x, dfeat, p, wt, dwt_acc, db_acc, scale, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+              WEIGHT_GRAD: tl.constexpr):  # fmt: skip
+    """dp = −scale·sin(p)·dφ; returns dx = dp·W and the dWᵀ, db accumulators (updated when WEIGHT_GRAD)."""
     dp = -scale * sine(p, FAST) * dfeat
     dx = tl.dot(dp, tl.trans(wt), input_precision=PREC)
-    dwt_acc = dwt_acc + _split_dot(tl.trans(x), dp, LOWP, PREC)
-    db_acc = db_acc + tl.sum(dp, axis=0)
+    if WEIGHT_GRAD:
+        dwt_acc = dwt_acc + _split_dot(tl.trans(x), dp, LOWP, PREC)
+        db_acc = db_acc + tl.sum(dp, axis=0)
     return dx, dwt_acc, db_acc
 
 
@@ -143,7 +136,7 @@ def _state_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split_weight(wt, LOWP, K.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, K.dtype.element_ty)
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
     acc = tl.zeros((BF, BV), dtype=tl.float32)
@@ -184,9 +177,10 @@ def _out_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split_weight(wt, LOWP, Q.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, Q.dtype.element_ty)
     state = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
                     mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
+    s_hi, s_lo = _split(state, LOWP, Q.dtype.element_ty)
     z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
     q_base = Q + b * s_qb + h * s_qh
     o_base = OUT + b * s_ob + h * s_oh
@@ -196,7 +190,7 @@ def _out_kernel(
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
         fq = scale * cosine(_angles(q, w_hi, w_lo, bias, LOWP, PREC), FAST)
         fq = tl.where(fmask[None, :], fq, 0.0).to(Q.dtype.element_ty)
-        num = _split_dot(fq, state, LOWP, PREC)
+        num = _dot_pair(fq, s_hi, s_lo, LOWP, PREC)
         den = _guard(tl.sum(fq.to(tl.float32) * z[None, :], axis=1), eps)
         out = num / den[:, None]
         tl.store(o_base + offs_n[:, None] * s_on + offs_c[None, :] * s_oc, out.to(OUT.dtype.element_ty),
@@ -211,7 +205,7 @@ def _bwd_q_kernel(
     s_db, s_dh, s_dn, s_dd,
     H, N, D, F, DV, PER_PROGRAM, SLOTS, scale, eps,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -224,9 +218,10 @@ def _bwd_q_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split_weight(wt, LOWP, Q.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, Q.dtype.element_ty)
     state_t = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[None, :] * DV + offs_c[:, None],
                       mask=fmask[None, :] & cmask[:, None], other=0.0)  # fmt: skip  # Sᵀ [BV, BF]
+    st_hi, st_lo = _split(state_t, LOWP, Q.dtype.element_ty)
     z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
     q_base = Q + b * s_qb + h * s_qh
     g_base = G + b * s_gb + h * s_gh
@@ -243,14 +238,14 @@ def _bwd_q_kernel(
         p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
         fq = tl.where(nmask[:, None] & fmask[None, :], scale * cosine(p, FAST), 0.0).to(Q.dtype.element_ty)
         fq32 = fq.to(tl.float32)
-        gs = _split_dot(g, state_t, LOWP, PREC)  # g Sᵀ [BN, BF]
+        gs = _dot_pair(g, st_hi, st_lo, LOWP, PREC)  # g Sᵀ [BN, BF]
         den = tl.sum(fq32 * z[None, :], axis=1)
         d = _guard(den, eps)
         ga = tl.sum(fq32 * gs, axis=1)
         dden = tl.where(tl.abs(den) >= eps, -ga / (d * d), 0.0)
         dfq = gs / d[:, None] + dden[:, None] * z[None, :]
         dfq = tl.where(nmask[:, None] & fmask[None, :], dfq, 0.0)
-        dq, dwt_acc, db_acc = _grad_map(q, dfq, p, wt, dwt_acc, db_acc, scale, LOWP, PREC, FAST)
+        dq, dwt_acc, db_acc = _grad_map(q, dfq, p, wt, dwt_acc, db_acc, scale, LOWP, PREC, FAST, WEIGHT_GRAD)
         tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dq.to(DQ.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
         ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) / d[:, None], LOWP, PREC)
@@ -258,7 +253,8 @@ def _bwd_q_kernel(
     tl.atomic_add(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :], ds_acc,
                   mask=fmask[:, None] & cmask[None, :])  # fmt: skip
     tl.atomic_add(DZ + bh.to(tl.int64) * F + offs_f, dz_acc, mask=fmask)
-    _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
+    if WEIGHT_GRAD:
+        _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
 
 
 @triton.jit
@@ -271,7 +267,7 @@ def _bwd_k_kernel(
     s_wb, s_wh, s_wn, s_wc,
     H, N, D, F, DV, PER_PROGRAM, SLOTS, scale,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -284,9 +280,10 @@ def _bwd_k_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split_weight(wt, LOWP, K.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, K.dtype.element_ty)
     ds = tl.load(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
                  mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip  # [BF, BV]
+    ds_hi, ds_lo = _split(ds, LOWP, K.dtype.element_ty)
     dz = tl.load(DZ + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
@@ -305,14 +302,15 @@ def _bwd_k_kernel(
         p = _angles(k, w_hi, w_lo, bias, LOWP, PREC)
         live = keep[:, None] & fmask[None, :]
         fk = tl.where(live, scale * cosine(p, FAST), 0.0).to(K.dtype.element_ty)
-        dfk = tl.where(live, _split_dot(v, tl.trans(ds), LOWP, PREC) + dz[None, :], 0.0)
-        dv = _split_dot(fk, ds, LOWP, PREC)
-        dk, dwt_acc, db_acc = _grad_map(k, dfk, p, wt, dwt_acc, db_acc, scale, LOWP, PREC, FAST)
+        dfk = tl.where(live, _dot_pair(v, tl.trans(ds_hi), tl.trans(ds_lo), LOWP, PREC) + dz[None, :], 0.0)
+        dv = _dot_pair(fk, ds_hi, ds_lo, LOWP, PREC)
+        dk, dwt_acc, db_acc = _grad_map(k, dfk, p, wt, dwt_acc, db_acc, scale, LOWP, PREC, FAST, WEIGHT_GRAD)
         tl.store(dk_base + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd, dk.to(DK.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
         tl.store(dv_base + offs_n[:, None] * s_wn + offs_c[None, :] * s_wc, dv.to(DV_.dtype.element_ty),
                  mask=nmask[:, None] & cmask[None, :])  # fmt: skip
-    _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
+    if WEIGHT_GRAD:
+        _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
 
 
 def _launch_config(dtype: torch.dtype, bd: int, bf: int, bv: int, launch: Launch) -> tuple[bool, str, bool, int]:
@@ -322,6 +320,14 @@ def _launch_config(dtype: torch.dtype, bd: int, bf: int, bv: int, launch: Launch
     fast = lowp and APPROXIMATE_TRIG and hardware_trig()
     warps = launch.warps or (8 if bf * max(bd, bv) >= 128 * 64 else 4)
     return lowp, ("ieee" if dtype == torch.float32 else "tf32"), fast, warps
+
+
+def _zeroed_sums(groups: int, rows: int, cols: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed fp32 [groups, rows, cols] and [groups, rows] sums (S and z, or their gradients) in one allocation
+    and one fill: the kernels add into them with atomics, and at short lengths every launch counts."""
+    flat = torch.zeros(groups * rows * (cols + 1), device=device, dtype=torch.float32)
+    split = groups * rows * cols
+    return flat[:split].view(groups, rows, cols), flat[split:].view(groups, rows)
 
 
 def _grid(n: int, groups: int, device: torch.device, launch: Launch) -> tuple[tuple[int, int], int]:
@@ -342,8 +348,7 @@ class _FourierLinearAttention(torch.autograd.Function):
         meta = dict(BN=launch.block, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, FAST=fast, num_warps=warps,
                     num_stages=launch.stages)  # fmt: skip
         dev = v.device
-        state = torch.zeros(bsz * heads, feat, dv, device=dev, dtype=torch.float32)
-        z = torch.zeros(bsz * heads, feat, device=dev, dtype=torch.float32)
+        state, z = _zeroed_sums(bsz * heads, feat, dv, dev)
         m, m_strides = mask_arguments(mask, state)
         grid, per = _grid(nk, bsz * heads, dev, launch)
         _state_kernel[grid](
@@ -373,22 +378,26 @@ class _FourierLinearAttention(torch.autograd.Function):
                     num_stages=launch.stages)  # fmt: skip
         dev = v.device
         dq, dk, dvv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        ds, dz = torch.zeros_like(state), torch.zeros_like(z)
-        slots = WEIGHT_GRAD_SLOTS
-        dw = torch.zeros(slots, *weight.shape, device=dev, dtype=weight.dtype)
-        db = torch.zeros(slots, *bias.shape, device=dev, dtype=bias.dtype)
+        ds, dz = _zeroed_sums(bsz * heads, feat, dv, dev)
+        # the map's own gradients only when asked for: RFF's W and phases are fixed buffers unless σ is learned
+        weight_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
+        slots = WEIGHT_GRAD_SLOTS if weight_grad else 1
+        dw, db = _zeroed_sums(slots, feat, dim, dev) if weight_grad else (ds, dz)  # unread placeholders without
         grid, per = _grid(nq, bsz * heads, dev, launch)
         _bwd_q_kernel[grid](
             q, grad, weight, bias, state, z, dq, ds, dz, dw, db, *q.stride(), *grad.stride(), *dq.stride(),
-            heads, nq, dim, feat, dv, per, slots, ctx.scale, ctx.eps, **meta,
+            heads, nq, dim, feat, dv, per, slots, ctx.scale, ctx.eps, WEIGHT_GRAD=weight_grad, **meta,
         )  # fmt: skip
         m, m_strides = mask_arguments(mask, state)
         grid, per = _grid(nk, bsz * heads, dev, launch)
         _bwd_k_kernel[grid](
             k, v, m, weight, bias, ds, dz, dk, dvv, dw, db,
             *k.stride(), *v.stride(), *m_strides, *dk.stride(), *dvv.stride(),
-            heads, nk, dim, feat, dv, per, slots, ctx.scale, HAS_MASK=mask is not None, **meta,
+            heads, nk, dim, feat, dv, per, slots, ctx.scale, HAS_MASK=mask is not None, WEIGHT_GRAD=weight_grad,
+            **meta,
         )  # fmt: skip
+        if not weight_grad:
+            return dq, dk, dvv, None, None, None, None, None
         return dq, dk, dvv, dw.sum(0), db.sum(0), None, None, None
 
 

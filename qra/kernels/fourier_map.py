@@ -36,9 +36,8 @@ from .fourier_linear import (
     _launch_config,
     _load_rows,
     _load_weight,
-    _split_weight,
 )
-from .linear import _split_dot
+from .linear import _split, _split_dot
 
 #: the stabilisers of positive features: none, each row's own max, one value per (batch, head) read from memory
 STAB_NONE, STAB_ROW, STAB_GIVEN = 0, 1, 2
@@ -59,7 +58,7 @@ def _program_weights(X, W, B, C, H, D, F, BD: tl.constexpr, BF: tl.constexpr, LO
     bh = tl.program_id(0)
     h = bh % H
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split_weight(wt, LOWP, X.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, X.dtype.element_ty)
     return (bh // H).to(tl.int64), h.to(tl.int64), wt, w_hi, w_lo, bias, tl.load(C + h)
 
 

@@ -31,14 +31,34 @@ def _guard(den, eps):
 
 
 @triton.jit
+def _split(b_fp32, LOWP: tl.constexpr, DTYPE: tl.constexpr):
+    """An fp32 tile as a (hi, lo) pair of the 16-bit input dtype (about 16 mantissa bits); itself twice for fp32.
+
+    Split a loop-invariant tile once, before the loop, and multiply with :func:`_dot_pair` inside it."""
+    if LOWP:
+        hi = b_fp32.to(DTYPE)
+        lo = (b_fp32 - hi.to(tl.float32)).to(DTYPE)
+    else:
+        hi = b_fp32
+        lo = b_fp32
+    return hi, lo
+
+
+@triton.jit
+def _dot_pair(a, hi, lo, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """a @ (hi + lo) for a pair from :func:`_split`."""
+    if LOWP:  # noqa: SIM108  (a constexpr branch: only one side is compiled)
+        out = tl.dot(a, hi) + tl.dot(a, lo)
+    else:
+        out = tl.dot(a, hi, input_precision=PREC)
+    return out
+
+
+@triton.jit
 def _split_dot(a, b_fp32, LOWP: tl.constexpr, PREC: tl.constexpr):
     """a @ b with a in the input dtype and b an fp32 tile."""
-    if LOWP:
-        hi = b_fp32.to(a.dtype)
-        lo = (b_fp32 - hi.to(tl.float32)).to(a.dtype)
-        return tl.dot(a, hi) + tl.dot(a, lo)
-    else:
-        return tl.dot(a, b_fp32, input_precision=PREC)
+    hi, lo = _split(b_fp32, LOWP, a.dtype)
+    return _dot_pair(a, hi, lo, LOWP, PREC)
 
 
 @triton.jit
