@@ -1,0 +1,119 @@
+"""How long the host takes to issue one attention call: where the short-sequence rows lose to SDPA.
+
+    python experiments/device/host_overhead.py [--rows sdpa,linear-fused,softmax-fused] [--length 512]
+
+For each row of ``qra bench attention`` at the benchmark's shape: the CPU time to issue the forward, the
+backward and both (``time.perf_counter`` around the call, the GPU synchronised outside the timed span, median
+of 50 calls), beside the same call's wall time with a synchronisation (the benchmark's measure).  Then single
+operations the fused linear call is made of: one launch of its output kernel with the call's arguments, a
+zero-filled buffer, an empty one.  When the issue time is close to the wall time the row is host-bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from qra.experiment.bench import attention_impls, attention_inputs
+from qra.kernels import fourier_linear
+
+HEAD_DIM, FEATURES, CALLS = 64, 128, 50
+
+
+def issue_ms(step: Callable[[], object], synchronised: bool = False) -> float:
+    """Median ms to issue ``step`` (or, ``synchronised``, to issue and finish it)."""
+    times = []
+    for call in range(CALLS + 5):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if synchronised:
+            torch.cuda.synchronize()
+        if call >= 5:
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def row_issue_times(attention: Callable[..., torch.Tensor], leaves: list[torch.Tensor]) -> dict[str, float]:
+    """Median issue ms of one row's forward, backward, both, and both with a synchronisation."""
+    held = {}
+
+    def forward() -> None:
+        held["loss"] = attention(*leaves).float().sum()
+
+    def backward() -> None:
+        held.pop("loss").backward()
+
+    def both() -> None:
+        forward()
+        backward()
+
+    fwd, bwd = [], []
+    for call in range(CALLS + 5):  # forward and backward issue times, each call's pair in turn
+        for step, times in ((forward, fwd), (backward, bwd)):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            step()
+            if call >= 5:
+                times.append((time.perf_counter() - start) * 1000)
+    return {"fwd": statistics.median(fwd), "bwd": statistics.median(bwd), "fwd+bwd": issue_ms(both),
+            "wall": issue_ms(both, synchronised=True)}  # fmt: skip
+
+
+def attention_rows(names: list[str], length: int, tokens: int, heads: int) -> None:
+    impls = attention_impls(torch.device("cuda"), FEATURES, HEAD_DIM, 6, compile_paths=False)
+    for name in names:
+        mode, _, attention = impls[name]
+        drawn = attention_inputs(mode, max(1, tokens // length), heads, length, HEAD_DIM, FEATURES, 6,
+                                 torch.device("cuda"), torch.bfloat16)  # fmt: skip
+        ms = row_issue_times(attention, [t.requires_grad_() for t in drawn])
+        print(f"{name:24s} N = {length}: issue fwd {ms['fwd']:.3f} ms, bwd {ms['bwd']:.3f}, "
+              f"fwd+bwd {ms['fwd+bwd']:.3f}; wall with sync {ms['wall']:.3f} ms", flush=True)  # fmt: skip
+
+
+def single_operations(length: int, tokens: int, heads: int) -> None:
+    """The issue cost of one Triton launch of the linear output kernel and of the buffers around it."""
+    batch, dev = max(1, tokens // length), torch.device("cuda")
+    q = torch.randn(batch, heads, length, HEAD_DIM, device=dev, dtype=torch.bfloat16)
+    weight, bias = torch.randn(FEATURES, HEAD_DIM, device=dev) / 8, torch.rand(FEATURES, device=dev)
+    state = torch.zeros(batch * heads, FEATURES, HEAD_DIM, device=dev)
+    z = torch.ones(batch * heads, FEATURES, device=dev)
+    out = torch.empty(batch, heads, length, HEAD_DIM, device=dev, dtype=torch.bfloat16)
+    launch = fourier_linear.FORWARD_LAUNCH
+    lowp, prec, fast, warps = fourier_linear._launch_config(q.dtype, HEAD_DIM, FEATURES, HEAD_DIM, launch)
+    grid, per = fourier_linear._grid(length, batch * heads, dev, launch)
+
+    def launch_out() -> None:
+        fourier_linear._out_kernel[grid](
+            q, weight, bias, state, z, out, *q.stride(), *out.stride(), heads, length, HEAD_DIM, FEATURES, HEAD_DIM,
+            per, 0.125, 1e-6, BN=launch.block, BD=HEAD_DIM, BF=FEATURES, BV=HEAD_DIM, LOWP=lowp, PREC=prec,
+            FAST=fast, num_warps=warps, num_stages=launch.stages,
+        )  # fmt: skip
+
+    operations = {
+        "one Triton launch (_out_kernel)": launch_out,
+        "torch.zeros of S and z": lambda: torch.zeros(batch * heads * FEATURES * (HEAD_DIM + 1), device=dev),
+        "torch.empty of the output": lambda: torch.empty_like(out),
+    }
+    for label, step in operations.items():
+        print(f"{label:34s} issue {issue_ms(step) * 1000:.1f} µs", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", default="sdpa,linear-fused,softmax-fused")
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--heads", type=int, default=12)
+    args = parser.parse_args()
+    print(torch.cuda.get_device_name(), torch.__version__)
+    attention_rows(args.rows.split(","), args.length, args.tokens, args.heads)
+    single_operations(args.length, args.tokens, args.heads)
+
+
+if __name__ == "__main__":
+    main()
