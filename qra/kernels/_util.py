@@ -101,4 +101,4 @@ def launch_kernel(kernel, grid: tuple[int, ...], *args: object, **meta: object) 
             _compiled[key] = (compiled, tuple(meta[name] for name in names))
         return
     handle, constexprs = compiled
-    handle[(*grid, 1, 1)[:3]](*args, *constexprs)  # the handle reads three grid dims
+    handle[grid](*args, *constexprs)
