@@ -132,67 +132,6 @@ def test_fourier_features_cpu_path_and_errors():
         kernels.fourier_features(x[0], weight, phase, 0.25)
 
 
-class FakeCompiled:
-    """Stands in for Triton's CompiledKernel: records the launches made through its handle."""
-
-    packed_metadata = object()
-
-    def __init__(self, launches: list) -> None:
-        self.launches = launches
-
-    def __getitem__(self, grid):
-        return lambda *args: self.launches.append(("handle", grid, args))
-
-
-class FakeKernel:
-    """Stands in for a @triton.jit kernel with parameters (X, N, BLOCK): ``kernel[grid](...)`` "compiles"."""
-
-    arg_names = ("X", "N", "BLOCK")
-
-    def __init__(self) -> None:
-        self.launches: list = []
-
-    def __getitem__(self, grid):
-        def run(*args, **meta):
-            self.launches.append(("triton", grid, args, meta))
-            return FakeCompiled(self.launches)
-
-        return run
-
-
-def test_direct_launch_reuses_a_handle_only_for_the_same_specialisation(monkeypatch):
-    """The handle of a first launch serves later launches whose arguments Triton would specialise the same way
-    (the constexprs appended in parameter order); a different dtype, alignment, int class or constexpr goes
-    back through Triton."""
-    util = pytest.importorskip("qra.kernels._util", exc_type=ImportError)
-    monkeypatch.setattr(util.torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(util, "_compiled", {})
-    monkeypatch.setattr(util, "DIRECT_LAUNCH", True)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    kernel = FakeKernel()
-    x = torch.zeros(64)
-    util.launch_kernel(kernel, (4,), x, 32, BLOCK=16, num_warps=4)
-    util.launch_kernel(kernel, (8,), torch.ones(64), 48, BLOCK=16, num_warps=4)  # same classes: the handle
-    assert [entry[0] for entry in kernel.launches] == ["triton", "handle"]
-    assert kernel.launches[1][1] == (8,) and kernel.launches[1][2][1:] == (48, 16)
-    different = [
-        ((x[1:], 32), {"BLOCK": 16, "num_warps": 4}),  # 4 bytes past an aligned start
-        ((x.double(), 32), {"BLOCK": 16, "num_warps": 4}),  # another dtype
-        ((x, 1), {"BLOCK": 16, "num_warps": 4}),  # an int of 1
-        ((x, 33), {"BLOCK": 16, "num_warps": 4}),  # not divisible by 16
-        ((x, 2**31), {"BLOCK": 16, "num_warps": 4}),  # past 32 bits
-        ((x, 32), {"BLOCK": 32, "num_warps": 4}),  # another constexpr
-        ((x, 32), {"BLOCK": 16, "num_warps": 8}),  # another launch option
-    ]
-    for args, meta in different:
-        before = len(kernel.launches)
-        util.launch_kernel(kernel, (4,), *args, **meta)
-        assert kernel.launches[before][0] == "triton", (args[1], meta)
-    monkeypatch.setattr(util, "DIRECT_LAUNCH", False)
-    util.launch_kernel(kernel, (4,), x, 32, BLOCK=16, num_warps=4)
-    assert kernel.launches[-1][0] == "triton"
-
-
 # ------------------------------------------------------------------------------------------------ GPU
 
 
@@ -329,26 +268,6 @@ def test_fourier_linear_odd_lengths(nq, nk, dtype, masked, map_grad):
 @pytest.mark.parametrize("map_grad", [True, False])
 def test_fourier_linear_long_sequence_splits(map_grad):
     check_fourier_linear(1, 2, 4099, 5000, 64, 128, 64, torch.bfloat16, make_mask(1, 5000, "cuda", False), map_grad)
-
-
-@requires_gpu
-def test_fourier_linear_takes_misaligned_views_after_aligned_calls():
-    """Launch handles are kept per argument specialisation: views that start 2 bytes past an aligned address,
-    with strides not divisible by 16, after the same shapes ran aligned, still give the formula's numbers."""
-    check_fourier_linear(2, 3, 100, 100, 64, 128, 64, torch.bfloat16, None, map_grad=False)
-    q, k, v, weight, phase = fourier_inputs(2, 3, 100, 100, 65, 128, 65, torch.bfloat16)
-    q, k, v = leaves(q[..., 1:], k[..., 1:], v[..., 1:])
-    assert q.data_ptr() % 16 and q.stride(2) % 16
-    weight = weight[:, 1:].contiguous()
-    scale = (2.0 / 128) ** 0.5
-    out = kernels.fourier_linear_attention(q, k, v, weight, phase, scale)
-    grad_out = torch.randn_like(out)
-    expected_inputs = leaves(q, k, v)
-    expected = reference.fourier_linear_attention(*expected_inputs, weight, phase, scale)
-    assert_close(out, expected, RTOL[torch.bfloat16], "out")
-    for name, a, e in zip(("dq", "dk", "dv"), grads(out, (q, k, v), grad_out),
-                          grads(expected, expected_inputs, grad_out), strict=True):  # fmt: skip
-        assert_close(a, e, RTOL[torch.bfloat16], name)
 
 
 @requires_gpu

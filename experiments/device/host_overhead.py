@@ -5,10 +5,8 @@
 For each row of ``qra bench attention`` at the benchmark's shape: the CPU time to issue the forward, the
 backward and both (``time.perf_counter`` around the call, the GPU synchronised outside the timed span, median
 of 50 calls), beside the same call's wall time with a synchronisation (the benchmark's measure).  Then single
-operations the fused linear call is made of: one launch of its output kernel with the call's arguments (through
-Triton's ``kernel[grid](...)`` and through qra's cached handle, ``_util.launch_kernel``), a zero-filled buffer,
-an empty one.  Every row runs with the cached handles off, then on (``_util.DIRECT_LAUNCH``), side by side.
-When the issue time is close to the wall time the row is host-bound.
+operations the fused linear call is made of: one launch of its output kernel with the call's arguments, a
+zero-filled buffer, an empty one.  When the issue time is close to the wall time the row is host-bound.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from qra.experiment.bench import attention_impls, attention_inputs
-from qra.kernels import _util, fourier_linear
+from qra.kernels import fourier_linear
 
 HEAD_DIM, FEATURES, CALLS = 64, 128, 50
 
@@ -68,16 +66,13 @@ def row_issue_times(attention: Callable[..., torch.Tensor], leaves: list[torch.T
 
 def attention_rows(names: list[str], length: int, tokens: int, heads: int) -> None:
     impls = attention_impls(torch.device("cuda"), FEATURES, HEAD_DIM, 6, compile_paths=False)
-    for direct in (False, True):
-        _util.DIRECT_LAUNCH = direct
-        for name in names:
-            mode, _, attention = impls[name]
-            drawn = attention_inputs(mode, max(1, tokens // length), heads, length, HEAD_DIM, FEATURES, 6,
-                                     torch.device("cuda"), torch.bfloat16)  # fmt: skip
-            ms = row_issue_times(attention, [t.requires_grad_() for t in drawn])
-            print(f"{name:24s} N = {length}, cached handles {'on ' if direct else 'off'}: issue fwd {ms['fwd']:.3f} ms,"
-                  f" bwd {ms['bwd']:.3f}, fwd+bwd {ms['fwd+bwd']:.3f}; wall with sync {ms['wall']:.3f} ms",
-                  flush=True)  # fmt: skip
+    for name in names:
+        mode, _, attention = impls[name]
+        drawn = attention_inputs(mode, max(1, tokens // length), heads, length, HEAD_DIM, FEATURES, 6,
+                                 torch.device("cuda"), torch.bfloat16)  # fmt: skip
+        ms = row_issue_times(attention, [t.requires_grad_() for t in drawn])
+        print(f"{name:24s} N = {length}: issue fwd {ms['fwd']:.3f} ms, bwd {ms['bwd']:.3f}, "
+              f"fwd+bwd {ms['fwd+bwd']:.3f}; wall with sync {ms['wall']:.3f} ms", flush=True)  # fmt: skip
 
 
 def single_operations(length: int, tokens: int, heads: int) -> None:
@@ -92,22 +87,20 @@ def single_operations(length: int, tokens: int, heads: int) -> None:
     lowp, prec, fast, warps = fourier_linear._launch_config(q.dtype, HEAD_DIM, FEATURES, HEAD_DIM, launch)
     grid, per = fourier_linear._grid(length, batch * heads, dev, launch)
 
-    args = (q, weight, bias, state, z, out, *q.stride(), *out.stride(), heads, length, HEAD_DIM, FEATURES, HEAD_DIM,
-            per, 0.125, 1e-6)  # fmt: skip
-    meta = dict(BN=launch.block, BD=HEAD_DIM, BF=FEATURES, BV=HEAD_DIM, LOWP=lowp, PREC=prec, FAST=fast,
-                num_warps=warps, num_stages=launch.stages)  # fmt: skip
-    _util.DIRECT_LAUNCH = True
+    def launch_out() -> None:
+        fourier_linear._out_kernel[grid](
+            q, weight, bias, state, z, out, *q.stride(), *out.stride(), heads, length, HEAD_DIM, FEATURES, HEAD_DIM,
+            per, 0.125, 1e-6, BN=launch.block, BD=HEAD_DIM, BF=FEATURES, BV=HEAD_DIM, LOWP=lowp, PREC=prec,
+            FAST=fast, num_warps=warps, num_stages=launch.stages,
+        )  # fmt: skip
 
     operations = {
-        "one Triton launch (_out_kernel)": lambda: fourier_linear._out_kernel[grid](*args, **meta),
-        "the same through its cached handle": lambda: _util.launch_kernel(
-            fourier_linear._out_kernel, grid, *args, **meta
-        ),
+        "one Triton launch (_out_kernel)": launch_out,
         "torch.zeros of S and z": lambda: torch.zeros(batch * heads * FEATURES * (HEAD_DIM + 1), device=dev),
         "torch.empty of the output": lambda: torch.empty_like(out),
     }
     for label, step in operations.items():
-        print(f"{label:36s} issue {issue_ms(step) * 1000:.1f} µs", flush=True)
+        print(f"{label:34s} issue {issue_ms(step) * 1000:.1f} µs", flush=True)
 
 
 def main() -> None:

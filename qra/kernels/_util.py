@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -58,47 +57,3 @@ def dropout_scale(dropout_p: float) -> float:
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 operands multiply in full fp32 (the tests compare with fp32 PyTorch); 16-bit ones natively."""
     return "ieee" if dtype == torch.float32 else "tf32"
-
-
-#: launch compiled kernels through their handles (:func:`launch_kernel`); False: always through ``kernel[grid](...)``
-DIRECT_LAUNCH = True
-_compiled: dict[tuple, object] = {}
-
-
-def _specialisation(value: object) -> object:
-    """What Triton specialises a kernel argument on: a tensor's dtype and 16-byte alignment; an int's being 1,
-    its divisibility by 16 and whether it fits 32 bits; the value itself for constexprs and other scalars."""
-    if isinstance(value, torch.Tensor):
-        return value.dtype, value.data_ptr() % 16 == 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        return value if value is None or isinstance(value, (bool, str, triton.language.dtype)) else type(value)
-    return value == 1, value % 16 == 0, -(2**31) <= value < 2**31
-
-
-def launch_kernel(kernel, grid: tuple[int, ...], *args: object, **meta: object) -> None:
-    """``kernel[grid](*args, **meta)``, without Triton's per-call argument binding after the first call.
-
-    Triton binds and specialises every argument and builds a cache key on each launch: 52.5 µs of host time
-    for one launch of the linear output kernel on the H200 host (``results/bench/host-overhead-h200.txt``),
-    against 15 µs for a zero-filled buffer, which makes short sequences host-bound.  The first launch for an
-    argument specialisation (key: :func:`_specialisation` of each argument, the constexprs, the launch options,
-    the device) goes through Triton, which compiles or finds the kernel; later ones call the compiled handle
-    with the same arguments.  The key distinguishes at least what Triton's own does, so a handle only ever
-    runs arguments it was compiled for.  Under the CPU interpreter (``TRITON_INTERPRET=1``) every launch goes
-    through Triton.
-    """
-    if not DIRECT_LAUNCH or os.environ.get("TRITON_INTERPRET") == "1":
-        kernel[grid](*args, **meta)
-        return
-    device = torch.cuda.current_device()
-    key = (kernel, device, tuple(map(_specialisation, args)), tuple(meta.items()))
-    compiled = _compiled.get(key)
-    if compiled is None:
-        compiled = kernel[grid](*args, **meta)
-        names = list(kernel.arg_names)[len(args) :]
-        # a CompiledKernel (the interpreter returns none) whose remaining parameters all came as keywords
-        if hasattr(compiled, "packed_metadata") and all(name in meta for name in names):
-            _compiled[key] = (compiled, tuple(meta[name] for name in names))
-        return
-    handle, constexprs = compiled
-    handle[grid](*args, *constexprs)

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from ._trig import cosine, hardware_trig, sine
-from ._util import launch_kernel, mask_arguments, mask_bytes, pow2, splits
+from ._util import mask_arguments, mask_bytes, pow2, splits
 from .linear import _dot_pair, _guard, _split, _split_dot
 
 
@@ -351,15 +351,13 @@ class _FourierLinearAttention(torch.autograd.Function):
         state, z = _zeroed_sums(bsz * heads, feat, dv, dev)
         m, m_strides = mask_arguments(mask, state)
         grid, per = _grid(nk, bsz * heads, dev, launch)
-        launch_kernel(
-            _state_kernel, grid,
+        _state_kernel[grid](
             k, v, m, weight, bias, state, z, *k.stride(), *v.stride(), *m_strides,
             heads, nk, dim, feat, dv, per, scale, HAS_MASK=mask is not None, **meta,
         )  # fmt: skip
         out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
         grid, per = _grid(nq, bsz * heads, dev, launch)
-        launch_kernel(
-            _out_kernel, grid,
+        _out_kernel[grid](
             q, weight, bias, state, z, out, *q.stride(), *out.stride(),
             heads, nq, dim, feat, dv, per, scale, eps, **meta,
         )  # fmt: skip
@@ -386,15 +384,13 @@ class _FourierLinearAttention(torch.autograd.Function):
         slots = WEIGHT_GRAD_SLOTS if weight_grad else 1
         dw, db = _zeroed_sums(slots, feat, dim, dev) if weight_grad else (ds, dz)  # unread placeholders without
         grid, per = _grid(nq, bsz * heads, dev, launch)
-        launch_kernel(
-            _bwd_q_kernel, grid,
+        _bwd_q_kernel[grid](
             q, grad, weight, bias, state, z, dq, ds, dz, dw, db, *q.stride(), *grad.stride(), *dq.stride(),
             heads, nq, dim, feat, dv, per, slots, ctx.scale, ctx.eps, WEIGHT_GRAD=weight_grad, **meta,
         )  # fmt: skip
         m, m_strides = mask_arguments(mask, state)
         grid, per = _grid(nk, bsz * heads, dev, launch)
-        launch_kernel(
-            _bwd_k_kernel, grid,
+        _bwd_k_kernel[grid](
             k, v, m, weight, bias, ds, dz, dk, dvv, dw, db,
             *k.stride(), *v.stride(), *m_strides, *dk.stride(), *dvv.stride(),
             heads, nk, dim, feat, dv, per, slots, ctx.scale, HAS_MASK=mask is not None, WEIGHT_GRAD=weight_grad,

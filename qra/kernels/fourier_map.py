@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ._trig import cos_sin, cosine
-from ._util import launch_kernel, mask_arguments, mask_bytes, pow2
+from ._util import mask_arguments, mask_bytes, pow2
 from .fourier_linear import (
     Launch,
     _angles,
@@ -215,8 +215,7 @@ class _RandomFeatures(torch.autograd.Function):
         feat = weight.shape[0]
         out = torch.empty(bsz, heads, n, feat, device=x.device, dtype=x.dtype)
         grid, per = _grid(n, bsz * heads, x.device, FORWARD_LAUNCH)
-        launch_kernel(
-            _features_kernel, grid,
+        _features_kernel[grid](
             x, weight, bias, factors, stabilizers, out, *x.stride(), *out.stride(), heads, n, dim, feat, per,
             activation.norm_weight, **_meta(x.dtype, dim, feat, FORWARD_LAUNCH), **activation.meta(),
         )  # fmt: skip
@@ -240,8 +239,7 @@ class _RandomFeatures(torch.autograd.Function):
         dwt = torch.empty(sums, meta["BD"], meta["BF"], device=x.device, dtype=torch.float32)
         db = torch.empty(sums, meta["BF"], device=x.device, dtype=torch.float32)
         dc = torch.empty(bsz, heads, grid[1] if factor_grad else 1, device=x.device, dtype=torch.float32)
-        launch_kernel(
-            _features_backward_kernel, grid,
+        _features_backward_kernel[grid](
             x, grad, weight, bias, factors, stabilizers, dx, dwt, db, dc, *x.stride(), *grad.stride(), *dx.stride(),
             heads, n, dim, feat, per, activation.norm_weight, WEIGHT_GRAD=weight_grad, FACTOR_GRAD=factor_grad,
             **meta, **activation.meta(),
@@ -282,8 +280,7 @@ def _sequence_max(
     m, m_strides = mask_arguments(mask, maxima)
     meta = _meta(x.dtype, dim, feat, FORWARD_LAUNCH)
     meta.pop("FAST")
-    launch_kernel(
-        _sequence_max_kernel, grid,
+    _sequence_max_kernel[grid](
         x, weight, bias, factors, m, maxima, *x.stride(), *m_strides, heads, n, dim, feat, per, float(norm_weight),
         HAS_MASK=mask is not None, **meta,
     )  # fmt: skip

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._util import launch_kernel, mask_arguments, mask_bytes, pow2, splits
+from ._util import mask_arguments, mask_bytes, pow2, splits
 
 BLOCK_N = 64
 
@@ -286,16 +286,14 @@ class _LinearAttention(torch.autograd.Function):
         has_mask = mask is not None
         m, m_strides = mask_arguments(mask, state)
         parts, per = splits(nk, BLOCK_N, bsz * heads, dev)
-        launch_kernel(
-            _state_kernel, (bsz * heads, parts),
+        _state_kernel[(bsz * heads, parts)](
             fk, v, m, state, z, *_strides(fk), *_strides(v), *m_strides,
             heads, nk, feat, dv, per,
             BN=BLOCK_N, BF=bf, BV=bv, HAS_MASK=has_mask, PREC=prec, num_warps=warps,
         )  # fmt: skip
         out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
         parts, per = splits(nq, BLOCK_N, bsz * heads, dev)
-        launch_kernel(
-            _out_kernel, (bsz * heads, parts),
+        _out_kernel[(bsz * heads, parts)](
             fq, state, z, out, *_strides(fq), *_strides(out),
             heads, nq, feat, dv, per, eps,
             BN=BLOCK_N, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps,
@@ -316,8 +314,7 @@ class _LinearAttention(torch.autograd.Function):
         ds = torch.zeros_like(state)
         dz = torch.zeros_like(z)
         parts, per = splits(nq, BLOCK_N, bsz * heads, dev)
-        launch_kernel(
-            _bwd_q_kernel, (bsz * heads, parts),
+        _bwd_q_kernel[(bsz * heads, parts)](
             fq, grad, state, z, dfq, ds, dz, *_strides(fq), *_strides(grad), *_strides(dfq),
             heads, nq, feat, dv, per, ctx.eps,
             BN=BLOCK_N, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps,
@@ -327,8 +324,7 @@ class _LinearAttention(torch.autograd.Function):
         has_mask = mask is not None
         m, m_strides = mask_arguments(mask, state)
         parts, per = splits(nk, BLOCK_N, bsz * heads, dev)
-        launch_kernel(
-            _bwd_k_kernel, (bsz * heads, parts),
+        _bwd_k_kernel[(bsz * heads, parts)](
             fk, v, m, ds, dz, dfk, dvv, *_strides(fk), *_strides(v), *m_strides, *_strides(dfk), *_strides(dvv),
             heads, nk, feat, dv, per,
             BN=BLOCK_N, BF=bf, BV=bv, HAS_MASK=has_mask, LOWP=lowp, PREC=prec, num_warps=warps,
