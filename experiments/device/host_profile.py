@@ -1,0 +1,55 @@
+"""Where the host's time goes when it issues one attention call: cProfile of ``qra bench attention`` rows.
+
+    python experiments/device/host_profile.py [--rows sdpa,linear-fused] [--length 512] [--functions 25]
+
+Each row's forward + backward (its output's ``.float().sum()`` and backward, as the benchmark does), 200 calls
+after 20 warm-up calls, the GPU synchronised after each call; the functions with the most own time (``tottime``),
+so that Python, PyTorch operator and Triton launch costs show apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+
+import torch
+
+from qra.experiment.bench import attention_impls, attention_inputs
+
+HEAD_DIM, FEATURES, CALLS = 64, 128, 200
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", default="sdpa,linear-fused")
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--functions", type=int, default=25)
+    args = parser.parse_args()
+    dev = torch.device("cuda")
+    impls = attention_impls(dev, FEATURES, HEAD_DIM, 6, compile_paths=False)
+    for name in args.rows.split(","):
+        mode, _, attention = impls[name]
+        drawn = attention_inputs(mode, max(1, args.tokens // args.length), args.heads, args.length, HEAD_DIM,
+                                 FEATURES, 6, dev, torch.bfloat16)  # fmt: skip
+        leaves = [t.requires_grad_() for t in drawn]
+
+        def step(attention=attention, leaves=leaves) -> None:
+            attention(*leaves).float().sum().backward()
+            torch.cuda.synchronize()
+
+        for _ in range(20):
+            step()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(CALLS):
+            step()
+        profiler.disable()
+        print(f"\n=== {name}, N = {args.length}, {CALLS} calls ({torch.cuda.get_device_name()})", flush=True)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.functions)
+
+
+if __name__ == "__main__":
+    main()
