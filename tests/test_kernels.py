@@ -227,7 +227,8 @@ def check_fourier_linear(b, h, nq, nk, d, m, dv, dtype, mask, map_grad=True):
     grad_out = torch.randn_like(out)
     got = grads(out, wrt, grad_out)
     expected_inputs = leaves(*wrt)
-    expected = reference.fourier_linear_attention(*expected_inputs, *([] if map_grad else [weight, phase]), scale, mask)
+    fixed_map = () if map_grad else (weight, phase)  # passed as they are, after q, k, v
+    expected = reference.fourier_linear_attention(*expected_inputs, *fixed_map, scale, mask)
     want = grads(expected, expected_inputs, grad_out)
     assert_close(out, expected, RTOL[dtype], "out")
     names = ("dq", "dk", "dv", "dW", "dphase")[: len(wrt)]

@@ -382,7 +382,7 @@ class _FourierLinearAttention(torch.autograd.Function):
         # the map's own gradients only when asked for: RFF's W and phases are fixed buffers unless σ is learned
         weight_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         slots = WEIGHT_GRAD_SLOTS if weight_grad else 1
-        dw, db = _zeroed_sums(slots, feat, dim, dev) if weight_grad else (ds, dz)  # unread placeholders without
+        dw, db = _zeroed_sums(slots, feat, dim, dev) if weight_grad else (ds, dz)  # without: pointers never read
         grid, per = _grid(nq, bsz * heads, dev, launch)
         _bwd_q_kernel[grid](
             q, grad, weight, bias, state, z, dq, ds, dz, dw, db, *q.stride(), *grad.stride(), *dq.stride(),
