@@ -12,21 +12,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-from profiling import profile_step
-
-from qra.experiment.bench import attention_impls, attention_inputs
+from profiling import benchmark_rows, profile_step
 
 CALLS = 10
-HEAD_DIM, FEATURES = 64, 128  # the benchmark's d and m
 
 
-def report(name: str, impl, length: int, tokens: int, heads: int, qubits: int, rows: int) -> None:
-    mode, _, attention = impl
-    batch = max(1, tokens // length)
-    drawn = attention_inputs(mode, batch, heads, length, HEAD_DIM, FEATURES, qubits, torch.device("cuda"),
-                             torch.bfloat16)  # fmt: skip
-    leaves = [t.requires_grad_() for t in drawn]
-
+def report(name: str, attention, leaves: list[torch.Tensor], length: int, rows: int) -> None:
     def step() -> None:
         attention(*leaves).float().sum().backward()
 
@@ -44,9 +35,9 @@ def main() -> None:
     parser.add_argument("--qubits", type=int, default=6)
     parser.add_argument("--table-rows", type=int, default=25)
     args = parser.parse_args()
-    impls = attention_impls(torch.device("cuda"), FEATURES, HEAD_DIM, args.qubits, compile_paths=False)
-    for name in args.rows.split(","):
-        report(name, impls[name], args.length, args.tokens, args.heads, args.qubits, args.table_rows)
+    for name, attention, leaves in benchmark_rows(args.rows.split(","), args.length, args.tokens, args.heads,
+                                                  args.qubits):  # fmt: skip
+        report(name, attention, leaves, args.length, args.table_rows)
 
 
 if __name__ == "__main__":

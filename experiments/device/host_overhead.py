@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 
 import torch
+from profiling import FEATURES, HEAD_DIM, benchmark_rows
 
-from qra.experiment.bench import attention_impls, attention_inputs
 from qra.kernels import fourier_linear
 
-HEAD_DIM, FEATURES, CALLS = 64, 128, 50
+CALLS = 50
 
 
 def issue_ms(step: Callable[[], object], synchronised: bool = False) -> float:
@@ -65,12 +65,8 @@ def row_issue_times(attention: Callable[..., torch.Tensor], leaves: list[torch.T
 
 
 def attention_rows(names: list[str], length: int, tokens: int, heads: int) -> None:
-    impls = attention_impls(torch.device("cuda"), FEATURES, HEAD_DIM, 6, compile_paths=False)
-    for name in names:
-        mode, _, attention = impls[name]
-        drawn = attention_inputs(mode, max(1, tokens // length), heads, length, HEAD_DIM, FEATURES, 6,
-                                 torch.device("cuda"), torch.bfloat16)  # fmt: skip
-        ms = row_issue_times(attention, [t.requires_grad_() for t in drawn])
+    for name, attention, leaves in benchmark_rows(names, length, tokens, heads):
+        ms = row_issue_times(attention, leaves)
         print(f"{name:24s} N = {length}: issue fwd {ms['fwd']:.3f} ms, bwd {ms['bwd']:.3f}, "
               f"fwd+bwd {ms['fwd+bwd']:.3f}; wall with sync {ms['wall']:.3f} ms", flush=True)  # fmt: skip
 

@@ -14,10 +14,9 @@ import cProfile
 import pstats
 
 import torch
+from profiling import benchmark_rows
 
-from qra.experiment.bench import attention_impls, attention_inputs
-
-HEAD_DIM, FEATURES, CALLS = 64, 128, 200
+CALLS = 200
 
 
 def main() -> None:
@@ -28,13 +27,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--functions", type=int, default=25)
     args = parser.parse_args()
-    dev = torch.device("cuda")
-    impls = attention_impls(dev, FEATURES, HEAD_DIM, 6, compile_paths=False)
-    for name in args.rows.split(","):
-        mode, _, attention = impls[name]
-        drawn = attention_inputs(mode, max(1, args.tokens // args.length), args.heads, args.length, HEAD_DIM,
-                                 FEATURES, 6, dev, torch.bfloat16)  # fmt: skip
-        leaves = [t.requires_grad_() for t in drawn]
+    for name, attention, leaves in benchmark_rows(args.rows.split(","), args.length, args.tokens, args.heads):
 
         def step(attention=attention, leaves=leaves) -> None:
             attention(*leaves).float().sum().backward()

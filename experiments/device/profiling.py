@@ -1,13 +1,32 @@
-"""What the device scripts' profiles share: a step's unprofiled wall time, then the same step under torch.profiler."""
+"""What the device scripts' profiles share: the attention benchmark's rows at its shape, a step's unprofiled wall
+time, then the same step under torch.profiler."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
+
+from qra.experiment.bench import attention_impls, attention_inputs
+
+HEAD_DIM, FEATURES = 64, 128  # the attention benchmark's d and m
+
+
+def benchmark_rows(
+    names: list[str], length: int, tokens: int, heads: int, qubits: int = 6
+) -> Iterator[tuple[str, Callable[..., torch.Tensor], list[torch.Tensor]]]:
+    """(name, attention, its inputs as leaves) for rows of ``qra bench attention`` at the benchmark's shape:
+    B = tokens // length, bf16, on CUDA; ``qubits`` sizes the fidelity rows' states."""
+    device = torch.device("cuda")
+    impls = attention_impls(device, FEATURES, HEAD_DIM, qubits, compile_paths=False)
+    for name in names:
+        mode, _, attention = impls[name]
+        drawn = attention_inputs(mode, max(1, tokens // length), heads, length, HEAD_DIM, FEATURES, qubits, device,
+                                 torch.bfloat16)  # fmt: skip
+        yield name, attention, [t.requires_grad_() for t in drawn]
 
 
 def wall_ms(step: Callable[[], object], calls: int = 10, warmup: int = 3) -> float:
