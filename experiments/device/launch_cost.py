@@ -1,0 +1,100 @@
+"""What one Triton launch costs the host, piece by piece: why a launch of a qra kernel takes tens of µs.
+
+    python experiments/device/launch_cost.py [--length 512]
+
+Triton's generated launcher turns every tensor argument into a device pointer by calling its ``data_ptr()``
+and then ``cuPointerGetAttribute`` on it, a driver call per pointer on each launch; an int argument is taken
+as the pointer itself.  This times, at the attention benchmark's shape, the linear output kernel (six
+pointers) launched (1) through ``kernel[grid](...)``, (2) through the compiled kernel's handle with the
+same tensors and (3) with the tensors' ``data_ptr()`` ints, beside (4) one ``cuPointerGetAttribute`` call
+alone (ctypes), (5) an empty launch-free Python call and (6) one small PyTorch kernel.  Median µs of host
+time over 200 calls, the GPU synchronised outside the timed span every 20 calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from profiling import FEATURES, HEAD_DIM
+from triton.runtime import driver
+
+from qra.kernels import fourier_linear
+
+CALLS, BURST = 200, 20
+
+
+def issue_us(step: Callable[[], object]) -> float:
+    """Median µs of host time per call of ``step``, timed in bursts so the GPU's queue never fills."""
+    times = []
+    for _ in range(5):
+        step()
+    for _ in range(CALLS // BURST):
+        torch.cuda.synchronize()
+        for _ in range(BURST):
+            start = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - start) * 1e6)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--heads", type=int, default=12)
+    args = parser.parse_args()
+    batch, heads, length, dev = max(1, args.tokens // args.length), args.heads, args.length, torch.device("cuda")
+    q = torch.randn(batch, heads, length, HEAD_DIM, device=dev, dtype=torch.bfloat16)
+    weight, bias = torch.randn(FEATURES, HEAD_DIM, device=dev) / 8, torch.rand(FEATURES, device=dev)
+    state = torch.zeros(batch * heads, FEATURES, HEAD_DIM, device=dev)
+    z = torch.ones(batch * heads, FEATURES, device=dev)
+    out = torch.empty(batch, heads, length, HEAD_DIM, device=dev, dtype=torch.bfloat16)
+    launch = fourier_linear.FORWARD_LAUNCH
+    lowp, prec, fast, warps = fourier_linear._launch_config(q.dtype, HEAD_DIM, FEATURES, HEAD_DIM, launch)
+    grid, per = fourier_linear._grid(length, batch * heads, dev, launch)
+    tensors = [q, weight, bias, state, z, out]
+    scalars = [*q.stride(), *out.stride(), heads, length, HEAD_DIM, FEATURES, HEAD_DIM, per, 0.125, 1e-6]
+    meta = dict(BN=launch.block, BD=HEAD_DIM, BF=FEATURES, BV=HEAD_DIM, LOWP=lowp, PREC=prec, FAST=fast)
+    options = dict(num_warps=warps, num_stages=launch.stages)
+    compiled = fourier_linear._out_kernel[grid](*tensors, *scalars, **meta, **options)
+    constexprs = [meta[name] for name in fourier_linear._out_kernel.arg_names[len(tensors) + len(scalars) :]]
+    stream = driver.active.get_current_stream(driver.active.get_current_device())
+    run = compiled.run  # the generated C launcher
+
+    def through_handle(pointers: list[object]) -> Callable[[], None]:
+        def step() -> None:
+            run(grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata, None, None, None,
+                *pointers, *scalars, *constexprs)  # fmt: skip
+
+        return step
+
+    libcuda = ctypes.CDLL("libcuda.so.1")
+    resolved, address = ctypes.c_uint64(), ctypes.c_uint64(q.data_ptr())
+
+    def pointer_attribute() -> None:
+        libcuda.cuPointerGetAttribute(ctypes.byref(resolved), 2, address)  # CU_POINTER_ATTRIBUTE_DEVICE_POINTER
+
+    small = torch.zeros(16, device=dev)
+    operations = {
+        "kernel[grid](...) (Triton's JIT path)": lambda: fourier_linear._out_kernel[grid](*tensors, *scalars, **meta,
+                                                                                        **options),  # fmt: skip
+        "compiled handle, tensor pointers": through_handle(tensors),
+        "compiled handle, int pointers": through_handle([t.data_ptr() for t in tensors]),
+        "cuPointerGetAttribute, one call": pointer_attribute,
+        "tensor.data_ptr(), six calls": lambda: [t.data_ptr() for t in tensors],
+        "torch.cuda.current_stream()": torch.cuda.current_stream,
+        "small.add_(1) (one PyTorch kernel)": lambda: small.add_(1),
+        "an empty Python call": lambda: None,
+    }
+    print(torch.cuda.get_device_name(), torch.__version__, f"N = {length}, B = {batch}", flush=True)
+    for label, step in operations.items():
+        print(f"{label:44s} {issue_us(step):8.1f} µs", flush=True)
+
+
+if __name__ == "__main__":
+    main()
