@@ -172,3 +172,48 @@ def test_subclass_with_its_own_features_has_no_prologue():
 
     assert Shifted(d_in=8, m=16).fourier_prologue() is None
     assert RandomFourierFeatures(d_in=8, m=16).fourier_prologue() is not None
+
+
+def _prologue_matches_features(fm: RandomFourierFeatures) -> None:
+    from qra.kernels.reference import fourier_features
+
+    x = points(d=8).float()
+    prologue = fm.fourier_prologue()
+    torch.testing.assert_close(fourier_features(x, prologue.weight, prologue.phase, prologue.scale), fm(x),
+                               rtol=0, atol=2e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("sincos", [False, True])
+def test_fixed_prologue_is_formed_once_and_again_after_any_change(sincos):
+    """A fixed σ's prologue is kept between calls (no launches spent on Ω/σ each call), and never stale: an in-place
+    update (optimiser step, load_state_dict), a new σ buffer or a .to() rebuilds it."""
+    fm = RandomFourierFeatures(d_in=8, m=16, sigma=1.3, seed=2, sincos=sincos)
+    first = fm.fourier_prologue()
+    assert fm.fourier_prologue() is first
+    with torch.no_grad():
+        fm.omega.mul_(1.5)
+    assert fm.fourier_prologue() is not first
+    _prologue_matches_features(fm)
+    fm.load_state_dict({**fm.state_dict(), "log_sigma": torch.tensor(0.7)})
+    _prologue_matches_features(fm)
+    kept = fm.fourier_prologue()
+    fm.log_sigma = torch.tensor(0.2)  # a new buffer object, whose version may equal the old one's
+    assert fm.fourier_prologue() is not kept
+    _prologue_matches_features(fm)
+    kept = fm.fourier_prologue()
+    assert fm.double().fourier_prologue() is not kept
+    if not sincos:
+        with torch.no_grad():
+            fm.phase.add_(0.25)
+        _prologue_matches_features(fm)
+
+
+def test_learned_sigma_prologue_is_formed_each_call_with_its_graph():
+    fm = RandomFourierFeatures(d_in=8, m=16, learn_sigma=True)
+    first, second = fm.fourier_prologue(), fm.fourier_prologue()
+    assert first is not second and first.weight.requires_grad
+    with torch.no_grad():  # nothing to differentiate: kept, and without a graph
+        assert fm.fourier_prologue() is fm.fourier_prologue()
+    with torch.inference_mode():
+        assert not fm.fourier_prologue().weight.requires_grad
+    assert fm.fourier_prologue().weight.requires_grad

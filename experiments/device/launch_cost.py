@@ -5,9 +5,10 @@
 Triton's generated launcher turns every tensor argument into a device pointer by calling its ``data_ptr()``
 and then ``cuPointerGetAttribute`` on it, a driver call per pointer on each launch; an int argument is taken
 as the pointer itself.  This times, at the attention benchmark's shape, the linear output kernel (six
-pointers) launched (1) through ``kernel[grid](...)``, (2) through the compiled kernel's handle with the
-same tensors and (3) with the tensors' ``data_ptr()`` ints, beside (4) one ``cuPointerGetAttribute`` call
-alone (ctypes), (5) an empty launch-free Python call and (6) one small PyTorch kernel.  Median µs of host
+pointers) launched (1) through ``kernel[grid](...)``, (2) through qra's launcher
+(:func:`qra.kernels._launch.launch_kernel`), (3) through the compiled kernel's handle with the same tensors
+and (4) with the tensors' ``data_ptr()`` ints, beside one ``cuPointerGetAttribute`` call alone (ctypes), the
+tensors' ``data_ptr()`` calls, a stream lookup, one small PyTorch kernel and an empty Python call.  Median µs of host
 time over 200 calls, the GPU synchronised outside the timed span every 20 calls.
 """
 
@@ -24,6 +25,7 @@ from profiling import FEATURES, HEAD_DIM
 from triton.runtime import driver
 
 from qra.kernels import fourier_linear
+from qra.kernels._launch import launch_kernel
 
 CALLS, BURST = 200, 20
 
@@ -79,10 +81,15 @@ def main() -> None:
     def pointer_attribute() -> None:
         libcuda.cuPointerGetAttribute(ctypes.byref(resolved), 2, address)  # CU_POINTER_ATTRIBUTE_DEVICE_POINTER
 
+    def jit_path() -> None:
+        fourier_linear._out_kernel[grid](*tensors, *scalars, **meta, **options)
+
     small = torch.zeros(16, device=dev)
     operations = {
-        "kernel[grid](...) (Triton's JIT path)": lambda: fourier_linear._out_kernel[grid](*tensors, *scalars, **meta,
-                                                                                        **options),  # fmt: skip
+        "kernel[grid](...) (Triton's JIT path)": jit_path,
+        "qra.kernels._launch.launch_kernel": lambda: launch_kernel(
+            fourier_linear._out_kernel, grid, tensors, scalars, **meta, **options
+        ),
         "compiled handle, tensor pointers": through_handle(tensors),
         "compiled handle, int pointers": through_handle([t.data_ptr() for t in tensors]),
         "cuPointerGetAttribute, one call": pointer_attribute,

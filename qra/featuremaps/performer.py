@@ -82,4 +82,8 @@ class PositiveRandomFeatures(FeatureMap):
             or cls.query_features is not FeatureMap.query_features
         ):
             return None
+        return self.memoized("exponential_prologue", self._exponential_prologue, (self.omega,),
+                             (self.scale, self.m, self.stabilize))  # fmt: skip
+
+    def _exponential_prologue(self) -> ExponentialPrologue:
         return ExponentialPrologue(self.omega.float() * self.scale, 0.5 * self.scale**2, self.m**-0.5, self.stabilize)

@@ -95,6 +95,10 @@ class RandomFourierFeatures(FeatureMap):
         cls = type(self)
         if cls.forward is not RandomFourierFeatures.forward or cls.query_features is not FeatureMap.query_features:
             return None
+        sources = (self.omega, self.log_sigma) if self.sincos else (self.omega, self.log_sigma, self.phase)
+        return self.memoized("fourier_prologue", self._fourier_prologue, sources, (self.sincos, self.m))
+
+    def _fourier_prologue(self) -> FourierPrologue:
         weight = self.omega.float() / self.log_sigma.float().exp()
         if self.sincos:
             half = weight.shape[0]

@@ -50,6 +50,7 @@ generator (so ``torch.manual_seed`` makes runs repeatable) unless ``seed`` is gi
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -106,6 +107,9 @@ def fused_device(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and _interpreting())
 
 
+_FUSED_DTYPES = frozenset((*_REAL_DTYPES, torch.complex64, torch.bool))
+
+
 def fused_available(*tensors: torch.Tensor) -> bool:
     """Whether the fused kernels can take these tensors.
 
@@ -114,22 +118,23 @@ def fused_available(*tensors: torch.Tensor) -> bool:
     for states), 4-d tensors have a feature dim ≤ 256 (≤ 128 for values is checked by the callers)
     and no dimension is empty.  ``None`` entries (an absent mask) are ignored.
     """
-    devices = set()
+    if os.environ.get("QRA_DISABLE_FUSED", "0") == "1" or not triton_available():
+        return False
+    interpreting, device = _interpreting(), None  # the environment read once: this runs on every call
     for t in tensors:
         if t is None:
             continue
         if not isinstance(t, torch.Tensor):
             return False
-        if not fused_device(t.device):
+        if device is None:
+            device = t.device
+            if not (device.type == "cuda" or (device.type == "cpu" and interpreting)):
+                return False
+        elif t.device != device:
             return False
-        devices.add(t.device)
-        if t.dtype not in (*_REAL_DTYPES, torch.complex64, torch.bool):
+        if t.dtype not in _FUSED_DTYPES or t.numel() == 0 or (t.dim() == 4 and t.shape[-1] > MAX_FEATURE_DIM):
             return False
-        if t.numel() == 0:
-            return False
-        if t.dim() == 4 and t.shape[-1] > MAX_FEATURE_DIM:
-            return False
-    return len(devices) <= 1
+    return True
 
 
 def _fused_ok(fq, fk, v, key_padding_mask) -> bool:
@@ -232,7 +237,17 @@ def _head_factors(x: torch.Tensor, scale: float, head_factor: torch.Tensor | flo
             shape = tuple(head_factor.shape)
             raise ValueError(f"head_factor must be a scalar or one value per head ({heads}), got {shape}")
         return scale * head_factor.to(device=x.device, dtype=torch.float32).reshape(-1).expand(heads)
-    return torch.full((heads,), scale * (1.0 if head_factor is None else float(head_factor)), device=x.device)
+    value = scale * (1.0 if head_factor is None else float(head_factor))
+    if torch.is_inference_mode_enabled():  # its tensors could not be saved for a backward outside it
+        return torch.full((heads,), value, device=x.device)
+    return _constant_factors(heads, value, x.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant_factors(heads: int, value: float, device: torch.device) -> torch.Tensor:
+    """float32 ``[heads]`` filled with ``value``, kept: the kernels only read it, and a fill on each call costs
+    the host a launch.  Read-only by contract."""
+    return torch.full((heads,), value, device=device)
 
 
 def _feature_pass_fits(x: torch.Tensor, weight: torch.Tensor, *others: torch.Tensor | None) -> bool:

@@ -1,15 +1,20 @@
-"""Small helpers shared by the Triton kernels' launchers (imports triton)."""
+"""Small helpers shared by the Triton kernels' launchers: host-side arithmetic, grids, masks, options."""
 
 from __future__ import annotations
 
 import functools
 
 import torch
-import triton
+
+
+def cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ in plain Python: ``triton.cdiv`` is a constexpr function, several µs a call on the host."""
+    return -(-a // b)
 
 
 def pow2(n: int, floor: int = 16) -> int:
-    return max(floor, triton.next_power_of_2(int(n)))
+    """The next power of two ≥ n, at least ``floor`` (plain Python, as :func:`cdiv`)."""
+    return max(floor, 1 << (int(n) - 1).bit_length() if n > 1 else 1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -25,10 +30,10 @@ def sm_count(device: torch.device) -> int:
 
 def splits(n: int, block: int, groups: int, device: torch.device, per_sm: int = 2) -> tuple[int, int]:
     """(programs per group, blocks per program) so that groups·programs fills the GPU about per_sm times."""
-    blocks = triton.cdiv(max(n, 1), block)
-    want = min(blocks, max(1, triton.cdiv(per_sm * sm_count(device), groups)))
-    per_program = triton.cdiv(blocks, want)
-    return triton.cdiv(blocks, per_program), per_program
+    blocks = cdiv(max(n, 1), block)
+    want = min(blocks, max(1, cdiv(per_sm * sm_count(device), groups)))
+    per_program = cdiv(blocks, want)
+    return cdiv(blocks, per_program), per_program
 
 
 def mask_bytes(key_padding_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -57,3 +62,15 @@ def dropout_scale(dropout_p: float) -> float:
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 operands multiply in full fp32 (the tests compare with fp32 PyTorch); 16-bit ones natively."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def zeroed_sums(
+    groups: int, rows: int, cols: int, device: torch.device, copies: int = 1
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``copies`` pairs of zeroed fp32 [groups, rows, cols] and [groups, rows] sums (S and z, or their
+    gradients) in one allocation and one fill: the kernels add into them with atomics, and at short lengths
+    the host's time for each extra launch shows."""
+    size, split = rows * (cols + 1) * groups, rows * cols * groups
+    flat = torch.zeros(copies * size, device=device, dtype=torch.float32)
+    pieces = [flat[i * size : (i + 1) * size] for i in range(copies)]
+    return [(piece[:split].view(groups, rows, cols), piece[split:].view(groups, rows)) for piece in pieces]

@@ -31,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._util import dropout_scale, mask_arguments, mask_bytes, pow2
+from ._launch import launch_kernel
+from ._util import cdiv, dropout_scale, mask_arguments, mask_bytes, pow2
 from .flash import (
     _keep,
     _key_ok,
@@ -394,10 +395,9 @@ def pack_states(
     pairs = torch.view_as_real(states)
     rows = torch.empty(bsz * heads, n, width, device=states.device, dtype=dtype)
     turned = torch.empty_like(rows) if rotated else None
-    _pack_kernel[(triton.cdiv(n, _ROWS_PER_PROGRAM), bsz * heads)](
-        pairs, rows, rows if turned is None else turned, norm, *pairs.stride()[:3], heads, n, dim,
-        BR=_ROWS_PER_PROGRAM, BF=width, ROTATED=rotated,
-    )  # fmt: skip
+    launch_kernel(_pack_kernel, (cdiv(n, _ROWS_PER_PROGRAM), bsz * heads),
+                  (pairs, rows, rows if turned is None else turned, norm), (*pairs.stride()[:3], heads, n, dim),
+                  BR=_ROWS_PER_PROGRAM, BF=width, ROTATED=rotated)  # fmt: skip
     return rows, turned
 
 
@@ -427,13 +427,10 @@ class _FidelityAttention(torch.autograd.Function):
         m, m_strides = mask_arguments(mask, lse)
         dropout = dropout_p > 0
         scale = dropout_scale(dropout_p)
-        args = (
-            qp, kp, kr, v, out, out32, lse, m, beta,
-            *v.stride(), *out.stride(), *m_strides,
-            heads, nq, nk, dv, seed, _threshold(dropout_p), scale,
-        )  # fmt: skip
+        tensors = (qp, kp, kr, v, out, out32, lse, m, beta)
+        scalars = (*v.stride(), *out.stride(), *m_strides, heads, nq, nk, dv, seed, _threshold(dropout_p), scale)
         _launch(
-            _fwd_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages,
+            _fwd_kernel, lambda bm_, bn_: (cdiv(nq, bm_), bsz * heads), tensors, scalars, bm, bn, warps, stages,
             BF=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half), VPREC=_precision(half),
             SAVE32=half,
         )  # fmt: skip
@@ -456,18 +453,15 @@ class _FidelityAttention(torch.autograd.Function):
         scratch = torch.zeros(2 + heads, device=v.device, dtype=torch.float32)
         norms_ov, dbeta = scratch[:2], scratch[2:]  # max ‖dO‖², max ‖v‖²; dβ
         delta = torch.empty(bsz * heads, nq, device=v.device, dtype=torch.float32)
-        rows = triton.cdiv(max(nq, nk), _ROWS_PER_PROGRAM)
-        _bwd_prep_kernel[(rows, bsz * heads)](
-            grad, out, delta, v, norms_ov, *grad.stride(), *v.stride(), heads, nq, nk, dv,
-            BR=_ROWS_PER_PROGRAM, BV=bv,
-        )  # fmt: skip
+        rows = cdiv(max(nq, nk), _ROWS_PER_PROGRAM)
+        launch_kernel(_bwd_prep_kernel, (rows, bsz * heads), (grad, out, delta, v, norms_ov),
+                      (*grad.stride(), *v.stride(), heads, nq, nk, dv), BR=_ROWS_PER_PROGRAM, BV=bv)  # fmt: skip
         scale = dropout_scale(dropout_p)
         qr, kr = torch.empty_like(qp), torch.empty_like(kp)  # P(iψq) = ∂C/∂Pk, P(−iψk)
         gscale = torch.empty(heads, device=v.device, dtype=torch.float32)
-        _bwd_rows_kernel[(rows, bsz * heads)](
-            qp, qr, kp, kr, beta, norms_qk, norms_ov, gscale, heads, nq, nk, scale,
-            BR=_ROWS_PER_PROGRAM, BF=width, BH=pow2(heads, floor=2), SCALED=half,
-        )  # fmt: skip
+        launch_kernel(_bwd_rows_kernel, (rows, bsz * heads), (qp, qr, kp, kr, beta, norms_qk, norms_ov, gscale),
+                      (heads, nq, nk, scale), BR=_ROWS_PER_PROGRAM, BF=width, BH=pow2(heads, floor=2),
+                      SCALED=half)  # fmt: skip
         m, m_strides = mask_arguments(mask, lse)
         dropout = dropout_p > 0
         dkp = torch.empty(kp.shape, device=v.device, dtype=torch.float32)
@@ -478,23 +472,22 @@ class _FidelityAttention(torch.autograd.Function):
             VPREC=_precision(half),
         )  # fmt: skip
         tail = (heads, nq, nk, dv, seed, _threshold(dropout_p), scale)
-        args = (
-            qp, qr, kp, kr, v, grad, lse, delta, m, beta, gscale, dkp, dvv, dbeta,
-            *v.stride(), *grad.stride(), *m_strides, *dvv.stride(), *tail,
-        )  # fmt: skip
         bm, bn, warps, stages = _tiles(BACKWARD_KV_TILES, width, half)
         _launch(
-            _bwd_kv_kernel, lambda bm_, bn_: (triton.cdiv(nk, bn_), bsz * heads), args, bm, bn, warps, stages,
+            _bwd_kv_kernel, lambda bm_, bn_: (cdiv(nk, bn_), bsz * heads),
+            (qp, qr, kp, kr, v, grad, lse, delta, m, beta, gscale, dkp, dvv, dbeta),
+            (*v.stride(), *grad.stride(), *m_strides, *dvv.stride(), *tail), bm, bn, warps, stages,
             BETA_GRAD=beta_grad, **common,
         )  # fmt: skip
-        args = (qp, kp, kr, v, grad, lse, delta, m, beta, gscale, dqp, *v.stride(), *grad.stride(), *m_strides, *tail)
         bm, bn, warps, stages = _tiles(BACKWARD_Q_TILES, width, half)
         _launch(
-            _bwd_q_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages, **common
-        )
+            _bwd_q_kernel, lambda bm_, bn_: (cdiv(nq, bm_), bsz * heads),
+            (qp, kp, kr, v, grad, lse, delta, m, beta, gscale, dqp), (*v.stride(), *grad.stride(), *m_strides, *tail),
+            bm, bn, warps, stages, **common,
+        )  # fmt: skip
         # buffers freed once read: a patched MiniLM step's memory peaks here (experiments/device/memory_profile.py);
         # the packed rows go too when they were packed again here (else the saved ones live until backward ends)
-        del qp, kp, qr, kr, args
+        del qp, kp, qr, kr
         dq = unpack_grad(dqp, q_shape)
         del dqp
         dk = unpack_grad(dkp, k_shape)

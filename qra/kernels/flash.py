@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from ._util import dot_precision, dropout_scale, mask_arguments, mask_bytes, pow2
+from ._launch import launch_kernel
+from ._util import cdiv, dot_precision, dropout_scale, mask_arguments, mask_bytes, pow2
 
 
 @triton.jit
@@ -264,7 +265,7 @@ def _threshold(p: float) -> int:
 
 def keep_mask(seed: int, batch: int, heads: int, n_q: int, n_k: int, dropout_p: float, device) -> torch.Tensor:
     out = torch.empty(batch, heads, n_q, n_k, dtype=torch.int8, device=device)
-    grid = (triton.cdiv(n_q, 32), triton.cdiv(n_k, 32), batch * heads)
+    grid = (cdiv(n_q, 32), cdiv(n_k, 32), batch * heads)
     _keep_kernel[grid](out, heads, n_q, n_k, int(seed), _threshold(dropout_p), BM=32, BN=32)
     return out.bool()
 
@@ -307,13 +308,11 @@ class _FlashAttention(torch.autograd.Function):
         dropout = dropout_p > 0
         scale = dropout_scale(dropout_p)
         prec = dot_precision(v.dtype)
-        args = (
-            q, k, v, out, out32, lse, m,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *m_strides,
-            heads, nq, nk, feat, dv, seed, _threshold(dropout_p), scale,
-        )  # fmt: skip
+        tensors = (q, k, v, out, out32, lse, m)
+        scalars = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *m_strides,
+                   heads, nq, nk, feat, dv, seed, _threshold(dropout_p), scale)  # fmt: skip
         _launch(
-            _fwd_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages,
+            _fwd_kernel, lambda bm_, bn_: (cdiv(nq, bm_), bsz * heads), tensors, scalars, bm, bn, warps, stages,
             BF=bf, BV=bv, HAS_MASK=has_mask, DROPOUT=dropout, PREC=prec, VPREC=prec, SAVE32=save32,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, mask, out32, lse)
@@ -339,31 +338,31 @@ class _FlashAttention(torch.autograd.Function):
         dvv = torch.empty_like(v)
         prec = dot_precision(v.dtype)
         common = dict(BF=bf, BV=bv, HAS_MASK=has_mask, DROPOUT=dropout, PREC=prec, VPREC=prec)
-        args = (
-            q, k, v, grad, lse, delta, m, dk, dvv,
-            *q.stride(), *k.stride(), *v.stride(), *grad.stride(), *m_strides, *dk.stride(), *dvv.stride(),
-            heads, nq, nk, feat, dv, seed, _threshold(dropout_p), scale,
+        tail = (heads, nq, nk, feat, dv, seed, _threshold(dropout_p), scale)
+        strides = (*q.stride(), *k.stride(), *v.stride(), *grad.stride(), *m_strides)
+        _launch(
+            _bwd_kv_kernel, lambda bm_, bn_: (cdiv(nk, bn_), bsz * heads), (q, k, v, grad, lse, delta, m, dk, dvv),
+            (*strides, *dk.stride(), *dvv.stride(), *tail), bm, bn, warps, stages, **common,
         )  # fmt: skip
         _launch(
-            _bwd_kv_kernel, lambda bm_, bn_: (triton.cdiv(nk, bn_), bsz * heads), args, bm, bn, warps, stages, **common
-        )
-        args = (
-            q, k, v, grad, lse, delta, m, dq,
-            *q.stride(), *k.stride(), *v.stride(), *grad.stride(), *m_strides, *dq.stride(),
-            heads, nq, nk, feat, dv, seed, _threshold(dropout_p), scale,
+            _bwd_q_kernel, lambda bm_, bn_: (cdiv(nq, bm_), bsz * heads), (q, k, v, grad, lse, delta, m, dq),
+            (*strides, *dq.stride(), *tail), bm, bn, warps, stages, **common,
         )  # fmt: skip
-        _launch(
-            _bwd_q_kernel, lambda bm_, bn_: (triton.cdiv(nq, bm_), bsz * heads), args, bm, bn, warps, stages, **common
-        )
         return dq, dk, dvv, None, None, None
 
 
-def _launch(kernel, grid_of, args, bm, bn, warps, stages, **meta):
-    """Launch with these blocks; if they do not fit the chip's shared memory/registers, with 32×32, 1 stage."""
+def _launch(kernel, grid_of, tensors, scalars, bm, bn, warps, stages, **meta):
+    """Launch with these blocks; if they do not fit the chip's shared memory/registers, with 32×32, 1 stage.
+
+    ``scalars`` end with (seed, dropout threshold, scale): the seed, new at each call with dropout, is keyed
+    by its specialisation only (:func:`qra.kernels._launch.launch_kernel`)."""
+    free = (len(scalars) - 3,)
     try:
-        kernel[grid_of(bm, bn)](*args, BM=bm, BN=bn, num_warps=warps, num_stages=stages, **meta)
+        launch_kernel(kernel, grid_of(bm, bn), tensors, scalars, free, BM=bm, BN=bn, num_warps=warps,
+                      num_stages=stages, **meta)  # fmt: skip
     except OutOfResources:
-        kernel[grid_of(32, 32)](*args, BM=32, BN=32, num_warps=4, num_stages=1, **meta)
+        launch_kernel(kernel, grid_of(32, 32), tensors, scalars, free, BM=32, BN=32, num_warps=4, num_stages=1,
+                      **meta)  # fmt: skip
 
 
 def fused_softmax_attention(fq, fk, v, key_padding_mask=None, dropout_p: float = 0.0, seed=None) -> torch.Tensor:

@@ -37,8 +37,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch_kernel
 from ._trig import cosine, hardware_trig, sine
-from ._util import mask_arguments, mask_bytes, pow2, splits
+from ._util import mask_arguments, mask_bytes, pow2, splits, zeroed_sums
 from .linear import _dot_pair, _guard, _split, _split_dot
 
 
@@ -322,14 +323,6 @@ def _launch_config(dtype: torch.dtype, bd: int, bf: int, bv: int, launch: Launch
     return lowp, ("ieee" if dtype == torch.float32 else "tf32"), fast, warps
 
 
-def _zeroed_sums(groups: int, rows: int, cols: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zeroed fp32 [groups, rows, cols] and [groups, rows] sums (S and z, or their gradients) in one allocation
-    and one fill: the kernels add into them with atomics, and at short lengths every launch counts."""
-    flat = torch.zeros(groups * rows * (cols + 1), device=device, dtype=torch.float32)
-    split = groups * rows * cols
-    return flat[:split].view(groups, rows, cols), flat[split:].view(groups, rows)
-
-
 def _grid(n: int, groups: int, device: torch.device, launch: Launch) -> tuple[tuple[int, int], int]:
     """((groups, programs per group), blocks per program) for ``n`` rows."""
     parts, per = splits(n, launch.block, groups, device, launch.per_sm)
@@ -338,7 +331,7 @@ def _grid(n: int, groups: int, device: torch.device, launch: Launch) -> tuple[tu
 
 class _FourierLinearAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, weight, bias, mask, scale, eps):
+    def forward(ctx, q, k, v, weight, bias, mask, scale, eps, backward):
         bsz, heads, nq, dim = q.shape
         nk, dv = k.shape[2], v.shape[3]
         feat = weight.shape[0]
@@ -348,21 +341,21 @@ class _FourierLinearAttention(torch.autograd.Function):
         meta = dict(BN=launch.block, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, FAST=fast, num_warps=warps,
                     num_stages=launch.stages)  # fmt: skip
         dev = v.device
-        state, z = _zeroed_sums(bsz * heads, feat, dv, dev)
+        # with a backward to come, its dS and dz are zeroed in the same fill as S and z
+        sums = zeroed_sums(bsz * heads, feat, dv, dev, copies=2 if backward else 1)
+        state, z = sums[0]
         m, m_strides = mask_arguments(mask, state)
         grid, per = _grid(nk, bsz * heads, dev, launch)
-        _state_kernel[grid](
-            k, v, m, weight, bias, state, z, *k.stride(), *v.stride(), *m_strides,
-            heads, nk, dim, feat, dv, per, scale, HAS_MASK=mask is not None, **meta,
-        )  # fmt: skip
+        launch_kernel(_state_kernel, grid, (k, v, m, weight, bias, state, z),
+                      (*k.stride(), *v.stride(), *m_strides, heads, nk, dim, feat, dv, per, scale),
+                      HAS_MASK=mask is not None, **meta)  # fmt: skip
         out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
         grid, per = _grid(nq, bsz * heads, dev, launch)
-        _out_kernel[grid](
-            q, weight, bias, state, z, out, *q.stride(), *out.stride(),
-            heads, nq, dim, feat, dv, per, scale, eps, **meta,
-        )  # fmt: skip
+        launch_kernel(_out_kernel, grid, (q, weight, bias, state, z, out),
+                      (*q.stride(), *out.stride(), heads, nq, dim, feat, dv, per, scale, eps), **meta)  # fmt: skip
         ctx.save_for_backward(q, k, v, weight, bias, mask, state, z)
         ctx.scale, ctx.eps = scale, eps
+        ctx.gradient_sums = sums[1] if backward else None  # zeroed; used by the first backward only
         return out
 
     @staticmethod
@@ -378,27 +371,25 @@ class _FourierLinearAttention(torch.autograd.Function):
                     num_stages=launch.stages)  # fmt: skip
         dev = v.device
         dq, dk, dvv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        ds, dz = _zeroed_sums(bsz * heads, feat, dv, dev)
+        # zeroed in the forward; a second backward through the graph (retain_graph) needs fresh ones
+        ds, dz = ctx.gradient_sums or zeroed_sums(bsz * heads, feat, dv, dev)[0]
+        ctx.gradient_sums = None
         # the map's own gradients only when asked for: RFF's W and phases are fixed buffers unless σ is learned
         weight_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         slots = WEIGHT_GRAD_SLOTS if weight_grad else 1
-        dw, db = _zeroed_sums(slots, feat, dim, dev) if weight_grad else (ds, dz)  # without: pointers never read
+        dw, db = zeroed_sums(slots, feat, dim, dev)[0] if weight_grad else (ds, dz)  # without: never read
         grid, per = _grid(nq, bsz * heads, dev, launch)
-        _bwd_q_kernel[grid](
-            q, grad, weight, bias, state, z, dq, ds, dz, dw, db, *q.stride(), *grad.stride(), *dq.stride(),
-            heads, nq, dim, feat, dv, per, slots, ctx.scale, ctx.eps, WEIGHT_GRAD=weight_grad, **meta,
-        )  # fmt: skip
+        launch_kernel(_bwd_q_kernel, grid, (q, grad, weight, bias, state, z, dq, ds, dz, dw, db),
+                      (*q.stride(), *grad.stride(), *dq.stride(), heads, nq, dim, feat, dv, per, slots, ctx.scale,
+                       ctx.eps), WEIGHT_GRAD=weight_grad, **meta)  # fmt: skip
         m, m_strides = mask_arguments(mask, state)
         grid, per = _grid(nk, bsz * heads, dev, launch)
-        _bwd_k_kernel[grid](
-            k, v, m, weight, bias, ds, dz, dk, dvv, dw, db,
-            *k.stride(), *v.stride(), *m_strides, *dk.stride(), *dvv.stride(),
-            heads, nk, dim, feat, dv, per, slots, ctx.scale, HAS_MASK=mask is not None, WEIGHT_GRAD=weight_grad,
-            **meta,
-        )  # fmt: skip
+        launch_kernel(_bwd_k_kernel, grid, (k, v, m, weight, bias, ds, dz, dk, dvv, dw, db),
+                      (*k.stride(), *v.stride(), *m_strides, *dk.stride(), *dvv.stride(), heads, nk, dim, feat, dv,
+                       per, slots, ctx.scale), HAS_MASK=mask is not None, WEIGHT_GRAD=weight_grad, **meta)  # fmt: skip
         if not weight_grad:
-            return dq, dk, dvv, None, None, None, None, None
-        return dq, dk, dvv, dw.sum(0), db.sum(0), None, None, None
+            return dq, dk, dvv, None, None, None, None, None, None
+        return dq, dk, dvv, dw.sum(0), db.sum(0), None, None, None, None
 
 
 def fused_fourier_linear_attention(q, k, v, weight, phase, scale: float, key_padding_mask=None, eps: float = 1e-6):
@@ -408,5 +399,6 @@ def fused_fourier_linear_attention(q, k, v, weight, phase, scale: float, key_pad
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     weight, phase = weight.float().contiguous(), phase.float().contiguous()
     mask = mask_bytes(key_padding_mask, v.device)
-    out = _FourierLinearAttention.apply(q, k, v, weight, phase, mask, float(scale), float(eps))
+    backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, weight, phase))
+    out = _FourierLinearAttention.apply(q, k, v, weight, phase, mask, float(scale), float(eps), backward)
     return out.to(out_dtype)

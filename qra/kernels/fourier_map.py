@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch_kernel
 from ._trig import cos_sin, cosine
 from ._util import mask_arguments, mask_bytes, pow2
 from .fourier_linear import (
@@ -215,10 +216,9 @@ class _RandomFeatures(torch.autograd.Function):
         feat = weight.shape[0]
         out = torch.empty(bsz, heads, n, feat, device=x.device, dtype=x.dtype)
         grid, per = _grid(n, bsz * heads, x.device, FORWARD_LAUNCH)
-        _features_kernel[grid](
-            x, weight, bias, factors, stabilizers, out, *x.stride(), *out.stride(), heads, n, dim, feat, per,
-            activation.norm_weight, **_meta(x.dtype, dim, feat, FORWARD_LAUNCH), **activation.meta(),
-        )  # fmt: skip
+        launch_kernel(_features_kernel, grid, (x, weight, bias, factors, stabilizers, out),
+                      (*x.stride(), *out.stride(), heads, n, dim, feat, per, activation.norm_weight),
+                      **_meta(x.dtype, dim, feat, FORWARD_LAUNCH), **activation.meta())  # fmt: skip
         ctx.save_for_backward(x, weight, bias, factors, stabilizers)
         ctx.activation = activation
         return out
@@ -239,11 +239,9 @@ class _RandomFeatures(torch.autograd.Function):
         dwt = torch.empty(sums, meta["BD"], meta["BF"], device=x.device, dtype=torch.float32)
         db = torch.empty(sums, meta["BF"], device=x.device, dtype=torch.float32)
         dc = torch.empty(bsz, heads, grid[1] if factor_grad else 1, device=x.device, dtype=torch.float32)
-        _features_backward_kernel[grid](
-            x, grad, weight, bias, factors, stabilizers, dx, dwt, db, dc, *x.stride(), *grad.stride(), *dx.stride(),
-            heads, n, dim, feat, per, activation.norm_weight, WEIGHT_GRAD=weight_grad, FACTOR_GRAD=factor_grad,
-            **meta, **activation.meta(),
-        )  # fmt: skip
+        launch_kernel(_features_backward_kernel, grid, (x, grad, weight, bias, factors, stabilizers, dx, dwt, db, dc),
+                      (*x.stride(), *grad.stride(), *dx.stride(), heads, n, dim, feat, per, activation.norm_weight),
+                      WEIGHT_GRAD=weight_grad, FACTOR_GRAD=factor_grad, **meta, **activation.meta())  # fmt: skip
         dw = dwt.sum(0)[:dim, :feat].T if ctx.needs_input_grad[1] else None
         db = db.sum(0)[:feat] if ctx.needs_input_grad[2] else None
         return dx, dw, db, (dc.sum((0, 2)) if factor_grad else None), None, None
@@ -280,10 +278,9 @@ def _sequence_max(
     m, m_strides = mask_arguments(mask, maxima)
     meta = _meta(x.dtype, dim, feat, FORWARD_LAUNCH)
     meta.pop("FAST")
-    _sequence_max_kernel[grid](
-        x, weight, bias, factors, m, maxima, *x.stride(), *m_strides, heads, n, dim, feat, per, float(norm_weight),
-        HAS_MASK=mask is not None, **meta,
-    )  # fmt: skip
+    launch_kernel(_sequence_max_kernel, grid, (x, weight, bias, factors, m, maxima),
+                  (*x.stride(), *m_strides, heads, n, dim, feat, per, float(norm_weight)),
+                  HAS_MASK=mask is not None, **meta)  # fmt: skip
     best = maxima.amax(dim=1)
     return torch.where(torch.isfinite(best), best, 0.0)
 

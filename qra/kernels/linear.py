@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._util import mask_arguments, mask_bytes, pow2, splits
+from ._launch import launch_kernel
+from ._util import mask_arguments, mask_bytes, pow2, splits, zeroed_sums
 
 BLOCK_N = 64
 
@@ -263,10 +264,6 @@ def _bwd_k_kernel(
         )
 
 
-def _strides(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.stride())
-
-
 def _config(dtype: torch.dtype, bf: int, bv: int) -> tuple[bool, str, int]:
     lowp = dtype == torch.bfloat16
     warps = 8 if bf * bv >= 128 * 64 else 4
@@ -281,23 +278,18 @@ class _LinearAttention(torch.autograd.Function):
         bf, bv = pow2(feat), pow2(dv)
         lowp, prec, warps = _config(v.dtype, bf, bv)
         dev = v.device
-        state = torch.zeros(bsz * heads, feat, dv, device=dev, dtype=torch.float32)
-        z = torch.zeros(bsz * heads, feat, device=dev, dtype=torch.float32)
+        [(state, z)] = zeroed_sums(bsz * heads, feat, dv, dev)
         has_mask = mask is not None
         m, m_strides = mask_arguments(mask, state)
         parts, per = splits(nk, BLOCK_N, bsz * heads, dev)
-        _state_kernel[(bsz * heads, parts)](
-            fk, v, m, state, z, *_strides(fk), *_strides(v), *m_strides,
-            heads, nk, feat, dv, per,
-            BN=BLOCK_N, BF=bf, BV=bv, HAS_MASK=has_mask, PREC=prec, num_warps=warps,
-        )  # fmt: skip
+        launch_kernel(_state_kernel, (bsz * heads, parts), (fk, v, m, state, z),
+                      (*fk.stride(), *v.stride(), *m_strides, heads, nk, feat, dv, per),
+                      BN=BLOCK_N, BF=bf, BV=bv, HAS_MASK=has_mask, PREC=prec, num_warps=warps)  # fmt: skip
         out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
         parts, per = splits(nq, BLOCK_N, bsz * heads, dev)
-        _out_kernel[(bsz * heads, parts)](
-            fq, state, z, out, *_strides(fq), *_strides(out),
-            heads, nq, feat, dv, per, eps,
-            BN=BLOCK_N, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps,
-        )  # fmt: skip
+        launch_kernel(_out_kernel, (bsz * heads, parts), (fq, state, z, out),
+                      (*fq.stride(), *out.stride(), heads, nq, feat, dv, per, eps),
+                      BN=BLOCK_N, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps)  # fmt: skip
         ctx.save_for_backward(fq, fk, v, mask, state, z)
         ctx.eps = eps
         return out
@@ -311,24 +303,19 @@ class _LinearAttention(torch.autograd.Function):
         lowp, prec, warps = _config(v.dtype, bf, bv)
         dev = v.device
         dfq = torch.empty_like(fq)
-        ds = torch.zeros_like(state)
-        dz = torch.zeros_like(z)
+        [(ds, dz)] = zeroed_sums(bsz * heads, feat, dv, dev)
         parts, per = splits(nq, BLOCK_N, bsz * heads, dev)
-        _bwd_q_kernel[(bsz * heads, parts)](
-            fq, grad, state, z, dfq, ds, dz, *_strides(fq), *_strides(grad), *_strides(dfq),
-            heads, nq, feat, dv, per, ctx.eps,
-            BN=BLOCK_N, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps,
-        )  # fmt: skip
+        launch_kernel(_bwd_q_kernel, (bsz * heads, parts), (fq, grad, state, z, dfq, ds, dz),
+                      (*fq.stride(), *grad.stride(), *dfq.stride(), heads, nq, feat, dv, per, ctx.eps),
+                      BN=BLOCK_N, BF=bf, BV=bv, LOWP=lowp, PREC=prec, num_warps=warps)  # fmt: skip
         dfk = torch.empty_like(fk)
         dvv = torch.empty_like(v)
         has_mask = mask is not None
         m, m_strides = mask_arguments(mask, state)
         parts, per = splits(nk, BLOCK_N, bsz * heads, dev)
-        _bwd_k_kernel[(bsz * heads, parts)](
-            fk, v, m, ds, dz, dfk, dvv, *_strides(fk), *_strides(v), *m_strides, *_strides(dfk), *_strides(dvv),
-            heads, nk, feat, dv, per,
-            BN=BLOCK_N, BF=bf, BV=bv, HAS_MASK=has_mask, LOWP=lowp, PREC=prec, num_warps=warps,
-        )  # fmt: skip
+        launch_kernel(_bwd_k_kernel, (bsz * heads, parts), (fk, v, m, ds, dz, dfk, dvv),
+                      (*fk.stride(), *v.stride(), *m_strides, *dfk.stride(), *dvv.stride(), heads, nk, feat, dv, per),
+                      BN=BLOCK_N, BF=bf, BV=bv, HAS_MASK=has_mask, LOWP=lowp, PREC=prec, num_warps=warps)  # fmt: skip
         return dfq, dfk, dvv, None, None
 
 

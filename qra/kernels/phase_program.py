@@ -44,6 +44,7 @@ import triton
 import triton.language as tl
 
 from ._trig import cos_sin, hardware_trig
+from ._util import cdiv
 
 TWO_PI = tl.constexpr(2 * math.pi)
 FOUR_PI = tl.constexpr(4 * math.pi)
@@ -221,7 +222,7 @@ def phase_coefficients(values: torch.Tensor, mixing: torch.Tensor, layers: int) 
     turns = torch.empty(coefficients.shape, dtype=torch.float16, device=values.device)
     rest = torch.empty(coefficients.shape, dtype=torch.float32, device=values.device)
     size = coefficients.numel()
-    _split_kernel[(triton.cdiv(size, SPLIT_BLOCK),)](coefficients, turns, rest, size, BLOCK=SPLIT_BLOCK, num_warps=4)
+    _split_kernel[(cdiv(size, SPLIT_BLOCK),)](coefficients, turns, rest, size, BLOCK=SPLIT_BLOCK, num_warps=4)
     batch = values.shape[0]
     return turns.view(layers, -1, batch), rest.view(layers, -1, batch)
 
@@ -239,7 +240,7 @@ def phase_program_forward(turns: torch.Tensor, rest: torch.Tensor, doubled_patte
     dim = doubled_patterns.shape[-1]
     out = torch.empty(batch, dim, dtype=torch.complex64, device=turns.device)
     block, warps = _launch_shape(dim)
-    _forward_kernel[(triton.cdiv(batch, block),)](
+    _forward_kernel[(cdiv(batch, block),)](
         turns, rest, doubled_patterns, constants, hadamard, torch.view_as_real(out), batch, dim**-0.5,
         LAYERS=layers, K=k, DIM=dim, FACTOR=factor, H_SIZE=hadamard.shape[0], BLOCK_B=block, FAST=hardware_trig(),
         num_warps=warps,
@@ -287,7 +288,7 @@ def phase_program_backward(turns: torch.Tensor, rest: torch.Tensor, doubled_patt
     with exact_fp32_products():
         for start in range(0, batch, chunk):
             count = min(chunk, batch - start)
-            _backward_kernel[(triton.cdiv(count, block),)](
+            _backward_kernel[(cdiv(count, block),)](
                 turns[..., start:], rest[..., start:], doubled_patterns, constants, hadamard, states[start:],
                 grad[start:], dphi, batch, count, dim**-0.5,
                 LAYERS=layers, K=k, DIM=dim, FACTOR=factor, H_SIZE=hadamard.shape[0], BLOCK_B=block,
