@@ -105,6 +105,59 @@ def main() -> None:
     for name, values in times.items():
         quartiles = statistics.quantiles(values, n=4)
         print(f"{name:28s} {min(values):8.1f} {quartiles[0]:8.1f} {quartiles[1]:8.1f}", flush=True)
+    inside_the_launcher(linear_step, args.calls)
+
+
+def inside_the_launcher(step: Callable[[], None], calls: int) -> None:
+    """Median µs a launch spends in qra's launcher, in the compiled kernel's own launcher within it, and how many
+    launches took Triton's JIT path, over ``calls`` steps (each step's four launches)."""
+    from qra.kernels import _launch
+
+    spent: dict[str, list[float]] = {"launch_kernel": [], "compiled launcher (run)": []}
+    jit_paths = [0]
+    original_remember = _launch._remember
+
+    def counting_remember(*a, **kw):
+        jit_paths[0] += 1
+        return original_remember(*a, **kw)
+
+    def timed(kernel, grid, tensors, scalars, free=(), **meta):
+        key_cache = _launch._cache.get(kernel, {})
+        runs = {id(c): c.run for c in key_cache.values() if isinstance(c, _launch._Compiled)}
+        inner = []
+        for compiled in key_cache.values():
+            if isinstance(compiled, _launch._Compiled):
+                original = runs[id(compiled)]
+
+                def run(*a, original=original):
+                    begin = time.perf_counter()
+                    original(*a)
+                    inner.append((time.perf_counter() - begin) * 1e6)
+
+                compiled.run = run
+        start = time.perf_counter()
+        try:
+            _launch.launch_kernel(kernel, grid, tensors, scalars, free, **meta)
+            spent["launch_kernel"].append((time.perf_counter() - start) * 1e6)
+        finally:
+            for compiled in key_cache.values():
+                if isinstance(compiled, _launch._Compiled):
+                    compiled.run = runs[id(compiled)]
+        spent["compiled launcher (run)"].extend(inner)
+
+    _launch._remember = counting_remember
+    fourier_linear.launch_kernel = timed
+    try:
+        for _ in range(calls):
+            torch.cuda.synchronize()
+            step()
+    finally:
+        fourier_linear.launch_kernel = _launch.launch_kernel
+        _launch._remember = original_remember
+    torch.cuda.synchronize()
+    for name, values in spent.items():
+        print(f"{name:28s} median {statistics.median(values):8.1f} µs over {len(values)} launches", flush=True)
+    print(f"launches through Triton's JIT path: {jit_paths[0]} of {4 * calls}", flush=True)
 
 
 if __name__ == "__main__":
