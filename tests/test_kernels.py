@@ -213,11 +213,23 @@ def fourier_inputs(b, h, nq, nk, d, m, dv, dtype, sigma=8.0, seed=0):
     return q, k, v, weight, phase
 
 
-def check_fourier_linear(b, h, nq, nk, d, m, dv, dtype, mask, map_grad=True):
+def off_boundary(t: torch.Tensor) -> torch.Tensor:
+    """A leaf copy of ``t`` whose storage starts one element past a 16-byte boundary."""
+    flat = torch.empty(t.numel() + 1, device=t.device, dtype=t.dtype)[1:]
+    flat.copy_(t.detach().flatten())
+    shifted = flat.view(t.shape).requires_grad_()
+    assert shifted.data_ptr() % 16 != 0 and shifted.is_leaf
+    return shifted
+
+
+def check_fourier_linear(b, h, nq, nk, d, m, dv, dtype, mask, map_grad=True, seed=0, shift_q=False):
     """The fused kernel against the PyTorch formula: output and the gradients of q, k, v and, with
-    ``map_grad``, of W and the phases (without, as for RFF's fixed buffers, the kernels skip them)."""
-    q, k, v, weight, phase = fourier_inputs(b, h, nq, nk, d, m, dv, dtype)
+    ``map_grad``, of W and the phases (without, as for RFF's fixed buffers, the kernels skip them).
+    ``shift_q``: the queries off a 16-byte boundary (a layout Triton compiles apart)."""
+    q, k, v, weight, phase = fourier_inputs(b, h, nq, nk, d, m, dv, dtype, seed=seed)
     wrt = leaves(q, k, v, weight, phase) if map_grad else leaves(q, k, v)
+    if shift_q:
+        wrt[0] = off_boundary(wrt[0])
     q, k, v = wrt[:3]
     if map_grad:
         weight, phase = wrt[3:]
@@ -245,6 +257,25 @@ def check_fourier_linear(b, h, nq, nk, d, m, dv, dtype, mask, map_grad=True):
 @pytest.mark.parametrize(("d", "m"), [(32, 32), (32, 64), (64, 128), (64, 256)])
 def test_fourier_linear_matches_pytorch(d, m, dv, dtype):
     check_fourier_linear(2, 3, 100, 100, d, m, dv, dtype, make_mask(2, 100, "cuda"))
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fourier_linear_repeated_calls_through_bound_launches(dtype):
+    """Calls after the first of one input layout issue the launches bound at the first (qra.kernels._launch's
+    plans): each call against the PyTorch path, with new data, between calls of other layouts (no padding,
+    queries off a 16-byte boundary) and other backward variants (the map's gradients asked for)."""
+    from qra.kernels import _launch, fourier_linear
+
+    mask = make_mask(2, 100, "cuda")
+    calls = [(False, True, False), (False, True, False), (True, True, False), (False, False, False),
+             (False, True, True), (False, True, False), (True, True, False), (False, True, True)]  # fmt: skip
+    for seed, (map_grad, masked, shift_q) in enumerate(calls):
+        check_fourier_linear(2, 3, 100, 100, 64, 128, 64, dtype, mask if masked else None, map_grad=map_grad,
+                             seed=seed, shift_q=shift_q)  # fmt: skip
+    if _launch.direct_launches():  # (under Triton's interpreter every launch takes its JIT path)
+        bound = [len(plan._bound) for plan in fourier_linear._PLANS._plans.values()]
+        assert bound and max(bound) == 6  # state, out and each backward kernel for the fixed and the learned map
 
 
 @requires_gpu

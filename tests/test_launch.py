@@ -50,7 +50,7 @@ def cuda_stand_ins(monkeypatch):
     """Device 0 and stream 7 for the launcher's lookups; a clean cache; not under the interpreter."""
     monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0, raising=False)
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 7, raising=False)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(_launch, "_INTERPRETING", False)
     monkeypatch.setattr(_launch, "_cache", {})
 
 
@@ -129,10 +129,10 @@ def test_launch_hooks_and_the_interpreter_always_take_the_jit_path(monkeypatch):
         call()
     finally:
         knobs.runtime.launch_enter_hook.remove(hook)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_launch, "_INTERPRETING", True)
     call()
     assert len(kernel.jit_calls) == 3 and not kernel.direct_calls
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(_launch, "_INTERPRETING", False)
     call()
     assert len(kernel.direct_calls) == 1
 
@@ -150,3 +150,50 @@ def test_the_cache_is_bounded(monkeypatch):
     for n in range(5):
         _launch.launch_kernel(kernel, (1,), (x, x), (n + 2, 0.5, 5), BLOCK=32)
     assert len(_launch._cache[kernel]) <= 3
+
+
+def test_prepare_binds_the_launch_for_other_tensors_of_the_same_layout():
+    kernel, x, out = _kernel(), torch.zeros(64), torch.zeros(64)
+    prepared = _launch.prepare(kernel, (3,), (x, out), (64, 0.5, 5), BLOCK=32)
+    assert len(kernel.jit_calls) == 1  # the call itself is issued
+    y, other = torch.ones(64), torch.ones(64)
+    prepared.launch((y, other))
+    assert kernel.direct_calls == [
+        (3, 1, 1, 7, "function", "metadata", None, None, None, y.data_ptr(), other.data_ptr(), 64, 0.5, 5, 32, False)
+    ]
+
+
+def test_prepare_binds_nothing_where_launches_must_take_the_jit_path(monkeypatch):
+    kernel, x = _kernel(), torch.zeros(64)
+    monkeypatch.setattr(_launch, "_INTERPRETING", True)
+    assert _launch.prepare(kernel, (1,), (x, x), (64, 0.5, 5), BLOCK=32) is None
+    monkeypatch.setattr(_launch, "_INTERPRETING", False)
+    assert _launch.prepare(FakeKernel(["X", "n", "BLOCK"]), (1,), (x,), (4,)) is None  # no default for BLOCK
+
+
+def test_plans_are_keyed_by_device_settings_and_every_input_layout(monkeypatch):
+    plans = _launch.LaunchPlans(limit=100)
+    x = torch.zeros(4, 8)
+    first = plans.plan((x, None), 0.5)
+    assert plans.plan((torch.ones(4, 8), None), 0.5) is first  # other values, the same layout
+    others = [
+        plans.plan((x, None), 0.25),  # another setting
+        plans.plan((x.double(), None), 0.5),
+        plans.plan((torch.zeros(8, 4).T, None), 0.5),  # same shape, other strides
+        plans.plan((torch.zeros(33)[1:].view(4, 8), None), 0.5),  # off a 16-byte boundary
+        plans.plan((x, x), 0.5),  # a tensor where there was none
+    ]
+    assert all(plan is not first for plan in others) and len({id(p) for p in others}) == len(others)
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 1, raising=False)
+    assert plans.plan((x, None), 0.5) is not first
+
+
+def test_an_unbound_plan_issues_nothing_and_binds_what_it_is_given(monkeypatch):
+    kernel, x = _kernel(), torch.zeros(64)
+    plan = _launch.LaunchPlans().plan((x,), 1.0)
+    assert not plan.issue("k", (x, x))
+    plan.bind("k", _launch.prepare(kernel, (1,), (x, x), (64, 0.5, 5), BLOCK=32))
+    assert plan.issue("k", (x, x)) and len(kernel.direct_calls) == 1
+    monkeypatch.setattr(_launch, "_INTERPRETING", True)  # no plan is kept while launches take the JIT path
+    plans = _launch.LaunchPlans()
+    assert plans.plan((x,), 1.0) is not plans.plan((x,), 1.0) and not plans._plans

@@ -137,12 +137,12 @@ def fused_available(*tensors: torch.Tensor) -> bool:
     return True
 
 
-def _fused_ok(fq, fk, v, key_padding_mask) -> bool:
+def _fused_ok(fq, fk, v, key_padding_mask, *others: torch.Tensor) -> bool:
     if fq.dim() != 4 or fk.dim() != 4 or v.dim() != 4:
         return False
     if v.shape[-1] > MAX_VALUE_DIM or v.dtype not in _REAL_DTYPES:
         return False
-    return fused_available(fq, fk, v, key_padding_mask)
+    return fused_available(fq, fk, v, key_padding_mask, *others)
 
 
 def _check(fq, fk, v, key_padding_mask) -> None:
@@ -190,7 +190,7 @@ def fourier_linear_attention(
         raise ValueError(
             f"weight must be [m, d={q.shape[-1]}] and phase [m]; got {tuple(weight.shape)}, {tuple(phase.shape)}"
         )
-    fusable = _fused_ok(q, k, v, key_padding_mask) and fused_available(weight, phase, v)
+    fusable = _fused_ok(q, k, v, key_padding_mask, weight, phase)
     if fusable and prologue_verified(q.dtype, k.dtype, v.dtype, q.shape[-1], weight.shape[0], v.shape[-1]):
         from .fourier_linear import fused_fourier_linear_attention
 

@@ -11,7 +11,9 @@ specialises on those, on ints being 1 or divisible by 16, and on constexprs), th
 device.  Equal keys therefore imply Triton's own choice, so the handle only runs arguments it was compiled
 for.  The first call for a key, a call under Triton's CPU interpreter or while ``torch.compile`` traces (it
 knows Triton's own launches), and any call while a launch hook is installed (Triton's profiler) go through
-the JIT path.  Tensors reach the compiled launcher as their addresses, which also skips its per-pointer
+the JIT path.  :func:`prepare` goes one step further for a caller that keys its own calls (a launch plan per
+input shape): it returns the launch bound to its compiled kernel, to be issued again with new tensors only.
+Tensors reach the compiled launcher as their addresses, which also skips its per-pointer
 ``cuPointerGetAttribute``.
 """
 
@@ -27,6 +29,10 @@ from triton import knobs
 MAX_KEYS = 512
 
 _DIRECT = object()  # the JIT path returned no compiled kernel (the interpreter): never cache this key
+
+#: Triton picks its CPU interpreter when a kernel is decorated, i.e. at import; so is this read
+_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+_RUNTIME = knobs.runtime
 
 
 class _Compiled:
@@ -46,8 +52,14 @@ _cache: dict[object, dict[tuple, _Compiled]] = {}
 
 def _hooks_installed() -> bool:
     """Whether a launch hook is set (Triton's profiler): its launches must go through the JIT path."""
-    runtime = knobs.runtime
-    return any(getattr(hook, "calls", hook) for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+    enter, exit_ = _RUNTIME.launch_enter_hook, _RUNTIME.launch_exit_hook
+    return bool(getattr(enter, "calls", enter)) or bool(getattr(exit_, "calls", exit_))
+
+
+def direct_launches() -> bool:
+    """Whether launches may bypass Triton's JIT path now: not under the interpreter, not while ``torch.compile``
+    traces, no launch hook installed."""
+    return not (_INTERPRETING or torch.compiler.is_compiling() or _hooks_installed())
 
 
 def _trailing_values(kernel, given: int, meta: dict) -> tuple | None:
@@ -83,10 +95,24 @@ def launch_kernel(kernel, grid: Sequence[int], tensors: Sequence[torch.Tensor | 
     ``num_warps``, by name.  ``free``: positions in ``scalars`` whose value changes from call to call (a
     dropout seed), keyed by what Triton specialises them on instead of their value.
     """
-    if os.environ.get("TRITON_INTERPRET") == "1" or callable(grid) or torch.compiler.is_compiling():
+    if callable(grid) or not direct_launches():
         kernel[grid](*tensors, *scalars, **meta)
         return
     device = torch._C._cuda_getDevice()
+    key, addresses = _key(device, tensors, scalars, free, meta)
+    known = _cache.get(kernel)
+    compiled = None if known is None else known.get(key)
+    if compiled is None or compiled is _DIRECT:
+        _remember(kernel, key, kernel[grid](*tensors, *scalars, **meta), len(tensors) + len(scalars), meta)
+        return
+    x, y, z = (*grid, 1, 1)[:3]
+    stream = torch._C._cuda_getCurrentRawStream(device)
+    compiled.run(x, y, z, stream, compiled.function, compiled.metadata, None, None, None,
+                 *addresses, *scalars, *compiled.constexprs)  # fmt: skip
+
+
+def _key(device: int, tensors: Sequence, scalars: Sequence, free: Sequence[int], meta: dict) -> tuple[tuple, list]:
+    """(the cache key of a launch, its tensors' addresses): see the module docstring."""
     addresses = [None if t is None else t.data_ptr() for t in tensors]
     exact = tuple(_int_specialisation(v) if i in free else v for i, v in enumerate(scalars)) if free else scalars
     # the scalars' types too: 1, 1.0 and True are equal keys but different arguments to Triton
@@ -98,15 +124,42 @@ def launch_kernel(kernel, grid: Sequence[int], tensors: Sequence[torch.Tensor | 
         *[None if t is None else t.dtype for t in tensors],
         *[a is None or a & 15 == 0 for a in addresses],
     )
-    known = _cache.get(kernel)
-    compiled = None if known is None else known.get(key)
-    if compiled is None or compiled is _DIRECT or _hooks_installed():
-        _remember(kernel, key, kernel[grid](*tensors, *scalars, **meta), len(tensors) + len(scalars), meta)
-        return
-    x, y, z = (*grid, 1, 1)[:3]
-    stream = torch._C._cuda_getCurrentRawStream(device)
-    compiled.run(x, y, z, stream, compiled.function, compiled.metadata, None, None, None,
-                 *addresses, *scalars, *compiled.constexprs)  # fmt: skip
+    return key, addresses
+
+
+class Prepared:
+    """One launch bound to its compiled kernel, everything fixed but its tensors: ``prepared.launch(tensors)``
+    issues the kernel on the current stream with none of :func:`launch_kernel`'s per-call work.
+
+    Made by :func:`prepare`.  Only valid for tensors of the dtypes and 16-byte alignments it was prepared with
+    and while :func:`direct_launches` holds: the caller's own cache key must cover both.
+    """
+
+    __slots__ = ("constexprs", "device", "function", "grid", "metadata", "run", "scalars")
+
+    def __init__(self, compiled: _Compiled, grid: Sequence[int], scalars: Sequence[object], device: int) -> None:
+        self.run, self.function, self.metadata = compiled.run, compiled.function, compiled.metadata
+        self.grid = tuple((*grid, 1, 1)[:3])
+        self.scalars, self.constexprs, self.device = tuple(scalars), compiled.constexprs, device
+
+    def launch(self, tensors: Sequence[torch.Tensor | None]) -> None:
+        x, y, z = self.grid
+        self.run(x, y, z, torch._C._cuda_getCurrentRawStream(self.device), self.function, self.metadata, None,
+                 None, None, *[None if t is None else t.data_ptr() for t in tensors], *self.scalars,
+                 *self.constexprs)  # fmt: skip
+
+
+def prepare(kernel, grid: Sequence[int], tensors: Sequence[torch.Tensor | None], scalars: Sequence[object],
+            **meta: object) -> Prepared | None:  # fmt: skip
+    """:func:`launch_kernel` (this call is issued), and the same launch bound to its compiled kernel for later
+    calls with other tensors of the same dtypes and alignments; None where it cannot be bound (the
+    interpreter, ``torch.compile`` tracing, a launch hook, a kernel Triton gave no compiled form of)."""
+    launch_kernel(kernel, grid, tensors, scalars, **meta)
+    if callable(grid) or not direct_launches():
+        return None
+    device = torch._C._cuda_getDevice()
+    compiled = _cache.get(kernel, {}).get(_key(device, tensors, scalars, (), meta)[0])
+    return Prepared(compiled, grid, scalars, device) if isinstance(compiled, _Compiled) else None
 
 
 def _remember(kernel, key: tuple, compiled, given: int, meta: dict) -> None:
@@ -119,3 +172,60 @@ def _remember(kernel, key: tuple, compiled, given: int, meta: dict) -> None:
         known[key] = _DIRECT
         return
     known[key] = _Compiled(compiled, trailing)
+
+
+def layout(t: torch.Tensor | None) -> tuple | None:
+    """What a kernel's scalars and Triton's specialisation can depend on in a tensor argument: its shape,
+    strides, dtype and 16-byte alignment."""
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.data_ptr() & 15 == 0)
+
+
+class LaunchPlan:
+    """The launches of one fused call for one input layout, each bound once (:func:`prepare`) and then issued
+    with its tensors alone: no grid, scalar or constexpr is formed again, no argument specialised again.
+
+    A caller issues a launch with ``plan.issue(name, tensors)`` and, where that returns False (not bound yet),
+    launches it through :func:`prepare` and keeps the result with ``plan.bind(name, prepared)``.  A launch's
+    name must say everything its scalars depend on beyond the plan's key (e.g. a gradient's layout).
+    """
+
+    __slots__ = ("_bound",)
+
+    def __init__(self) -> None:
+        self._bound: dict[object, Prepared] = {}
+
+    def issue(self, name: object, tensors: Sequence[torch.Tensor | None]) -> bool:
+        bound = self._bound.get(name)
+        if bound is None:
+            return False
+        bound.launch(tensors)
+        return True
+
+    def bind(self, name: object, prepared: Prepared | None) -> None:
+        if prepared is not None:
+            self._bound[name] = prepared
+
+
+class LaunchPlans:
+    """A call site's plans, by the current device, the call's settings and its input tensors' :func:`layout`.
+
+    Sound when the scalars of every launch in the plan are functions of these (the buffers the call allocates
+    itself have layouts fixed by the inputs' shapes, and PyTorch's allocator aligns every block to 512 bytes).
+    Bounded: cleared past ``limit`` keys.  While :func:`direct_launches` does not hold, an unbound plan that is
+    never kept.
+    """
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self._plans: dict[tuple, LaunchPlan] = {}
+
+    def plan(self, tensors: Sequence[torch.Tensor | None], *settings: object) -> LaunchPlan:
+        if not direct_launches():
+            return LaunchPlan()
+        key = (torch._C._cuda_getDevice(), settings, *[layout(t) for t in tensors])
+        found = self._plans.get(key)
+        if found is None:
+            if len(self._plans) >= self.limit:
+                self._plans.clear()
+            found = self._plans[key] = LaunchPlan()
+        return found

@@ -69,8 +69,12 @@ def zeroed_sums(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``copies`` pairs of zeroed fp32 [groups, rows, cols] and [groups, rows] sums (S and z, or their
     gradients) in one allocation and one fill: the kernels add into them with atomics, and at short lengths
-    the host's time for each extra launch shows."""
-    size, split = rows * (cols + 1) * groups, rows * cols * groups
+    the host's time for each extra launch shows.  Every view starts on a 16-byte boundary, whatever the
+    sizes, so that a launch bound for one call's sums fits the next call's (``qra.kernels._launch``)."""
+    matrix, vector = rows * cols * groups, rows * groups
+    split = -(-matrix // 4) * 4  # floats, rounded up to 16 bytes
+    size = split + -(-vector // 4) * 4
     flat = torch.zeros(copies * size, device=device, dtype=torch.float32)
     pieces = [flat[i * size : (i + 1) * size] for i in range(copies)]
-    return [(piece[:split].view(groups, rows, cols), piece[split:].view(groups, rows)) for piece in pieces]
+    return [(piece[:matrix].view(groups, rows, cols), piece[split : split + vector].view(groups, rows))
+            for piece in pieces]  # fmt: skip

@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch_kernel
+from ._launch import LaunchPlan, LaunchPlans, direct_launches, layout, prepare
 from ._trig import cosine, hardware_trig, sine
 from ._util import mask_arguments, mask_bytes, pow2, splits, zeroed_sums
 from .linear import _dot_pair, _guard, _split, _split_dot
@@ -329,32 +329,45 @@ def _grid(n: int, groups: int, device: torch.device, launch: Launch) -> tuple[tu
     return (groups, parts), per
 
 
+def _meta(dtype: torch.dtype, dim: int, feat: int, dv: int, launch: Launch) -> dict:
+    """The constexprs and launch options of one kernel."""
+    bd, bf, bv = pow2(dim), pow2(feat), pow2(dv)
+    lowp, prec, fast, warps = _launch_config(dtype, bd, bf, bv, launch)
+    return dict(BN=launch.block, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, FAST=fast, num_warps=warps,
+                num_stages=launch.stages)  # fmt: skip
+
+
+#: the four launches per input layout, bound to their compiled kernels (qra.kernels._launch): a repeated call
+#: issues them with its tensors only, which at short lengths is most of what the host does
+_PLANS = LaunchPlans()
+
+
 class _FourierLinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, weight, bias, mask, scale, eps, backward):
         bsz, heads, nq, dim = q.shape
         nk, dv = k.shape[2], v.shape[3]
         feat = weight.shape[0]
-        bd, bf, bv = pow2(dim), pow2(feat), pow2(dv)
-        launch = FORWARD_LAUNCH
-        lowp, prec, fast, warps = _launch_config(v.dtype, bd, bf, bv, launch)
-        meta = dict(BN=launch.block, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, FAST=fast, num_warps=warps,
-                    num_stages=launch.stages)  # fmt: skip
         dev = v.device
         # with a backward to come, its dS and dz are zeroed in the same fill as S and z
         sums = zeroed_sums(bsz * heads, feat, dv, dev, copies=2 if backward else 1)
         state, z = sums[0]
-        m, m_strides = mask_arguments(mask, state)
-        grid, per = _grid(nk, bsz * heads, dev, launch)
-        launch_kernel(_state_kernel, grid, (k, v, m, weight, bias, state, z),
-                      (*k.stride(), *v.stride(), *m_strides, heads, nk, dim, feat, dv, per, scale),
-                      HAS_MASK=mask is not None, **meta)  # fmt: skip
         out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
-        grid, per = _grid(nq, bsz * heads, dev, launch)
-        launch_kernel(_out_kernel, grid, (q, weight, bias, state, z, out),
-                      (*q.stride(), *out.stride(), heads, nq, dim, feat, dv, per, scale, eps), **meta)  # fmt: skip
+        m, m_strides = mask_arguments(mask, state)
+        plan = _PLANS.plan((q, k, v, weight, bias, mask), scale, eps)
+        state_args, out_args = (k, v, m, weight, bias, state, z), (q, weight, bias, state, z, out)
+        if not plan.issue("state", state_args):
+            grid, per = _grid(nk, bsz * heads, dev, FORWARD_LAUNCH)
+            scalars = (*k.stride(), *v.stride(), *m_strides, heads, nk, dim, feat, dv, per, scale)
+            meta = _meta(v.dtype, dim, feat, dv, FORWARD_LAUNCH)
+            plan.bind("state", prepare(_state_kernel, grid, state_args, scalars, HAS_MASK=mask is not None, **meta))
+        if not plan.issue("out", out_args):
+            grid, per = _grid(nq, bsz * heads, dev, FORWARD_LAUNCH)
+            scalars = (*q.stride(), *out.stride(), heads, nq, dim, feat, dv, per, scale, eps)
+            meta = _meta(v.dtype, dim, feat, dv, FORWARD_LAUNCH)
+            plan.bind("out", prepare(_out_kernel, grid, out_args, scalars, **meta))
         ctx.save_for_backward(q, k, v, weight, bias, mask, state, z)
-        ctx.scale, ctx.eps = scale, eps
+        ctx.scale, ctx.eps, ctx.plan = scale, eps, plan
         ctx.gradient_sums = sums[1] if backward else None  # zeroed; used by the first backward only
         return out
 
@@ -364,11 +377,6 @@ class _FourierLinearAttention(torch.autograd.Function):
         bsz, heads, nq, dim = q.shape
         nk, dv = k.shape[2], v.shape[3]
         feat = weight.shape[0]
-        bd, bf, bv = pow2(dim), pow2(feat), pow2(dv)
-        launch = BACKWARD_LAUNCH
-        lowp, prec, fast, warps = _launch_config(v.dtype, bd, bf, bv, launch)
-        meta = dict(BN=launch.block, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, FAST=fast, num_warps=warps,
-                    num_stages=launch.stages)  # fmt: skip
         dev = v.device
         dq, dk, dvv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         # zeroed in the forward; a second backward through the graph (retain_graph) needs fresh ones
@@ -378,15 +386,24 @@ class _FourierLinearAttention(torch.autograd.Function):
         weight_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         slots = WEIGHT_GRAD_SLOTS if weight_grad else 1
         dw, db = zeroed_sums(slots, feat, dim, dev)[0] if weight_grad else (ds, dz)  # without: never read
-        grid, per = _grid(nq, bsz * heads, dev, launch)
-        launch_kernel(_bwd_q_kernel, grid, (q, grad, weight, bias, state, z, dq, ds, dz, dw, db),
-                      (*q.stride(), *grad.stride(), *dq.stride(), heads, nq, dim, feat, dv, per, slots, ctx.scale,
-                       ctx.eps), WEIGHT_GRAD=weight_grad, **meta)  # fmt: skip
         m, m_strides = mask_arguments(mask, state)
-        grid, per = _grid(nk, bsz * heads, dev, launch)
-        launch_kernel(_bwd_k_kernel, grid, (k, v, m, weight, bias, ds, dz, dk, dvv, dw, db),
-                      (*k.stride(), *v.stride(), *m_strides, *dk.stride(), *dvv.stride(), heads, nk, dim, feat, dv,
-                       per, slots, ctx.scale), HAS_MASK=mask is not None, WEIGHT_GRAD=weight_grad, **meta)  # fmt: skip
+        plan = ctx.plan if direct_launches() else LaunchPlan()
+        variant = (layout(grad), weight_grad)  # what the backward's scalars depend on beyond the forward's key
+        q_args = (q, grad, weight, bias, state, z, dq, ds, dz, dw, db)
+        k_args = (k, v, m, weight, bias, ds, dz, dk, dvv, dw, db)
+        if not plan.issue(("bwd_q", variant), q_args):
+            grid, per = _grid(nq, bsz * heads, dev, BACKWARD_LAUNCH)
+            scalars = (*q.stride(), *grad.stride(), *dq.stride(), heads, nq, dim, feat, dv, per, slots, ctx.scale,
+                       ctx.eps)  # fmt: skip
+            meta = dict(_meta(v.dtype, dim, feat, dv, BACKWARD_LAUNCH), WEIGHT_GRAD=weight_grad)
+            plan.bind(("bwd_q", variant), prepare(_bwd_q_kernel, grid, q_args, scalars, **meta))
+        if not plan.issue(("bwd_k", variant), k_args):
+            grid, per = _grid(nk, bsz * heads, dev, BACKWARD_LAUNCH)
+            scalars = (*k.stride(), *v.stride(), *m_strides, *dk.stride(), *dvv.stride(), heads, nk, dim, feat, dv, per,
+                       slots, ctx.scale)  # fmt: skip
+            meta = dict(_meta(v.dtype, dim, feat, dv, BACKWARD_LAUNCH), HAS_MASK=mask is not None,
+                        WEIGHT_GRAD=weight_grad)  # fmt: skip
+            plan.bind(("bwd_k", variant), prepare(_bwd_k_kernel, grid, k_args, scalars, **meta))
         if not weight_grad:
             return dq, dk, dvv, None, None, None, None, None, None
         return dq, dk, dvv, dw.sum(0), db.sum(0), None, None, None, None
