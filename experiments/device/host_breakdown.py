@@ -6,7 +6,7 @@ Each line is the host time to issue one step (the GPU synchronised before, not a
 CUDA events enclose when the host is the slower side), minimum / 25th percentile / median over ``--calls``:
     sdpa step                    fresh leaves, SDPA's forward, the benchmark's ``.float().sum()`` and backward
     linear step                  the same with qra's fused linear attention (kernel_attention, RFF, linear mode)
-    linear step, no launches     the same with qra's kernel launcher replaced by a no-op: all but the launches
+    linear step, no launches     the same with its bound launches (qra.kernels._launch) replaced by a no-op
     linear Function only         the autograd Function alone (prologue and dispatch skipped), forward + backward
     identity Function step       an autograd Function that returns its input: the Function and benchmark overhead
     plain step                   ``(v * 1).float().sum().backward()``: the benchmark's own ops
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from profiling import benchmark_rows
 
-from qra.kernels import fourier_linear
+from qra.kernels import _launch, fourier_linear
 
 
 class _Identity(torch.autograd.Function):
@@ -71,14 +71,14 @@ def main() -> None:
     def plain() -> None:
         (leaves()[2] * 1).float().sum().backward()
 
-    launcher = fourier_linear.launch_kernel
+    bound_launch = _launch.Prepared.launch
 
-    def no_launches() -> None:
-        fourier_linear.launch_kernel = lambda *a, **kw: None
+    def no_launches() -> None:  # after the warm-up every launch of the call is a bound one
+        _launch.Prepared.launch = lambda self, tensors: None
         try:
             linear_step()
         finally:
-            fourier_linear.launch_kernel = launcher
+            _launch.Prepared.launch = bound_launch
 
     steps: dict[str, Callable[[], None]] = {
         "sdpa step": sdpa,
@@ -109,55 +109,43 @@ def main() -> None:
 
 
 def inside_the_launcher(step: Callable[[], None], calls: int) -> None:
-    """Median µs a launch spends in qra's launcher, in the compiled kernel's own launcher within it, and how many
-    launches took Triton's JIT path, over ``calls`` steps (each step's four launches)."""
-    from qra.kernels import _launch
+    """Median µs a launch spends in its bound launch (``Prepared.launch``) and, within it, in the compiled
+    kernel's own launcher, and how many launches were not bound (went through ``prepare``), over ``calls`` steps."""
+    spent: dict[str, list[float]] = {"Prepared.launch": [], "compiled launcher (run)": []}
+    unbound = [0]
+    bound_launch, original_prepare = _launch.Prepared.launch, fourier_linear.prepare
 
-    spent: dict[str, list[float]] = {"launch_kernel": [], "compiled launcher (run)": []}
-    jit_paths = [0]
-    original_remember = _launch._remember
+    def counting_prepare(*args, **kwargs):
+        unbound[0] += 1
+        return original_prepare(*args, **kwargs)
 
-    def counting_remember(*a, **kw):
-        jit_paths[0] += 1
-        return original_remember(*a, **kw)
+    def timed(self, tensors) -> None:
+        run = self.run
 
-    def timed(kernel, grid, tensors, scalars, free=(), **meta):
-        key_cache = _launch._cache.get(kernel, {})
-        runs = {id(c): c.run for c in key_cache.values() if isinstance(c, _launch._Compiled)}
-        inner = []
-        for compiled in key_cache.values():
-            if isinstance(compiled, _launch._Compiled):
-                original = runs[id(compiled)]
+        def inner(*args) -> None:
+            begin = time.perf_counter()
+            run(*args)
+            spent["compiled launcher (run)"].append((time.perf_counter() - begin) * 1e6)
 
-                def run(*a, original=original):
-                    begin = time.perf_counter()
-                    original(*a)
-                    inner.append((time.perf_counter() - begin) * 1e6)
-
-                compiled.run = run
+        self.run = inner
         start = time.perf_counter()
         try:
-            _launch.launch_kernel(kernel, grid, tensors, scalars, free, **meta)
-            spent["launch_kernel"].append((time.perf_counter() - start) * 1e6)
+            bound_launch(self, tensors)
+            spent["Prepared.launch"].append((time.perf_counter() - start) * 1e6)
         finally:
-            for compiled in key_cache.values():
-                if isinstance(compiled, _launch._Compiled):
-                    compiled.run = runs[id(compiled)]
-        spent["compiled launcher (run)"].extend(inner)
+            self.run = run
 
-    _launch._remember = counting_remember
-    fourier_linear.launch_kernel = timed
+    _launch.Prepared.launch, fourier_linear.prepare = timed, counting_prepare
     try:
         for _ in range(calls):
             torch.cuda.synchronize()
             step()
     finally:
-        fourier_linear.launch_kernel = _launch.launch_kernel
-        _launch._remember = original_remember
+        _launch.Prepared.launch, fourier_linear.prepare = bound_launch, original_prepare
     torch.cuda.synchronize()
     for name, values in spent.items():
         print(f"{name:28s} median {statistics.median(values):8.1f} µs over {len(values)} launches", flush=True)
-    print(f"launches through Triton's JIT path: {jit_paths[0]} of {4 * calls}", flush=True)
+    print(f"launches not yet bound (through prepare): {unbound[0]} of {4 * calls}", flush=True)
 
 
 if __name__ == "__main__":
