@@ -3,7 +3,9 @@
 At the attention benchmark's short lengths the host, not the GPU, sets the pace: a launch through Triton's
 JIT path took 29 µs of host time on the H200's host, the compiled kernel's own launcher 8.8 µs
 (``results/bench/launch-cost-h200-d16892a.txt``).  The difference is Triton binding and specialising every
-argument, building a cache key and looking up the device and stream on each call.
+argument, building a cache key and looking up the device and stream on each call.  Inside the fused linear
+call's step a launch took 47 µs through :func:`launch_kernel` and 14 µs bound in a plan
+(``results/bench/host-breakdown-h200-round13.txt``): per-argument Python is what a launch costs there.
 
 :func:`launch_kernel` keeps, per kernel, the compiled kernel that Triton's JIT path chose for a *cache key finer
 than Triton's own*: the arguments' exact values, each tensor's dtype and 16-byte alignment (Triton

@@ -354,7 +354,9 @@ class _FourierLinearAttention(torch.autograd.Function):
         state, z = sums[0]
         out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
         m, m_strides = mask_arguments(mask, state)
-        plan = _PLANS.plan((q, k, v, weight, bias, mask), scale, eps)
+        # the module's launch settings too: experiments/device/linear_tiles.py changes them between calls
+        settings = (scale, eps, FORWARD_LAUNCH, BACKWARD_LAUNCH, APPROXIMATE_TRIG, WEIGHT_GRAD_SLOTS)
+        plan = _PLANS.plan((q, k, v, weight, bias, mask), *settings)
         state_args, out_args = (k, v, m, weight, bias, state, z), (q, weight, bias, state, z, out)
         if not plan.issue("state", state_args):
             grid, per = _grid(nk, bsz * heads, dev, FORWARD_LAUNCH)
