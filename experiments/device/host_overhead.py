@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from profiling import FEATURES, HEAD_DIM, benchmark_rows
+from profiling import benchmark_rows, output_kernel_call
 
 from qra.kernels import fourier_linear
 
@@ -73,26 +73,15 @@ def attention_rows(names: list[str], length: int, tokens: int, heads: int) -> No
 
 def single_operations(length: int, tokens: int, heads: int) -> None:
     """The issue cost of one Triton launch of the linear output kernel and of the buffers around it."""
-    batch, dev = max(1, tokens // length), torch.device("cuda")
-    q = torch.randn(batch, heads, length, HEAD_DIM, device=dev, dtype=torch.bfloat16)
-    weight, bias = torch.randn(FEATURES, HEAD_DIM, device=dev) / 8, torch.rand(FEATURES, device=dev)
-    state = torch.zeros(batch * heads, FEATURES, HEAD_DIM, device=dev)
-    z = torch.ones(batch * heads, FEATURES, device=dev)
-    out = torch.empty(batch, heads, length, HEAD_DIM, device=dev, dtype=torch.bfloat16)
-    launch = fourier_linear.FORWARD_LAUNCH
-    lowp, prec, fast, warps = fourier_linear._launch_config(q.dtype, HEAD_DIM, FEATURES, HEAD_DIM, launch)
-    grid, per = fourier_linear._grid(length, batch * heads, dev, launch)
+    grid, tensors, scalars, meta, options = output_kernel_call(length, tokens, heads)
+    out, dev = tensors[-1], tensors[0].device
 
     def launch_out() -> None:
-        fourier_linear._out_kernel[grid](
-            q, weight, bias, state, z, out, *q.stride(), *out.stride(), heads, length, HEAD_DIM, FEATURES, HEAD_DIM,
-            per, 0.125, 1e-6, BN=launch.block, BD=HEAD_DIM, BF=FEATURES, BV=HEAD_DIM, LOWP=lowp, PREC=prec,
-            FAST=fast, num_warps=warps, num_stages=launch.stages,
-        )  # fmt: skip
+        fourier_linear._out_kernel[grid](*tensors, *scalars, **meta, **options)
 
     operations = {
         "one Triton launch (_out_kernel)": launch_out,
-        "torch.zeros of S and z": lambda: torch.zeros(batch * heads * FEATURES * (HEAD_DIM + 1), device=dev),
+        "torch.zeros of S and z": lambda: torch.zeros(tensors[3].numel() + tensors[4].numel(), device=dev),
         "torch.empty of the output": lambda: torch.empty_like(out),
     }
     for label, step in operations.items():

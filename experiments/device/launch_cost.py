@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from profiling import FEATURES, HEAD_DIM
+from profiling import output_kernel_call
 from triton.runtime import driver
 
 from qra.kernels import fourier_linear
@@ -50,19 +50,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16384)
     parser.add_argument("--heads", type=int, default=12)
     args = parser.parse_args()
-    batch, heads, length, dev = max(1, args.tokens // args.length), args.heads, args.length, torch.device("cuda")
-    q = torch.randn(batch, heads, length, HEAD_DIM, device=dev, dtype=torch.bfloat16)
-    weight, bias = torch.randn(FEATURES, HEAD_DIM, device=dev) / 8, torch.rand(FEATURES, device=dev)
-    state = torch.zeros(batch * heads, FEATURES, HEAD_DIM, device=dev)
-    z = torch.ones(batch * heads, FEATURES, device=dev)
-    out = torch.empty(batch, heads, length, HEAD_DIM, device=dev, dtype=torch.bfloat16)
-    launch = fourier_linear.FORWARD_LAUNCH
-    lowp, prec, fast, warps = fourier_linear._launch_config(q.dtype, HEAD_DIM, FEATURES, HEAD_DIM, launch)
-    grid, per = fourier_linear._grid(length, batch * heads, dev, launch)
-    tensors = [q, weight, bias, state, z, out]
-    scalars = [*q.stride(), *out.stride(), heads, length, HEAD_DIM, FEATURES, HEAD_DIM, per, 0.125, 1e-6]
-    meta = dict(BN=launch.block, BD=HEAD_DIM, BF=FEATURES, BV=HEAD_DIM, LOWP=lowp, PREC=prec, FAST=fast)
-    options = dict(num_warps=warps, num_stages=launch.stages)
+    grid, tensors, scalars, meta, options = output_kernel_call(args.length, args.tokens, args.heads)
+    dev = tensors[0].device
     compiled = fourier_linear._out_kernel[grid](*tensors, *scalars, **meta, **options)
     constexprs = [meta[name] for name in fourier_linear._out_kernel.arg_names[len(tensors) + len(scalars) :]]
     stream = driver.active.get_current_stream(driver.active.get_current_device())
@@ -76,7 +65,7 @@ def main() -> None:
         return step
 
     libcuda = ctypes.CDLL("libcuda.so.1")
-    resolved, address = ctypes.c_uint64(), ctypes.c_uint64(q.data_ptr())
+    resolved, address = ctypes.c_uint64(), ctypes.c_uint64(tensors[0].data_ptr())
 
     def pointer_attribute() -> None:
         libcuda.cuPointerGetAttribute(ctypes.byref(resolved), 2, address)  # CU_POINTER_ATTRIBUTE_DEVICE_POINTER
@@ -98,7 +87,7 @@ def main() -> None:
         "small.add_(1) (one PyTorch kernel)": lambda: small.add_(1),
         "an empty Python call": lambda: None,
     }
-    print(torch.cuda.get_device_name(), torch.__version__, f"N = {length}, B = {batch}", flush=True)
+    print(torch.cuda.get_device_name(), torch.__version__, f"N = {args.length}, B = {tensors[0].shape[0]}", flush=True)
     for label, step in operations.items():
         print(f"{label:44s} {issue_us(step):8.1f} µs", flush=True)
 

@@ -11,6 +11,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from qra.experiment.bench import attention_impls, attention_inputs
+from qra.kernels import fourier_linear
 
 HEAD_DIM, FEATURES = 64, 128  # the attention benchmark's d and m
 
@@ -55,3 +56,21 @@ def profile_step(step: Callable[[], object], calls: int, warmup: int) -> tuple[f
     events = prof.key_averages()
     kernels = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / calls / 1000
     return wall, kernels, events
+
+
+def output_kernel_call(length: int, tokens: int, heads: int) -> tuple[tuple, list, list, dict, dict]:
+    """One launch of the fused linear output kernel at the benchmark's shape, to time launching it:
+    (grid, tensors, scalars, constexprs, launch options)."""
+    batch, dev = max(1, tokens // length), torch.device("cuda")
+    q = torch.randn(batch, heads, length, HEAD_DIM, device=dev, dtype=torch.bfloat16)
+    weight, bias = torch.randn(FEATURES, HEAD_DIM, device=dev) / 8, torch.rand(FEATURES, device=dev)
+    state = torch.zeros(batch * heads, FEATURES, HEAD_DIM, device=dev)
+    z = torch.ones(batch * heads, FEATURES, device=dev)
+    out = torch.empty(batch, heads, length, HEAD_DIM, device=dev, dtype=torch.bfloat16)
+    launch = fourier_linear.FORWARD_LAUNCH
+    lowp, prec, fast, warps = fourier_linear._launch_config(q.dtype, HEAD_DIM, FEATURES, HEAD_DIM, launch)
+    grid, per = fourier_linear._grid(length, batch * heads, dev, launch)
+    tensors = [q, weight, bias, state, z, out]
+    scalars = [*q.stride(), *out.stride(), heads, length, HEAD_DIM, FEATURES, HEAD_DIM, per, 0.125, 1e-6]
+    meta = dict(BN=launch.block, BD=HEAD_DIM, BF=FEATURES, BV=HEAD_DIM, LOWP=lowp, PREC=prec, FAST=fast)
+    return grid, tensors, scalars, meta, dict(num_warps=warps, num_stages=launch.stages)
