@@ -118,17 +118,15 @@ def fused_available(*tensors: torch.Tensor) -> bool:
     for states), 4-d tensors have a feature dim ≤ 256 (≤ 128 for values is checked by the callers)
     and no dimension is empty.  ``None`` entries (an absent mask) are ignored.
     """
-    if os.environ.get("QRA_DISABLE_FUSED", "0") == "1" or not triton_available():
-        return False
-    interpreting, device = _interpreting(), None  # the environment read once: this runs on every call
+    device = None
     for t in tensors:
         if t is None:
             continue
         if not isinstance(t, torch.Tensor):
             return False
-        if device is None:
+        if device is None:  # the first tensor's device decides (the environment is read once: every call runs this)
             device = t.device
-            if not (device.type == "cuda" or (device.type == "cpu" and interpreting)):
+            if not fused_device(device):
                 return False
         elif t.device != device:
             return False

@@ -88,7 +88,7 @@ def _int_specialisation(value: object) -> object:
 
 
 def launch_kernel(kernel, grid: Sequence[int], tensors: Sequence[torch.Tensor | None], scalars: Sequence[object],
-           free: Sequence[int] = (), **meta: object) -> None:  # fmt: skip
+                  free: Sequence[int] = (), **meta: object) -> None:  # fmt: skip
     """``kernel[grid](*tensors, *scalars, **meta)`` through the compiled kernel when this exact call was seen
     before (module docstring).
 
