@@ -9,10 +9,8 @@ the kernels and operators with the most GPU time.  Ten profiled calls after five
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from profiling import benchmark_rows, profile_step
+from profiling import benchmark_rows, profile_step, shape_parser
 
 CALLS = 10
 
@@ -27,11 +25,8 @@ def report(name: str, attention, leaves: list[torch.Tensor], length: int, rows: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = shape_parser()
     parser.add_argument("--rows", default="sdpa,linear-fused,fidelity-fused")
-    parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--qubits", type=int, default=6)
     parser.add_argument("--table-rows", type=int, default=25)
     args = parser.parse_args()

@@ -16,14 +16,13 @@ rounds so that a drift of the host's speed touches each alike.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from profiling import benchmark_rows
+from profiling import benchmark_rows, shape_parser
 
 from qra.kernels import _launch, fourier_linear
 
@@ -39,10 +38,7 @@ class _Identity(torch.autograd.Function):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--heads", type=int, default=12)
+    parser = shape_parser()
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
     (_, linear, (q, k, v)), = benchmark_rows(["linear-fused"], args.length, args.tokens, args.heads)  # fmt: skip

@@ -11,13 +11,12 @@ zero-filled buffer, an empty one.  When the issue time is close to the wall time
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
-from profiling import benchmark_rows, output_kernel_call
+from profiling import benchmark_rows, output_kernel_call, shape_parser
 
 from qra.kernels import fourier_linear
 
@@ -89,11 +88,8 @@ def single_operations(length: int, tokens: int, heads: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = shape_parser()
     parser.add_argument("--rows", default="sdpa,linear-fused,softmax-fused")
-    parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--heads", type=int, default=12)
     args = parser.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__)
     attention_rows(args.rows.split(","), args.length, args.tokens, args.heads)

@@ -9,22 +9,18 @@ so that Python, PyTorch operator and Triton launch costs show apart.
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import pstats
 
 import torch
-from profiling import benchmark_rows
+from profiling import benchmark_rows, shape_parser
 
 CALLS = 200
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = shape_parser()
     parser.add_argument("--rows", default="sdpa,linear-fused")
-    parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--functions", type=int, default=25)
     args = parser.parse_args()
     for name, attention, leaves in benchmark_rows(args.rows.split(","), args.length, args.tokens, args.heads):

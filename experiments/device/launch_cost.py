@@ -14,14 +14,13 @@ time over 200 calls, the GPU synchronised outside the timed span every 20 calls.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
-from profiling import output_kernel_call
+from profiling import output_kernel_call, shape_parser
 from triton.runtime import driver
 
 from qra.kernels import fourier_linear
@@ -45,10 +44,7 @@ def issue_us(step: Callable[[], object]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--heads", type=int, default=12)
+    parser = shape_parser()
     args = parser.parse_args()
     grid, tensors, scalars, meta, options = output_kernel_call(args.length, args.tokens, args.heads)
     dev = tensors[0].device

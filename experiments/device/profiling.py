@@ -3,6 +3,7 @@ time, then the same step under torch.profiler."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable, Iterator
 
@@ -14,6 +15,16 @@ from qra.experiment.bench import attention_impls, attention_inputs
 from qra.kernels import fourier_linear
 
 HEAD_DIM, FEATURES = 64, 128  # the attention benchmark's d and m
+
+
+def shape_parser() -> argparse.ArgumentParser:
+    """A parser with the benchmark's shape options, ``--length`` N, ``--tokens`` B·N and ``--heads`` H, that
+    every profile script takes; each adds its own."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--heads", type=int, default=12)
+    return parser
 
 
 def benchmark_rows(
