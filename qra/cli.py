@@ -452,7 +452,8 @@ def bench_attention_command(
     rows = _run_bench("attention", cases, add_sdpa_ratios, output, chosen, settings, overwrite)
     _print_table(f"attention, B·N={tokens}, H={heads}, d={head_dim}, {device_label(chosen)}",
                  {"impl": "impl", "N": "N", "fwd ms": "fwd_ms", "fwd+bwd ms": "fwd_bwd_ms", "peak bytes": "peak_bytes",
-                  "fwd+bwd vs sdpa": "fwd_bwd_vs_sdpa"}, rows)  # fmt: skip
+                  "fwd+bwd vs sdpa": "fwd_bwd_vs_sdpa", "GPU fwd+bwd ms": "fwd_bwd_gpu_ms",
+                  "GPU vs sdpa": "fwd_bwd_gpu_vs_sdpa"}, rows)  # fmt: skip
     typer.echo(f"wrote {output}")
 
 

@@ -2,6 +2,10 @@
 the key-block and the query-block backward kernels at one shape, side by side with SDPA and the PyTorch path.
 
     python experiments/device/fidelity_tiles.py --output fidelity-tiles.json [--length 512 --qubits 6]
+        [--timing graph|wall]
+
+``--timing graph`` (the default) times the GPU's work, replayed from a CUDA graph
+(``qra.experiment.bench.graph_time``); ``wall`` times calls as ``qra bench attention`` does.
 
 Coordinate search: forward candidates alone; then key-block candidates with the query-block kernel at
 its current tiles, and query-block candidates with the key-block kernel at its current tiles.  A
@@ -20,7 +24,7 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
-from qra.experiment.bench import time_it
+from qra.experiment.bench import graph_time, time_it
 from qra.kernels import fidelity, reference
 
 FORWARD = [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2)]
@@ -28,9 +32,9 @@ KEY_BLOCK = [(32, 64, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (16, 64, 4, 2), (6
 QUERY_BLOCK = [(64, 32, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2)]
 
 
-def strict_launch(kernel, grid_of, args, bm, bn, warps, stages, **meta):
+def strict_launch(kernel, grid_of, tensors, scalars, bm, bn, warps, stages, **meta):
     """fidelity._launch without its fallback to small tiles: a candidate that does not fit must say so."""
-    kernel[grid_of(bm, bn)](*args, BM=bm, BN=bn, num_warps=warps, num_stages=stages, **meta)
+    kernel[grid_of(bm, bn)](*tensors, *scalars, BM=bm, BN=bn, num_warps=warps, num_stages=stages, **meta)
 
 
 def main() -> None:
@@ -40,6 +44,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--qubits", type=int, default=6)
     parser.add_argument("--value-dim", type=int, default=64)
+    parser.add_argument("--timing", choices=("graph", "wall"), default="graph",
+                        help="GPU time from CUDA-graph replays, or the benchmark's wall time")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -72,6 +78,12 @@ def main() -> None:
     rows = []
 
     def median_ms(step) -> float:
+        if args.timing == "graph":
+            time_it(step, torch.device(dev), repeats=1, warmup=2)  # compiles outside the capture
+            ms = graph_time(step, torch.device(dev), repeats=10)
+            if ms is None:
+                raise RuntimeError("the step could not be captured in a CUDA graph")
+            return ms
         return time_it(step, torch.device(dev), repeats=20, warmup=3).median_ms
 
     def measure(kernel: str, tiles, step) -> None:
@@ -126,7 +138,7 @@ def main() -> None:
         "command": "python experiments/device/fidelity_tiles.py " + " ".join(
             f"--{name.replace('_', '-')} {value}" for name, value in vars(args).items() if name != "output"),
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-        "commit": os.environ.get("QRA_GIT_COMMIT"),
+        "commit": os.environ.get("QRA_GIT_COMMIT"), "timing": args.timing,
         "shape": {"B": batch, "H": heads, "N": n, "qubits": args.qubits, "dv": args.value_dim, "dtype": "bfloat16"},
         "candidates": rows, "chosen": chosen, "references_ms": timings,
     }  # fmt: skip

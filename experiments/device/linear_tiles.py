@@ -2,6 +2,11 @@
 ``BACKWARD_LAUNCH``): time candidates at the benchmark's shape, side by side with SDPA, in one run.
 
     python experiments/device/linear_tiles.py --output linear-tiles.json [--lengths 512,32768] [--map-grad]
+        [--timing graph|wall]
+
+``--timing graph`` (the default) times each candidate's GPU work, replayed from a CUDA graph
+(``qra.experiment.bench.graph_time``); ``wall`` times calls as ``qra bench attention`` does, which at short
+lengths is the host's time to issue them: round 12's search ran that way and could not tell the shapes apart.
 
 W and the phases are fixed, as RFF's buffers are by default (the backward then skips their gradients);
 ``--map-grad`` makes them require grad, as a learned σ does.  Either way the search's forward + backward is
@@ -26,7 +31,7 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
-from qra.experiment.bench import time_it
+from qra.experiment.bench import graph_time, time_it
 from qra.kernels import fourier_linear
 from qra.kernels.fourier_linear import Launch
 
@@ -37,6 +42,12 @@ FORWARD = [Launch(64, 8, 3, 2), Launch(64, 4, 3, 2), Launch(32, 4, 3, 2), Launch
 BACKWARD = [Launch(32, 8, 3, 2), Launch(32, 4, 3, 2), Launch(16, 4, 3, 4), Launch(32, 8, 2, 4), Launch(16, 4, 2, 8),
             Launch(64, 8, 3, 2), Launch(32, 4, 3, 8), Launch(16, 8, 3, 4), Launch(32, 8, 3, 8), Launch(16, 4, 3, 16),
             Launch(64, 8, 2, 4)]  # fmt: skip
+# every kernel takes all 255 registers a thread, so one program of 4 or 8 warps fits an SM (ptxas for sm_90):
+# capped, two or more fit, at the price of spills
+FORWARD += [Launch(64, 4, 3, 8, 128), Launch(32, 4, 3, 8, 128), Launch(64, 4, 3, 8, 168), Launch(128, 8, 3, 2, 128),
+            Launch(32, 4, 3, 16, 128)]  # fmt: skip
+BACKWARD += [Launch(32, 8, 3, 2, 128), Launch(32, 8, 3, 4, 128), Launch(32, 8, 3, 2, 168), Launch(16, 4, 3, 8, 128),
+             Launch(16, 4, 3, 16, 128), Launch(32, 4, 3, 8, 128)]  # fmt: skip
 
 
 def main() -> None:
@@ -47,6 +58,8 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=128)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--map-grad", action="store_true", help="W and the phases require grad (a learned σ)")
+    parser.add_argument("--timing", choices=("graph", "wall"), default="graph",
+                        help="GPU time from CUDA-graph replays, or the benchmark's wall time")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     lengths = [int(n) for n in args.lengths.split(",")]
@@ -83,6 +96,9 @@ def main() -> None:
                 "sdpa fwd": lambda: sdpa(False), "sdpa fwd_bwd": lambda: sdpa(True)}  # fmt: skip
 
     def median_ms(step) -> float:
+        if args.timing == "graph":
+            time_it(step, dev, repeats=1, warmup=2)  # compiles outside the capture
+            return graph_time(step, dev, repeats=10)
         return time_it(step, dev, repeats=20, warmup=3).median_ms
 
     def measure(length: int, steps, kind: str, forward: Launch, backward: Launch, label: str) -> float | None:
@@ -91,6 +107,9 @@ def main() -> None:
                "approximate_trig": fourier_linear.APPROXIMATE_TRIG, "map_grad": steps["map_grad"]}  # fmt: skip
         try:
             row["ms"] = median_ms(steps[kind])
+            if row["ms"] is None:
+                del row["ms"]
+                row["error"] = "the step could not be captured in a CUDA graph"
         except (OutOfResources, RuntimeError) as error:
             row["error"] = f"{type(error).__name__}: {str(error)[:200]}"
         rows.append(row)
@@ -127,7 +146,7 @@ def main() -> None:
         "command": "python experiments/device/linear_tiles.py " + " ".join(
             f"--{name.replace('_', '-')} {value}" for name, value in vars(args).items() if name != "output"),
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-        "commit": os.environ.get("QRA_GIT_COMMIT"), "dtype": "bfloat16",
+        "commit": os.environ.get("QRA_GIT_COMMIT"), "dtype": "bfloat16", "timing": args.timing,
         "shape": {"tokens": args.tokens, "H": args.heads, "d": args.head_dim, "m": args.features},
         "candidates": rows, "sdpa_ms": references,
     }  # fmt: skip

@@ -13,6 +13,7 @@ import contextlib
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,46 @@ def time_it(step: Callable[[], None], device: torch.device, repeats: int = 5, wa
         step()
         times.append((time.perf_counter() - begin) * 1000)
     return Timing(statistics.median(times), None)
+
+
+def graph_time(step: Callable[[], None], device: torch.device, repeats: int = 5, replays: int = 10) -> float | None:
+    """Median GPU ms of ``step`` replayed from a CUDA graph: the device's own time for it, with no host issue time.
+
+    :func:`time_it`'s events enclose the host's time to issue a call whenever that is longer than the GPU's
+    work, as it is for short attention calls on a busy host, so its rows move with the host's speed; a graph
+    replays the same kernels with none of that.  Each sample replays the graph ``replays`` times back to back.
+    None on the CPU, or where the step cannot be captured (an op that synchronises, a compiled function).
+    """
+    if device.type != "cuda":
+        return None
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # capture wants the step's lazy state (caches, plans) made on a side stream
+        step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            step()
+    except RuntimeError as error:
+        warnings.warn(f"no GPU time: the step could not be captured in a CUDA graph ({error})", stacklevel=2)
+        return None
+    times = []
+    try:
+        graph.replay()
+        torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(replays):
+                graph.replay()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end) / replays)
+    finally:
+        del graph
+        torch.cuda.empty_cache()
+    return statistics.median(times)
 
 
 @dataclass(frozen=True)
@@ -426,6 +467,8 @@ def _attention_row(
         try:
             timing = time_it(step, device, repeats=repeats, warmup=2)
             row[f"{kind}_ms"], row[f"{kind}_peak_bytes"] = timing.median_ms, timing.peak_bytes
+            if path != "compiled":  # a compiled function's own graphs and guards do not capture
+                row[f"{kind}_gpu_ms"] = graph_time(step, device, repeats=repeats)
         except (RuntimeError, ValueError) as error:
             if not _is_out_of_memory(error) and "cannot take these inputs" not in str(error):
                 raise
@@ -466,11 +509,12 @@ def attention_inputs(
 
 
 def add_sdpa_ratios(rows: list[Row]) -> list[Row]:
-    """Each row's time over SDPA's (PyTorch's default choice) at the same N: ``fwd_vs_sdpa``, ``fwd_bwd_vs_sdpa``."""
+    """Each row's time over SDPA's (PyTorch's default choice) at the same N: ``fwd_vs_sdpa``, ``fwd_bwd_vs_sdpa``
+    from the wall times, ``fwd_gpu_vs_sdpa``, ``fwd_bwd_gpu_vs_sdpa`` from the GPU times (:func:`graph_time`)."""
     reference = {r["N"]: r for r in rows if r["impl"] == "sdpa"}
     for row in rows:
         base = reference.get(row["N"], {})
-        for kind in ("fwd", "fwd_bwd"):
+        for kind in ("fwd", "fwd_bwd", "fwd_gpu", "fwd_bwd_gpu"):
             ours, theirs = row.get(f"{kind}_ms"), base.get(f"{kind}_ms")
             row[f"{kind}_vs_sdpa"] = ours / theirs if ours and theirs else None
     return rows

@@ -46,12 +46,19 @@ from .linear import _dot_pair, _guard, _split, _split_dot
 @dataclass(frozen=True)
 class Launch:
     """How one kernel is launched: ``block`` rows per tile, ``warps`` (None: 8 for large tiles, else 4),
-    ``stages`` software-pipeline stages, and a grid of about ``per_sm`` programs per SM."""
+    ``stages`` software-pipeline stages, a grid of about ``per_sm`` programs per SM, and ``max_registers`` a
+    thread (None: as many as ptxas likes, which for these kernels is all 255, so one program fits an SM)."""
 
     block: int
     warps: int | None = None
     stages: int = 3
     per_sm: int = 2
+    max_registers: int | None = None
+
+    def options(self, warps: int) -> dict:
+        """Triton's launch options for this shape with ``warps`` warps."""
+        registers = {} if self.max_registers is None else {"maxnreg": self.max_registers}
+        return dict(num_warps=warps, num_stages=self.stages, **registers)
 
 
 #: the state and output kernels; the two backward kernels (which keep more tiles live).  Timed on an H200 at
@@ -333,8 +340,7 @@ def _meta(dtype: torch.dtype, dim: int, feat: int, dv: int, launch: Launch) -> d
     """The constexprs and launch options of one kernel."""
     bd, bf, bv = pow2(dim), pow2(feat), pow2(dv)
     lowp, prec, fast, warps = _launch_config(dtype, bd, bf, bv, launch)
-    return dict(BN=launch.block, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, FAST=fast, num_warps=warps,
-                num_stages=launch.stages)  # fmt: skip
+    return dict(BN=launch.block, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, FAST=fast, **launch.options(warps))
 
 
 #: the four launches per input layout, bound to their compiled kernels (qra.kernels._launch): a repeated call

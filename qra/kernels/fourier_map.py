@@ -190,8 +190,7 @@ def _sequence_max_kernel(
 def _meta(dtype: torch.dtype, dim: int, features: int, launch: Launch) -> dict:
     bd, bf = pow2(dim), pow2(features)
     lowp, prec, fast, warps = _launch_config(dtype, bd, bf, 16, launch)
-    return dict(BN=launch.block, BD=bd, BF=bf, LOWP=lowp, PREC=prec, FAST=fast, num_warps=warps,
-                num_stages=launch.stages)  # fmt: skip
+    return dict(BN=launch.block, BD=bd, BF=bf, LOWP=lowp, PREC=prec, FAST=fast, **launch.options(warps))
 
 
 @dataclass(frozen=True)
