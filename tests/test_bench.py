@@ -129,3 +129,28 @@ def test_the_tensorcircuit_peer_computes_qiskits_zz_states_with_gradients():
         assert np.abs(np.vdot(expected, state)) ** 2 == pytest.approx(1.0, abs=1e-5)  # the same state
     (states.real.sum() + states.imag.sum()).backward()
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
+def test_graph_time_has_no_gpu_time_on_the_cpu():
+    from qra.experiment.bench import graph_time
+
+    calls = []
+    assert graph_time(lambda: calls.append(1), torch.device("cpu")) is None and not calls
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graph_time_replays_the_steps_kernels_and_warns_when_a_step_cannot_be_captured():
+    from qra.experiment.bench import graph_time
+
+    device = torch.device("cuda")
+    x = torch.randn(4096, 4096, device=device)
+    one = graph_time(lambda: x @ x, device, repeats=3)
+
+    def twice() -> None:
+        x @ x
+        x @ x
+
+    two = graph_time(twice, device, repeats=3)
+    assert one > 0 and 1.6 < two / one < 2.4  # the replays run the captured kernels, once per call in the step
+    with pytest.warns(UserWarning, match="could not be captured"):
+        assert graph_time(lambda: (x.sum() > 0).item(), device) is None  # a host sync cannot be captured

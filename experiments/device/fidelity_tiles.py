@@ -67,13 +67,16 @@ def main() -> None:
         with torch.no_grad():
             fidelity.fused_fidelity_attention(sq, sk, v, None, beta)
 
-    leaves = [t.detach().requires_grad_() for t in (sq, sk, v)]
-    out = fidelity.fused_fidelity_attention(*leaves, None, beta)
-    grad = torch.randn_like(out)
+    grad = torch.randn(batch, heads, n, args.value_dim, device=dev, dtype=torch.bfloat16)
 
-    def forward_backward() -> None:
+    def forward_backward() -> None:  # fresh leaves each call: a graph kept alive between calls breaks capture
+        leaves = [t.detach().requires_grad_() for t in (sq, sk, v)]
         result = fidelity.fused_fidelity_attention(*leaves, None, beta)
         torch.autograd.grad(result, leaves, grad)
+
+    def pytorch_forward_backward() -> None:
+        leaves = [t.detach().requires_grad_() for t in (sq, sk, v)]
+        torch.autograd.grad(reference.fidelity_attention(*leaves, None, beta), leaves, grad)
 
     rows = []
 
@@ -114,19 +117,20 @@ def main() -> None:
     fidelity.BACKWARD_Q_TILES[key] = best("forward+backward, query-block tiles") or fidelity.BACKWARD_Q_TILES[key]
 
     # the references, in the same run: SDPA at head dim 64, and the PyTorch path of the same fidelity attention
-    q, k = (torch.randn(batch, heads, n, 64, device=dev, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
-    vv = v.detach().requires_grad_()
-    sdpa_out = torch.nn.functional.scaled_dot_product_attention(q, k, vv)
+    q, k = (torch.randn(batch, heads, n, 64, device=dev, dtype=torch.bfloat16) for _ in range(2))
+
+    def sdpa(backward: bool) -> None:
+        leaves = [t.detach().requires_grad_(backward) for t in (q, k, v)]
+        out = torch.nn.functional.scaled_dot_product_attention(*leaves)
+        if backward:
+            torch.autograd.grad(out, leaves, grad)
+
     references = {
-        "sdpa fwd": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, vv),
-        "sdpa fwd+bwd": lambda: torch.autograd.grad(
-            torch.nn.functional.scaled_dot_product_attention(q, k, vv), (q, k, vv), torch.randn_like(sdpa_out)
-        ),
+        "sdpa fwd": lambda: sdpa(False),
+        "sdpa fwd+bwd": lambda: sdpa(True),
         "fidelity fused fwd (chosen tiles)": forward,
         "fidelity fused fwd+bwd (chosen tiles)": forward_backward,
-        "fidelity pytorch fwd+bwd": lambda: torch.autograd.grad(
-            reference.fidelity_attention(*leaves, None, beta), leaves, grad
-        ),
+        "fidelity pytorch fwd+bwd": pytorch_forward_backward,
     }
     timings = {name: median_ms(step) for name, step in references.items()}
     for name, ms in timings.items():

@@ -1,8 +1,9 @@
 """Launch shapes of the Fourier-feature passes side by side (``qra.kernels.fourier_map``).
 
-Times the forward (φ of one [B, H, N, d] tensor) and the backward (with and without the map's weight gradient) for
-rows per tile, warps and programs per SM, at the attention benchmark's shape (B·N = 16,384, H = 12, d = 64,
-m = 128, bf16).  Run on the GPU machine: ``python experiments/device/fourier_features_shapes.py``.
+Times the GPU's work (CUDA-graph replays, ``qra.experiment.bench.graph_time``) of the forward (φ of one
+[B, H, N, d] tensor) and the backward (with and without the map's weight gradient) for rows per tile, warps and
+programs per SM, at the attention benchmark's shape (B·N = 16,384, H = 12, d = 64, m = 128, bf16).  Run on the
+GPU machine: ``python experiments/device/fourier_features_shapes.py``.
 """
 
 from __future__ import annotations
@@ -10,13 +11,20 @@ from __future__ import annotations
 import argparse
 
 import torch
-from profiling import wall_ms
 
+from qra.experiment.bench import graph_time, time_it
 from qra.kernels import fourier_map
 from qra.kernels.fourier_linear import Launch
 
 CANDIDATES = [Launch(32, 8, per_sm=2), Launch(32, 8, per_sm=4), Launch(32, 4, per_sm=4), Launch(64, 8, per_sm=2),
-              Launch(64, 4, per_sm=4), Launch(16, 4, per_sm=8)]  # fmt: skip
+              Launch(64, 4, per_sm=4), Launch(16, 4, per_sm=8), Launch(64, 4, per_sm=2), Launch(128, 8, per_sm=2),
+              Launch(32, 4, per_sm=8), Launch(64, 8, per_sm=4)]  # fmt: skip
+
+
+def gpu_ms(step) -> float:
+    """GPU ms a call, replayed from a CUDA graph (compiled outside it first)."""
+    time_it(step, torch.device("cuda"), repeats=1, warmup=2)
+    return graph_time(step, torch.device("cuda"), repeats=10)
 
 
 def sweep(length: int, device: torch.device) -> None:
@@ -28,7 +36,8 @@ def sweep(length: int, device: torch.device) -> None:
     factors = torch.full((heads,), (2 / features) ** 0.5, device=device)
     grad = torch.randn(batch, heads, length, features, device=device, dtype=torch.bfloat16, generator=generator)
     defaults = fourier_map.FORWARD_LAUNCH, fourier_map.BACKWARD_LAUNCH
-    print(f"== N = {length}, B = {batch}: wall ms a call (defaults: forward {defaults[0]}, backward {defaults[1]})")
+    print(f"== N = {length}, B = {batch}: GPU ms a call from CUDA-graph replays (defaults: forward {defaults[0]}, "
+          f"backward {defaults[1]})")
     for launch in CANDIDATES:
         fourier_map.FORWARD_LAUNCH = fourier_map.BACKWARD_LAUNCH = launch
         row = []
@@ -43,8 +52,8 @@ def sweep(length: int, device: torch.device) -> None:
                 torch.autograd.grad(forward(w, leaf), [leaf, w] if w.requires_grad else [leaf], grad)
 
             with torch.no_grad():
-                time_forward = wall_ms(forward)
-            row.append(f"fwd+bwd{' with dW' if weight_grad else ''} {wall_ms(backward):.3f}")
+                time_forward = gpu_ms(forward)
+            row.append(f"fwd+bwd{' with dW' if weight_grad else ''} {gpu_ms(backward):.3f}")
         print(f"   rows {launch.block:3d} warps {launch.warps} per SM {launch.per_sm}: fwd {time_forward:.3f}, "
               + ", ".join(row))  # fmt: skip
     fourier_map.FORWARD_LAUNCH, fourier_map.BACKWARD_LAUNCH = defaults
