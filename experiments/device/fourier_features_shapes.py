@@ -46,7 +46,7 @@ def sweep(length: int, device: torch.device) -> None:
             leaf = x.clone().requires_grad_()
 
             def forward(w=w, leaf=leaf):
-                return fourier_map._FourierFeatures.apply(leaf, w, phase, factors)
+                return fourier_map.fused_fourier_features(leaf, w, phase, factors)
 
             def backward(w=w, leaf=leaf):
                 torch.autograd.grad(forward(w, leaf), [leaf, w] if w.requires_grad else [leaf], grad)

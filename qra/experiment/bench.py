@@ -86,6 +86,7 @@ def graph_time(step: Callable[[], None], device: torch.device, repeats: int = 5,
         with torch.cuda.graph(graph):
             step()
     except RuntimeError as error:
+        _end_failed_capture(device)
         warnings.warn(f"no GPU time: the step could not be captured in a CUDA graph ({error})", stacklevel=2)
         return None
     times = []
@@ -104,6 +105,18 @@ def graph_time(step: Callable[[], None], device: torch.device, repeats: int = 5,
         del graph
         torch.cuda.empty_cache()
     return statistics.median(times)
+
+
+def _end_failed_capture(device: torch.device) -> None:
+    """Give the default CUDA generator back after a failed capture.
+
+    PyTorch's capture end raises before it takes its generators out of capture mode, after which every draw
+    from the default generator (``torch.randn``, dropout) fails with "Offset increment outside graph capture"
+    (measured on the H200: ``results/bench/graph-capture-probe-h200-round14.txt``); a capture that ends
+    cleanly takes them out again."""
+    scratch = torch.zeros(1, device=device)
+    with torch.cuda.graph(torch.cuda.CUDAGraph()):
+        scratch.add_(1)
 
 
 @dataclass(frozen=True)
@@ -587,12 +600,13 @@ def train_step(
     """One AdamW step of ``model`` on a fixed random batch (bf16 autocast on GPU): what ``qra bench train`` times.
 
     ``optimize=False``: the step's forward and backward only, which a CUDA graph can capture (AdamW's default
-    implementation cannot be) to time the GPU's work (:func:`graph_time`); the optimizer's update is the same
-    for every variant."""
+    implementation cannot be) to time the GPU's work (:func:`graph_time`; the optimizer's update is the same
+    for every variant), with autocast's weight cache off, as capture requires."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5) if optimize else None
     input_ids = torch.randint(1000, 30000, (batch, length), device=device)
     labels = torch.randint(0, 2, (batch,), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # autocast's cache of cast weights cannot live inside a captured graph (PyTorch's CUDA-graph notes)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=optimize)
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
