@@ -42,8 +42,8 @@ FORWARD = [Launch(64, 8, 3, 2), Launch(64, 4, 3, 2), Launch(32, 4, 3, 2), Launch
 BACKWARD = [Launch(32, 8, 3, 2), Launch(32, 4, 3, 2), Launch(16, 4, 3, 4), Launch(32, 8, 2, 4), Launch(16, 4, 2, 8),
             Launch(64, 8, 3, 2), Launch(32, 4, 3, 8), Launch(16, 8, 3, 4), Launch(32, 8, 3, 8), Launch(16, 4, 3, 16),
             Launch(64, 8, 2, 4)]  # fmt: skip
-# every kernel takes all 255 registers a thread, so one program of 4 or 8 warps fits an SM (ptxas for sm_90):
-# capped, two or more fit, at the price of spills
+# the kernels take 229-255 registers a thread at these shapes, so one 8-warp or two 4-warp programs fit an SM
+# (experiments/kernel_registers.py); capped, more fit, at the price of spills
 FORWARD += [Launch(64, 4, 3, 8, 128), Launch(32, 4, 3, 8, 128), Launch(64, 4, 3, 8, 168), Launch(128, 8, 3, 2, 128),
             Launch(32, 4, 3, 16, 128)]  # fmt: skip
 BACKWARD += [Launch(32, 8, 3, 2, 128), Launch(32, 8, 3, 4, 128), Launch(32, 8, 3, 2, 168), Launch(16, 4, 3, 8, 128),

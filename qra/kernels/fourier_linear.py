@@ -47,7 +47,8 @@ from .linear import _dot_pair, _guard, _split, _split_dot
 class Launch:
     """How one kernel is launched: ``block`` rows per tile, ``warps`` (None: 8 for large tiles, else 4),
     ``stages`` software-pipeline stages, a grid of about ``per_sm`` programs per SM, and ``max_registers`` a
-    thread (None: as many as ptxas likes, which for these kernels is all 255, so one program fits an SM)."""
+    thread (None: as many as ptxas likes; the backward kernels take 229–254 at their shape, so one 8-warp program
+    fits an SM: ``results/bench/kernel-registers-sm90-round14.txt``)."""
 
     block: int
     warps: int | None = None
