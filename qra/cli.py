@@ -484,8 +484,7 @@ def bench_train_command(
     _print_table(f"train step, B={batch_size}, N={length}, {device_label(chosen)}",
                  {"model": "model", "variant": "variant", "path": "attention_path", "step ms": "step_ms",
                   "samples/s": "samples_per_second", "peak bytes": "peak_bytes",
-                  "throughput vs baseline": "throughput_vs_baseline", "memory vs baseline": "memory_vs_baseline",
-                  "GPU fwd+bwd ms": "fwd_bwd_gpu_ms", "GPU time vs baseline": "gpu_time_vs_baseline"},
+                  "throughput vs baseline": "throughput_vs_baseline", "memory vs baseline": "memory_vs_baseline"},
                  rows)  # fmt: skip
     typer.echo(f"wrote {output}")
 

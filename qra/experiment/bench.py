@@ -594,27 +594,19 @@ def train_step_model(model_name: str, variant: str, layers: int, device: torch.d
     return model
 
 
-def train_step(
-    model: torch.nn.Module, device: torch.device, batch: int, length: int, optimize: bool = True
-) -> Callable[[], None]:
-    """One AdamW step of ``model`` on a fixed random batch (bf16 autocast on GPU): what ``qra bench train`` times.
-
-    ``optimize=False``: the step's forward and backward only, which a CUDA graph can capture (AdamW's default
-    implementation cannot be) to time the GPU's work (:func:`graph_time`; the optimizer's update is the same
-    for every variant), with autocast's weight cache off, as capture requires."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5) if optimize else None
+def train_step(model: torch.nn.Module, device: torch.device, batch: int, length: int) -> Callable[[], None]:
+    """One AdamW step of ``model`` on a fixed random batch (bf16 autocast on GPU): what ``qra bench train`` times."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     input_ids = torch.randint(1000, 30000, (batch, length), device=device)
     labels = torch.randint(0, 2, (batch,), device=device)
-    # autocast's cache of cast weights cannot live inside a captured graph (PyTorch's CUDA-graph notes)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=optimize)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step() -> None:
-        model.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         with autocast:
             loss = model(input_ids=input_ids, labels=labels).loss
         loss.backward()
-        if optimizer is not None:
-            optimizer.step()
+        optimizer.step()
 
     return step
 
@@ -648,9 +640,8 @@ def _train_row(model_name: str, variant: str, device: torch.device, batch: int, 
     try:
         with forced_implementation("pytorch") if pytorch_only else contextlib.nullcontext():
             timing = time_it(step, device, repeats=repeats, warmup=3)
-            gpu_ms = graph_time(train_step(model, device, batch, length, optimize=False), device, repeats=repeats)
         row |= {"step_ms": timing.median_ms, "samples_per_second": batch / timing.median_ms * 1000,
-                "peak_bytes": timing.peak_bytes, "fwd_bwd_gpu_ms": gpu_ms}  # fmt: skip
+                "peak_bytes": timing.peak_bytes}  # fmt: skip
     except RuntimeError as error:
         if not _is_out_of_memory(error):
             raise
@@ -663,8 +654,7 @@ def _train_row(model_name: str, variant: str, device: torch.device, batch: int, 
 
 
 def add_baseline_ratios(rows: list[Row]) -> list[Row]:
-    """Each row's throughput and peak memory over its model's baseline, and its forward + backward's GPU time
-    (CUDA-graph replays, without the optimizer's update) over the baseline's."""
+    """Each row's throughput and peak memory over its model's baseline."""
     bases = {r["model"]: r for r in rows if r["variant"] == "baseline"}
     for row in rows:
         base = bases.get(row["model"], {})
@@ -672,6 +662,4 @@ def add_baseline_ratios(rows: list[Row]) -> list[Row]:
         row["throughput_vs_baseline"] = row["samples_per_second"] / base["samples_per_second"] if ok else None
         memory = base.get("peak_bytes") and row.get("peak_bytes")
         row["memory_vs_baseline"] = row["peak_bytes"] / base["peak_bytes"] if memory else None
-        gpu = base.get("fwd_bwd_gpu_ms") and row.get("fwd_bwd_gpu_ms")
-        row["gpu_time_vs_baseline"] = row["fwd_bwd_gpu_ms"] / base["fwd_bwd_gpu_ms"] if gpu else None
     return rows

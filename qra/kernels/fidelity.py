@@ -346,22 +346,23 @@ def _bwd_q_kernel(
 
 
 #: (BM, BN, warps, stages) by (packed row width, 16-bit planes) for the forward, the key-block (dK, dV)
-#: and the query-block (dQ) backward kernels.  16-bit, width 128 (6 qubits): timed on an H200
-#: (experiments/device/fidelity_tiles.py); the others were chosen by ptxas's register and spill report for
-#: sm_90 (float32 planes need ≥ 64-row products: 32-row float32 tiles compiled to 32 registers and kilobytes
-#: of spills).  16-bit widths without an entry take small tiles; float32 rows are at most 128 wide
-#: (``qra.kernels.MAX_FLOAT32_STATE_DIM``).
+#: and the query-block (dQ) backward kernels.  16-bit, width 128 (6 qubits): timed on an H200 by the GPU's own
+#: time (experiments/device/fidelity_tiles.py, results/bench/fidelity-tiles-graph-h200-round14.json: forward +
+#: backward 1.087 ms against 1.256 with the key-block tiles before, which were chosen by wall time); the others
+#: were chosen by ptxas's register and spill report for sm_90 (float32 planes need ≥ 64-row products: 32-row
+#: float32 tiles compiled to 32 registers and kilobytes of spills).  16-bit widths without an entry take small
+#: tiles; float32 rows are at most 128 wide (``qra.kernels.MAX_FLOAT32_STATE_DIM``).
 FORWARD_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (128, 64, 8, 2),
     (64, True): (128, 64, 8, 2),
-    (128, True): (128, 32, 8, 2),
+    (128, True): (128, 64, 8, 3),
     (256, True): (64, 64, 8, 2),
     **{(width, False): (64, 32, 4, 1) for width in (16, 32, 64, 128)},
 }
 BACKWARD_KV_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (32, 64, 4, 2),
     (64, True): (32, 64, 4, 2),
-    (128, True): (16, 64, 4, 2),
+    (128, True): (32, 64, 4, 3),
     (256, True): (32, 32, 8, 1),
     **{(width, False): (16, 64, 4, 1) for width in (16, 32, 64, 128)},
 }
