@@ -63,10 +63,11 @@ class Launch:
 
 
 #: the state and output kernels; the two backward kernels (which keep more tiles live).  Chosen on an H200 by the
-#: GPU's own time (CUDA-graph replays, ``results/bench/linear-tiles-graph-h200-round14.json``): forward + backward
-#: 0.563 ms at N = 512 and 0.905 at 32,768 with this forward, against 0.596 and 0.954 with round 4's
-#: (64 rows, 4 warps, ~8 programs per SM, chosen by wall time, which at N = 512 is the host's); no backward shape,
-#: register cap included, beat round 3's.
+#: GPU's own time (CUDA-graph replays, ``results/bench/linear-tiles-graph-h200-round14.json``): the forward alone
+#: 0.150 ms at N = 512 against 0.184 with the earlier shape (64 rows, 4 warps, ~8 programs per SM, chosen by wall
+#: time, which at N = 512 is the host's); in ``qra bench attention``'s GPU column forward + backward went from
+#: 0.596 to 0.562 ms (N = 512) and 0.954 to 0.908 ms (32,768).  No backward shape, register cap included, beat
+#: round 3's.
 FORWARD_LAUNCH = Launch(block=64, warps=4, per_sm=2)
 BACKWARD_LAUNCH = Launch(block=32, warps=8)
 #: the hardware's approximate cosine and sine for bf16 inputs (False: the library's, as for fp32)
