@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 import triton
+from profiling import add_timing_option, search_ms
 from triton.runtime.errors import OutOfResources
 
-from qra.experiment.bench import graph_time, time_it
 from qra.kernels import fidelity, reference
 
 FORWARD = [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2)]
@@ -44,8 +44,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--qubits", type=int, default=6)
     parser.add_argument("--value-dim", type=int, default=64)
-    parser.add_argument("--timing", choices=("graph", "wall"), default="graph",
-                        help="GPU time from CUDA-graph replays, or the benchmark's wall time")
+    add_timing_option(parser)
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -81,13 +80,7 @@ def main() -> None:
     rows = []
 
     def median_ms(step) -> float:
-        if args.timing == "graph":
-            time_it(step, torch.device(dev), repeats=1, warmup=2)  # compiles outside the capture
-            ms = graph_time(step, torch.device(dev), repeats=10)
-            if ms is None:
-                raise RuntimeError("the step could not be captured in a CUDA graph")
-            return ms
-        return time_it(step, torch.device(dev), repeats=20, warmup=3).median_ms
+        return search_ms(step, args.timing)
 
     def measure(kernel: str, tiles, step) -> None:
         try:

@@ -11,20 +11,14 @@ from __future__ import annotations
 import argparse
 
 import torch
+from profiling import search_ms
 
-from qra.experiment.bench import graph_time, time_it
 from qra.kernels import fourier_map
 from qra.kernels.fourier_linear import Launch
 
 CANDIDATES = [Launch(32, 8, per_sm=2), Launch(32, 8, per_sm=4), Launch(32, 4, per_sm=4), Launch(64, 8, per_sm=2),
               Launch(64, 4, per_sm=4), Launch(16, 4, per_sm=8), Launch(64, 4, per_sm=2), Launch(128, 8, per_sm=2),
               Launch(32, 4, per_sm=8), Launch(64, 8, per_sm=4)]  # fmt: skip
-
-
-def gpu_ms(step) -> float:
-    """GPU ms a call, replayed from a CUDA graph (compiled outside it first)."""
-    time_it(step, torch.device("cuda"), repeats=1, warmup=2)
-    return graph_time(step, torch.device("cuda"), repeats=10)
 
 
 def sweep(length: int, device: torch.device) -> None:
@@ -52,8 +46,8 @@ def sweep(length: int, device: torch.device) -> None:
                 torch.autograd.grad(forward(w, leaf), [leaf, w] if w.requires_grad else [leaf], grad)
 
             with torch.no_grad():
-                time_forward = gpu_ms(forward)
-            row.append(f"fwd+bwd{' with dW' if weight_grad else ''} {gpu_ms(backward):.3f}")
+                time_forward = search_ms(forward)
+            row.append(f"fwd+bwd{' with dW' if weight_grad else ''} {search_ms(backward):.3f}")
         print(f"   rows {launch.block:3d} warps {launch.warps} per SM {launch.per_sm}: fwd {time_forward:.3f}, "
               + ", ".join(row))  # fmt: skip
     fourier_map.FORWARD_LAUNCH, fourier_map.BACKWARD_LAUNCH = defaults

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 import triton
+from profiling import add_timing_option, search_ms
 from triton.runtime.errors import OutOfResources
 
-from qra.experiment.bench import graph_time, time_it
 from qra.kernels import fourier_linear
 from qra.kernels.fourier_linear import Launch
 
@@ -58,8 +58,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=128)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--map-grad", action="store_true", help="W and the phases require grad (a learned σ)")
-    parser.add_argument("--timing", choices=("graph", "wall"), default="graph",
-                        help="GPU time from CUDA-graph replays, or the benchmark's wall time")
+    add_timing_option(parser)
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     lengths = [int(n) for n in args.lengths.split(",")]
@@ -96,10 +95,7 @@ def main() -> None:
                 "sdpa fwd": lambda: sdpa(False), "sdpa fwd_bwd": lambda: sdpa(True)}  # fmt: skip
 
     def median_ms(step) -> float:
-        if args.timing == "graph":
-            time_it(step, dev, repeats=1, warmup=2)  # compiles outside the capture
-            return graph_time(step, dev, repeats=10)
-        return time_it(step, dev, repeats=20, warmup=3).median_ms
+        return search_ms(step, args.timing)
 
     def measure(length: int, steps, kind: str, forward: Launch, backward: Launch, label: str) -> float | None:
         fourier_linear.FORWARD_LAUNCH, fourier_linear.BACKWARD_LAUNCH = forward, backward
@@ -107,9 +103,6 @@ def main() -> None:
                "approximate_trig": fourier_linear.APPROXIMATE_TRIG, "map_grad": steps["map_grad"]}  # fmt: skip
         try:
             row["ms"] = median_ms(steps[kind])
-            if row["ms"] is None:
-                del row["ms"]
-                row["error"] = "the step could not be captured in a CUDA graph"
         except (OutOfResources, RuntimeError) as error:
             row["error"] = f"{type(error).__name__}: {str(error)[:200]}"
         rows.append(row)

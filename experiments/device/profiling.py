@@ -11,7 +11,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from qra.experiment.bench import attention_impls, attention_inputs
+from qra.experiment.bench import attention_impls, attention_inputs, graph_time, time_it
 from qra.kernels import fourier_linear
 
 HEAD_DIM, FEATURES = 64, 128  # the attention benchmark's d and m
@@ -25,6 +25,27 @@ def shape_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens", type=int, default=16384)
     parser.add_argument("--heads", type=int, default=12)
     return parser
+
+
+def add_timing_option(parser: argparse.ArgumentParser) -> None:
+    """``--timing graph|wall`` for a shape search: the GPU's own time (the default) or the benchmark's wall time."""
+    parser.add_argument("--timing", choices=("graph", "wall"), default="graph",
+                        help="GPU time from CUDA-graph replays, or the benchmark's wall time")  # fmt: skip
+
+
+def search_ms(step: Callable[[], object], timing: str = "graph") -> float:
+    """A shape search's time for one call of ``step`` on CUDA: GPU ms from CUDA-graph replays (``graph``,
+    :func:`qra.experiment.bench.graph_time`, compiled outside the capture first) or the benchmark's wall ms
+    (``wall``, which at short lengths is the host's time to issue the call).  RuntimeError when the step cannot
+    be captured, so that a search reports the candidate instead of ranking it."""
+    device = torch.device("cuda")
+    if timing == "wall":
+        return time_it(step, device, repeats=20, warmup=3).median_ms
+    time_it(step, device, repeats=1, warmup=2)
+    ms = graph_time(step, device, repeats=10)
+    if ms is None:
+        raise RuntimeError("the step could not be captured in a CUDA graph")
+    return ms
 
 
 def benchmark_rows(
