@@ -614,48 +614,60 @@ def check_fidelity(b, h, nq, nk, dim, dv, dtype, masked=True, grad_scale=1.0):
 
 
 @requires_gpu
-@pytest.mark.parametrize(("dim", "width"), [(64, 128), (6, 16), (4, 16)])
-def test_fidelity_packing_gives_rows_and_the_largest_norm(dim, width):
-    """One pass packs complex states, strided ones too, as rows P(ψ) = [Re | Im] (each half zero-padded) and
-    P(−iψ) = [Im | −Re], and raises the norm buffer to the largest squared ‖ψ‖."""
+@pytest.mark.parametrize(("dim", "width"), [(64, 64), (6, 16), (20, 32)])
+def test_fidelity_packing_gives_the_three_planes_and_the_largest_norm(dim, width):
+    """One pass packs complex states, strided ones too, as three planes of rows, each zero-padded from D:
+    queries (Re − Im, Re, Im), keys (Re, Im − Re, Re + Im); and raises the norm buffer to the largest
+    squared ‖ψ‖."""
     from qra.kernels import fidelity
 
     g = torch.Generator().manual_seed(5)
     base = torch.complex(torch.randn(2, 7, 3, dim, generator=g), torch.randn(2, 7, 3, dim, generator=g)).cuda()
     for s in (base.transpose(1, 2), base.transpose(1, 2).contiguous() * 3.0):  # [B, H, N, D], strided and not
-        norm = torch.full((1,), 0.5, device="cuda")
-        rows, turned = fidelity.pack_states(s, width, torch.float16, norm, rotated=True)
-        want = torch.zeros(6, 7, 2, width // 2, device="cuda")
-        want[:, :, 0, :dim] = s.real.reshape(6, 7, dim)
-        want[:, :, 1, :dim] = s.imag.reshape(6, 7, dim)
-        assert torch.equal(rows, want.reshape(6, 7, width).half())
-        rotated = torch.stack((want[:, :, 1], -want[:, :, 0]), dim=2)
-        assert torch.equal(turned, rotated.reshape(6, 7, width).half())
-        torch.testing.assert_close(norm, s.abs().square().sum(-1).amax().reshape(1))
+        re, im = s.real.reshape(6, 7, dim), s.imag.reshape(6, 7, dim)
+        for keys, planes in ((False, (re - im, re, im)), (True, (re, im - re, re + im))):
+            norm = torch.full((1,), 0.5, device="cuda")
+            rows = fidelity.pack_states(s, width, torch.float16, norm, keys=keys)
+            want = torch.zeros(6, 7, 3, width, device="cuda")
+            for index, plane in enumerate(planes):
+                want[:, :, index, :dim] = plane
+            assert torch.equal(rows, want.reshape(6, 7, 3 * width).half())
+            torch.testing.assert_close(norm, s.abs().square().sum(-1).amax().reshape(1))
 
 
 @requires_gpu
-def test_fidelity_backward_rows_and_gradient_scales():
-    """The backward's row pass: P(iψq) = [−Im | Re] and P(−iψk) = [Im | −Re] from packed rows, and per head a
-    power of two S with GRADIENT_RANGE/2 < bound·S ≤ GRADIENT_RANGE over 36 decades of bounds (2^60 for 0)."""
+def test_fidelity_overlap_planes_give_the_complex_overlap():
+    """The three plane products (k₁ + k₃, k₁ + k₂) of packed rows are Re and Im of ⟨ψq|ψk⟩ = Σ conj(q)·k."""
     from qra.kernels import fidelity
 
-    rows = torch.randn(3, 5, 16, device="cuda").half()  # B·H = 3 heads' rows of one batch, N = 5, width 16
+    sq, sk = states(1, 2, 9, 12, 0), states(1, 2, 11, 12, 1)
+    scratch = torch.zeros(2, device="cuda")
+    q = fidelity.pack_states(sq, 16, torch.float32, scratch[:1]).view(2, 9, 3, 16).double()
+    k = fidelity.pack_states(sk, 16, torch.float32, scratch[1:], keys=True).view(2, 11, 3, 16).double()
+    products = [q[:, :, t] @ k[:, :, t].transpose(1, 2) for t in range(3)]
+    overlap = torch.einsum("hid,hjd->hij", sq[0].conj().cdouble(), sk[0].cdouble())
+    torch.testing.assert_close(products[0] + products[2], overlap.real, atol=1e-6, rtol=0)
+    torch.testing.assert_close(products[0] + products[1], overlap.imag, atol=1e-6, rtol=0)
+
+
+@requires_gpu
+def test_fidelity_gradient_scales_are_powers_of_two_under_the_bound():
+    """Per head a power of two S with GRADIENT_RANGE/2 < bound·S ≤ GRADIENT_RANGE over 36 decades of bounds
+    (2^60 for 0), bound = 4√2|β|·‖ψq‖‖ψk‖·‖dO‖·max‖v‖·keep_scale (fidelity.gradient_scale)."""
+    from qra.kernels import fidelity
+
+    from .fidelity_scale_kernel import gradient_scales_kernel
+
     beta = torch.tensor([-40.0, 2.0, 0.5], device="cuda")
     limit = fidelity.GRADIENT_RANGE.value
     for grad_norm in (0.0, 1e-24, 1e-6, 1.0, 1e12):
         norms_qk = torch.tensor([1.0, 0.98], device="cuda")  # squared: ψq, ψk
         norms_ov = torch.tensor([grad_norm, 7.5], device="cuda")  # dO, v
-        turned_q, turned_k, scales = torch.empty_like(rows), torch.empty_like(rows), torch.empty(3, device="cuda")
-        fidelity._bwd_rows_kernel[(1, 3)](
-            rows, turned_q, rows, turned_k, beta, norms_qk, norms_ov, scales, 3, 5, 5, 1.25,
-            BR=32, BF=16, BH=4, SCALED=True,
-        )  # fmt: skip
-        re, im = rows[..., :8], rows[..., 8:]
-        assert torch.equal(turned_q, torch.cat((-im, re), -1)) and torch.equal(turned_k, torch.cat((im, -re), -1))
+        scales = torch.empty(3, device="cuda")
+        gradient_scales_kernel[(1,)](norms_qk, norms_ov, beta, scales, 3, 1.25, BH=4)
         for head, scale in enumerate(scales.tolist()):
             assert scale == 2.0 ** round(math.log2(scale))
-            bound = 4 * 1.25 * abs(beta[head].item()) * math.sqrt(1.0 * 0.98 * grad_norm * 7.5)
+            bound = 4 * math.sqrt(2) * 1.25 * abs(beta[head].item()) * math.sqrt(1.0 * 0.98 * grad_norm * 7.5)
             assert scale == 2.0**60 if grad_norm == 0.0 else limit / 2 < bound * scale <= limit
 
 
@@ -683,7 +695,8 @@ def test_fidelity_takes_strided_states(dtype, no_fallback):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fidelity_saves_kept_states_instead_of_packed_rows(dtype, no_fallback):
     """states_kept: the same outputs and gradients (dropout and a padding mask included), and the packed rows
-    (4 bytes an amplitude, token and head with 16-bit values; 8 with float32) are not held until backward."""
+    (three planes: 6 bytes an amplitude, token and head with 16-bit values; 12 with float32) are not held
+    until backward."""
     b, h, nq, nk, dim = 2, 3, 37, 29, 16
     sq, sk = states(b, h, nq, dim, 0), states(b, h, nk, dim, 1)
     v = torch.randn(b, h, nk, 32, device="cuda").to(dtype)
@@ -699,7 +712,7 @@ def test_fidelity_saves_kept_states_instead_of_packed_rows(dtype, no_fallback):
             own.pop(leaf.untyped_storage().data_ptr(), None)
         held.append(sum(own.values()))
         results.append((out, grads(out, inputs, torch.ones_like(out))))
-    assert held[0] - held[1] == b * h * (nq + nk) * dim * (8 if dtype == torch.float32 else 4)
+    assert held[0] - held[1] == b * h * (nq + nk) * dim * (12 if dtype == torch.float32 else 6)
     (out, got), (out_kept, got_kept) = results
     assert torch.equal(out_kept, out)
     for name, a, e in zip(("dstates_q", "dstates_k", "dv", "dbeta"), got_kept, got, strict=True):

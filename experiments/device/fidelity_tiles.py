@@ -27,9 +27,9 @@ from triton.runtime.errors import OutOfResources
 
 from qra.kernels import fidelity, reference
 
-FORWARD = [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2)]
-KEY_BLOCK = [(32, 64, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (16, 64, 4, 2), (64, 128, 8, 2), (32, 64, 4, 3)]
-QUERY_BLOCK = [(64, 32, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2)]
+FORWARD = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3), (128, 128, 8, 2)]
+KEY_BLOCK = [(32, 64, 8, 2), (16, 64, 4, 3), (32, 64, 4, 3), (64, 32, 8, 3), (64, 64, 8, 2), (32, 128, 8, 2)]
+QUERY_BLOCK = [(64, 32, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 16, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2)]
 
 
 def strict_launch(kernel, grid_of, tensors, scalars, bm, bn, warps, stages, **meta):
@@ -58,8 +58,7 @@ def main() -> None:
     sq, sk = state(), state()
     v = torch.randn(batch, heads, n, args.value_dim, device=dev, dtype=torch.bfloat16)
     beta = torch.full((heads,), 8.0, device=dev)
-    width = 2 * triton.next_power_of_2(max(dim, 8))
-    key = (width, True)
+    key = (fidelity.plane_width(dim), True)
     fidelity._launch = strict_launch
 
     def forward() -> None:

@@ -1,26 +1,32 @@
 """Flash-style fidelity attention: softmax over the keys of β·|⟨ψq|ψk⟩|², forward and backward.
 
-Why a kernel of its own: with the states packed as real rows P(ψ) = [Re ψ | Im ψ] (width 2·2ⁿ) and
-rotated rows P(−iψ) = [Im ψ | −Re ψ], the overlap is two ordinary products,
-    A = P(ψq)·P(ψk)ᵀ = Re⟨ψq|ψk⟩,   C = P(ψq)·P(−iψk)ᵀ = Im⟨ψq|ψk⟩,   s = β_h (A² + C²),
-so each score tile costs two tensor-core products over 2·2ⁿ, the fidelity is never formed as an
-N×N tensor, and memory is O(N).  Packing is one Triton pass per state tensor (the keys' pass also writes
-their rotated rows, and each notes its largest norm); the kernels read contiguous rows.  Measured on an H200
-(results/bench/README.md, round 6): rows rotated on load made the kernels 8–12% slower, complex gradients
-stored in place from the kernels the backward ones 40–91% slower, so neither is done.
+Why a kernel of its own: the overlap ⟨ψq|ψk⟩ = Σ conj(q)·k of states with D amplitudes (D padded to a power
+of two, at least 16) is three real tensor-core products over D, Gauss's three-multiplication form of a
+complex product.  Each state is packed once as three planes of real rows,
+    queries  Q1 = Re q − Im q,  Q2 = Re q,          Q3 = Im q,
+    keys     K1 = Re k,         K2 = Im k − Re k,   K3 = Re k + Im k,
+and with kₜ = Qₜ·Kₜᵀ (t = 1, 2, 3)
+    Re⟨ψq|ψk⟩ = k₁ + k₃,   Im⟨ψq|ψk⟩ = k₁ + k₂,   s = β_h (Re² + Im²).
+So a score tile costs three products over D where the complex product written out costs four, the fidelity
+is never formed as an N×N tensor, and memory is O(N).  Measured on an H200 (results/bench/README.md,
+round 15): the kernels' product count against SDPA's bounds their time (round 14's profile), and three planes
+cut it from 24 to 19 units; rows rotated or combined on load made the kernels 8–12% slower (round 6), so the
+planes are formed once per call by a Triton packing pass (which also notes the largest norm).
 
-Precision: states with 16-bit values are packed in float16 (amplitudes lie in [−1, 1]: 11 bits of
-mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value).  With float32
-values the rows are float32, multiplied as three TF32 products (float32's accuracy).  The backward's
-gradient products run in float16 too, on dA·S and dC·S with S a power of two chosen per head from a
-bound on |dA| (:func:`gradient_scale`), so that they neither overflow nor lose the small gradients of
-training without loss scaling; the fp32 sums are divided by S again (float32 values: S = 1).
+Precision: states with 16-bit values are packed in float16 (amplitudes lie in [−1, 1], plane values in
+[−2, 2]: 11 bits of mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value).
+With float32 values the planes are float32, multiplied as three TF32 products (float32's accuracy).  The
+backward's gradient products run in float16 too, on scaled gradients g·S with S a power of two chosen per
+head from a bound on |g| (:func:`gradient_scale`), so that they neither overflow nor lose the small gradients
+of training without loss scaling; the fp32 sums are divided by S again (float32 values: S = 1).
 
-Backward: one pass for δ_i = dO_i·O_i and the norms S needs, one for the rotated rows and S, a key-block
-kernel for dK, dV (and dβ, fp32 atomics), a query-block kernel for dQ, both recomputing the scores.
-With dA = 2β·A·dS and dC = 2β·C·dS,
-    dPq = dA·P(ψk) + dC·P(−iψk),   dPk = dAᵀ·P(ψq) + dCᵀ·P(iψq),
-and the packed gradients become complex ones (∂L/∂Re + i ∂L/∂Im, torch's convention).
+Backward: one pass for δ_i = dO_i·O_i and the norms S needs, a key-block kernel for dK, dV (and dβ, fp32
+atomics), a query-block kernel for dQ, both recomputing the scores.  With g_Re = 2β·Re·dS, g_Im = 2β·Im·dS,
+the three products' gradients are g₁ = g_Re + g_Im, g₂ = g_Im, g₃ = g_Re, and
+    ∂L/∂Re q = g₁K1 + g₂K2,   ∂L/∂Im q = g₃K3 − g₁K1,
+    ∂L/∂Re k = g₁ᵀQ1 − g₂ᵀQ2 + g₃ᵀQ3,   ∂L/∂Im k = g₂ᵀQ2 + g₃ᵀQ3,
+three products per tile again; the packed gradients become complex ones (∂L/∂Re + i ∂L/∂Im, torch's
+convention).
 
 Dropout and key padding follow :mod:`qra.kernels.flash` exactly (the same Philox keep-mask).
 """
@@ -54,19 +60,20 @@ def _keep_t(seed, bh, offs_m, offs_n, Nq, Nk, threshold):
     return keep_at(seed, idx, threshold)
 
 
-#: |dA·S| stays below this (float16's largest value is 65,504)
+#: |g·S| stays below this (float16's largest value is 65,504)
 GRADIENT_RANGE = tl.constexpr(2.0**14)
 
 
 @triton.jit
 def gradient_scale(NORMS_QK, NORMS_OV, beta, keep_scale):
-    """A power of two S with |dA·S|, |dC·S| ≤ GRADIENT_RANGE for this head, from the largest squared norms of
-    the query and key states and of dO and V rows:
-    |dA| = |2β·A·dS| ≤ 2|β|·‖ψq‖‖ψk‖·p·(|dO_i·v_j| + |dO_i·O_i|) ≤ 4|β|·‖ψq‖‖ψk‖·‖dO_i‖·max‖v‖·keep_scale
-    (keep_scale: dropout's 1 / (1 − p)).
+    """A power of two S with |gₜ·S| ≤ GRADIENT_RANGE (t = 1, 2, 3) for this head, from the largest squared norms
+    of the query and key states and of dO and V rows:
+    |g₁| = |2β·dS|·|Re + Im| ≤ 2√2|β|·‖ψq‖‖ψk‖·p·(|dO_i·v_j| + |dO_i·O_i|)
+         ≤ 4√2|β|·‖ψq‖‖ψk‖·‖dO_i‖·max‖v‖·keep_scale
+    (keep_scale: dropout's 1 / (1 − p)); g₂ and g₃ are smaller.
     The exponent is read from the float's bits (exact; no approximate log2), clamped to ±60 (all-zero
     gradients: 2^60)."""
-    bound = (4.0 * keep_scale) * tl.abs(beta)
+    bound = (4.0 * 1.4142135623730951 * keep_scale) * tl.abs(beta)
     bound = bound * tl.sqrt(tl.load(NORMS_QK)) * tl.sqrt(tl.load(NORMS_QK + 1))
     bound = bound * tl.sqrt(tl.load(NORMS_OV)) * tl.sqrt(tl.load(NORMS_OV + 1))
     ratio = GRADIENT_RANGE / bound
@@ -76,34 +83,64 @@ def gradient_scale(NORMS_QK, NORMS_OV, beta, keep_scale):
 
 
 @triton.jit
-def _store_halves(ROWS, row_off, lo, hi, rmask, BF: tl.constexpr):
-    """Write a row block's halves: columns [0, BF/2) from lo, [BF/2, BF) from hi."""
-    offs_a = tl.arange(0, BF // 2)
-    dst = ROWS + row_off[:, None] * BF + offs_a[None, :]
-    tl.store(dst, lo.to(ROWS.dtype.element_ty), mask=rmask[:, None])
-    tl.store(dst + BF // 2, hi.to(ROWS.dtype.element_ty), mask=rmask[:, None])
+def _head_gradient_scale(NORMS_QK, NORMS_OV, beta, keep_scale, SCALED: tl.constexpr):
+    """:func:`gradient_scale` for 16-bit planes; 1 for float32 ones (their products are float32's)."""
+    if SCALED:
+        return gradient_scale(NORMS_QK, NORMS_OV, beta, keep_scale)
+    else:
+        return 1.0
 
 
 @triton.jit
-def _pack_kernel(STATES, ROWS, ROT, NORM, s_b, s_h, s_n, H, N, D,
-                 BR: tl.constexpr, BF: tl.constexpr, ROTATED: tl.constexpr):  # fmt: skip
-    """Complex states (read as float32 pairs, strides in floats) as packed rows P(ψ) = [Re | Im] of width BF,
-    each half zero-padded from D, and with ROTATED also P(−iψ) = [Im | −Re]; the largest squared row norm
-    into NORM (atomic max; it starts at 0)."""
+def _pack_kernel(STATES, ROWS, NORM, s_b, s_h, s_n, H, N, D,
+                 BR: tl.constexpr, HW: tl.constexpr, KEYS: tl.constexpr):  # fmt: skip
+    """Complex states (read as float32 pairs, strides in floats) as three planes of rows [BR, 3·HW], each plane
+    zero-padded from D (the module docstring: query planes, or with KEYS key planes); the largest squared row
+    norm into NORM (atomic max; it starts at 0)."""
     pid, _, bh64, b, h = program_rows(H)
     offs_r = pid * BR + tl.arange(0, BR)
-    offs_p = tl.arange(0, BF)  # float j of a row: Re of amplitude j // 2 if j is even, else its Im
+    offs_p = tl.arange(0, 2 * HW)  # float j of a row: Re of amplitude j // 2 if j is even, else its Im
     rmask = offs_r < N
     pairs = tl.load(
         STATES + b * s_b + h * s_h + offs_r[:, None].to(tl.int64) * s_n + offs_p[None, :],
         mask=rmask[:, None] & (offs_p < 2 * D)[None, :], other=0.0,
     )  # fmt: skip
-    re, im = tl.split(tl.reshape(pairs, (BR, BF // 2, 2)))
-    row_off = bh64 * N + offs_r
-    _store_halves(ROWS, row_off, re, im, rmask, BF)
-    if ROTATED:
-        _store_halves(ROT, row_off, im, -re, rmask, BF)
+    re, im = tl.split(tl.reshape(pairs, (BR, HW, 2)))
+    dst = ROWS + (bh64 * N + offs_r)[:, None] * (3 * HW) + tl.arange(0, HW)[None, :]
+    ty = ROWS.dtype.element_ty
+    if KEYS:
+        p1, p2, p3 = re, im - re, re + im
+    else:
+        p1, p2, p3 = re - im, re, im
+    tl.store(dst, p1.to(ty), mask=rmask[:, None])
+    tl.store(dst + HW, p2.to(ty), mask=rmask[:, None])
+    tl.store(dst + 2 * HW, p3.to(ty), mask=rmask[:, None])
     tl.atomic_max(NORM, tl.max(tl.sum(pairs * pairs, axis=1), axis=0))
+
+
+@triton.jit
+def _planes(ROWS, offsets, mask, HW: tl.constexpr):
+    """The three planes of packed rows at ``offsets`` (a row's first plane; [rows, HW] or its transpose)."""
+    return (
+        tl.load(ROWS + offsets, mask=mask, other=0.0),
+        tl.load(ROWS + offsets + HW, mask=mask, other=0.0),
+        tl.load(ROWS + offsets + 2 * HW, mask=mask, other=0.0),
+    )
+
+
+@triton.jit
+def _overlap(x1, x2, x3, y1, y2, y3, PREC: tl.constexpr):
+    """Re and Im of the overlaps from three plane products xₜ·yₜ (one side's planes and the other's,
+    transposed: query × key or key × query tiles alike), as k₁ + k₃ and k₁ + k₂."""
+    k1 = tl.dot(x1, y1, input_precision=PREC)
+    return tl.dot(x3, y3, k1, input_precision=PREC), tl.dot(x2, y2, k1, input_precision=PREC)
+
+
+@triton.jit
+def _store_gradient(DST, offsets, lo, hi, mask, HW: tl.constexpr):
+    """A packed gradient's halves, ∂L/∂Re then ∂L/∂Im, into rows of width 2·HW (:func:`unpack_grad`)."""
+    tl.store(DST + offsets, lo, mask=mask)
+    tl.store(DST + offsets + HW, hi, mask=mask)
 
 
 @triton.jit
@@ -132,58 +169,25 @@ def _bwd_prep_kernel(
     tl.atomic_max(NORMS + 1, tl.max(tl.sum(v * v, axis=1), axis=0))
 
 
-@triton.jit
-def _turn_rows(ROWS, TURNED, row_off, rmask, sign, BF: tl.constexpr):
-    """sign·P(−iψ) = sign·[Im | −Re] of a block of packed rows [Re | Im]."""
-    offs_a = tl.arange(0, BF // 2)
-    src = ROWS + row_off[:, None] * BF + offs_a[None, :]
-    re = tl.load(src, mask=rmask[:, None], other=0.0)
-    im = tl.load(src + BF // 2, mask=rmask[:, None], other=0.0)
-    _store_halves(TURNED, row_off, sign * im, -sign * re, rmask, BF)
-
-
-@triton.jit
-def _bwd_rows_kernel(
-    QP, QR, KP, KR, BETA, NORMS_QK, NORMS_OV, GSCALE, H, Nq, Nk, keep_scale,
-    BR: tl.constexpr, BF: tl.constexpr, BH: tl.constexpr, SCALED: tl.constexpr,
-):  # fmt: skip
-    """The rotated rows the backward products read, P(iψq) = [−Im | Re] and P(−iψk) = [Im | −Re], and (the
-    first program) every head's gradient scale S (1 without SCALED).  P(−iψk) is made again here rather than
-    kept from the forward's packing pass: saving it would hold one more row tensor per layer until backward."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)  # whole rows only: no batch/head split (program_rows) is needed here
-    offs_r = pid * BR + tl.arange(0, BR)
-    _turn_rows(QP, QR, bh.to(tl.int64) * Nq + offs_r, offs_r < Nq, -1.0, BF)
-    _turn_rows(KP, KR, bh.to(tl.int64) * Nk + offs_r, offs_r < Nk, 1.0, BF)
-    if (pid == 0) & (bh == 0):
-        offs_h = tl.arange(0, BH)
-        scale = tl.full((BH,), 1.0, tl.float32)
-        if SCALED:
-            scale = gradient_scale(NORMS_QK, NORMS_OV, tl.load(BETA + offs_h, mask=offs_h < H, other=0.0),
-                                   keep_scale)  # fmt: skip
-        tl.store(GSCALE + offs_h, scale, mask=offs_h < H)
-
-
 @triton.jit(do_not_specialize=["seed"])
 def _fwd_kernel(
-    QP, KP, KR, V, OUT, OUT32, LSE, MASK, BETA,
+    QP, KP, V, OUT, OUT32, LSE, MASK, BETA,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
     H, Nq, Nk, DV,
     seed, threshold, scale,
-    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HW: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, SAVE32: tl.constexpr,
 ):  # fmt: skip
     pid_m, bh, bh64, b, h = program_rows(H)
     offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_f = tl.arange(0, BF)
+    offs_f = tl.arange(0, HW)
     offs_c = tl.arange(0, BV)
     cmask = offs_c < DV
     mmask = offs_m < Nq
-    KP = KP + bh64 * Nk * BF  # this (batch, head)'s rows; offsets within them fit int32
-    KR = KR + bh64 * Nk * BF
-    q = tl.load(QP + bh64 * Nq * BF + offs_m[:, None] * BF + offs_f[None, :], mask=mmask[:, None], other=0.0)
+    KP = KP + bh64 * Nk * (3 * HW)  # this (batch, head)'s rows; offsets within them fit int32
+    q1, q2, q3 = _planes(QP + bh64 * Nq * (3 * HW), offs_m[:, None] * (3 * HW) + offs_f[None, :], mmask[:, None], HW)
     beta2 = tl.load(BETA + h) * 1.4426950408889634  # base-2 softmax
     v_base = V + b * s_vb + h * s_vh
     m_i = tl.full((BM,), float("-inf"), dtype=tl.float32)
@@ -192,9 +196,8 @@ def _fwd_kernel(
     for start in range(0, Nk, BN):
         offs_n = start + tl.arange(0, BN)
         nmask = offs_n < Nk
-        kt_off = offs_n[None, :] * BF + offs_f[:, None]  # [BF, BN]
-        a = tl.dot(q, tl.load(KP + kt_off, mask=nmask[None, :], other=0.0), input_precision=PREC)
-        c = tl.dot(q, tl.load(KR + kt_off, mask=nmask[None, :], other=0.0), input_precision=PREC)
+        k1, k2, k3 = _planes(KP, offs_n[None, :] * (3 * HW) + offs_f[:, None], nmask[None, :], HW)  # [HW, BN]
+        a, c = _overlap(q1, q2, q3, k1, k2, k3, PREC)
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
         s = tl.where(ok[None, :], beta2 * (a * a + c * c), float("-inf"))
         m_i, l_i, alpha, p = softmax_block(s, m_i, l_i)
@@ -210,31 +213,26 @@ def _fwd_kernel(
 
 @triton.jit(do_not_specialize=["seed"])
 def _bwd_kv_kernel(
-    QP, QR, KP, KR, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DK, DV_, DBETA,
+    QP, KP, V, DO, LSE, DELTA, MASK, BETA, NORMS_QK, NORMS_OV, DK, DV_, DBETA,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
     s_wb, s_wh, s_wn, s_wc,
     H, Nq, Nk, DV,
     seed, threshold, scale,
-    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HW: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, BETA_GRAD: tl.constexpr,
+    SCALED: tl.constexpr,
 ):  # fmt: skip
     """One key block: its tiles are computed transposed ([BN, BM], keys × queries), as dK and dV need them."""
     pid_n, bh, bh64, b, h = program_rows(H)
     offs_n = pid_n * BN + tl.arange(0, BN)
-    offs_f = tl.arange(0, BF)
+    offs_f = tl.arange(0, HW)
     offs_c = tl.arange(0, BV)
     cmask = offs_c < DV
     nmask = offs_n < Nk
-    QP = QP + bh64 * Nq * BF  # this (batch, head)'s rows; offsets within them fit int32
-    QR = QR + bh64 * Nq * BF
-    KP = KP + bh64 * Nk * BF
-    KR = KR + bh64 * Nk * BF
-    DK = DK + bh64 * Nk * BF
-    k_off = offs_n[:, None] * BF + offs_f[None, :]
-    kp = tl.load(KP + k_off, mask=nmask[:, None], other=0.0)  # [BN, BF]
-    kr = tl.load(KR + k_off, mask=nmask[:, None], other=0.0)
+    QP = QP + bh64 * Nq * (3 * HW)  # this (batch, head)'s rows; offsets within them fit int32
+    k1, k2, k3 = _planes(KP + bh64 * Nk * (3 * HW), offs_n[:, None] * (3 * HW) + offs_f[None, :], nmask[:, None], HW)
     v = tl.load(  # [BN, BV]
         V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc,
         mask=nmask[:, None] & cmask[None, :],
@@ -242,20 +240,20 @@ def _bwd_kv_kernel(
     )
     beta = tl.load(BETA + h)
     beta2 = beta * 1.4426950408889634
-    gscale = tl.load(GSCALE + h)
+    gscale = _head_gradient_scale(NORMS_QK, NORMS_OV, beta, scale, SCALED)
     twice = 2.0 * beta * gscale
     ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
-    dk = tl.zeros((BN, BF), dtype=tl.float32)
+    d1 = tl.zeros((BN, HW), dtype=tl.float32)  # g₁ᵀQ1, g₂ᵀQ2, g₃ᵀQ3
+    d2 = tl.zeros((BN, HW), dtype=tl.float32)
+    d3 = tl.zeros((BN, HW), dtype=tl.float32)
     dv = tl.zeros((BN, BV), dtype=tl.float32)
     dbeta = tl.zeros((BN,), dtype=tl.float32)
     o_base = DO + b * s_ob + h * s_oh
     for start in range(0, Nq, BM):
         offs_m = start + tl.arange(0, BM)
         mmask = offs_m < Nq
-        qt_off = offs_m[None, :] * BF + offs_f[:, None]  # [BF, BM]
-        qt = tl.load(QP + qt_off, mask=mmask[None, :], other=0.0)
-        a = tl.dot(kp, qt, input_precision=PREC)  # Re⟨ψq|ψk⟩, [BN, BM]
-        c = tl.dot(kr, qt, input_precision=PREC)  # Im⟨ψq|ψk⟩
+        q1, q2, q3 = _planes(QP, offs_m[None, :] * (3 * HW) + offs_f[:, None], mmask[None, :], HW)  # [HW, BM]
+        a, c = _overlap(k1, k2, k3, q1, q2, q3, PREC)  # Re, Im ⟨ψq|ψk⟩ as [BN, BM]
         fid = a * a + c * c
         lse = tl.load(LSE + bh64 * Nq + offs_m, mask=mmask, other=float("inf"))
         p = tl.where(ok[:, None], tl.exp2(beta2 * fid - lse[None, :]), 0.0)  # 0 for padding keys, empty rows
@@ -274,10 +272,12 @@ def _bwd_kv_kernel(
         if BETA_GRAD:
             dbeta += tl.sum(ds * fid, axis=1)
         g = twice * ds
-        dk = tl.dot((g * a).to(qt.dtype), tl.trans(qt), dk, input_precision=PREC)
-        qrt = tl.load(QR + qt_off, mask=mmask[None, :], other=0.0)
-        dk = tl.dot((g * c).to(qrt.dtype), tl.trans(qrt), dk, input_precision=PREC)
-    tl.store(DK + k_off, dk / gscale, mask=nmask[:, None])
+        g_re, g_im = g * a, g * c
+        d1 = tl.dot((g_re + g_im).to(q1.dtype), tl.trans(q1), d1, input_precision=PREC)
+        d2 = tl.dot(g_im.to(q2.dtype), tl.trans(q2), d2, input_precision=PREC)
+        d3 = tl.dot(g_re.to(q3.dtype), tl.trans(q3), d3, input_precision=PREC)
+    _store_gradient(DK + bh64 * Nk * (2 * HW), offs_n[:, None] * (2 * HW) + offs_f[None, :],
+                    (d1 - d2 + d3) / gscale, (d2 + d3) / gscale, nmask[:, None], HW)  # fmt: skip
     if BETA_GRAD:
         tl.atomic_add(DBETA + h, tl.sum(dbeta, axis=0))
     tl.store(
@@ -289,27 +289,23 @@ def _bwd_kv_kernel(
 
 @triton.jit(do_not_specialize=["seed"])
 def _bwd_q_kernel(
-    QP, KP, KR, V, DO, LSE, DELTA, MASK, BETA, GSCALE, DQ,
+    QP, KP, V, DO, LSE, DELTA, MASK, BETA, NORMS_QK, NORMS_OV, DQ,
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
     H, Nq, Nk, DV,
     seed, threshold, scale,
-    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HW: tl.constexpr, BV: tl.constexpr,
+    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, SCALED: tl.constexpr,
 ):  # fmt: skip
     pid_m, bh, bh64, b, h = program_rows(H)
     offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_f = tl.arange(0, BF)
+    offs_f = tl.arange(0, HW)
     offs_c = tl.arange(0, BV)
     cmask = offs_c < DV
     mmask = offs_m < Nq
-    QP = QP + bh64 * Nq * BF
-    KP = KP + bh64 * Nk * BF
-    KR = KR + bh64 * Nk * BF
-    DQ = DQ + bh64 * Nq * BF
-    q_off = offs_m[:, None] * BF + offs_f[None, :]
-    q = tl.load(QP + q_off, mask=mmask[:, None], other=0.0)
+    KP = KP + bh64 * Nk * (3 * HW)
+    q1, q2, q3 = _planes(QP + bh64 * Nq * (3 * HW), offs_m[:, None] * (3 * HW) + offs_f[None, :], mmask[:, None], HW)
     do = tl.load(
         DO + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_c[None, :] * s_oc,
         mask=mmask[:, None] & cmask[None, :],
@@ -319,18 +315,17 @@ def _bwd_q_kernel(
     delta = tl.load(DELTA + bh64 * Nq + offs_m, mask=mmask, other=0.0)
     beta = tl.load(BETA + h)
     beta2 = beta * 1.4426950408889634
-    gscale = tl.load(GSCALE + h)
+    gscale = _head_gradient_scale(NORMS_QK, NORMS_OV, beta, scale, SCALED)
     twice = 2.0 * beta * gscale
-    dq = tl.zeros((BM, BF), dtype=tl.float32)
+    d1 = tl.zeros((BM, HW), dtype=tl.float32)  # g₁K1, g₂K2, g₃K3
+    d2 = tl.zeros((BM, HW), dtype=tl.float32)
+    d3 = tl.zeros((BM, HW), dtype=tl.float32)
     v_base = V + b * s_vb + h * s_vh
     for start in range(0, Nk, BN):
         offs_n = start + tl.arange(0, BN)
         nmask = offs_n < Nk
-        kt_off = offs_n[None, :] * BF + offs_f[:, None]  # [BF, BN]
-        kpt = tl.load(KP + kt_off, mask=nmask[None, :], other=0.0)
-        krt = tl.load(KR + kt_off, mask=nmask[None, :], other=0.0)
-        a = tl.dot(q, kpt, input_precision=PREC)
-        c = tl.dot(q, krt, input_precision=PREC)
+        k1, k2, k3 = _planes(KP, offs_n[None, :] * (3 * HW) + offs_f[:, None], nmask[None, :], HW)  # [HW, BN]
+        a, c = _overlap(q1, q2, q3, k1, k2, k3, PREC)
         ok = _key_ok(MASK, b, s_mb, s_mn, offs_n, Nk, HAS_MASK)
         p = tl.where(ok[None, :], tl.exp2(beta2 * (a * a + c * c) - lse[:, None]), 0.0)
         v_t = tl.load(
@@ -340,38 +335,39 @@ def _bwd_q_kernel(
         if DROPOUT:
             dp = tl.where(_keep(seed, bh, offs_m, offs_n, Nq, Nk, threshold), dp * scale, 0.0)
         g = twice * p * (dp - delta[:, None])
-        dq = tl.dot((g * a).to(kpt.dtype), tl.trans(kpt), dq, input_precision=PREC)
-        dq = tl.dot((g * c).to(krt.dtype), tl.trans(krt), dq, input_precision=PREC)
-    tl.store(DQ + q_off, dq / gscale, mask=mmask[:, None])
+        g_re, g_im = g * a, g * c
+        d1 = tl.dot((g_re + g_im).to(k1.dtype), tl.trans(k1), d1, input_precision=PREC)
+        d2 = tl.dot(g_im.to(k2.dtype), tl.trans(k2), d2, input_precision=PREC)
+        d3 = tl.dot(g_re.to(k3.dtype), tl.trans(k3), d3, input_precision=PREC)
+    _store_gradient(DQ + bh64 * Nq * (2 * HW), offs_m[:, None] * (2 * HW) + offs_f[None, :],
+                    (d1 + d2) / gscale, (d3 - d1) / gscale, mmask[:, None], HW)  # fmt: skip
 
 
-#: (BM, BN, warps, stages) by (packed row width, 16-bit planes) for the forward, the key-block (dK, dV)
-#: and the query-block (dQ) backward kernels.  16-bit, width 128 (6 qubits): timed on an H200 by the GPU's own
-#: time (experiments/device/fidelity_tiles.py, results/bench/fidelity-tiles-graph-h200-round14.json: forward +
-#: backward 1.087 ms against 1.256 with the key-block tiles before, which were chosen by wall time); the others
-#: were chosen by ptxas's register and spill report for sm_90 (float32 planes need ≥ 64-row products: 32-row
-#: float32 tiles compiled to 32 registers and kilobytes of spills).  16-bit widths without an entry take small
-#: tiles; float32 rows are at most 128 wide (``qra.kernels.MAX_FLOAT32_STATE_DIM``).
+#: (BM, BN, warps, stages) by (plane width, 16-bit planes) for the forward, the key-block (dK, dV) and the
+#: query-block (dQ) backward kernels: those chosen for round 14's two-product kernels at the same state sizes
+#: (by GPU time on an H200 for 6 qubits, by ptxas's register and spill report for sm_90 otherwise: float32 planes
+#: need ≥ 64-row products).  16-bit plane widths without an entry take small tiles; float32 planes are at most
+#: 64 wide (``qra.kernels.MAX_FLOAT32_STATE_DIM``).
 FORWARD_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
+    (16, True): (128, 64, 8, 2),
     (32, True): (128, 64, 8, 2),
-    (64, True): (128, 64, 8, 2),
-    (128, True): (128, 64, 8, 3),
-    (256, True): (64, 64, 8, 2),
-    **{(width, False): (64, 32, 4, 1) for width in (16, 32, 64, 128)},
+    (64, True): (128, 64, 8, 3),
+    (128, True): (64, 64, 8, 2),
+    **{(width, False): (64, 32, 4, 1) for width in (16, 32, 64)},
 }
 BACKWARD_KV_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
+    (16, True): (32, 64, 4, 2),
     (32, True): (32, 64, 4, 2),
-    (64, True): (32, 64, 4, 2),
-    (128, True): (32, 64, 4, 3),
-    (256, True): (32, 32, 8, 1),
-    **{(width, False): (16, 64, 4, 1) for width in (16, 32, 64, 128)},
+    (64, True): (32, 64, 4, 3),
+    (128, True): (32, 32, 8, 1),
+    **{(width, False): (16, 64, 4, 1) for width in (16, 32, 64)},
 }
 BACKWARD_Q_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
-    (32, True): (64, 64, 4, 2),
+    (16, True): (64, 64, 4, 2),
+    (32, True): (64, 32, 4, 2),
     (64, True): (64, 32, 4, 2),
-    (128, True): (64, 32, 4, 2),
-    (256, True): (32, 32, 8, 1),
-    **{(width, False): (64, 16, 4, 1) for width in (16, 32, 64, 128)},
+    (128, True): (32, 32, 8, 1),
+    **{(width, False): (64, 16, 4, 1) for width in (16, 32, 64)},
 }
 _SMALL_TILES = (32, 32, 4, 1)
 
@@ -380,30 +376,34 @@ def _tiles(table: dict, width: int, half: bool) -> tuple[int, int, int, int]:
     return table.get((width, half), _SMALL_TILES)
 
 
-#: rows per program of the packing pass and of the backward's two row passes
+#: rows per program of the packing pass and of the backward's δ pass
 _ROWS_PER_PROGRAM = 32
 
 
+def plane_width(dim: int) -> int:
+    """Amplitudes per plane: D padded to a power of two, at least 16 (a tensor-core product's shortest depth)."""
+    return pow2(dim, floor=16)
+
+
 def pack_states(
-    states: torch.Tensor, width: int, dtype: torch.dtype, norm: torch.Tensor, rotated: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """[B, H, N, D] complex64 states as contiguous real rows [B·H, N, width] of ``dtype``, P(ψ) = [Re | Im]
-    (each half zero-padded to width/2), and with ``rotated`` also P(−iψ) = [Im | −Re], in one pass that also
-    raises ``norm`` (1 element) to the largest squared ‖ψ‖."""
+    states: torch.Tensor, width: int, dtype: torch.dtype, norm: torch.Tensor, keys: bool = False
+) -> torch.Tensor:
+    """[B, H, N, D] complex64 states as contiguous real rows [B·H, N, 3·width] of ``dtype``: the three query
+    planes (Re − Im, Re, Im), or with ``keys`` the key planes (Re, Im − Re, Re + Im), each zero-padded from D to
+    ``width``, in one pass that also raises ``norm`` (1 element) to the largest squared ‖ψ‖."""
     bsz, heads, n, dim = states.shape
     if states.stride(-1) != 1:
         states = states.contiguous()
     pairs = torch.view_as_real(states)
-    rows = torch.empty(bsz * heads, n, width, device=states.device, dtype=dtype)
-    turned = torch.empty_like(rows) if rotated else None
-    launch_kernel(_pack_kernel, (cdiv(n, _ROWS_PER_PROGRAM), bsz * heads),
-                  (pairs, rows, rows if turned is None else turned, norm), (*pairs.stride()[:3], heads, n, dim),
-                  BR=_ROWS_PER_PROGRAM, BF=width, ROTATED=rotated)  # fmt: skip
-    return rows, turned
+    rows = torch.empty(bsz * heads, n, 3 * width, device=states.device, dtype=dtype)
+    launch_kernel(_pack_kernel, (cdiv(n, _ROWS_PER_PROGRAM), bsz * heads), (pairs, rows, norm),
+                  (*pairs.stride()[:3], heads, n, dim), BR=_ROWS_PER_PROGRAM, HW=width, KEYS=keys)  # fmt: skip
+    return rows
 
 
 def unpack_grad(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Packed fp32 gradients [B·H, N, width] as the complex gradient ∂L/∂Re + i ∂L/∂Im of [B, H, N, D] states."""
+    """Packed fp32 gradients [B·H, N, 2·width] ([∂L/∂Re | ∂L/∂Im]) as the complex gradient ∂L/∂Re + i ∂L/∂Im
+    of [B, H, N, D] states."""
     dim = shape[-1]
     halves = rows.view(rows.shape[0], rows.shape[1], 2, -1)
     return torch.complex(halves[:, :, 0, :dim], halves[:, :, 1, :dim]).reshape(shape)
@@ -416,10 +416,10 @@ class _FidelityAttention(torch.autograd.Function):
         nk, dv = states_k.shape[2], v.shape[3]
         half = v.dtype != torch.float32
         plane = _plane(half)
-        width = 2 * pow2(dim, floor=8)
+        width = plane_width(dim)
         norms_qk = torch.zeros(2, device=v.device, dtype=torch.float32)  # max ‖ψq‖², max ‖ψk‖²
-        qp, _ = pack_states(states_q, width, plane, norms_qk[0:1])
-        kp, kr = pack_states(states_k, width, plane, norms_qk[1:2], rotated=True)
+        qp = pack_states(states_q, width, plane, norms_qk[0:1])
+        kp = pack_states(states_k, width, plane, norms_qk[1:2], keys=True)
         bv = pow2(dv)
         bm, bn, warps, stages = _tiles(FORWARD_TILES, width, half)
         out = torch.empty(bsz, heads, nq, dv, device=v.device, dtype=v.dtype)
@@ -428,11 +428,11 @@ class _FidelityAttention(torch.autograd.Function):
         m, m_strides = mask_arguments(mask, lse)
         dropout = dropout_p > 0
         scale = dropout_scale(dropout_p)
-        tensors = (qp, kp, kr, v, out, out32, lse, m, beta)
+        tensors = (qp, kp, v, out, out32, lse, m, beta)
         scalars = (*v.stride(), *out.stride(), *m_strides, heads, nq, nk, dv, seed, _threshold(dropout_p), scale)
         _launch(
             _fwd_kernel, lambda bm_, bn_: (cdiv(nq, bm_), bsz * heads), tensors, scalars, bm, bn, warps, stages,
-            BF=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half), VPREC=_precision(half),
+            HW=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half), VPREC=_precision(half),
             SAVE32=half,
         )  # fmt: skip
         # the states when their producer keeps them anyway (packed again in backward), else the packed rows
@@ -458,37 +458,32 @@ class _FidelityAttention(torch.autograd.Function):
         launch_kernel(_bwd_prep_kernel, (rows, bsz * heads), (grad, out, delta, v, norms_ov),
                       (*grad.stride(), *v.stride(), heads, nq, nk, dv), BR=_ROWS_PER_PROGRAM, BV=bv)  # fmt: skip
         scale = dropout_scale(dropout_p)
-        qr, kr = torch.empty_like(qp), torch.empty_like(kp)  # P(iψq) = ∂C/∂Pk, P(−iψk)
-        gscale = torch.empty(heads, device=v.device, dtype=torch.float32)
-        launch_kernel(_bwd_rows_kernel, (rows, bsz * heads), (qp, qr, kp, kr, beta, norms_qk, norms_ov, gscale),
-                      (heads, nq, nk, scale), BR=_ROWS_PER_PROGRAM, BF=width, BH=pow2(heads, floor=2),
-                      SCALED=half)  # fmt: skip
         m, m_strides = mask_arguments(mask, lse)
         dropout = dropout_p > 0
-        dkp = torch.empty(kp.shape, device=v.device, dtype=torch.float32)
-        dqp = torch.empty(qp.shape, device=v.device, dtype=torch.float32)
+        dkp = torch.empty(bsz * heads, nk, 2 * width, device=v.device, dtype=torch.float32)
+        dqp = torch.empty(bsz * heads, nq, 2 * width, device=v.device, dtype=torch.float32)
         dvv = torch.empty_like(v)
         common = dict(
-            BF=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half),
-            VPREC=_precision(half),
+            HW=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half),
+            VPREC=_precision(half), SCALED=half,
         )  # fmt: skip
         tail = (heads, nq, nk, dv, seed, _threshold(dropout_p), scale)
         bm, bn, warps, stages = _tiles(BACKWARD_KV_TILES, width, half)
         _launch(
             _bwd_kv_kernel, lambda bm_, bn_: (cdiv(nk, bn_), bsz * heads),
-            (qp, qr, kp, kr, v, grad, lse, delta, m, beta, gscale, dkp, dvv, dbeta),
+            (qp, kp, v, grad, lse, delta, m, beta, norms_qk, norms_ov, dkp, dvv, dbeta),
             (*v.stride(), *grad.stride(), *m_strides, *dvv.stride(), *tail), bm, bn, warps, stages,
             BETA_GRAD=beta_grad, **common,
         )  # fmt: skip
         bm, bn, warps, stages = _tiles(BACKWARD_Q_TILES, width, half)
         _launch(
             _bwd_q_kernel, lambda bm_, bn_: (cdiv(nq, bm_), bsz * heads),
-            (qp, kp, kr, v, grad, lse, delta, m, beta, gscale, dqp), (*v.stride(), *grad.stride(), *m_strides, *tail),
-            bm, bn, warps, stages, **common,
+            (qp, kp, v, grad, lse, delta, m, beta, norms_qk, norms_ov, dqp),
+            (*v.stride(), *grad.stride(), *m_strides, *tail), bm, bn, warps, stages, **common,
         )  # fmt: skip
         # buffers freed once read: a patched MiniLM step's memory peaks here (experiments/device/memory_profile.py);
         # the packed rows go too when they were packed again here (else the saved ones live until backward ends)
-        del qp, kp, qr, kr
+        del qp, kp
         dq = unpack_grad(dqp, q_shape)
         del dqp
         dk = unpack_grad(dkp, k_shape)
@@ -504,7 +499,7 @@ def _pack_again(states_q, states_k, width: int, plane: torch.dtype) -> tuple[tor
     """The forward's packed rows of saved states, formed again in backward (the packing is exact, so they are
     the same rows); the norms it raises are the forward's, already kept."""
     scratch = torch.zeros(2, device=states_q.device, dtype=torch.float32)
-    return pack_states(states_q, width, plane, scratch[0:1])[0], pack_states(states_k, width, plane, scratch[1:2])[0]
+    return pack_states(states_q, width, plane, scratch[0:1]), pack_states(states_k, width, plane, scratch[1:2], True)
 
 
 def _precision(half: bool) -> str:
