@@ -8,13 +8,16 @@ complex product.  Each state is packed once as three planes of real rows,
 and with kₜ = Qₜ·Kₜᵀ (t = 1, 2, 3)
     Re⟨ψq|ψk⟩ = k₁ + k₃,   Im⟨ψq|ψk⟩ = k₁ + k₂,   s = β_h (Re² + Im²).
 So a score tile costs three products over D where the complex product written out costs four, the fidelity
-is never formed as an N×N tensor, and memory is O(N).  Measured on an H200 (results/bench/README.md,
-round 15): the kernels' product count against SDPA's bounds their time (round 14's profile), and three planes
-cut it from 24 to 19 units; rows rotated or combined on load made the kernels 8–12% slower (round 6), so the
-planes are formed once per call by a Triton packing pass (which also notes the largest norm).
+is never formed as an N×N tensor, and memory is O(N).  The kernels' time follows their product count against
+SDPA's (round 14's profile, results/bench/README.md): three planes cut it from 24 to 19 units a forward and
+backward.  The planes are formed once per call by a Triton packing pass (which also notes the largest norm):
+rows rotated on load made round 6's kernels 8–12% slower.  The rows saved for backward (when the states are
+not kept) are three planes, 1.5× the two halves [Re | Im] of before; the rotated key rows that the forward
+and the backward held beside those are gone.
 
 Precision: states with 16-bit values are packed in float16 (amplitudes lie in [−1, 1], plane values in
-[−2, 2]: 11 bits of mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value).
+[−2, 2]: 11 bits of mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value;
+the combined planes are rounded once more than the states, which the tests' oracle does not do).
 With float32 values the planes are float32, multiplied as three TF32 products (float32's accuracy).  The
 backward's gradient products run in float16 too, on scaled gradients g·S with S a power of two chosen per
 head from a bound on |g| (:func:`gradient_scale`), so that they neither overflow nor lose the small gradients
