@@ -15,9 +15,10 @@ rows rotated on load made round 6's kernels 8–12% slower.  The rows saved for 
 not kept) are three planes, 1.5× the two halves [Re | Im] of before; the rotated key rows that the forward
 and the backward held beside those are gone.
 
-Precision: states with 16-bit values are packed in float16 (amplitudes lie in [−1, 1], plane values in
-[−2, 2]: 11 bits of mantissa, 8× bfloat16's, which keeps β·fidelity within ~1e-3·β of the float32 value;
-the combined planes are rounded once more than the states, which the tests' oracle does not do).
+Precision: states with 16-bit values are packed in float16 from 5 qubits on (NARROWEST_HALF_PLANES;
+amplitudes lie in [−1, 1], plane values in [−2, 2]: 11 bits of mantissa, 8× bfloat16's, which keeps
+β·fidelity within ~1e-3·β of the float32 value; the combined planes are rounded once more than the states,
+which the tests' oracle does not do), narrower ones in float32.
 With float32 values the planes are float32, multiplied as three TF32 products (float32's accuracy).  The
 backward's gradient products run in float16 too, on scaled gradients g·S with S a power of two chosen per
 head from a bound on |g| (:func:`gradient_scale`), so that they neither overflow nor lose the small gradients
@@ -263,7 +264,11 @@ def _bwd_kv_kernel(
         do = tl.load(
             o_base + offs_m[:, None] * s_on + offs_c[None, :] * s_oc, mask=mmask[:, None] & cmask[None, :], other=0.0
         )
-        dp = tl.dot(v, tl.trans(do), input_precision=VPREC)  # v_j·dO_i
+        # v_j·dO_i from dO loaded again as [BV, BM]: tl.trans(do) here computed wrong products for 32-wide
+        # values on an H200 (Triton 3.6: results/bench/gpu-tests-fidelity-h200-round15-*.txt)
+        do_t = tl.load(o_base + offs_m[None, :] * s_on + offs_c[:, None] * s_oc,
+                       mask=mmask[None, :] & cmask[:, None], other=0.0)  # fmt: skip
+        dp = tl.dot(v, do_t, input_precision=VPREC)
         pd = p
         if DROPOUT:
             z = tl.where(_keep_t(seed, bh, offs_m, offs_n, Nq, Nk, threshold), scale, 0.0)
@@ -352,23 +357,20 @@ def _bwd_q_kernel(
 #: need ≥ 64-row products).  16-bit plane widths without an entry take small tiles; float32 planes are at most
 #: 64 wide (``qra.kernels.MAX_FLOAT32_STATE_DIM``).
 FORWARD_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
-    (16, True): (128, 64, 8, 2),
     (32, True): (128, 64, 8, 2),
-    (64, True): (128, 64, 8, 3),
+    (64, True): (128, 64, 8, 2),
     (128, True): (64, 64, 8, 2),
     **{(width, False): (64, 32, 4, 1) for width in (16, 32, 64)},
 }
 BACKWARD_KV_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
-    (16, True): (32, 64, 4, 2),
     (32, True): (32, 64, 4, 2),
     (64, True): (32, 64, 4, 3),
     (128, True): (32, 32, 8, 1),
     **{(width, False): (16, 64, 4, 1) for width in (16, 32, 64)},
 }
 BACKWARD_Q_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
-    (16, True): (64, 64, 4, 2),
     (32, True): (64, 32, 4, 2),
-    (64, True): (64, 32, 4, 2),
+    (64, True): (128, 64, 8, 2),
     (128, True): (32, 32, 8, 1),
     **{(width, False): (64, 16, 4, 1) for width in (16, 32, 64)},
 }
@@ -418,13 +420,14 @@ class _FidelityAttention(torch.autograd.Function):
         bsz, heads, nq, dim = states_q.shape
         nk, dv = states_k.shape[2], v.shape[3]
         half = v.dtype != torch.float32
-        plane = _plane(half)
         width = plane_width(dim)
+        half_planes = _half_planes(half, width)
+        plane = _plane(half_planes)
         norms_qk = torch.zeros(2, device=v.device, dtype=torch.float32)  # max ‖ψq‖², max ‖ψk‖²
         qp = pack_states(states_q, width, plane, norms_qk[0:1])
         kp = pack_states(states_k, width, plane, norms_qk[1:2], keys=True)
         bv = pow2(dv)
-        bm, bn, warps, stages = _tiles(FORWARD_TILES, width, half)
+        bm, bn, warps, stages = _tiles(FORWARD_TILES, width, half_planes)
         out = torch.empty(bsz, heads, nq, dv, device=v.device, dtype=v.dtype)
         lse = torch.empty(bsz * heads, nq, device=v.device, dtype=torch.float32)
         out32 = torch.empty(bsz * heads, nq, dv, device=v.device, dtype=torch.float32) if half else out
@@ -435,20 +438,21 @@ class _FidelityAttention(torch.autograd.Function):
         scalars = (*v.stride(), *out.stride(), *m_strides, heads, nq, nk, dv, seed, _threshold(dropout_p), scale)
         _launch(
             _fwd_kernel, lambda bm_, bn_: (cdiv(nq, bm_), bsz * heads), tensors, scalars, bm, bn, warps, stages,
-            HW=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half), VPREC=_precision(half),
-            SAVE32=half,
+            HW=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half_planes),
+            VPREC=_precision(half), SAVE32=half,
         )  # fmt: skip
         # the states when their producer keeps them anyway (packed again in backward), else the packed rows
         saved = (states_q, states_k) if states_kept else (qp, kp)
         ctx.save_for_backward(*saved, v, mask, beta, out32, lse, norms_qk)
-        ctx.cfg = (dropout_p, seed, half, width, states_q.shape, states_k.shape, ctx.needs_input_grad[4], states_kept)
+        ctx.cfg = (dropout_p, seed, half, half_planes, width, states_q.shape, states_k.shape, ctx.needs_input_grad[4],
+                   states_kept)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         saved_q, saved_k, v, mask, beta, out, lse, norms_qk = ctx.saved_tensors
-        dropout_p, seed, half, width, q_shape, k_shape, beta_grad, states_kept = ctx.cfg
-        qp, kp = _pack_again(saved_q, saved_k, width, _plane(half)) if states_kept else (saved_q, saved_k)
+        dropout_p, seed, half, half_planes, width, q_shape, k_shape, beta_grad, states_kept = ctx.cfg
+        qp, kp = _pack_again(saved_q, saved_k, width, _plane(half_planes)) if states_kept else (saved_q, saved_k)
         del saved_q, saved_k
         bsz, heads, nq, _ = q_shape
         nk, dv = k_shape[2], v.shape[3]
@@ -467,18 +471,18 @@ class _FidelityAttention(torch.autograd.Function):
         dqp = torch.empty(bsz * heads, nq, 2 * width, device=v.device, dtype=torch.float32)
         dvv = torch.empty_like(v)
         common = dict(
-            HW=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half),
-            VPREC=_precision(half), SCALED=half,
+            HW=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half_planes),
+            VPREC=_precision(half), SCALED=half_planes,
         )  # fmt: skip
         tail = (heads, nq, nk, dv, seed, _threshold(dropout_p), scale)
-        bm, bn, warps, stages = _tiles(BACKWARD_KV_TILES, width, half)
+        bm, bn, warps, stages = _tiles(BACKWARD_KV_TILES, width, half_planes)
         _launch(
             _bwd_kv_kernel, lambda bm_, bn_: (cdiv(nk, bn_), bsz * heads),
             (qp, kp, v, grad, lse, delta, m, beta, norms_qk, norms_ov, dkp, dvv, dbeta),
             (*v.stride(), *grad.stride(), *m_strides, *dvv.stride(), *tail), bm, bn, warps, stages,
             BETA_GRAD=beta_grad, **common,
         )  # fmt: skip
-        bm, bn, warps, stages = _tiles(BACKWARD_Q_TILES, width, half)
+        bm, bn, warps, stages = _tiles(BACKWARD_Q_TILES, width, half_planes)
         _launch(
             _bwd_q_kernel, lambda bm_, bn_: (cdiv(nq, bm_), bsz * heads),
             (qp, kp, v, grad, lse, delta, m, beta, norms_qk, norms_ov, dqp),
@@ -491,6 +495,18 @@ class _FidelityAttention(torch.autograd.Function):
         del dqp
         dk = unpack_grad(dkp, k_shape)
         return dq, dk, dvv, None, (dbeta if beta_grad else None), None, None, None
+
+
+#: the narrowest planes packed in float16 for 16-bit values; narrower ones (≤ 4 qubits) are float32, because
+#: there the amplitudes are large and the rounded plane sums moved outputs by 0.6% and dβ by 1% of their scale at
+#: β = 32 with float16 planes (on an H200, results/bench/README.md round 15), against 0.03% and 0.25% with the
+#: two-product kernels; the products of such narrow states are cheap in any precision
+NARROWEST_HALF_PLANES = 32
+
+
+def _half_planes(half: bool, width: int) -> bool:
+    """Whether the planes are float16: 16-bit values and planes at least NARROWEST_HALF_PLANES wide."""
+    return half and width >= NARROWEST_HALF_PLANES
 
 
 def _plane(half: bool) -> torch.dtype:
