@@ -351,11 +351,11 @@ def _bwd_q_kernel(
                     (d1 + d2) / gscale, (d3 - d1) / gscale, mmask[:, None], HW)  # fmt: skip
 
 
-#: (BM, BN, warps, stages) by (plane width, 16-bit planes) for the forward, the key-block (dK, dV) and the
-#: query-block (dQ) backward kernels: those chosen for round 14's two-product kernels at the same state sizes
-#: (by GPU time on an H200 for 6 qubits, by ptxas's register and spill report for sm_90 otherwise: float32 planes
-#: need ≥ 64-row products).  16-bit plane widths without an entry take small tiles; float32 planes are at most
-#: 64 wide (``qra.kernels.MAX_FLOAT32_STATE_DIM``).
+#: (BM, BN, warps, stages) by (plane width, float16 planes) for the forward, the key-block (dK, dV) and the
+#: query-block (dQ) backward kernels.  Float16, width 64 (6 qubits): chosen on an H200 by the GPU's own time
+#: (experiments/device/fidelity_tiles.py, results/bench/fidelity-tiles-graph-h200-round15.json); the others by
+#: ptxas's register and spill report for sm_90 (float32 planes need ≥ 64-row products).  Float16 widths without
+#: an entry take small tiles; float32 planes are at most 64 wide (``qra.kernels.MAX_FLOAT32_STATE_DIM``).
 FORWARD_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (128, 64, 8, 2),
     (64, True): (128, 64, 8, 2),

@@ -1,0 +1,93 @@
+"""The three-plane fidelity kernels checked on the GPU beside an earlier copy of the module.
+
+    git show a25b1eb:qra/kernels/fidelity.py \\
+        | sed 's/from \\._/from qra.kernels._/; s/from \\.flash/from qra.kernels.flash/' > old.py
+    python experiments/device/fidelity_planes_checks.py scan 32,64,4,3 old.py   # errors by key-block tiles
+    python experiments/device/fidelity_planes_checks.py time 0 old.py           # precision and GPU time, both
+
+``scan``: errors of this checkout's kernels against the fp32 PyTorch path at N = 1 and 17, value dims 32, 64,
+128, with the given key-block tiles (one process per tile set: a bad launch poisons the CUDA context).
+``time``: the same errors for both modules at 2 and 6 qubits, then forward + backward GPU ms (CUDA-graph
+replays) of SDPA and both modules at N = 512, three rounds.  Run from the repository root (it imports the
+tests' helpers).
+"""
+import importlib.util
+import sys
+
+import torch
+
+sys.path.insert(0, "experiments/device")
+from profiling import search_ms
+
+from qra.attention import kernel_attention
+from qra.kernels import fidelity as new
+from tests.test_kernels import StateIdentity, grads, leaves, make_mask, states
+
+spec = importlib.util.spec_from_file_location("fidelity_old", sys.argv[3])
+old = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(old)
+
+
+def errors(module, b, h, nq, nk, dim, dv, dtype, masked):
+    torch.manual_seed(7)
+    sq, sk = states(b, h, nq, dim, 0), states(b, h, nk, dim, 1)
+    v = torch.randn(b, h, nk, dv, device="cuda").to(dtype)
+    beta = torch.tensor([4.0, 16.0, 32.0][:h], device="cuda")
+    mask = make_mask(b, nk, "cuda", all_padding_row=nk > 1) if masked else None
+    sq, sk, v, beta = leaves(sq, sk, v, beta)
+    out = module.fused_fidelity_attention(sq, sk, v, mask, beta)
+    g = torch.randn_like(out)
+    got = grads(out, (sq, sk, v, beta), g)
+    # the oracle rounds the states as the module packs them (float16 planes for 16-bit values; this checkout:
+    # from 5 qubits on)
+    if getattr(module, "_half_planes", lambda half, width: half)(dtype != torch.float32, new.plane_width(dim)):
+        sq, sk = (torch.complex(s.real.half().float(), s.imag.half().float()) for s in (sq, sk))
+    rq, rk, rv, rb = leaves(sq, sk, v.float(), beta)
+    exp, _ = kernel_attention(rq, rk, rv, StateIdentity(dim), "softmax", mask, beta=rb)
+    want = grads(exp, (rq, rk, rv, rb), g.float())
+    res = {"out": ((out.float() - exp).abs().max().item(), exp.abs().max().item())}
+    for name, a, e in zip(("dq", "dk", "dv", "dbeta"), got, want, strict=True):
+        a, e = (torch.view_as_real(x.resolve_conj()) if x.is_complex() else x.float() for x in (a, e))
+        res[name] = ((a - e).abs().max().item(), e.abs().max().item())
+    return " ".join(f"{k} {err:.2e}/{sc:.2e}" for k, (err, sc) in res.items())
+
+
+if sys.argv[1] == "scan":
+    tiles = tuple(int(x) for x in sys.argv[2].split(","))
+    new.BACKWARD_KV_TILES[(64, True)] = tiles
+    for n in (1, 17):
+        for dv in (32, 64, 128):
+            print("new", tiles, "n", n, "dv", dv, errors(new, 3, 2, n, n, 64, dv, torch.bfloat16, n > 1), flush=True)
+    sys.exit()
+print("== dβ precision, 4 amplitudes, fp16 values, nq 17, nk 333, masked")
+for name, module in (("new", new), ("old", old)):
+    print(name, errors(module, 2, 3, 17, 333, 4, 64, torch.float16, True), flush=True)
+    print(name, "bf16", errors(module, 2, 3, 17, 333, 4, 64, torch.bfloat16, True), flush=True)
+    print(name, "64 amp bf16", errors(module, 2, 3, 100, 100, 64, 64, torch.bfloat16, True), flush=True)
+
+print("== GPU ms (graph replays), B·N = 16,384, H = 12, 6 qubits, N = 512, bf16, fwd+bwd")
+batch, heads, n, dim = 32, 12, 512, 64
+s = [torch.randn(batch, heads, n, dim, dtype=torch.complex64, device="cuda") for _ in range(2)]
+sq, sk = (x / torch.linalg.vector_norm(x, dim=-1, keepdim=True) for x in s)
+v = torch.randn(batch, heads, n, 64, device="cuda", dtype=torch.bfloat16)
+grad = torch.randn_like(v)
+beta = torch.full((heads,), 8.0, device="cuda")
+q, k = (torch.randn(batch, heads, n, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+
+
+def step(module):
+    def run():
+        lv = [t.detach().requires_grad_() for t in (sq, sk, v)]
+        torch.autograd.grad(module.fused_fidelity_attention(*lv, None, beta), lv, grad)
+    return run
+
+
+def sdpa():
+    lv = [t.detach().requires_grad_() for t in (q, k, v)]
+    torch.autograd.grad(torch.nn.functional.scaled_dot_product_attention(*lv), lv, grad)
+
+
+for rnd in range(3):
+    t = {"sdpa": search_ms(sdpa), "round14": search_ms(step(old)), "planes": search_ms(step(new))}
+    print(rnd, " ".join(f"{k} {v:.3f}" for k, v in t.items()),
+          f"ratio planes {t['planes'] / t['sdpa']:.3f} round14 {t['round14'] / t['sdpa']:.3f}", flush=True)
