@@ -589,26 +589,36 @@ def states(b, h, n, dim, seed):
     return (s / s.abs().square().sum(-1, keepdim=True).sqrt()).to("cuda")
 
 
-def check_fidelity(b, h, nq, nk, dim, dv, dtype, masked=True, grad_scale=1.0):
-    """The fused fidelity kernel (it must not fall back) against the fp32 PyTorch path: output, all gradients."""
+def fidelity_against_oracle(b, h, nq, nk, dim, dv, dtype, masked=True, grad_scale=1.0, module=None):
+    """The fused fidelity kernel's output and gradients (states, v, β) and the fp32 PyTorch path's, on the same
+    draws every run: ``kernels.fidelity_attention``, or ``module.fused_fidelity_attention`` (a copy of
+    ``qra.kernels.fidelity``, for experiments/device/fidelity_planes_checks.py)."""
+    from qra.kernels import fidelity
+
     torch.manual_seed(7)  # v and dO: the same draws every run
     sq, sk = states(b, h, nq, dim, 0), states(b, h, nk, dim, 1)
     v = torch.randn(b, h, nk, dv, device="cuda").to(dtype)
     beta = torch.tensor([4.0, 16.0, 32.0][:h], device="cuda")
     mask = make_mask(b, nk, "cuda", all_padding_row=nk > 1) if masked else None
     sq, sk, v, beta = leaves(sq, sk, v, beta)
-    out = kernels.fidelity_attention(sq, sk, v, mask, beta)
-    assert out.dtype == dtype and out.shape == (b, h, nq, dv)
+    attention = kernels.fidelity_attention if module is None else module.fused_fidelity_attention
+    out = attention(sq, sk, v, mask, beta)
     grad_out = torch.randn_like(out) * grad_scale
     got = grads(out, (sq, sk, v, beta), grad_out)
-    from qra.kernels import fidelity
-
     # the kernel packs the states of 16-bit values in float16 from 5 qubits on (its docstring): so does the oracle
-    if fidelity._half_planes(dtype != torch.float32, fidelity.plane_width(dim)):
+    # (an earlier module without that rule packs them in float16 at every width)
+    half_planes = getattr(module or fidelity, "_half_planes", lambda half, width: half)
+    if half_planes(dtype != torch.float32, fidelity.plane_width(dim)):
         sq, sk = (torch.complex(s.real.half().float(), s.imag.half().float()) for s in (sq, sk))
     rq, rk, rv, rb = leaves(sq, sk, v.float(), beta)
     expected, _ = kernel_attention(rq, rk, rv, StateIdentity(dim), "softmax", mask, beta=rb)
-    want = grads(expected, (rq, rk, rv, rb), grad_out.float())
+    return out, got, expected, grads(expected, (rq, rk, rv, rb), grad_out.float())
+
+
+def check_fidelity(b, h, nq, nk, dim, dv, dtype, masked=True, grad_scale=1.0):
+    """The fused fidelity kernel (it must not fall back) against the fp32 PyTorch path: output, all gradients."""
+    out, got, expected, want = fidelity_against_oracle(b, h, nq, nk, dim, dv, dtype, masked, grad_scale)
+    assert out.dtype == dtype and out.shape == (b, h, nq, dv)
     assert_close(out, expected, RTOL[dtype], "out")
     for name, a, e in zip(("dstates_q", "dstates_k", "dv", "dbeta"), got, want, strict=True):
         assert a.dtype == (dtype if name == "dv" else e.dtype), name

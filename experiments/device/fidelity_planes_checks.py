@@ -19,9 +19,8 @@ import torch
 sys.path.insert(0, "experiments/device")
 from profiling import search_ms
 
-from qra.attention import kernel_attention
 from qra.kernels import fidelity as new
-from tests.test_kernels import StateIdentity, grads, leaves, make_mask, states
+from tests.test_kernels import fidelity_against_oracle
 
 spec = importlib.util.spec_from_file_location("fidelity_old", sys.argv[3])
 old = importlib.util.module_from_spec(spec)
@@ -29,22 +28,7 @@ spec.loader.exec_module(old)
 
 
 def errors(module, b, h, nq, nk, dim, dv, dtype, masked):
-    torch.manual_seed(7)
-    sq, sk = states(b, h, nq, dim, 0), states(b, h, nk, dim, 1)
-    v = torch.randn(b, h, nk, dv, device="cuda").to(dtype)
-    beta = torch.tensor([4.0, 16.0, 32.0][:h], device="cuda")
-    mask = make_mask(b, nk, "cuda", all_padding_row=nk > 1) if masked else None
-    sq, sk, v, beta = leaves(sq, sk, v, beta)
-    out = module.fused_fidelity_attention(sq, sk, v, mask, beta)
-    g = torch.randn_like(out)
-    got = grads(out, (sq, sk, v, beta), g)
-    # the oracle rounds the states as the module packs them (float16 planes for 16-bit values; this checkout:
-    # from 5 qubits on)
-    if getattr(module, "_half_planes", lambda half, width: half)(dtype != torch.float32, new.plane_width(dim)):
-        sq, sk = (torch.complex(s.real.half().float(), s.imag.half().float()) for s in (sq, sk))
-    rq, rk, rv, rb = leaves(sq, sk, v.float(), beta)
-    exp, _ = kernel_attention(rq, rk, rv, StateIdentity(dim), "softmax", mask, beta=rb)
-    want = grads(exp, (rq, rk, rv, rb), g.float())
+    out, got, exp, want = fidelity_against_oracle(b, h, nq, nk, dim, dv, dtype, masked, module=module)
     res = {"out": ((out.float() - exp).abs().max().item(), exp.abs().max().item())}
     for name, a, e in zip(("dq", "dk", "dv", "dbeta"), got, want, strict=True):
         a, e = (torch.view_as_real(x.resolve_conj()) if x.is_complex() else x.float() for x in (a, e))
