@@ -2,15 +2,16 @@
 
     git show a25b1eb:qra/kernels/fidelity.py \\
         | sed 's/from \\._/from qra.kernels._/; s/from \\.flash/from qra.kernels.flash/' > old.py
-    python experiments/device/fidelity_planes_checks.py scan 32,64,4,3 old.py   # errors by key-block tiles
-    python experiments/device/fidelity_planes_checks.py time 0 old.py           # precision and GPU time, both
+    python experiments/device/fidelity_planes_checks.py old.py --scan 32,64,4,3   # errors by key-block tiles
+    python experiments/device/fidelity_planes_checks.py old.py                    # precision and GPU time, both
 
-``scan``: errors of this checkout's kernels against the fp32 PyTorch path at N = 1 and 17, value dims 32, 64,
+``--scan``: errors of this checkout's kernels against the fp32 PyTorch path at N = 1 and 17, value dims 32, 64,
 128, with the given key-block tiles (one process per tile set: a bad launch poisons the CUDA context).
-``time``: the same errors for both modules at 2 and 6 qubits, then forward + backward GPU ms (CUDA-graph
+Without it: the same errors for both modules at 2 and 6 qubits, then forward + backward GPU ms (CUDA-graph
 replays) of SDPA and both modules at N = 512, three rounds.  Run from the repository root (it imports the
 tests' helpers).
 """
+import argparse
 import importlib.util
 import sys
 
@@ -22,7 +23,11 @@ from profiling import search_ms
 from qra.kernels import fidelity as new
 from tests.test_kernels import fidelity_against_oracle
 
-spec = importlib.util.spec_from_file_location("fidelity_old", sys.argv[3])
+parser = argparse.ArgumentParser()
+parser.add_argument("old", help="an earlier copy of qra/kernels/fidelity.py with absolute imports")
+parser.add_argument("--scan", help="key-block tiles BM,BN,warps,stages: only the error scan, with these tiles")
+args = parser.parse_args()
+spec = importlib.util.spec_from_file_location("fidelity_old", args.old)
 old = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(old)
 
@@ -36,8 +41,8 @@ def errors(module, b, h, nq, nk, dim, dv, dtype, masked):
     return " ".join(f"{k} {err:.2e}/{sc:.2e}" for k, (err, sc) in res.items())
 
 
-if sys.argv[1] == "scan":
-    tiles = tuple(int(x) for x in sys.argv[2].split(","))
+if args.scan:
+    tiles = tuple(int(x) for x in args.scan.split(","))
     new.BACKWARD_KV_TILES[(64, True)] = tiles
     for n in (1, 17):
         for dv in (32, 64, 128):

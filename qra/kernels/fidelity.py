@@ -444,14 +444,14 @@ class _FidelityAttention(torch.autograd.Function):
         # the states when their producer keeps them anyway (packed again in backward), else the packed rows
         saved = (states_q, states_k) if states_kept else (qp, kp)
         ctx.save_for_backward(*saved, v, mask, beta, out32, lse, norms_qk)
-        ctx.cfg = (dropout_p, seed, half, half_planes, width, states_q.shape, states_k.shape, ctx.needs_input_grad[4],
-                   states_kept)
+        ctx.cfg = (dropout_p, seed, half, width, states_q.shape, states_k.shape, ctx.needs_input_grad[4], states_kept)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         saved_q, saved_k, v, mask, beta, out, lse, norms_qk = ctx.saved_tensors
-        dropout_p, seed, half, half_planes, width, q_shape, k_shape, beta_grad, states_kept = ctx.cfg
+        dropout_p, seed, half, width, q_shape, k_shape, beta_grad, states_kept = ctx.cfg
+        half_planes = _half_planes(half, width)
         qp, kp = _pack_again(saved_q, saved_k, width, _plane(half_planes)) if states_kept else (saved_q, saved_k)
         del saved_q, saved_k
         bsz, heads, nq, _ = q_shape
@@ -509,9 +509,9 @@ def _half_planes(half: bool, width: int) -> bool:
     return half and width >= NARROWEST_HALF_PLANES
 
 
-def _plane(half: bool) -> torch.dtype:
-    """The packed rows' dtype: float16 for 16-bit values (module docstring), else float32."""
-    return torch.float16 if half else torch.float32
+def _plane(half_planes: bool) -> torch.dtype:
+    """The packed rows' dtype: float16 where :func:`_half_planes` says so, else float32."""
+    return torch.float16 if half_planes else torch.float32
 
 
 def _pack_again(states_q, states_k, width: int, plane: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
