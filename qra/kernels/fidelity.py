@@ -29,8 +29,9 @@ atomics), a query-block kernel for dQ, both recomputing the scores.  With g_Re =
 the three products' gradients are g₁ = g_Re + g_Im, g₂ = g_Im, g₃ = g_Re, and
     ∂L/∂Re q = g₁K1 + g₂K2,   ∂L/∂Im q = g₃K3 − g₁K1,
     ∂L/∂Re k = g₁ᵀQ1 − g₂ᵀQ2 + g₃ᵀQ3,   ∂L/∂Im k = g₂ᵀQ2 + g₃ᵀQ3,
-three products per tile again; the packed gradients become complex ones (∂L/∂Re + i ∂L/∂Im, torch's
-convention).
+three products per tile again; the kernels store them as the complex gradients ∂L/∂Re + i ∂L/∂Im (torch's
+convention), interleaved as complex64 is, so no pass over [B, H, N, D] follows (two such passes took ~0.1 ms of
+a ~1 ms call at N = 512 on an H200, round 14's profile).
 
 Dropout and key padding follow :mod:`qra.kernels.flash` exactly (the same Philox keep-mask).
 """
@@ -141,10 +142,13 @@ def _overlap(x1, x2, x3, y1, y2, y3, PREC: tl.constexpr):
 
 
 @triton.jit
-def _store_gradient(DST, offsets, lo, hi, mask, HW: tl.constexpr):
-    """A packed gradient's halves, ∂L/∂Re then ∂L/∂Im, into rows of width 2·HW (:func:`unpack_grad`)."""
-    tl.store(DST + offsets, lo, mask=mask)
-    tl.store(DST + offsets + HW, hi, mask=mask)
+def _store_gradient(DST, rows, lo, hi, mask, D, HW: tl.constexpr):
+    """A gradient's planes ∂L/∂Re (``lo``) and ∂L/∂Im (``hi``), [rows, HW], as the complex gradient
+    ∂L/∂Re + i ∂L/∂Im (torch's convention) of rows of D amplitudes: complex64 is interleaved (re, im) pairs, so
+    the kernel writes the autograd result itself, with no pass over it afterwards."""
+    pairs = tl.reshape(tl.join(lo, hi), (lo.shape[0], 2 * HW))
+    offs = tl.arange(0, 2 * HW)
+    tl.store(DST + rows[:, None] * (2 * D) + offs[None, :], pairs, mask=mask[:, None] & (offs < 2 * D)[None, :])
 
 
 @triton.jit
@@ -222,7 +226,7 @@ def _bwd_kv_kernel(
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
     s_wb, s_wh, s_wn, s_wc,
-    H, Nq, Nk, DV,
+    H, Nq, Nk, DV, D,
     seed, threshold, scale,
     BM: tl.constexpr, BN: tl.constexpr, HW: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, BETA_GRAD: tl.constexpr,
@@ -284,8 +288,7 @@ def _bwd_kv_kernel(
         d1 = tl.dot((g_re + g_im).to(q1.dtype), tl.trans(q1), d1, input_precision=PREC)
         d2 = tl.dot(g_im.to(q2.dtype), tl.trans(q2), d2, input_precision=PREC)
         d3 = tl.dot(g_re.to(q3.dtype), tl.trans(q3), d3, input_precision=PREC)
-    _store_gradient(DK + bh64 * Nk * (2 * HW), offs_n[:, None] * (2 * HW) + offs_f[None, :],
-                    (d1 - d2 + d3) / gscale, (d2 + d3) / gscale, nmask[:, None], HW)  # fmt: skip
+    _store_gradient(DK + bh64 * Nk * (2 * D), offs_n, (d1 - d2 + d3) / gscale, (d2 + d3) / gscale, nmask, D, HW)
     if BETA_GRAD:
         tl.atomic_add(DBETA + h, tl.sum(dbeta, axis=0))
     tl.store(
@@ -301,7 +304,7 @@ def _bwd_q_kernel(
     s_vb, s_vh, s_vn, s_vc,
     s_ob, s_oh, s_on, s_oc,
     s_mb, s_mn,
-    H, Nq, Nk, DV,
+    H, Nq, Nk, DV, D,
     seed, threshold, scale,
     BM: tl.constexpr, BN: tl.constexpr, HW: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr, VPREC: tl.constexpr, SCALED: tl.constexpr,
@@ -347,8 +350,7 @@ def _bwd_q_kernel(
         d1 = tl.dot((g_re + g_im).to(k1.dtype), tl.trans(k1), d1, input_precision=PREC)
         d2 = tl.dot(g_im.to(k2.dtype), tl.trans(k2), d2, input_precision=PREC)
         d3 = tl.dot(g_re.to(k3.dtype), tl.trans(k3), d3, input_precision=PREC)
-    _store_gradient(DQ + bh64 * Nq * (2 * HW), offs_m[:, None] * (2 * HW) + offs_f[None, :],
-                    (d1 + d2) / gscale, (d3 - d1) / gscale, mmask[:, None], HW)  # fmt: skip
+    _store_gradient(DQ + bh64 * Nq * (2 * D), offs_m, (d1 + d2) / gscale, (d3 - d1) / gscale, mmask, D, HW)
 
 
 #: (BM, BN, warps, stages) by (plane width, float16 planes) for the forward, the key-block (dK, dV) and the
@@ -406,14 +408,6 @@ def pack_states(
     return rows
 
 
-def unpack_grad(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Packed fp32 gradients [B·H, N, 2·width] ([∂L/∂Re | ∂L/∂Im]) as the complex gradient ∂L/∂Re + i ∂L/∂Im
-    of [B, H, N, D] states."""
-    dim = shape[-1]
-    halves = rows.view(rows.shape[0], rows.shape[1], 2, -1)
-    return torch.complex(halves[:, :, 0, :dim], halves[:, :, 1, :dim]).reshape(shape)
-
-
 class _FidelityAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, states_q, states_k, v, mask, beta, dropout_p, seed, states_kept):
@@ -467,33 +461,27 @@ class _FidelityAttention(torch.autograd.Function):
         scale = dropout_scale(dropout_p)
         m, m_strides = mask_arguments(mask, lse)
         dropout = dropout_p > 0
-        dkp = torch.empty(bsz * heads, nk, 2 * width, device=v.device, dtype=torch.float32)
-        dqp = torch.empty(bsz * heads, nq, 2 * width, device=v.device, dtype=torch.float32)
+        dk = torch.empty(k_shape, device=v.device, dtype=torch.complex64)
+        dq = torch.empty(q_shape, device=v.device, dtype=torch.complex64)
         dvv = torch.empty_like(v)
         common = dict(
             HW=width, BV=bv, HAS_MASK=mask is not None, DROPOUT=dropout, PREC=_precision(half_planes),
             VPREC=_precision(half), SCALED=half_planes,
         )  # fmt: skip
-        tail = (heads, nq, nk, dv, seed, _threshold(dropout_p), scale)
+        tail = (heads, nq, nk, dv, q_shape[-1], seed, _threshold(dropout_p), scale)
         bm, bn, warps, stages = _tiles(BACKWARD_KV_TILES, width, half_planes)
         _launch(
             _bwd_kv_kernel, lambda bm_, bn_: (cdiv(nk, bn_), bsz * heads),
-            (qp, kp, v, grad, lse, delta, m, beta, norms_qk, norms_ov, dkp, dvv, dbeta),
+            (qp, kp, v, grad, lse, delta, m, beta, norms_qk, norms_ov, torch.view_as_real(dk), dvv, dbeta),
             (*v.stride(), *grad.stride(), *m_strides, *dvv.stride(), *tail), bm, bn, warps, stages,
             BETA_GRAD=beta_grad, **common,
         )  # fmt: skip
         bm, bn, warps, stages = _tiles(BACKWARD_Q_TILES, width, half_planes)
         _launch(
             _bwd_q_kernel, lambda bm_, bn_: (cdiv(nq, bm_), bsz * heads),
-            (qp, kp, v, grad, lse, delta, m, beta, norms_qk, norms_ov, dqp),
+            (qp, kp, v, grad, lse, delta, m, beta, norms_qk, norms_ov, torch.view_as_real(dq)),
             (*v.stride(), *grad.stride(), *m_strides, *tail), bm, bn, warps, stages, **common,
         )  # fmt: skip
-        # buffers freed once read: a patched MiniLM step's memory peaks here (experiments/device/memory_profile.py);
-        # the packed rows go too when they were packed again here (else the saved ones live until backward ends)
-        del qp, kp
-        dq = unpack_grad(dqp, q_shape)
-        del dqp
-        dk = unpack_grad(dkp, k_shape)
         return dq, dk, dvv, None, (dbeta if beta_grad else None), None, None, None
 
 
