@@ -382,12 +382,19 @@ def _print_table(title: str, columns: dict[str, str], rows: list[dict]) -> None:
     for header in columns:
         table.add_column(header, justify="left" if header in ("impl", "model", "variant", "note", "path") else "right")
     for row in rows:
-        cells = []
-        for key in columns.values():
-            value = row.get(key)
-            cells.append("–" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value))
-        table.add_row(*cells)
+        table.add_row(*(_cell(row.get(key)) for key in columns.values()))
     Console().print(table)
+
+
+def _cell(value: Any) -> str:
+    """A table cell: floats to 3 significant digits, an interval [low, high] as low–high, missing as ``–``."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list):
+        return "–".join(_cell(v) for v in value)
+    return str(value)
 
 
 @bench_app.command("featuremaps")
@@ -465,12 +472,14 @@ def bench_train_command(
     models: str = typer.Option("distilbert,minilm", help="Model shapes (random weights): distilbert, minilm."),
     variants: str = typer.Option("", help="Comma-separated variants (default: all; see qra.experiment.bench)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    repeats: int = typer.Option(10, min=1),
+    repeats: int = typer.Option(
+        20, min=1, help="Timed rounds; each runs every variant's step once, in rotating order (95% intervals need 6)."
+    ),
     output: Path = typer.Option(BENCH_DIR / "train.json"),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
-    """One training step of DistilBERT-base- and MiniLM-shaped models: baseline vs patched L4, L5."""
-    from .experiment.bench import TRAIN_MODELS, TRAIN_VARIANTS, add_baseline_ratios, train_cases
+    """One training step of DistilBERT-base- and MiniLM-shaped models: baseline vs patched L4, L5, in alternation."""
+    from .experiment.bench_train import TRAIN_MODELS, TRAIN_VARIANTS, train_cases
 
     chosen = _device(device)
     model_list = [name.strip() for name in models.split(",") if name.strip()]
@@ -479,13 +488,14 @@ def bench_train_command(
         if unknown := sorted(set(name) - set(known)):
             raise typer.BadParameter(f"{option}: unknown {', '.join(unknown)}; accepted: {', '.join(known)}")
     cases = train_cases(chosen, batch_size, length, layers, tuple(variant_list), tuple(model_list), repeats)
-    settings = {"batch_size": batch_size, "length": length, "layers": layers, "bf16": chosen.type == "cuda"}
-    rows = _run_bench("train", cases, add_baseline_ratios, output, chosen, settings, overwrite)
+    settings = {"batch_size": batch_size, "length": length, "layers": layers, "bf16": chosen.type == "cuda",
+                "timing": "interleaved rounds, paired ratios", "rounds": repeats}  # fmt: skip
+    rows = _run_bench("train", cases, lambda measured: measured, output, chosen, settings, overwrite)
     _print_table(f"train step, B={batch_size}, N={length}, {device_label(chosen)}",
                  {"model": "model", "variant": "variant", "path": "attention_path", "step ms": "step_ms",
                   "samples/s": "samples_per_second", "peak bytes": "peak_bytes",
-                  "throughput vs baseline": "throughput_vs_baseline", "memory vs baseline": "memory_vs_baseline"},
-                 rows)  # fmt: skip
+                  "throughput vs baseline": "throughput_vs_baseline", "95% interval": "throughput_vs_baseline_ci95",
+                  "memory vs baseline": "memory_vs_baseline"}, rows)  # fmt: skip
     typer.echo(f"wrote {output}")
 
 

@@ -92,17 +92,44 @@ def test_the_featuremaps_loss_has_the_value_and_gradient_of_the_real_and_imagina
     torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
 
 
-def test_bench_train_compares_patched_steps_with_the_baseline(tmp_path):
+def test_bench_train_compares_patched_steps_with_the_baseline_round_by_round(tmp_path):
     out = tmp_path / "train.json"
-    run(["bench", "train", "--batch-size", "1", "--length", "16", "--models", "minilm", "--repeats", "1",
-         "--variants", "baseline,rff-linear,performer-linear", "--device", "cpu", "--output", str(out)])  # fmt: skip
-    rows = json.loads(out.read_text())["rows"]
+    run(["bench", "train", "--batch-size", "1", "--length", "16", "--models", "minilm", "--repeats", "6",
+         "--variants", "rff-linear,performer-linear", "--device", "cpu", "--output", str(out)])  # fmt: skip
+    payload = json.loads(out.read_text())
+    rows = payload["rows"]
     variants = [(r["model"], r["variant"]) for r in rows]
     assert variants == [("minilm", "baseline"), ("minilm", "rff-linear"), ("minilm", "performer-linear")]
-    assert rows[0]["throughput_vs_baseline"] == 1.0 and rows[1]["step_ms"] > 0 and rows[2]["step_ms"] > 0
+    assert payload["settings"]["rounds"] == 6 and all(r["rounds"] == 6 for r in rows)
+    # the baseline paired with itself: every round's ratio is exactly 1
+    assert rows[0]["throughput_vs_baseline"] == 1.0 and rows[0]["throughput_vs_baseline_ci95"] == [1.0, 1.0]
+    for row in rows[1:]:
+        low, high = row["throughput_vs_baseline_ci95"]
+        assert row["step_ms"] > 0 and low <= row["throughput_vs_baseline"] <= high
     assert rows[1]["attention_path"] == rows[2]["attention_path"] == "pytorch" and rows[0]["attention_path"] is None
     result = run(["bench", "train", "--models", "gpt", "--device", "cpu", "--output", str(tmp_path / "x.json")], 2)
     assert "unknown gpt; accepted: distilbert, minilm" in result.output
+
+
+def test_interleaved_timing_rotates_the_order_and_drops_a_step_that_runs_out_of_memory():
+    from qra.experiment.bench_train import time_interleaved
+
+    log = []
+
+    def step(name):
+        def run_step():
+            log.append(name)
+            if name == "c" and log.count("c") == 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+        return run_step
+
+    times = time_interleaved({name: step(name) for name in "abc"}, rounds=4, device=torch.device("cpu"))
+    # rounds 0 and 1 rotate a, b, c; c fails in round 1 and leaves; rounds 2 and 3 rotate a, b
+    assert log == ["a", "b", "c", "b", "c", "a", "a", "b", "b", "a"]
+    assert [len(times[name]) for name in "abc"] == [4, 4, 0]
+    with pytest.raises(ValueError, match="boom"):
+        time_interleaved({"x": lambda: (_ for _ in ()).throw(ValueError("boom"))}, 1, torch.device("cpu"))
 
 
 def test_the_default_output_is_a_user_folder_not_the_committed_results():

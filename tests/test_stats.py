@@ -11,6 +11,7 @@ from scipy import stats
 from qra.experiment.stats import (
     POWER,
     mcnemar,
+    median_interval,
     paired_t,
     paired_t_power,
     power_analysis,
@@ -120,3 +121,22 @@ def test_power_analysis_inverts_the_power_functions():
     assert tost_power(std, m, 0.005) >= POWER and (m == 2 or tost_power(std, m - 1, 0.005) < POWER)
     assert power_analysis(None, 3, 0.003) is None and power_analysis(0.002, 1, 0.003) is None
     assert seeds_needed(lambda k: 0.0) is None  # never reached within MAX_SEEDS
+
+
+@pytest.mark.parametrize(("n", "ranks", "coverage"), [(6, (1, 6), 0.96875), (10, (2, 9), 0.978515625),
+                                                      (20, (6, 15), 0.958610534668)])  # fmt: skip
+def test_median_interval_takes_the_textbook_order_statistics(n, ranks, coverage):
+    values = np.random.default_rng(n).permutation(np.arange(1.0, n + 1) ** 2)  # order must not matter
+    interval = median_interval(values)
+    assert (interval.low, interval.high) == (ranks[0] ** 2, ranks[1] ** 2)
+    assert interval.median == float(np.median(values)) and interval.n == n
+    assert interval.confidence == pytest.approx(coverage, abs=1e-9)
+    # one rank further in would fall short of 95%
+    assert 1 - 2 * stats.binom.cdf(ranks[0], n, 0.5) < 0.95
+
+
+def test_median_interval_has_no_bounds_below_six_values_and_rejects_none():
+    interval = median_interval([3.0, 1.0, 2.0, 5.0, 4.0])
+    assert (interval.median, interval.low, interval.high, interval.confidence) == (3.0, None, None, None)
+    with pytest.raises(ValueError, match="non-empty"):
+        median_interval([])

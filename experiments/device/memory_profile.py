@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import torch
 
-from qra.experiment.bench import train_step, train_step_model
+from qra.experiment.bench_train import train_step, train_step_model
 
 #: frames that name who asked for the memory (checked innermost first)
 OWNERS = ("/qra/", "/transformers/", "torch/optim/", "torch/autograd/")

@@ -14,7 +14,7 @@ import argparse
 import torch
 from profiling import profile_step
 
-from qra.experiment.bench import train_step, train_step_model
+from qra.experiment.bench_train import train_step, train_step_model
 
 
 def report(model_name: str, variant: str, batch: int, length: int, rows: int) -> None:

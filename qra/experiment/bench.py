@@ -1,4 +1,4 @@
-"""Benchmarks that write their results: ``qra bench featuremaps | attention | train``.
+"""Benchmarks that write their results: ``qra bench featuremaps | attention`` (``train``: :mod:`.bench_train`).
 
 Each benchmark is a list of :class:`Case` s; the CLI runs them with a progress bar (count and
 time left) and writes the JSON after every finished case, so a stopped benchmark keeps what it
@@ -9,7 +9,6 @@ the device named, which every results file records.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import statistics
 import time
@@ -23,7 +22,6 @@ import torch
 
 from ..attention import MODES, kernel_attention
 from ..featuremaps import FeatureMap, get
-from ..featuremaps.fused_program import forced_implementation
 from .provenance import device_name, provenance, write_json_atomic
 
 Row = dict[str, Any]
@@ -43,27 +41,30 @@ class Timing:
     peak_bytes: int | None
 
 
+def time_once(step: Callable[[], None], device: torch.device) -> float:
+    """Wall ms of one call of ``step``: CUDA events around it and a synchronisation after it on a GPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+    begin = time.perf_counter()
+    step()
+    return (time.perf_counter() - begin) * 1000
+
+
 def time_it(step: Callable[[], None], device: torch.device, repeats: int = 5, warmup: int = 2) -> Timing:
     """Median wall time of ``step`` in ms (CUDA events on a GPU) and its peak GPU memory."""
     for _ in range(warmup):
         step()
-    times = []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        return Timing(statistics.median(times), torch.cuda.max_memory_allocated(device))
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - begin) * 1000)
-    return Timing(statistics.median(times), None)
+    times = [time_once(step, device) for _ in range(repeats)]
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return Timing(statistics.median(times), peak)
 
 
 def graph_time(step: Callable[[], None], device: torch.device, repeats: int = 5, replays: int = 10) -> float | None:
@@ -530,136 +531,4 @@ def add_sdpa_ratios(rows: list[Row]) -> list[Row]:
         for kind in ("fwd", "fwd_bwd", "fwd_gpu", "fwd_bwd_gpu"):
             ours, theirs = row.get(f"{kind}_ms"), base.get(f"{kind}_ms")
             row[f"{kind}_vs_sdpa"] = ours / theirs if ours and theirs else None
-    return rows
-
-
-#: the encoders of ``qra bench train``, random weights in the shapes of the real models
-TRAIN_MODELS = ("distilbert", "minilm")
-#: variant -> (feature map, its parameters, mode, implementation); None is the unpatched baseline
-TRAIN_VARIANTS: dict[str, tuple[str, dict[str, Any], str, str] | None] = {
-    "baseline": None,
-    "rff-softmax": ("rff", {"m": 128}, "softmax", "auto"),
-    "rff-softmax-pytorch": ("rff", {"m": 128}, "softmax", "pytorch"),
-    "rff-linear": ("rff", {"m": 128}, "linear", "auto"),
-    "rff-linear-pytorch": ("rff", {"m": 128}, "linear", "pytorch"),
-    "performer-linear": ("performer", {"m": 128}, "linear", "auto"),
-    "performer-linear-pytorch": ("performer", {"m": 128}, "linear", "pytorch"),
-    "pennylane-zz-native": ("pennylane-zz", {"qubits": 6, "engine": "native"}, "softmax", "auto"),
-    "pennylane-zz-native-pytorch": ("pennylane-zz", {"qubits": 6, "engine": "native"}, "softmax", "pytorch"),
-    # the states simulated again in backward instead of kept (CircuitFeatureMap's recompute_states)
-    "pennylane-zz-native-recompute": ("pennylane-zz", {"qubits": 6, "engine": "native", "recompute_states": True},
-                                      "softmax", "auto"),
-}
-
-
-#: the feature maps of TRAIN_VARIANTS that simulate circuits (their rows say which engine ran)
-CIRCUIT_VARIANT_MAPS = ("pennylane-zz",)
-
-
-def _circuit_engine_path(model: torch.nn.Module, device: torch.device) -> str | None:
-    """``fused`` or ``pytorch``: the engine the patched layers' circuit map takes on this device."""
-    from ..featuremaps.circuit import CircuitFeatureMap
-
-    maps = [module for module in model.modules() if isinstance(module, CircuitFeatureMap)]
-    return _map_engine_path(maps[0], device) if maps else None
-
-
-def train_step_model(model_name: str, variant: str, layers: int, device: torch.device) -> torch.nn.Module:
-    """A DistilBERT-base- or MiniLM-shaped classifier with random weights, patched as ``variant`` says."""
-    from transformers import (
-        BertConfig,
-        BertForSequenceClassification,
-        DistilBertConfig,
-        DistilBertForSequenceClassification,
-    )
-
-    from ..patching import DEFAULT_LAYERS, patch
-
-    torch.manual_seed(0)
-    if model_name == "distilbert":
-        config = DistilBertConfig(n_layers=layers, num_labels=2, attn_implementation="sdpa")
-        model = DistilBertForSequenceClassification(config)
-    elif model_name == "minilm":  # sentence-transformers/all-MiniLM-L6-v2's shape: hidden 384, 12 heads of 32
-        config = BertConfig(hidden_size=384, num_hidden_layers=layers, num_attention_heads=12, intermediate_size=1536,
-                            num_labels=2, attn_implementation="sdpa")  # fmt: skip
-        model = BertForSequenceClassification(config)
-    else:
-        raise ValueError(f"unknown model {model_name!r}; accepted: {', '.join(TRAIN_MODELS)}")
-    model = model.to(device)
-    head_dim = config.hidden_size // config.num_attention_heads
-    if TRAIN_VARIANTS[variant] is not None:
-        name, params, mode, implementation = TRAIN_VARIANTS[variant]
-        patch(model, get(name, d_in=head_dim, **params).to(device), layers=DEFAULT_LAYERS, mode=mode,
-              implementation=implementation)  # fmt: skip
-    return model
-
-
-def train_step(model: torch.nn.Module, device: torch.device, batch: int, length: int) -> Callable[[], None]:
-    """One AdamW step of ``model`` on a fixed random batch (bf16 autocast on GPU): what ``qra bench train`` times."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    input_ids = torch.randint(1000, 30000, (batch, length), device=device)
-    labels = torch.randint(0, 2, (batch,), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = model(input_ids=input_ids, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def train_cases(
-    device: torch.device,
-    batch: int = 32,
-    length: int = 512,
-    layers: int = 6,
-    variants: tuple[str, ...] = tuple(TRAIN_VARIANTS),
-    models: tuple[str, ...] = TRAIN_MODELS,
-    repeats: int = 10,
-) -> list[Case]:
-    """One AdamW training step (bf16 autocast on GPU), baseline vs patched L4, L5, for each model shape."""
-
-    def case(model_name: str, variant: str) -> Case:
-        return Case(f"train step {model_name} {variant}",
-                    lambda: [_train_row(model_name, variant, device, batch, length, layers, repeats)])  # fmt: skip
-
-    return [case(model_name, variant) for model_name in models for variant in variants]
-
-
-def _train_row(model_name: str, variant: str, device: torch.device, batch: int, length: int, layers: int,
-               repeats: int) -> Row:  # fmt: skip
-    model = train_step_model(model_name, variant, layers, device)
-    step = train_step(model, device, batch, length)
-    row = {"model": model_name, "variant": variant, "B": batch, "N": length, "layers": layers,
-           "device": device_name(device), "torch": torch.__version__}  # fmt: skip
-    # a -pytorch variant runs PyTorch code throughout: the attention's PyTorch path and the circuits' PyTorch engine
-    pytorch_only = variant.endswith("-pytorch")
-    try:
-        with forced_implementation("pytorch") if pytorch_only else contextlib.nullcontext():
-            timing = time_it(step, device, repeats=repeats, warmup=3)
-        row |= {"step_ms": timing.median_ms, "samples_per_second": batch / timing.median_ms * 1000,
-                "peak_bytes": timing.peak_bytes}  # fmt: skip
-    except RuntimeError as error:
-        if not _is_out_of_memory(error):
-            raise
-        row |= {"step_ms": None, "samples_per_second": None, "peak_bytes": None, "oom": True}
-    paths = sorted({m.last_path for m in model.modules() if getattr(m, "last_path", None)})
-    row["attention_path"] = ",".join(paths) or None
-    if TRAIN_VARIANTS[variant] is not None and TRAIN_VARIANTS[variant][0] in CIRCUIT_VARIANT_MAPS:
-        row["engine_path"] = "pytorch" if pytorch_only else _circuit_engine_path(model, device)
-    return row
-
-
-def add_baseline_ratios(rows: list[Row]) -> list[Row]:
-    """Each row's throughput and peak memory over its model's baseline."""
-    bases = {r["model"]: r for r in rows if r["variant"] == "baseline"}
-    for row in rows:
-        base = bases.get(row["model"], {})
-        ok = base.get("samples_per_second") and row.get("samples_per_second")
-        row["throughput_vs_baseline"] = row["samples_per_second"] / base["samples_per_second"] if ok else None
-        memory = base.get("peak_bytes") and row.get("peak_bytes")
-        row["memory_vs_baseline"] = row["peak_bytes"] / base["peak_bytes"] if memory else None
     return rows

@@ -212,3 +212,36 @@ def power_analysis(std: float | None, n: int, same: float, margin: float = TOST_
         "margin": margin,
         "seeds_for_equivalence": seeds_needed(lambda k: tost_power(std, k, margin, 0.0, alpha), power),
     }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MedianInterval:
+    """A median with its distribution-free confidence interval (order statistics); bounds None when there are
+    too few values for the asked confidence (fewer than 6 for 95%)."""
+
+    median: float
+    low: float | None
+    high: float | None
+    confidence: float | None  # the interval's exact coverage, at least the asked one
+    n: int
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> MedianInterval:
+    """The median of ``values`` and the interval [x₍ⱼ₎, x₍ₙ₊₁₋ⱼ₎] of the sorted values with the largest j whose
+    coverage 1 − 2·P(Binomial(n, ½) ≤ j − 1) is still ≥ ``confidence``: it assumes nothing about the values'
+    distribution, which for timings (skewed, with outliers from a shared host) is the point."""
+    x = np.sort(np.asarray(values, dtype=float))
+    n = len(x)
+    if n == 0 or x.ndim != 1:
+        raise ValueError(f"median_interval needs a non-empty 1-D sequence, got shape {x.shape}")
+    median = float(np.median(x))
+    best = None
+    for j in range(1, n // 2 + 1):
+        coverage = 1.0 - 2.0 * float(stats.binom.cdf(j - 1, n, 0.5))
+        if coverage < confidence:
+            break
+        best = (j, coverage)
+    if best is None:
+        return MedianInterval(median, None, None, None, n)
+    j, coverage = best
+    return MedianInterval(median, float(x[j - 1]), float(x[n - j]), coverage, n)
