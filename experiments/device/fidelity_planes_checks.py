@@ -77,6 +77,6 @@ def sdpa():
 
 
 for rnd in range(3):
-    t = {"sdpa": search_ms(sdpa), "round14": search_ms(step(old)), "planes": search_ms(step(new))}
+    t = {"sdpa": search_ms(sdpa), "old": search_ms(step(old)), "new": search_ms(step(new))}
     print(rnd, " ".join(f"{k} {v:.3f}" for k, v in t.items()),
-          f"ratio planes {t['planes'] / t['sdpa']:.3f} round14 {t['round14'] / t['sdpa']:.3f}", flush=True)
+          f"ratio new {t['new'] / t['sdpa']:.3f} old {t['old'] / t['sdpa']:.3f}", flush=True)
