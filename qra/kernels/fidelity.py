@@ -355,7 +355,7 @@ def _bwd_q_kernel(
 
 #: (BM, BN, warps, stages) by (plane width, float16 planes) for the forward, the key-block (dK, dV) and the
 #: query-block (dQ) backward kernels.  Float16, width 64 (6 qubits): chosen on an H200 by the GPU's own time
-#: (experiments/device/fidelity_tiles.py, results/bench/fidelity-tiles-graph-h200-round15.json); the others by
+#: (experiments/device/fidelity_tiles.py, results/bench/fidelity-tiles-graph-h200-round16.json); the others by
 #: ptxas's register and spill report for sm_90 (float32 planes need ≥ 64-row products).  Float16 widths without
 #: an entry take small tiles; float32 planes are at most 64 wide (``qra.kernels.MAX_FLOAT32_STATE_DIM``).
 FORWARD_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
@@ -372,7 +372,7 @@ BACKWARD_KV_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
 }
 BACKWARD_Q_TILES: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (32, True): (64, 32, 4, 2),
-    (64, True): (128, 64, 8, 2),
+    (64, True): (64, 64, 4, 2),
     (128, True): (32, 32, 8, 1),
     **{(width, False): (64, 16, 4, 1) for width in (16, 32, 64)},
 }
