@@ -39,8 +39,12 @@ TRAIN_VARIANTS: dict[str, tuple[str, dict[str, Any], str, str] | None] = {
     "pennylane-zz-native": ("pennylane-zz", {"qubits": 6, "engine": "native"}, "softmax", "auto"),
     "pennylane-zz-native-pytorch": ("pennylane-zz", {"qubits": 6, "engine": "native"}, "softmax", "pytorch"),
     # the states simulated again in backward instead of kept (CircuitFeatureMap's recompute_states)
-    "pennylane-zz-native-recompute": ("pennylane-zz", {"qubits": 6, "engine": "native", "recompute_states": True},
-                                      "softmax", "auto"),
+    "pennylane-zz-native-recompute": (
+        "pennylane-zz",
+        {"qubits": 6, "engine": "native", "recompute_states": True},
+        "softmax",
+        "auto",
+    ),
 }
 
 
@@ -189,8 +193,10 @@ def train_cases(
     contenders = ("baseline", *(variant for variant in variants if variant != "baseline"))
 
     def case(model_name: str) -> Case:
-        return Case(f"train steps {model_name}: {', '.join(contenders)}",
-                    lambda: _interleaved_rows(model_name, contenders, device, batch, length, layers, rounds, warmup))
+        return Case(
+            f"train steps {model_name}: {', '.join(contenders)}",
+            lambda: _interleaved_rows(model_name, contenders, device, batch, length, layers, rounds, warmup),
+        )
 
     return [case(model_name) for model_name in models]
 
