@@ -131,14 +131,18 @@ def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, device: 
 
 @dataclass
 class _Contender:
-    """One variant's model, warmed up, with its step and its own peak memory (None on the CPU, or after OOM)."""
+    """One variant's model, warmed up, with its step, its own peak memory (None on the CPU, or after OOM) and its
+    times by round (none when it ran out of memory)."""
 
     variant: str
     model: torch.nn.Module | None
     step: Callable[[], None] | None
     peak_bytes: int | None
-    oom: bool = False
     times: list[float] = field(default_factory=list)
+
+    @property
+    def oom(self) -> bool:
+        return not self.times
 
 
 def _prepare(model_name: str, variant: str, device: torch.device, batch: int, length: int, layers: int,
@@ -160,7 +164,7 @@ def _prepare(model_name: str, variant: str, device: torch.device, batch: int, le
             raise
         if cuda:
             torch.cuda.empty_cache()
-        return _Contender(variant, None, None, None, oom=True)
+        return _Contender(variant, None, None, None)
     peak = torch.cuda.max_memory_allocated(device) - before if cuda else None
     return _Contender(variant, model, step, peak)
 
@@ -206,8 +210,7 @@ def _interleaved_rows(model_name: str, variants: Sequence[str], device: torch.de
     contenders = [_prepare(model_name, variant, device, batch, length, layers, warmup) for variant in variants]
     steps = {c.variant: c.step for c in contenders if c.step is not None}
     for name, times in time_interleaved(steps, rounds, device).items():
-        contender = next(c for c in contenders if c.variant == name)
-        contender.times, contender.oom = times, not times
+        next(c for c in contenders if c.variant == name).times = times
     return [_train_row(model_name, c, contenders[0], device, batch, length, layers) for c in contenders]
 
 
