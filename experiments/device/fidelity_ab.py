@@ -18,10 +18,10 @@ import importlib.util
 
 import torch
 from attention_profile import report
-from profiling import FEATURES, HEAD_DIM
+from profiling import FEATURES, HEAD_DIM, benchmark_leaves
 
 import qra.kernels.fidelity as this_module
-from qra.experiment.bench import attention_impls, attention_inputs
+from qra.experiment.bench import attention_impls
 
 
 def load(name: str, path: str):
@@ -60,12 +60,9 @@ def main() -> None:
         names.append(f"fidelity-{name}")
     order = ["sdpa", *names, "fidelity-fused", *names, "fidelity-fused", "sdpa"]
     for length in (int(n) for n in args.lengths.split(",")):
-        batch = max(1, 16384 // length)
         for name in order:
             row_mode, _, attention = impls[name]
-            drawn = attention_inputs(row_mode, batch, 12, length, HEAD_DIM, FEATURES, 6, torch.device("cuda"),
-                                     torch.bfloat16)  # fmt: skip
-            report(name, attention, [t.requires_grad_() for t in drawn], length, args.table_rows)
+            report(name, attention, benchmark_leaves(row_mode, length, 16384, 12), length, args.table_rows)
 
 
 if __name__ == "__main__":

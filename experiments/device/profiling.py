@@ -53,13 +53,18 @@ def benchmark_rows(
 ) -> Iterator[tuple[str, Callable[..., torch.Tensor], list[torch.Tensor]]]:
     """(name, attention, its inputs as leaves) for rows of ``qra bench attention`` at the benchmark's shape:
     B = tokens // length, bf16, on CUDA; ``qubits`` sizes the fidelity rows' states."""
-    device = torch.device("cuda")
-    impls = attention_impls(device, FEATURES, HEAD_DIM, qubits, compile_paths=False)
+    impls = attention_impls(torch.device("cuda"), FEATURES, HEAD_DIM, qubits, compile_paths=False)
     for name in names:
         mode, _, attention = impls[name]
-        drawn = attention_inputs(mode, max(1, tokens // length), heads, length, HEAD_DIM, FEATURES, qubits, device,
-                                 torch.bfloat16)  # fmt: skip
-        yield name, attention, [t.requires_grad_() for t in drawn]
+        yield name, attention, benchmark_leaves(mode, length, tokens, heads, qubits)
+
+
+def benchmark_leaves(mode: str | None, length: int, tokens: int, heads: int, qubits: int = 6) -> list[torch.Tensor]:
+    """A benchmark row's inputs (``mode`` as in :func:`qra.experiment.bench.attention_impls`) at its shape,
+    B = tokens // length, bf16, on CUDA, as leaves that require grad."""
+    drawn = attention_inputs(mode, max(1, tokens // length), heads, length, HEAD_DIM, FEATURES, qubits,
+                             torch.device("cuda"), torch.bfloat16)  # fmt: skip
+    return [t.requires_grad_() for t in drawn]
 
 
 def wall_ms(step: Callable[[], object], calls: int = 10, warmup: int = 3) -> float:
