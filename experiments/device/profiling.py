@@ -105,9 +105,9 @@ def output_kernel_call(length: int, tokens: int, heads: int) -> tuple[tuple, lis
     z = torch.ones(batch * heads, FEATURES, device=dev)
     out = torch.empty(batch, heads, length, HEAD_DIM, device=dev, dtype=torch.bfloat16)
     launch = fourier_linear.FORWARD_LAUNCH
-    lowp, prec, fast, warps = fourier_linear._launch_config(q.dtype, HEAD_DIM, FEATURES, HEAD_DIM, launch)
+    meta = fourier_linear._meta(q.dtype, HEAD_DIM, FEATURES, HEAD_DIM, launch)
+    options = {name: meta.pop(name) for name in ("num_warps", "num_stages", "maxnreg") if name in meta}
     grid, per = fourier_linear._grid(length, batch * heads, dev, launch)
     tensors = [q, weight, bias, state, z, out]
     scalars = [*q.stride(), *out.stride(), heads, length, HEAD_DIM, FEATURES, HEAD_DIM, per, 0.125, 1e-6]
-    meta = dict(BN=launch.block, BD=HEAD_DIM, BF=FEATURES, BV=HEAD_DIM, LOWP=lowp, PREC=prec, FAST=fast)
-    return grid, tensors, scalars, meta, dict(num_warps=warps, num_stages=launch.stages)
+    return grid, tensors, scalars, meta, options

@@ -72,18 +72,19 @@ FORWARD_LAUNCH = Launch(block=64, warps=4, per_sm=2)
 BACKWARD_LAUNCH = Launch(block=32, warps=8)
 #: the hardware's approximate cosine and sine for bf16 inputs (False: the library's, as for fp32)
 APPROXIMATE_TRIG = True
+#: with bf16 inputs, W enters the angles' product as a bf16 hi + lo pair (False: rounded to bf16 once)
+SPLIT_ANGLES = True
+#: with bf16 inputs, the fp32 tiles that enter products (S, dS, g/d, dp) do so as bf16 hi + lo pairs (False:
+#: rounded to bf16 once, as FlashAttention rounds its probabilities; the products still accumulate in fp32)
+SPLIT_PRODUCTS = True
 #: copies of the weight-gradient buffers that the backward programs' atomics are spread over
 WEIGHT_GRAD_SLOTS = 32
 
 
 @triton.jit
-def _angles(x, w_hi, w_lo, bias, LOWP: tl.constexpr, PREC: tl.constexpr):
-    """p = x·Wᵀ + b in fp32 for a [BN, BD] tile x."""
-    if LOWP:  # noqa: SIM108  (a constexpr branch: only one side is compiled)
-        p = tl.dot(x, w_hi) + tl.dot(x, w_lo)
-    else:
-        p = tl.dot(x, w_hi, input_precision=PREC)
-    return p + bias[None, :]
+def _angles(x, w_hi, w_lo, bias, LOWP: tl.constexpr, SPLIT_ANGLES: tl.constexpr, PREC: tl.constexpr):
+    """p = x·Wᵀ + b in fp32 for a [BN, BD] tile x (W as the pair from :func:`_split`)."""
+    return _dot_pair(x, w_hi, w_lo, LOWP, SPLIT_ANGLES, PREC) + bias[None, :]
 
 
 @triton.jit
@@ -103,13 +104,19 @@ def _load_weight(W, B, D, F, BD: tl.constexpr, BF: tl.constexpr):
 
 
 @triton.jit
-def _grad_map(x, dfeat, p, wt, dwt_acc, db_acc, scale, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-              WEIGHT_GRAD: tl.constexpr):  # fmt: skip
-    """dp = −scale·sin(p)·dφ; returns dx = dp·W and the dWᵀ, db accumulators (updated when WEIGHT_GRAD)."""
+def _grad_map(x, dfeat, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
+              PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr):  # fmt: skip
+    """dp = −scale·sin(p)·dφ; returns dx = dp·W and the dWᵀ, db accumulators (updated when WEIGHT_GRAD).
+
+    dx is one 16-bit product of dp and W's 16-bit rounding w_hi when the products are not SPLIT, else fp32
+    (TF32 for 16-bit inputs) with the fp32 Wᵀ ``wt``."""
     dp = -scale * sine(p, FAST) * dfeat
-    dx = tl.dot(dp, tl.trans(wt), input_precision=PREC)
+    if LOWP and not SPLIT_PRODUCTS:
+        dx = tl.dot(dp.to(w_hi.dtype), tl.trans(w_hi))
+    else:
+        dx = tl.dot(dp, tl.trans(wt), input_precision=PREC)
     if WEIGHT_GRAD:
-        dwt_acc = dwt_acc + _split_dot(tl.trans(x), dp, LOWP, PREC)
+        dwt_acc = dwt_acc + _split_dot(tl.trans(x), dp, LOWP, SPLIT_PRODUCTS, PREC)
         db_acc = db_acc + tl.sum(dp, axis=0)
     return dx, dwt_acc, db_acc
 
@@ -136,6 +143,7 @@ def _state_kernel(
     H, N, D, F, DV, PER_PROGRAM, scale,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+    SPLIT_ANGLES: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -148,7 +156,7 @@ def _state_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(wt, LOWP, K.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, SPLIT_ANGLES, K.dtype.element_ty)
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
     acc = tl.zeros((BF, BV), dtype=tl.float32)
@@ -160,7 +168,7 @@ def _state_kernel(
             keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=offs_n < N, other=0) != 0)
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        fk = scale * cosine(_angles(k, w_hi, w_lo, bias, LOWP, PREC), FAST)
+        fk = scale * cosine(_angles(k, w_hi, w_lo, bias, LOWP, SPLIT_ANGLES, PREC), FAST)
         fk = tl.where(keep[:, None] & fmask[None, :], fk, 0.0).to(K.dtype.element_ty)
         acc = tl.dot(tl.trans(fk), v, acc, input_precision=PREC)
         zacc += tl.sum(fk.to(tl.float32), axis=0)
@@ -177,6 +185,7 @@ def _out_kernel(
     H, N, D, F, DV, PER_PROGRAM, scale, eps,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+    SPLIT_ANGLES: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -189,10 +198,10 @@ def _out_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(wt, LOWP, Q.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, SPLIT_ANGLES, Q.dtype.element_ty)
     state = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
                     mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
-    s_hi, s_lo = _split(state, LOWP, Q.dtype.element_ty)
+    s_hi, s_lo = _split(state, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
     z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
     q_base = Q + b * s_qb + h * s_qh
     o_base = OUT + b * s_ob + h * s_oh
@@ -200,9 +209,9 @@ def _out_kernel(
         offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
-        fq = scale * cosine(_angles(q, w_hi, w_lo, bias, LOWP, PREC), FAST)
+        fq = scale * cosine(_angles(q, w_hi, w_lo, bias, LOWP, SPLIT_ANGLES, PREC), FAST)
         fq = tl.where(fmask[None, :], fq, 0.0).to(Q.dtype.element_ty)
-        num = _dot_pair(fq, s_hi, s_lo, LOWP, PREC)
+        num = _dot_pair(fq, s_hi, s_lo, LOWP, SPLIT_PRODUCTS, PREC)
         den = _guard(tl.sum(fq.to(tl.float32) * z[None, :], axis=1), eps)
         out = num / den[:, None]
         tl.store(o_base + offs_n[:, None] * s_on + offs_c[None, :] * s_oc, out.to(OUT.dtype.element_ty),
@@ -218,6 +227,7 @@ def _bwd_q_kernel(
     H, N, D, F, DV, PER_PROGRAM, SLOTS, scale, eps,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr,
+    SPLIT_ANGLES: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -230,10 +240,10 @@ def _bwd_q_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(wt, LOWP, Q.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, SPLIT_ANGLES, Q.dtype.element_ty)
     state_t = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[None, :] * DV + offs_c[:, None],
                       mask=fmask[None, :] & cmask[:, None], other=0.0)  # fmt: skip  # Sᵀ [BV, BF]
-    st_hi, st_lo = _split(state_t, LOWP, Q.dtype.element_ty)
+    st_hi, st_lo = _split(state_t, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
     z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
     q_base = Q + b * s_qb + h * s_qh
     g_base = G + b * s_gb + h * s_gh
@@ -247,20 +257,22 @@ def _bwd_q_kernel(
         nmask = offs_n < N
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
         g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(Q.dtype.element_ty)
-        p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
+        p = _angles(q, w_hi, w_lo, bias, LOWP, SPLIT_ANGLES, PREC)
         fq = tl.where(nmask[:, None] & fmask[None, :], scale * cosine(p, FAST), 0.0).to(Q.dtype.element_ty)
         fq32 = fq.to(tl.float32)
-        gs = _dot_pair(g, st_hi, st_lo, LOWP, PREC)  # g Sᵀ [BN, BF]
+        gs = _dot_pair(g, st_hi, st_lo, LOWP, SPLIT_PRODUCTS, PREC)  # g Sᵀ [BN, BF]
         den = tl.sum(fq32 * z[None, :], axis=1)
         d = _guard(den, eps)
         ga = tl.sum(fq32 * gs, axis=1)
         dden = tl.where(tl.abs(den) >= eps, -ga / (d * d), 0.0)
         dfq = gs / d[:, None] + dden[:, None] * z[None, :]
         dfq = tl.where(nmask[:, None] & fmask[None, :], dfq, 0.0)
-        dq, dwt_acc, db_acc = _grad_map(q, dfq, p, wt, dwt_acc, db_acc, scale, LOWP, PREC, FAST, WEIGHT_GRAD)
+        dq, dwt_acc, db_acc = _grad_map(
+            q, dfq, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP, SPLIT_PRODUCTS, PREC, FAST, WEIGHT_GRAD
+        )
         tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dq.to(DQ.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
-        ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) / d[:, None], LOWP, PREC)
+        ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) / d[:, None], LOWP, SPLIT_PRODUCTS, PREC)
         dz_acc += tl.sum(fq32 * dden[:, None], axis=0)
     tl.atomic_add(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :], ds_acc,
                   mask=fmask[:, None] & cmask[None, :])  # fmt: skip
@@ -280,6 +292,7 @@ def _bwd_k_kernel(
     H, N, D, F, DV, PER_PROGRAM, SLOTS, scale,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr,
+    SPLIT_ANGLES: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -292,10 +305,10 @@ def _bwd_k_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(wt, LOWP, K.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, SPLIT_ANGLES, K.dtype.element_ty)
     ds = tl.load(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
                  mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip  # [BF, BV]
-    ds_hi, ds_lo = _split(ds, LOWP, K.dtype.element_ty)
+    ds_hi, ds_lo = _split(ds, LOWP, SPLIT_PRODUCTS, K.dtype.element_ty)
     dz = tl.load(DZ + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
@@ -311,12 +324,15 @@ def _bwd_k_kernel(
             keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=nmask, other=0) != 0)
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        p = _angles(k, w_hi, w_lo, bias, LOWP, PREC)
+        p = _angles(k, w_hi, w_lo, bias, LOWP, SPLIT_ANGLES, PREC)
         live = keep[:, None] & fmask[None, :]
         fk = tl.where(live, scale * cosine(p, FAST), 0.0).to(K.dtype.element_ty)
-        dfk = tl.where(live, _dot_pair(v, tl.trans(ds_hi), tl.trans(ds_lo), LOWP, PREC) + dz[None, :], 0.0)
-        dv = _dot_pair(fk, ds_hi, ds_lo, LOWP, PREC)
-        dk, dwt_acc, db_acc = _grad_map(k, dfk, p, wt, dwt_acc, db_acc, scale, LOWP, PREC, FAST, WEIGHT_GRAD)
+        vds = _dot_pair(v, tl.trans(ds_hi), tl.trans(ds_lo), LOWP, SPLIT_PRODUCTS, PREC)  # v dSᵀ [BN, BF]
+        dfk = tl.where(live, vds + dz[None, :], 0.0)
+        dv = _dot_pair(fk, ds_hi, ds_lo, LOWP, SPLIT_PRODUCTS, PREC)
+        dk, dwt_acc, db_acc = _grad_map(
+            k, dfk, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP, SPLIT_PRODUCTS, PREC, FAST, WEIGHT_GRAD
+        )
         tl.store(dk_base + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd, dk.to(DK.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
         tl.store(dv_base + offs_n[:, None] * s_wn + offs_c[None, :] * s_wc, dv.to(DV_.dtype.element_ty),
@@ -325,13 +341,16 @@ def _bwd_k_kernel(
         _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
 
 
-def _launch_config(dtype: torch.dtype, bd: int, bf: int, bv: int, launch: Launch) -> tuple[bool, str, bool, int]:
-    """(bf16 split products?, dot precision, approximate trigonometry?, warps)."""
+def _launch_config(dtype: torch.dtype, bd: int, bf: int, bv: int, launch: Launch) -> dict:
+    """The constexprs every RFF kernel takes (16-bit products?, dot precision, approximate trigonometry?, the
+    two split settings) and the launch options (warps, stages, registers)."""
     lowp = dtype == torch.bfloat16
     # the interpreter has no approximate cosine; bf16 needs none of the library one's accuracy
     fast = lowp and APPROXIMATE_TRIG and hardware_trig()
     warps = launch.warps or (8 if bf * max(bd, bv) >= 128 * 64 else 4)
-    return lowp, ("ieee" if dtype == torch.float32 else "tf32"), fast, warps
+    precision = "ieee" if dtype == torch.float32 else "tf32"
+    return dict(LOWP=lowp, PREC=precision, FAST=fast, SPLIT_ANGLES=SPLIT_ANGLES, SPLIT_PRODUCTS=SPLIT_PRODUCTS,
+                **launch.options(warps))  # fmt: skip
 
 
 def _grid(n: int, groups: int, device: torch.device, launch: Launch) -> tuple[tuple[int, int], int]:
@@ -343,8 +362,7 @@ def _grid(n: int, groups: int, device: torch.device, launch: Launch) -> tuple[tu
 def _meta(dtype: torch.dtype, dim: int, feat: int, dv: int, launch: Launch) -> dict:
     """The constexprs and launch options of one kernel."""
     bd, bf, bv = pow2(dim), pow2(feat), pow2(dv)
-    lowp, prec, fast, warps = _launch_config(dtype, bd, bf, bv, launch)
-    return dict(BN=launch.block, BD=bd, BF=bf, BV=bv, LOWP=lowp, PREC=prec, FAST=fast, **launch.options(warps))
+    return dict(BN=launch.block, BD=bd, BF=bf, BV=bv, **_launch_config(dtype, bd, bf, bv, launch))
 
 
 #: the four launches per input layout, bound to their compiled kernels (qra.kernels._launch): a repeated call
@@ -365,7 +383,8 @@ class _FourierLinearAttention(torch.autograd.Function):
         out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
         m, m_strides = mask_arguments(mask, state)
         # the module's launch settings too: experiments/device/linear_tiles.py changes them between calls
-        settings = (scale, eps, FORWARD_LAUNCH, BACKWARD_LAUNCH, APPROXIMATE_TRIG, WEIGHT_GRAD_SLOTS)
+        settings = (scale, eps, FORWARD_LAUNCH, BACKWARD_LAUNCH, APPROXIMATE_TRIG, SPLIT_ANGLES, SPLIT_PRODUCTS,
+                    WEIGHT_GRAD_SLOTS)  # fmt: skip
         plan = _PLANS.plan((q, k, v, weight, bias, mask), *settings)
         state_args, out_args = (k, v, m, weight, bias, state, z), (q, weight, bias, state, z, out)
         if not plan.issue("state", state_args):

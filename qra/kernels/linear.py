@@ -32,13 +32,17 @@ def _guard(den, eps):
 
 
 @triton.jit
-def _split(b_fp32, LOWP: tl.constexpr, DTYPE: tl.constexpr):
-    """An fp32 tile as a (hi, lo) pair of the 16-bit input dtype (about 16 mantissa bits); itself twice for fp32.
+def _split(b_fp32, LOWP: tl.constexpr, SPLIT: tl.constexpr, DTYPE: tl.constexpr):
+    """An fp32 tile for 16-bit products (LOWP): a (hi, lo) pair of DTYPE with about 16 mantissa bits (SPLIT), or
+    rounded to DTYPE once (hi, hi) for one product; itself twice for fp32.
 
     Split a loop-invariant tile once, before the loop, and multiply with :func:`_dot_pair` inside it."""
     if LOWP:
         hi = b_fp32.to(DTYPE)
-        lo = (b_fp32 - hi.to(tl.float32)).to(DTYPE)
+        if SPLIT:  # noqa: SIM108  (a constexpr branch: only one side is compiled)
+            lo = (b_fp32 - hi.to(tl.float32)).to(DTYPE)
+        else:
+            lo = hi
     else:
         hi = b_fp32
         lo = b_fp32
@@ -46,20 +50,22 @@ def _split(b_fp32, LOWP: tl.constexpr, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _dot_pair(a, hi, lo, LOWP: tl.constexpr, PREC: tl.constexpr):
-    """a @ (hi + lo) for a pair from :func:`_split`."""
-    if LOWP:  # noqa: SIM108  (a constexpr branch: only one side is compiled)
-        out = tl.dot(a, hi) + tl.dot(a, lo)
+def _dot_pair(a, hi, lo, LOWP: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """a @ (hi + lo) for a pair from :func:`_split` (a @ hi alone when it is not SPLIT)."""
+    if LOWP:
+        out = tl.dot(a, hi)
+        if SPLIT:
+            out += tl.dot(a, lo)
     else:
         out = tl.dot(a, hi, input_precision=PREC)
     return out
 
 
 @triton.jit
-def _split_dot(a, b_fp32, LOWP: tl.constexpr, PREC: tl.constexpr):
+def _split_dot(a, b_fp32, LOWP: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
     """a @ b with a in the input dtype and b an fp32 tile."""
-    hi, lo = _split(b_fp32, LOWP, a.dtype)
-    return _dot_pair(a, hi, lo, LOWP, PREC)
+    hi, lo = _split(b_fp32, LOWP, SPLIT, a.dtype)
+    return _dot_pair(a, hi, lo, LOWP, SPLIT, PREC)
 
 
 @triton.jit
@@ -135,7 +141,7 @@ def _out_kernel(
         fq = tl.load(
             q_base + offs_n[:, None] * s_qn + offs_f[None, :] * s_qf, mask=nmask[:, None] & fmask[None, :], other=0.0
         )
-        num = _split_dot(fq, state, LOWP, PREC)
+        num = _split_dot(fq, state, LOWP, LOWP, PREC)
         den = _guard(tl.sum(fq.to(tl.float32) * z[None, :], axis=1), eps)
         out = num / den[:, None]
         tl.store(
@@ -184,7 +190,7 @@ def _bwd_q_kernel(
             g_base + offs_n[:, None] * s_gn + offs_c[None, :] * s_gc, mask=nmask[:, None] & cmask[None, :], other=0.0
         )
         g = g.to(fq.dtype)
-        gs = _split_dot(g, state_t, LOWP, PREC)  # g Sᵀ [BN, BF]
+        gs = _split_dot(g, state_t, LOWP, LOWP, PREC)  # g Sᵀ [BN, BF]
         fq32 = fq.to(tl.float32)
         den = tl.sum(fq32 * z[None, :], axis=1)
         d = _guard(den, eps)
@@ -197,7 +203,7 @@ def _bwd_q_kernel(
             mask=nmask[:, None] & fmask[None, :],
         )
         gt = g.to(tl.float32) / d[:, None]
-        ds_acc += _split_dot(tl.trans(fq), gt, LOWP, PREC)
+        ds_acc += _split_dot(tl.trans(fq), gt, LOWP, LOWP, PREC)
         dz_acc += tl.sum(fq32 * dden[:, None], axis=0)
     tl.atomic_add(
         DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
@@ -249,9 +255,9 @@ def _bwd_k_kernel(
         v = tl.load(
             v_base + offs_n[:, None] * s_vn + offs_c[None, :] * s_vc, mask=keep[:, None] & cmask[None, :], other=0.0
         )
-        dfk = _split_dot(v, tl.trans(ds), LOWP, PREC) + dz[None, :]
+        dfk = _split_dot(v, tl.trans(ds), LOWP, LOWP, PREC) + dz[None, :]
         dfk = tl.where(keep[:, None], dfk, 0.0)
-        dv = _split_dot(fk, ds, LOWP, PREC)
+        dv = _split_dot(fk, ds, LOWP, LOWP, PREC)
         tl.store(
             dk_base + offs_n[:, None] * s_kn + offs_f[None, :] * s_kf,
             dfk.to(DFK.dtype.element_ty),
