@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from qra.experiment.bench import attention_impls, attention_inputs, graph_time, time_it
 from qra.kernels import fourier_linear
@@ -86,13 +86,63 @@ def profile_step(step: Callable[[], object], calls: int, warmup: int) -> tuple[f
     the wall time is time the GPU waited for the host.
     """
     wall = wall_ms(step, calls, warmup)
+    prof = _profiled(step, calls, each_synchronised=False)
+    return wall, _kernel_ms(prof.key_averages(), calls), prof.key_averages()
+
+
+def profile_step_with_gaps(
+    step: Callable[[], object], calls: int, warmup: int, top: int
+) -> tuple[float, float, object, dict]:
+    """:func:`profile_step`'s three results and where the GPU sat idle while the profiled calls ran, each call
+    synchronised as ``qra bench train`` times it: ``{"lead_ms": from a call's start to its first kernel,
+    "idle_ms": between its kernels, both per call, "gaps": the ``top`` longest as (µs, kernel before, kernel
+    after)}``.  The profiler adds host time of its own to every operator, so gaps are read against the unpatched
+    step's under it."""
+    wall = wall_ms(step, calls, warmup)
+    prof = _profiled(step, calls, each_synchronised=True)
+    events = prof.key_averages()
+    return wall, _kernel_ms(events, calls), events, idle_gaps(prof.events(), calls, top)
+
+
+_CALL = "profiled call"
+
+
+def _profiled(step: Callable[[], object], calls: int, each_synchronised: bool) -> profile:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
-            step()
+            with record_function(_CALL):
+                step()
+                if each_synchronised:
+                    torch.cuda.synchronize()
         torch.cuda.synchronize()
-    events = prof.key_averages()
-    kernels = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / calls / 1000
-    return wall, kernels, events
+    return prof
+
+
+def _kernel_ms(events, calls: int) -> float:
+    return sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / calls / 1000
+
+
+def idle_gaps(events, calls: int, top: int) -> dict:
+    """The GPU's idle time in each profiled call (a CPU range named ``_CALL``, synchronised at its end): from the
+    call's start to its first kernel (lead) and between its kernels (overlapping kernels merged), per call, and
+    the ``top`` longest gaps between kernels with the kernels on either side."""
+    windows = [e.time_range for e in events if e.name == _CALL and e.device_type == DeviceType.CPU]
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in events if e.device_type == DeviceType.CUDA)
+    lead, gaps = 0.0, []
+    for window in windows:
+        inside = [k for k in kernels if window.start <= k[0] <= window.end]
+        if not inside:
+            continue
+        lead += inside[0][0] - window.start
+        busy_until, last = inside[0][1], inside[0][2]
+        for start, end, name in inside[1:]:
+            if start > busy_until:
+                gaps.append((start - busy_until, last, name))
+            if end > busy_until:
+                busy_until, last = end, name
+    gaps.sort(key=lambda gap: gap[0], reverse=True)
+    return {"lead_ms": lead / calls / 1000, "idle_ms": sum(gap[0] for gap in gaps) / calls / 1000,
+            "gaps": [(round(us, 1), before[:60], after[:60]) for us, before, after in gaps[:top]]}  # fmt: skip
 
 
 def output_kernel_call(length: int, tokens: int, heads: int) -> tuple[tuple, list, list, dict, dict]:
