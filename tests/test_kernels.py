@@ -340,6 +340,21 @@ def test_rff_linear_mode_runs_the_prologue_kernel(sincos, monkeypatch):
         assert_close(a, e, 2e-4, name)
 
 
+@requires_gpu
+@pytest.mark.parametrize("split_products", [True, False])
+@pytest.mark.parametrize("split_angles", [True, False])
+def test_fourier_kernels_either_split_setting(split_angles, split_products, monkeypatch):
+    """The bf16 products as hi + lo pairs or single (``fourier_linear.SPLIT_ANGLES``, ``SPLIT_PRODUCTS``): every
+    setting's linear attention and feature pass match the PyTorch path, with the map's gradients and without."""
+    from qra.kernels import fourier_linear
+
+    monkeypatch.setattr(fourier_linear, "SPLIT_ANGLES", split_angles)
+    monkeypatch.setattr(fourier_linear, "SPLIT_PRODUCTS", split_products)
+    for map_grad in (True, False):
+        check_fourier_linear(2, 3, 100, 100, 64, 128, 64, torch.bfloat16, make_mask(2, 100, "cuda"), map_grad)
+    check_fourier_features(2, 3, 100, 64, 128, torch.bfloat16, torch.tensor([0.5, 1.0, 2.0], device="cuda"))
+
+
 def assert_features_and_gradients(out, wrt, expected, expected_wrt, needed: dict[str, bool], rtol: float) -> None:
     """Features and the gradients named True in ``needed`` (in order) against the formula's."""
     grad_out = torch.randn_like(out)

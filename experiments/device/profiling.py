@@ -119,7 +119,9 @@ def _profiled(step: Callable[[], object], calls: int, each_synchronised: bool) -
 
 
 def _kernel_ms(events, calls: int) -> float:
-    return sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / calls / 1000
+    """GPU-kernel ms a call: the device rows, without the profiled-call range the profiler also lists there."""
+    kernels = (e for e in events if e.device_type == DeviceType.CUDA and e.key != _CALL)
+    return sum(e.self_device_time_total for e in kernels) / calls / 1000
 
 
 def idle_gaps(events, calls: int, top: int) -> dict:
@@ -127,7 +129,8 @@ def idle_gaps(events, calls: int, top: int) -> dict:
     call's start to its first kernel (lead) and between its kernels (overlapping kernels merged), per call, and
     the ``top`` longest gaps between kernels with the kernels on either side."""
     windows = [e.time_range for e in events if e.name == _CALL and e.device_type == DeviceType.CPU]
-    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in events if e.device_type == DeviceType.CUDA)
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
+                     if e.device_type == DeviceType.CUDA and e.name != _CALL)  # fmt: skip
     lead, gaps = 0.0, []
     for window in windows:
         inside = [k for k in kernels if window.start <= k[0] <= window.end]

@@ -9,7 +9,8 @@ angles with one tensor-core product (bf16 inputs: W as a bf16 hi + lo pair, abou
 :mod:`qra.kernels.fourier_linear`), takes the cosine and writes φ in the input dtype.  ``c_h`` is a per-head factor:
 the map's scale times the softmax temperature β_h for the queries, so the temperature costs no pass of its own.
 
-The backward recomputes the angles: dp = −c_h·sin(p)·dφ, dx = dp·W, and each program writes its sums of the map's
+The backward recomputes the angles: dp = −c_h·sin(p)·dφ, dx = dp·W (with bf16 x one bf16 product, dp rounded once,
+unless ``fourier_linear.SPLIT_PRODUCTS``), and each program writes its sums of the map's
 dWᵀ = xᵀdp, db = Σdp and dc_h = Σ cos(p)·dφ (from which autograd forms the temperature's gradient) to a buffer of
 its own, summed afterwards by one reduction each: fp32 atomics from every program into one set of buffers contend.
 
