@@ -1,13 +1,13 @@
 """Registers, spills and shared memory of the fused RFF linear-attention kernels for sm_90, without a GPU.
 
     python experiments/kernel_registers.py [--kernels state,out,bwd_q,bwd_k] [--shapes 32,8,3 64,4,3,128]
-        [--splits pair,pair single,single]
+        [--products pair single]
 
 Each shape is rows per tile, warps, pipeline stages and optionally a register cap (Triton's ``maxnreg``).  Triton
 compiles the kernel for an H100/H200 (``GPUTarget("cuda", 90, 32)``) at the attention benchmark's sizes (d = 64,
 m = 128, value dim 64, bf16) and the ptxas that ships with Triton reports what the binary uses; no device is
-needed, so launch shapes can be screened for occupancy before the GPU machine times them.  ``--splits`` takes
-(angles, products) pairs of ``pair`` or ``single``: the kernels' ``SPLIT_ANGLES`` and ``SPLIT_PRODUCTS``.
+needed, so launch shapes can be screened for occupancy before the GPU machine times them.  ``--products``: the
+kernels' bf16 products of fp32 tiles as hi + lo pairs or single (``SPLIT_PRODUCTS``).
 An SM has 65,536 registers: a thread using 255 leaves room for one 8-warp or two 4-warp programs.
 """
 
@@ -36,17 +36,16 @@ KERNELS = {
                                                  DV_=BF16, DW=FP32, DB=FP32), dict(HAS_MASK=False, WEIGHT_GRAD=False)),
 }  # fmt: skip
 SIZES = dict(BD=64, BF=128, BV=64, LOWP=True, PREC="tf32", FAST=True)
-SPLITS = {"pair": True, "single": False}
+PRODUCTS = {"pair": True, "single": False}
 FLOAT_SCALARS = ("scale", "eps")
 
 
 def resources(
-    name: str, block: int, warps: int, stages: int, max_registers: int | None, splits: tuple[bool, bool] = (True, True)
+    name: str, block: int, warps: int, stages: int, max_registers: int | None, split_products: bool = False
 ) -> dict:
-    """ptxas's registers a thread and spill bytes, Triton's shared memory bytes, and whether wgmma is used;
-    ``splits`` the kernels' (SPLIT_ANGLES, SPLIT_PRODUCTS)."""
+    """ptxas's registers a thread and spill bytes, Triton's shared memory bytes, and whether wgmma is used."""
     kernel, pointers, flags = KERNELS[name]
-    constexprs = dict(SIZES, BN=block, SPLIT_ANGLES=splits[0], SPLIT_PRODUCTS=splits[1], **flags)
+    constexprs = dict(SIZES, BN=block, SPLIT_PRODUCTS=split_products, **flags)
     signature = {p.name: "constexpr" if p.name in constexprs else pointers.get(p.name) or
                  ("fp32" if p.name in FLOAT_SCALARS else "i32") for p in kernel.params}  # fmt: skip
     options = dict(num_warps=warps, num_stages=stages, **({"maxnreg": max_registers} if max_registers else {}))
@@ -68,16 +67,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kernels", default=",".join(KERNELS))
     parser.add_argument("--shapes", nargs="+", default=["32,8,3", "64,4,3", "128,8,3", "32,8,3,128"])
-    parser.add_argument("--splits", nargs="+", default=["pair,pair"], help="angles,products: pair or single")
+    parser.add_argument("--products", nargs="+", default=["single"], choices=tuple(PRODUCTS))
     args = parser.parse_args()
     for name in args.kernels.split(","):
         for shape in args.shapes:
             block, warps, stages, *cap = (int(value) for value in shape.split(","))
-            for split in args.splits:
-                angles, products = (SPLITS[value] for value in split.split(","))
-                found = resources(name, block, warps, stages, cap[0] if cap else None, (angles, products))
+            for products in args.products:
+                found = resources(name, block, warps, stages, cap[0] if cap else None, PRODUCTS[products])
                 print(f"{name:6s} rows {block:3d} warps {warps} stages {stages} cap {cap[0] if cap else '-':>3} "
-                      f"splits {split}: {found}", flush=True)  # fmt: skip
+                      f"products {products}: {found}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -342,13 +342,12 @@ def test_rff_linear_mode_runs_the_prologue_kernel(sincos, monkeypatch):
 
 @requires_gpu
 @pytest.mark.parametrize("split_products", [True, False])
-@pytest.mark.parametrize("split_angles", [True, False])
-def test_fourier_kernels_either_split_setting(split_angles, split_products, monkeypatch):
-    """The bf16 products as hi + lo pairs or single (``fourier_linear.SPLIT_ANGLES``, ``SPLIT_PRODUCTS``): every
-    setting's linear attention and feature pass match the PyTorch path, with the map's gradients and without."""
+def test_fourier_kernels_either_product_setting(split_products, monkeypatch):
+    """bf16 products with fp32 tiles (S, dS, g/d, dp) as hi + lo pairs or rounded once
+    (``fourier_linear.SPLIT_PRODUCTS``): both settings' linear attention and feature pass match the PyTorch path,
+    with the map's gradients and without."""
     from qra.kernels import fourier_linear
 
-    monkeypatch.setattr(fourier_linear, "SPLIT_ANGLES", split_angles)
     monkeypatch.setattr(fourier_linear, "SPLIT_PRODUCTS", split_products)
     for map_grad in (True, False):
         check_fourier_linear(2, 3, 100, 100, 64, 128, 64, torch.bfloat16, make_mask(2, 100, "cuda"), map_grad)

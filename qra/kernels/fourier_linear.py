@@ -16,15 +16,16 @@ Kernels (grid (B·H, splits), as in :mod:`qra.kernels.linear`; g = ∂L/∂out, 
 Without the map's gradients (RFF's default: Ω and the phases are buffers) the backward kernels skip their
 products and atomics, and the launcher their buffers and sums.
 The angles are computed in fp32: with bf16 inputs W enters the product as a bf16 hi + lo pair (about
-16 mantissa bits, ``SPLIT_ANGLES``), fp32 inputs multiply in ieee fp32.  φ is rounded to the input dtype
+16 mantissa bits), fp32 inputs multiply in ieee fp32.  φ is rounded to the input dtype
 before the attention products, exactly as the unfused path casts the map's output.  The fp32 tiles that
 enter the other products with bf16 inputs (S, dS, g/d, dp) are rounded to bf16 once, as FlashAttention
 rounds its probabilities (the products accumulate in fp32); ``SPLIT_PRODUCTS`` splits them into hi + lo
 pairs instead, two products each, loop-invariant ones once per program.  Why single products by default
 (``results/bench/rff-precision-h200-round17.json``, H200, N = 512): forward + backward 0.472 against
 0.563 ms; the output's error against float64 unchanged (0.17% rms), the gradients' 0.29–0.39% rms against
-the pairs' 0.24–0.29% and SDPA's own 0.29% on bf16 inputs.  Single angles would save 4% more and cost
-4.5× the features' largest error, so the angles stay split.  With bf16 inputs the cosine and
+the pairs' 0.24–0.29% and SDPA's own 0.29% on bf16 inputs.  W rounded once in the angles would save 4% more and
+give the features 4.5× their largest error (σ = 8; 16× at σ = 2, beyond the tests' bf16 tolerance), so the angles'
+product stays split.  With bf16 inputs the cosine and
 sine are the hardware's approximate ones after an exact-enough reduction to [−π, π] (absolute error about
 1e-6, far below bf16's rounding of φ, 4e-3 relative); fp32 inputs use the correctly rounded library ones.
 
@@ -78,8 +79,6 @@ FORWARD_LAUNCH = Launch(block=64, warps=4, per_sm=2)
 BACKWARD_LAUNCH = Launch(block=32, warps=8)
 #: the hardware's approximate cosine and sine for bf16 inputs (False: the library's, as for fp32)
 APPROXIMATE_TRIG = True
-#: with bf16 inputs, W enters the angles' product as a bf16 hi + lo pair (False: rounded to bf16 once)
-SPLIT_ANGLES = True
 #: with bf16 inputs, the fp32 tiles that enter products (S, dS, g/d, dp) do so as bf16 hi + lo pairs (False:
 #: rounded to bf16 once, as FlashAttention rounds its probabilities; the products still accumulate in fp32)
 SPLIT_PRODUCTS = False
@@ -88,9 +87,9 @@ WEIGHT_GRAD_SLOTS = 32
 
 
 @triton.jit
-def _angles(x, w_hi, w_lo, bias, LOWP: tl.constexpr, SPLIT_ANGLES: tl.constexpr, PREC: tl.constexpr):
-    """p = x·Wᵀ + b in fp32 for a [BN, BD] tile x (W as the pair from :func:`_split`)."""
-    return _dot_pair(x, w_hi, w_lo, LOWP, SPLIT_ANGLES, PREC) + bias[None, :]
+def _angles(x, w_hi, w_lo, bias, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """p = x·Wᵀ + b in fp32 for a [BN, BD] tile x (W as the hi + lo pair from :func:`_split`)."""
+    return _dot_pair(x, w_hi, w_lo, LOWP, True, PREC) + bias[None, :]
 
 
 @triton.jit
@@ -149,7 +148,7 @@ def _state_kernel(
     H, N, D, F, DV, PER_PROGRAM, scale,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-    SPLIT_ANGLES: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
+    SPLIT_PRODUCTS: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -162,7 +161,7 @@ def _state_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(wt, LOWP, SPLIT_ANGLES, K.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, True, K.dtype.element_ty)
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
     acc = tl.zeros((BF, BV), dtype=tl.float32)
@@ -174,7 +173,7 @@ def _state_kernel(
             keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=offs_n < N, other=0) != 0)
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        fk = scale * cosine(_angles(k, w_hi, w_lo, bias, LOWP, SPLIT_ANGLES, PREC), FAST)
+        fk = scale * cosine(_angles(k, w_hi, w_lo, bias, LOWP, PREC), FAST)
         fk = tl.where(keep[:, None] & fmask[None, :], fk, 0.0).to(K.dtype.element_ty)
         acc = tl.dot(tl.trans(fk), v, acc, input_precision=PREC)
         zacc += tl.sum(fk.to(tl.float32), axis=0)
@@ -191,7 +190,7 @@ def _out_kernel(
     H, N, D, F, DV, PER_PROGRAM, scale, eps,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-    SPLIT_ANGLES: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
+    SPLIT_PRODUCTS: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -204,7 +203,7 @@ def _out_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(wt, LOWP, SPLIT_ANGLES, Q.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, True, Q.dtype.element_ty)
     state = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
                     mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
     s_hi, s_lo = _split(state, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
@@ -215,7 +214,7 @@ def _out_kernel(
         offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
-        fq = scale * cosine(_angles(q, w_hi, w_lo, bias, LOWP, SPLIT_ANGLES, PREC), FAST)
+        fq = scale * cosine(_angles(q, w_hi, w_lo, bias, LOWP, PREC), FAST)
         fq = tl.where(fmask[None, :], fq, 0.0).to(Q.dtype.element_ty)
         num = _dot_pair(fq, s_hi, s_lo, LOWP, SPLIT_PRODUCTS, PREC)
         den = _guard(tl.sum(fq.to(tl.float32) * z[None, :], axis=1), eps)
@@ -233,7 +232,7 @@ def _bwd_q_kernel(
     H, N, D, F, DV, PER_PROGRAM, SLOTS, scale, eps,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr,
-    SPLIT_ANGLES: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
+    SPLIT_PRODUCTS: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -246,7 +245,7 @@ def _bwd_q_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(wt, LOWP, SPLIT_ANGLES, Q.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, True, Q.dtype.element_ty)
     state_t = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[None, :] * DV + offs_c[:, None],
                       mask=fmask[None, :] & cmask[:, None], other=0.0)  # fmt: skip  # Sᵀ [BV, BF]
     st_hi, st_lo = _split(state_t, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
@@ -263,7 +262,7 @@ def _bwd_q_kernel(
         nmask = offs_n < N
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
         g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(Q.dtype.element_ty)
-        p = _angles(q, w_hi, w_lo, bias, LOWP, SPLIT_ANGLES, PREC)
+        p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
         fq = tl.where(nmask[:, None] & fmask[None, :], scale * cosine(p, FAST), 0.0).to(Q.dtype.element_ty)
         fq32 = fq.to(tl.float32)
         gs = _dot_pair(g, st_hi, st_lo, LOWP, SPLIT_PRODUCTS, PREC)  # g Sᵀ [BN, BF]
@@ -298,7 +297,7 @@ def _bwd_k_kernel(
     H, N, D, F, DV, PER_PROGRAM, SLOTS, scale,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr,
-    SPLIT_ANGLES: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
+    SPLIT_PRODUCTS: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     part = tl.program_id(1)
@@ -311,7 +310,7 @@ def _bwd_k_kernel(
     fmask = offs_f < F
     cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(wt, LOWP, SPLIT_ANGLES, K.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, True, K.dtype.element_ty)
     ds = tl.load(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
                  mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip  # [BF, BV]
     ds_hi, ds_lo = _split(ds, LOWP, SPLIT_PRODUCTS, K.dtype.element_ty)
@@ -330,7 +329,7 @@ def _bwd_k_kernel(
             keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=nmask, other=0) != 0)
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        p = _angles(k, w_hi, w_lo, bias, LOWP, SPLIT_ANGLES, PREC)
+        p = _angles(k, w_hi, w_lo, bias, LOWP, PREC)
         live = keep[:, None] & fmask[None, :]
         fk = tl.where(live, scale * cosine(p, FAST), 0.0).to(K.dtype.element_ty)
         vds = _dot_pair(v, tl.trans(ds_hi), tl.trans(ds_lo), LOWP, SPLIT_PRODUCTS, PREC)  # v dSᵀ [BN, BF]
@@ -348,15 +347,14 @@ def _bwd_k_kernel(
 
 
 def _launch_config(dtype: torch.dtype, bd: int, bf: int, bv: int, launch: Launch) -> dict:
-    """The constexprs every RFF kernel takes (16-bit products?, dot precision, approximate trigonometry?, the
-    two split settings) and the launch options (warps, stages, registers)."""
+    """The constexprs every RFF kernel takes (16-bit products?, dot precision, approximate trigonometry?, split
+    products?) and the launch options (warps, stages, registers)."""
     lowp = dtype == torch.bfloat16
     # the interpreter has no approximate cosine; bf16 needs none of the library one's accuracy
     fast = lowp and APPROXIMATE_TRIG and hardware_trig()
     warps = launch.warps or (8 if bf * max(bd, bv) >= 128 * 64 else 4)
     precision = "ieee" if dtype == torch.float32 else "tf32"
-    return dict(LOWP=lowp, PREC=precision, FAST=fast, SPLIT_ANGLES=SPLIT_ANGLES, SPLIT_PRODUCTS=SPLIT_PRODUCTS,
-                **launch.options(warps))  # fmt: skip
+    return dict(LOWP=lowp, PREC=precision, FAST=fast, SPLIT_PRODUCTS=SPLIT_PRODUCTS, **launch.options(warps))
 
 
 def _grid(n: int, groups: int, device: torch.device, launch: Launch) -> tuple[tuple[int, int], int]:
@@ -389,8 +387,7 @@ class _FourierLinearAttention(torch.autograd.Function):
         out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
         m, m_strides = mask_arguments(mask, state)
         # the module's launch settings too: experiments/device/linear_tiles.py changes them between calls
-        settings = (scale, eps, FORWARD_LAUNCH, BACKWARD_LAUNCH, APPROXIMATE_TRIG, SPLIT_ANGLES, SPLIT_PRODUCTS,
-                    WEIGHT_GRAD_SLOTS)  # fmt: skip
+        settings = (scale, eps, FORWARD_LAUNCH, BACKWARD_LAUNCH, APPROXIMATE_TRIG, SPLIT_PRODUCTS, WEIGHT_GRAD_SLOTS)
         plan = _PLANS.plan((q, k, v, weight, bias, mask), *settings)
         state_args, out_args = (k, v, m, weight, bias, state, z), (q, weight, bias, state, z, out)
         if not plan.issue("state", state_args):

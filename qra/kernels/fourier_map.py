@@ -54,14 +54,13 @@ BACKWARD_LAUNCH = Launch(block=32, warps=8, per_sm=2)
 
 
 @triton.jit
-def _program_weights(X, W, B, C, H, D, F, BD: tl.constexpr, BF: tl.constexpr, LOWP: tl.constexpr,
-                     SPLIT_ANGLES: tl.constexpr):  # fmt: skip
+def _program_weights(X, W, B, C, H, D, F, BD: tl.constexpr, BF: tl.constexpr, LOWP: tl.constexpr):
     """Both passes' start: this program's batch and head (grid axis 0, as int64) and what each of its row blocks
     uses, Wᵀ (float32, and as the product's hi + lo pair for 16-bit x), the phase and the head's factor c_h."""
     bh = tl.program_id(0)
     h = bh % H
     wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(wt, LOWP, SPLIT_ANGLES, X.dtype.element_ty)
+    w_hi, w_lo = _split(wt, LOWP, True, X.dtype.element_ty)
     return (bh // H).to(tl.int64), h.to(tl.int64), wt, w_hi, w_lo, bias, tl.load(C + h)
 
 
@@ -86,9 +85,9 @@ def _features_kernel(
     H, N, D, F, PER_PROGRAM, ETA,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, EXP: tl.constexpr, STAB: tl.constexpr,
-    SPLIT_ANGLES: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
+    SPLIT_PRODUCTS: tl.constexpr,
 ):  # fmt: skip
-    b, h, _, w_hi, w_lo, bias, factor = _program_weights(X, W, B, C, H, D, F, BD, BF, LOWP, SPLIT_ANGLES)
+    b, h, _, w_hi, w_lo, bias, factor = _program_weights(X, W, B, C, H, D, F, BD, BF, LOWP)
     part = tl.program_id(1)
     offs_d = tl.arange(0, BD)
     offs_f = tl.arange(0, BF)
@@ -100,7 +99,7 @@ def _features_kernel(
         offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
         x = _load_rows(x_base, offs_n, offs_d, s_xn, s_xd, nmask, dmask)
-        p = _angles(x, w_hi, w_lo, bias, LOWP, SPLIT_ANGLES, PREC)
+        p = _angles(x, w_hi, w_lo, bias, LOWP, PREC)
         if EXP:  # noqa: SIM108  (a constexpr branch: only one side is compiled)
             features = factor * tl.exp(_exponents(x, p, fmask, ETA, S, STAB))
         else:
@@ -118,9 +117,9 @@ def _features_backward_kernel(
     H, N, D, F, PER_PROGRAM, ETA,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, EXP: tl.constexpr, STAB: tl.constexpr,
-    WEIGHT_GRAD: tl.constexpr, FACTOR_GRAD: tl.constexpr, SPLIT_ANGLES: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
+    WEIGHT_GRAD: tl.constexpr, FACTOR_GRAD: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
 ):  # fmt: skip
-    b, h, wt, w_hi, w_lo, bias, factor = _program_weights(X, W, B, C, H, D, F, BD, BF, LOWP, SPLIT_ANGLES)
+    b, h, wt, w_hi, w_lo, bias, factor = _program_weights(X, W, B, C, H, D, F, BD, BF, LOWP)
     part = tl.program_id(1)
     offs_d = tl.arange(0, BD)
     offs_f = tl.arange(0, BF)
@@ -137,7 +136,7 @@ def _features_backward_kernel(
         nmask = offs_n < N
         x = _load_rows(x_base, offs_n, offs_d, s_xn, s_xd, nmask, dmask)
         g = _load_rows(g_base, offs_n, offs_f, s_gn, s_gf, nmask, fmask).to(tl.float32)
-        p = _angles(x, w_hi, w_lo, bias, LOWP, SPLIT_ANGLES, PREC)
+        p = _angles(x, w_hi, w_lo, bias, LOWP, PREC)
         if EXP:  # the feature (over c_h) and its slope are both exp(l − s)
             value = tl.exp(_exponents(x, p, fmask, ETA, S, STAB))
             slope = value
@@ -173,11 +172,10 @@ def _sequence_max_kernel(
     s_xb, s_xh, s_xn, s_xd, s_mb, s_mn,
     H, N, D, F, PER_PROGRAM, ETA,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr, HAS_MASK: tl.constexpr, SPLIT_ANGLES: tl.constexpr,
-    SPLIT_PRODUCTS: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, HAS_MASK: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
 ):  # fmt: skip
     """This program's max of l = x·Wᵀ + b − η‖x‖² over its rows that are real keys (−inf without any)."""
-    b, h, _, w_hi, w_lo, bias, _ = _program_weights(X, W, B, C, H, D, F, BD, BF, LOWP, SPLIT_ANGLES)
+    b, h, _, w_hi, w_lo, bias, _ = _program_weights(X, W, B, C, H, D, F, BD, BF, LOWP)
     part = tl.program_id(1)
     offs_d = tl.arange(0, BD)
     fmask = tl.arange(0, BF) < F
@@ -189,7 +187,7 @@ def _sequence_max_kernel(
         if HAS_MASK:
             rows &= tl.load(M + b * s_mb + offs_n * s_mn, mask=rows, other=0) != 0
         x = _load_rows(x_base, offs_n, offs_d, s_xn, s_xd, rows, offs_d < D)
-        exponents = _exponents(x, _angles(x, w_hi, w_lo, bias, LOWP, SPLIT_ANGLES, PREC), fmask, ETA, C, 0)
+        exponents = _exponents(x, _angles(x, w_hi, w_lo, bias, LOWP, PREC), fmask, ETA, C, 0)
         best = tl.maximum(best, tl.where(rows, tl.max(exponents, axis=1), float("-inf")))
     tl.store(OUT + tl.program_id(0) * tl.num_programs(1) + part, tl.max(best, axis=0))
 
