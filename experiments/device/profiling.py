@@ -86,8 +86,8 @@ def profile_step(step: Callable[[], object], calls: int, warmup: int) -> tuple[f
     the wall time is time the GPU waited for the host.
     """
     wall = wall_ms(step, calls, warmup)
-    prof = _profiled(step, calls, each_synchronised=False)
-    return wall, _kernel_ms(prof.key_averages(), calls), prof.key_averages()
+    events = _profiled(step, calls, each_synchronised=False).key_averages()
+    return wall, _kernel_ms(events, calls), events
 
 
 def profile_step_with_gaps(

@@ -65,8 +65,8 @@ def linear_errors(batch: int, heads: int, length: int, sigma: float) -> dict:
         return kernels.fourier_linear_attention(q, k, v, weight, phase, scale, mask)
 
     def pytorch(q, k, v):
-        exact = q.dtype == torch.float64
-        return reference.fourier_linear_attention(q, k, v, *(t.double() if exact else t for t in (weight, phase)),
+        in_float64 = q.dtype == torch.float64
+        return reference.fourier_linear_attention(q, k, v, *(t.double() if in_float64 else t for t in (weight, phase)),
                                                   scale, mask)  # fmt: skip
 
     exact = evaluated(pytorch, [q, k, v], grad_out, torch.float64)
@@ -90,8 +90,8 @@ def feature_errors(batch: int, heads: int, length: int, sigma: float) -> dict:
         return kernels.fourier_features(x, weight, phase, scale, beta)
 
     def pytorch(x, beta):
-        exact = x.dtype == torch.float64
-        return reference.fourier_features(x, *(t.double() if exact else t for t in (weight, phase)), scale, beta)
+        in_float64 = x.dtype == torch.float64
+        return reference.fourier_features(x, *(t.double() if in_float64 else t for t in (weight, phase)), scale, beta)
 
     exact = evaluated(pytorch, [x, beta.double()], grad_out, torch.float64)
     names = ("features", "dx", "dbeta")

@@ -109,17 +109,23 @@ def _load_weight(W, B, D, F, BD: tl.constexpr, BF: tl.constexpr):
 
 
 @triton.jit
-def _grad_map(x, dfeat, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
-              PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr):  # fmt: skip
-    """dp = −scale·sin(p)·dφ; returns dx = dp·W and the dWᵀ, db accumulators (updated when WEIGHT_GRAD).
-
-    dx is one 16-bit product of dp and W's 16-bit rounding w_hi when the products are not SPLIT, else fp32
-    (TF32 for 16-bit inputs) with the fp32 Wᵀ ``wt``."""
-    dp = -scale * sine(p, FAST) * dfeat
+def _times_w(dp, wt, w_hi, LOWP: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr, PREC: tl.constexpr):
+    """dp·W for an fp32 [BN, BF] tile dp: with 16-bit inputs and single products dp rounded once times W's 16-bit
+    rounding w_hi, else fp32 (TF32 for 16-bit inputs) with the fp32 Wᵀ ``wt``."""
     if LOWP and not SPLIT_PRODUCTS:
         dx = tl.dot(dp.to(w_hi.dtype), tl.trans(w_hi))
     else:
         dx = tl.dot(dp, tl.trans(wt), input_precision=PREC)
+    return dx
+
+
+@triton.jit
+def _grad_map(x, dfeat, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
+              PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr):  # fmt: skip
+    """dp = −scale·sin(p)·dφ; returns dx = dp·W (:func:`_times_w`) and the dWᵀ, db accumulators (updated when
+    WEIGHT_GRAD)."""
+    dp = -scale * sine(p, FAST) * dfeat
+    dx = _times_w(dp, wt, w_hi, LOWP, SPLIT_PRODUCTS, PREC)
     if WEIGHT_GRAD:
         dwt_acc = dwt_acc + _split_dot(tl.trans(x), dp, LOWP, SPLIT_PRODUCTS, PREC)
         db_acc = db_acc + tl.sum(dp, axis=0)

@@ -38,6 +38,7 @@ from .fourier_linear import (
     _launch_config,
     _load_rows,
     _load_weight,
+    _times_w,
 )
 from .linear import _split, _split_dot
 
@@ -144,10 +145,7 @@ def _features_backward_kernel(
             value, slope = cos_sin(p, FAST)
             slope = -slope
         dp = tl.where(nmask[:, None] & fmask[None, :], factor * slope * g, 0.0)
-        if LOWP and not SPLIT_PRODUCTS:  # one 16-bit product, as fourier_linear's _grad_map
-            dx = tl.dot(dp.to(w_hi.dtype), tl.trans(w_hi))
-        else:
-            dx = tl.dot(dp, tl.trans(wt), input_precision=PREC)
+        dx = _times_w(dp, wt, w_hi, LOWP, SPLIT_PRODUCTS, PREC)
         if EXP:
             dx -= (2.0 * ETA) * x.to(tl.float32) * tl.sum(dp, axis=1)[:, None]
         tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dx.to(DX.dtype.element_ty),

@@ -10,7 +10,8 @@ Backward, two kernels (g = ∂L/∂out, den_i = φq_i·z, d_i = guard(den_i), a_
                 dz = Σ dden_i φq_i over its query blocks into fp32 buffers.
     ``_bwd_k``  dφk_j = keep_j (v_j dSᵀ + dz), dv_j = keep_j φk_j dS.
 With bf16 inputs the fp32 intermediates (S, dS, g/d) enter the tensor-core products as a bf16
-hi + lo pair, which keeps about 16 mantissa bits; fp32 inputs multiply in ieee fp32; fp16 inputs are
+hi + lo pair, which keeps about 16 mantissa bits (these kernels pass LOWP as the helpers' SPLIT: they always
+split; the RFF kernels' ``SPLIT_PRODUCTS`` setting is theirs alone); fp32 inputs multiply in ieee fp32; fp16 inputs are
 promoted to fp32 by the launcher.
 """
 
