@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import json
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -340,12 +341,13 @@ def _device(choice: str) -> torch.device:
         raise typer.BadParameter(str(error)) from None
 
 
-def _run_bench(title: str, cases: list, finish, output: Path, device: torch.device, settings: dict,
-               overwrite: bool) -> list[dict]:  # fmt: skip
+def _run_bench(title: str, cases: list, finish: Callable[[list[dict]], list[dict]] | None, output: Path,
+               device: torch.device, settings: dict, overwrite: bool) -> list[dict]:  # fmt: skip
     """Run benchmark cases with a progress bar (count, elapsed, time left), saving after every case.
 
-    ``finish`` adds the ratios to the rows so far; the file says ``"complete": false`` until the
-    last case is done, so a stopped benchmark keeps what it measured and says it is partial.
+    ``finish`` adds the ratios to the rows so far (None: the cases' rows carry their own); the file says
+    ``"complete": false`` until the last case is done, so a stopped benchmark keeps what it measured and says it
+    is partial.
     """
     from rich.progress import (
         BarColumn,
@@ -370,9 +372,9 @@ def _run_bench(title: str, cases: list, finish, output: Path, device: torch.devi
             rows += case.measure()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            write_results(output, finish(rows), device, settings, complete=False)
+            write_results(output, finish(rows) if finish else rows, device, settings, complete=False)
             progress.advance(task)
-    write_results(output, finish(rows), device, settings, complete=True)
+    write_results(output, finish(rows) if finish else rows, device, settings, complete=True)
     return rows
 
 
@@ -490,7 +492,7 @@ def bench_train_command(
     cases = train_cases(chosen, batch_size, length, layers, tuple(variant_list), tuple(model_list), repeats)
     settings = {"batch_size": batch_size, "length": length, "layers": layers, "bf16": chosen.type == "cuda",
                 "timing": "interleaved rounds, paired ratios", "rounds": repeats}  # fmt: skip
-    rows = _run_bench("train", cases, lambda measured: measured, output, chosen, settings, overwrite)
+    rows = _run_bench("train", cases, None, output, chosen, settings, overwrite)
     _print_table(f"train step, B={batch_size}, N={length}, {device_label(chosen)}",
                  {"model": "model", "variant": "variant", "path": "attention_path", "step ms": "step_ms",
                   "samples/s": "samples_per_second", "peak bytes": "peak_bytes",

@@ -283,9 +283,9 @@ def _featuremap_rows(
         try:
             timing = time_it(step, run_device, repeats=reps, warmup=1)
         except (RuntimeError, ValueError, TypeError) as error:
-            if not _is_out_of_memory(error) and impl.requires is None:
+            if not is_out_of_memory(error) and impl.requires is None:
                 raise  # qra's own rows must run; a peer that fails is recorded, not fatal
-            failure = {"oom": True} if _is_out_of_memory(error) else {"error": f"{type(error).__name__}: {error}"}
+            failure = {"oom": True} if is_out_of_memory(error) else {"error": f"{type(error).__name__}: {error}"}
             rows.append(row | {"ms": None, "ms_per_input": None, "peak_bytes": None, **failure})
             continue
         rows.append(row | {"ms": timing.median_ms * count / measured, "ms_per_input": timing.median_ms / measured,
@@ -299,10 +299,10 @@ def _engine_path(impl: FeatureMapImpl, fm: FeatureMap, x: torch.Tensor) -> str |
         return "pytorch"
     if impl.states_via != "map" or impl.params.get("engine") != "native":
         return None
-    return _map_engine_path(fm, x.device)
+    return map_engine_path(fm, x.device)
 
 
-def _map_engine_path(fm: FeatureMap, device: torch.device) -> str:
+def map_engine_path(fm: FeatureMap, device: torch.device) -> str:
     """``fused`` or ``pytorch``: the engine a circuit map's states take on ``device`` (complex64)."""
     from ..featuremaps.fused_program import engine_path
 
@@ -327,7 +327,8 @@ def write_results(
     return write_json_atomic(path, payload)
 
 
-def _is_out_of_memory(error: RuntimeError) -> bool:
+def is_out_of_memory(error: RuntimeError) -> bool:
+    """Whether a benchmark step's error is the device running out of memory (a row to record, not a failure)."""
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
@@ -484,10 +485,10 @@ def _attention_row(
             if path != "compiled":  # a compiled function's own graphs and guards do not capture
                 row[f"{kind}_gpu_ms"] = graph_time(step, device, repeats=repeats)
         except (RuntimeError, ValueError) as error:
-            if not _is_out_of_memory(error) and "cannot take these inputs" not in str(error):
+            if not is_out_of_memory(error) and "cannot take these inputs" not in str(error):
                 raise
             row[f"{kind}_ms"], row[f"{kind}_peak_bytes"] = None, None
-            row["error"] = "out of memory" if _is_out_of_memory(error) else str(error)
+            row["error"] = "out of memory" if is_out_of_memory(error) else str(error)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     row["peak_bytes"] = row.get("fwd_bwd_peak_bytes")

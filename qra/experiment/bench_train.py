@@ -21,7 +21,7 @@ import torch
 
 from ..featuremaps import get
 from ..featuremaps.fused_program import forced_implementation
-from .bench import Case, Row, _is_out_of_memory, _map_engine_path, time_once
+from .bench import Case, Row, is_out_of_memory, map_engine_path, time_once
 from .provenance import device_name
 from .stats import median_interval
 
@@ -57,7 +57,7 @@ def _circuit_engine_path(model: torch.nn.Module, device: torch.device) -> str | 
     from ..featuremaps.circuit import CircuitFeatureMap
 
     maps = [module for module in model.modules() if isinstance(module, CircuitFeatureMap)]
-    return _map_engine_path(maps[0], device) if maps else None
+    return map_engine_path(maps[0], device) if maps else None
 
 
 def train_step_model(model_name: str, variant: str, layers: int, device: torch.device) -> torch.nn.Module:
@@ -120,7 +120,7 @@ def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, device: 
             try:
                 times[name].append(time_once(steps[name], device))
             except RuntimeError as error:
-                if not _is_out_of_memory(error):
+                if not is_out_of_memory(error):
                     raise
                 times[name].clear()
                 running.remove(name)
@@ -160,7 +160,7 @@ def _prepare(model_name: str, variant: str, device: torch.device, batch: int, le
         for _ in range(warmup):
             step()
     except RuntimeError as error:
-        if not _is_out_of_memory(error):
+        if not is_out_of_memory(error):
             raise
         if cuda:
             torch.cuda.empty_cache()
