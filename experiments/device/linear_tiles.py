@@ -48,6 +48,9 @@ FORWARD += [Launch(64, 4, 3, 8, 128), Launch(32, 4, 3, 8, 128), Launch(64, 4, 3,
             Launch(32, 4, 3, 16, 128)]  # fmt: skip
 BACKWARD += [Launch(32, 8, 3, 2, 128), Launch(32, 8, 3, 4, 128), Launch(32, 8, 3, 2, 168), Launch(16, 4, 3, 8, 128),
              Launch(16, 4, 3, 16, 128), Launch(32, 4, 3, 8, 128)]  # fmt: skip
+# single bf16 products (round 17) use less shared memory: deeper and shallower pipelines
+FORWARD += [Launch(64, 4, 4, 2), Launch(64, 4, 2, 2), Launch(64, 4, 3, 4)]
+BACKWARD += [Launch(32, 8, 4, 2), Launch(32, 8, 2, 2), Launch(64, 8, 4, 2), Launch(32, 4, 4, 4)]
 
 
 def main() -> None:
