@@ -1,0 +1,111 @@
+"""Whether a patched training step waits for its host, and where it makes the host wait for the GPU.
+
+    python experiments/device/host_step.py [--model distilbert] [--variants baseline,rff-linear,rff-softmax]
+        [--rounds 6] [--burst 10]
+
+``qra bench train`` synchronises after every step, so a step's wall time there is the host's lead before the
+GPU starts plus whatever the GPU waits for the host.  A training loop does not synchronise: the host issues step
+i + 1 while the GPU runs step i, and host time costs nothing until the host is the slower side, or until
+something in the step makes the host wait for the GPU.  Per variant (all built first, then timed in alternation,
+the order rotated each round), medians over ``--rounds``:
+
+    back to back   wall ms a step over a burst of ``--burst`` steps issued without synchronising
+    synchronised   wall ms a step, the GPU synchronised after each step (``qra bench train``'s timing)
+    host           wall ms a step of the same model at B = 1, N = 8, where the GPU's work is negligible:
+                   the host's time to issue one step
+
+and every CUDA call of one step that synchronises the host with the GPU
+(``torch.cuda.set_sync_debug_mode``), with the Python stack that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from qra.experiment.bench_train import train_step, train_step_model
+
+
+def burst_ms(step: Callable[[], None], steps: int) -> float:
+    """Wall ms a step over ``steps`` steps issued back to back, synchronised before and after the burst."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def synchronising_calls(step: Callable[[], None]) -> list[str]:
+    """The synchronising CUDA calls one ``step`` makes, each as its warning and the stack that issued it."""
+    found: list[str] = []
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        stack = "".join(traceback.format_stack(limit=14)[:-1])
+        found.append(f"{str(message).splitlines()[0]}\n{stack}")
+
+    with warnings.catch_warnings():  # restores showwarning too
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="distilbert")
+    parser.add_argument("--variants", default="baseline,rff-linear,rff-softmax")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--burst", type=int, default=10)
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    variants = args.variants.split(",")
+    models = {name: train_step_model(args.model, name, 6, device) for name in variants}
+    full = {name: train_step(model, device, args.batch_size, args.length) for name, model in models.items()}
+    tiny = {name: train_step(model, device, 1, 8) for name, model in models.items()}
+    for steps in (full, tiny):
+        for step in steps.values():
+            for _ in range(3):
+                step()
+    torch.cuda.synchronize()
+    times: dict[str, dict[str, list[float]]] = {
+        n: {"back to back": [], "synchronised": [], "host": []} for n in variants
+    }
+    for number in range(args.rounds):
+        shift = number % len(variants)
+        for name in variants[shift:] + variants[:shift]:
+            times[name]["back to back"].append(burst_ms(full[name], args.burst))
+            times[name]["synchronised"].append(statistics.median(burst_ms(full[name], 1) for _ in range(args.burst)))
+            times[name]["host"].append(statistics.median(burst_ms(tiny[name], 1) for _ in range(args.burst)))
+    print(
+        f"{args.model}, B = {args.batch_size}, N = {args.length} (host: B = 1, N = 8); medians over "
+        f"{args.rounds} rounds, ms a step (ratio: baseline ms / variant ms)"
+    )
+    base = {kind: statistics.median(values) for kind, values in times[variants[0]].items()}
+    for name in variants:
+        cells = []
+        for kind, values in times[name].items():
+            ms = statistics.median(values)
+            cells.append(f"{kind} {ms:7.2f} ({base[kind] / ms:.3f}x)")
+        print(f"  {name:14s} " + "   ".join(cells))
+    for name in variants:
+        calls = synchronising_calls(full[name])
+        print(f"\n== {name}: {len(calls)} synchronising CUDA call(s) in one step")
+        for call in calls:
+            print(call)
+
+
+if __name__ == "__main__":
+    main()
