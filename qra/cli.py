@@ -475,12 +475,16 @@ def bench_train_command(
     variants: str = typer.Option("", help="Comma-separated variants (default: all; see qra.experiment.bench)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     repeats: int = typer.Option(
-        20, min=1, help="Timed rounds; each runs every variant's step once, in rotating order (95% intervals need 6)."
+        20, min=1, help="Timed rounds; each visits every variant, in rotating order (95% intervals need 6)."
+    ),
+    burst: int = typer.Option(
+        5, min=1, help="Steps issued back to back in a visit's throughput burst (after one synchronised step)."
     ),
     output: Path = typer.Option(BENCH_DIR / "train.json"),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
-    """One training step of DistilBERT-base- and MiniLM-shaped models: baseline vs patched L4, L5, in alternation."""
+    """Training steps of DistilBERT-base- and MiniLM-shaped models: baseline vs patched L4, L5, in alternation;
+    throughput from steps issued back to back, latency from single synchronised steps."""
     from .experiment.bench_train import TRAIN_MODELS, TRAIN_VARIANTS, train_cases
 
     chosen = _device(device)
@@ -489,14 +493,17 @@ def bench_train_command(
     for name, known, option in ((model_list, TRAIN_MODELS, "--models"), (variant_list, TRAIN_VARIANTS, "--variants")):
         if unknown := sorted(set(name) - set(known)):
             raise typer.BadParameter(f"{option}: unknown {', '.join(unknown)}; accepted: {', '.join(known)}")
-    cases = train_cases(chosen, batch_size, length, layers, tuple(variant_list), tuple(model_list), repeats)
+    cases = train_cases(chosen, batch_size, length, layers, tuple(variant_list), tuple(model_list), repeats,
+                        burst=burst)  # fmt: skip
     settings = {"batch_size": batch_size, "length": length, "layers": layers, "bf16": chosen.type == "cuda",
-                "timing": "interleaved rounds, paired ratios", "rounds": repeats}  # fmt: skip
+                "timing": "interleaved rounds, paired ratios; throughput: steps back to back, latency: one step "
+                "synchronised", "rounds": repeats, "burst": burst}  # fmt: skip
     rows = _run_bench("train", cases, None, output, chosen, settings, overwrite)
     _print_table(f"train step, B={batch_size}, N={length}, {device_label(chosen)}",
                  {"model": "model", "variant": "variant", "path": "attention_path", "step ms": "step_ms",
                   "samples/s": "samples_per_second", "peak bytes": "peak_bytes",
                   "throughput vs baseline": "throughput_vs_baseline", "95% interval": "throughput_vs_baseline_ci95",
+                  "latency ms": "latency_ms", "latency vs baseline": "latency_vs_baseline",
                   "memory vs baseline": "memory_vs_baseline"}, rows)  # fmt: skip
     typer.echo(f"wrote {output}")
 

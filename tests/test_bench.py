@@ -102,10 +102,11 @@ def test_bench_train_compares_patched_steps_with_the_baseline_round_by_round(tmp
     assert variants == [("minilm", "baseline"), ("minilm", "rff-linear"), ("minilm", "performer-linear")]
     assert payload["settings"]["rounds"] == 6 and all(r["rounds"] == 6 for r in rows)
     # the baseline paired with itself: every round's ratio is exactly 1
-    assert rows[0]["throughput_vs_baseline"] == 1.0 and rows[0]["throughput_vs_baseline_ci95"] == [1.0, 1.0]
-    for row in rows[1:]:
-        low, high = row["throughput_vs_baseline_ci95"]
-        assert row["step_ms"] > 0 and low <= row["throughput_vs_baseline"] <= high
+    for kind in ("throughput", "latency"):
+        assert rows[0][f"{kind}_vs_baseline"] == 1.0 and rows[0][f"{kind}_vs_baseline_ci95"] == [1.0, 1.0]
+        for row in rows[1:]:
+            low, high = row[f"{kind}_vs_baseline_ci95"]
+            assert row["step_ms"] > 0 and row["latency_ms"] > 0 and low <= row[f"{kind}_vs_baseline"] <= high
     assert rows[1]["attention_path"] == rows[2]["attention_path"] == "pytorch" and rows[0]["attention_path"] is None
     result = run(["bench", "train", "--models", "gpt", "--device", "cpu", "--output", str(tmp_path / "x.json")], 2)
     assert "unknown gpt; accepted: distilbert, minilm" in result.output
@@ -119,17 +120,29 @@ def test_interleaved_timing_rotates_the_order_and_drops_a_step_that_runs_out_of_
     def step(name):
         def run_step():
             log.append(name)
-            if name == "c" and log.count("c") == 2:
+            if name == "c" and log.count("c") == 5:
                 raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
         return run_step
 
-    times = time_interleaved({name: step(name) for name in "abc"}, rounds=4, device=torch.device("cpu"))
-    # rounds 0 and 1 rotate a, b, c; c fails in round 1 and leaves; rounds 2 and 3 rotate a, b
-    assert log == ["a", "b", "c", "b", "c", "a", "a", "b", "b", "a"]
-    assert [len(times[name]) for name in "abc"] == [4, 4, 0]
+    # a visit: one synchronised step, one untimed step, then a burst of 2 back to back
+    times = time_interleaved({name: step(name) for name in "abc"}, rounds=4, device=torch.device("cpu"), burst=2)
+    # rounds 0 and 1 rotate a, b, c; c fails in round 1 (its 5th step: its second visit's first) and leaves,
+    # rounds 2 and 3 rotate a, b
+    visits = ["a", "b", "c", "b", "c", "a", "a", "b", "b", "a"]
+    assert log == [name for visit, name in enumerate(visits) for _ in range(1 if visit == 4 else 4)]
+    assert [len(times[name].throughput) for name in "abc"] == [4, 4, 0]
+    assert [len(times[name].latency) for name in "abc"] == [4, 4, 0]
     with pytest.raises(ValueError, match="boom"):
         time_interleaved({"x": lambda: (_ for _ in ()).throw(ValueError("boom"))}, 1, torch.device("cpu"))
+
+
+def test_steady_timing_issues_an_untimed_step_then_the_burst():
+    from qra.experiment.bench import time_steady
+
+    calls = []
+    assert time_steady(lambda: calls.append(1), torch.device("cpu"), 3) >= 0
+    assert len(calls) == 4
 
 
 def test_the_default_output_is_a_user_folder_not_the_committed_results():

@@ -3,14 +3,16 @@
     python experiments/device/host_step.py [--model distilbert] [--variants baseline,rff-linear,rff-softmax]
         [--rounds 6] [--burst 10]
 
-``qra bench train`` synchronises after every step, so a step's wall time there is the host's lead before the
-GPU starts plus whatever the GPU waits for the host.  A training loop does not synchronise: the host issues step
+A step synchronised on its own costs the host's lead before the GPU starts plus whatever the GPU waits for the
+host.  A training loop does not synchronise: the host issues step
 i + 1 while the GPU runs step i, and host time costs nothing until the host is the slower side, or until
 something in the step makes the host wait for the GPU.  Per variant (all built first, then timed in alternation,
 the order rotated each round), medians over ``--rounds``:
 
-    back to back   wall ms a step over a burst of ``--burst`` steps issued without synchronising
-    synchronised   wall ms a step, the GPU synchronised after each step (``qra bench train``'s timing)
+    back to back   wall ms a step over a burst of ``--burst`` steps issued without synchronising, after one
+                   untimed step (``qra.experiment.bench.time_steady``, ``qra bench train``'s throughput)
+    synchronised   wall ms a step, the GPU synchronised after each step (``qra bench train``'s latency; its only
+                   timing until round 18)
     host           wall ms a step of the same model at B = 1, N = 8, where the GPU's work is negligible:
                    the host's time to issue one step
 
@@ -22,24 +24,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import traceback
 import warnings
 from collections.abc import Callable
 
 import torch
 
+from qra.experiment.bench import time_once, time_steady
 from qra.experiment.bench_train import train_step, train_step_model
-
-
-def burst_ms(step: Callable[[], None], steps: int) -> float:
-    """Wall ms a step over ``steps`` steps issued back to back, synchronised before and after the burst."""
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps * 1000
 
 
 def synchronising_calls(step: Callable[[], None]) -> list[str]:
@@ -47,6 +39,8 @@ def synchronising_calls(step: Callable[[], None]) -> list[str]:
     found: list[str] = []
 
     def record(message, category, filename, lineno, file=None, line=None) -> None:
+        if str(message).startswith("Synchronization debug mode is a prototype"):
+            return  # said when the mode is switched on, not a synchronisation
         stack = "".join(traceback.format_stack(limit=14)[:-1])
         found.append(f"{str(message).splitlines()[0]}\n{stack}")
 
@@ -86,9 +80,9 @@ def main() -> None:
     for number in range(args.rounds):
         shift = number % len(variants)
         for name in variants[shift:] + variants[:shift]:
-            times[name]["back to back"].append(burst_ms(full[name], args.burst))
-            times[name]["synchronised"].append(statistics.median(burst_ms(full[name], 1) for _ in range(args.burst)))
-            times[name]["host"].append(statistics.median(burst_ms(tiny[name], 1) for _ in range(args.burst)))
+            times[name]["back to back"].append(time_steady(full[name], device, args.burst))
+            times[name]["synchronised"].append(statistics.median(time_once(full[name], device) for _ in range(3)))
+            times[name]["host"].append(statistics.median(time_once(tiny[name], device) for _ in range(3)))
     print(
         f"{args.model}, B = {args.batch_size}, N = {args.length} (host: B = 1, N = 8); medians over "
         f"{args.rounds} rounds, ms a step (ratio: baseline ms / variant ms)"

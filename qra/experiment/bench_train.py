@@ -1,13 +1,23 @@
-"""``qra bench train``: one AdamW training step of an encoder, the unpatched baseline against patched variants.
+"""``qra bench train``: AdamW training steps of an encoder, the unpatched baseline against patched variants.
 
 The steps of all variants of one model are timed in alternation: every variant's model is built and warmed up
-first, then each round runs every variant's step once, in an order that rotates from round to round.  Host
-and GPU speed drift on a shared machine by more than the differences measured (baselines of one model read
-20–27 ms in runs minutes apart, results/bench/README.md), and timing variants one after another let that
-drift into their ratios; in alternation it hits all of them alike.  A variant's throughput against the
-baseline is the median over rounds of the paired ratio baseline ms / variant ms, with a distribution-free 95%
-confidence interval (:func:`qra.experiment.stats.median_interval`).  Peak memory is each model's own: its
-weights, optimizer state, gradients and the step's transients, measured during its warm-up.
+first, then each round visits every variant, in an order that rotates from round to round.  Host and GPU speed
+drift on a shared machine by more than the differences measured (baselines of one model read 20–27 ms in runs
+minutes apart, results/bench/README.md), and timing variants one after another let that drift into their
+ratios; in alternation it hits all of them alike.  A visit times the step two ways:
+
+* *throughput*: a burst of steps issued back to back, as a training loop issues them (the host issues step
+  i + 1 while the GPU runs step i; :func:`qra.experiment.bench.time_steady`).  The host's time to issue a step
+  counts only where it is longer than the GPU's work.  This is the step rate a training run gets.
+* *latency*: one step with the GPU idle before it and a synchronisation after it (what this benchmark timed
+  until round 18): the host's lead before the GPU starts counts in full, and on the H200's host, which takes
+  nearly as long to issue a DistilBERT step as the GPU takes to run it (results/bench/host-step-*), so does
+  every µs of host time a variant adds.
+
+A variant's ratio to the baseline is the median over rounds of the paired ratio baseline ms / variant ms, with
+a distribution-free 95% confidence interval (:func:`qra.experiment.stats.median_interval`), for each.  Peak
+memory is each model's own: its weights, optimizer state, gradients and the step's transients, measured during
+its warm-up.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import torch
 
 from ..featuremaps import get
 from ..featuremaps.fused_program import forced_implementation
-from .bench import Case, Row, is_out_of_memory, map_engine_path, time_once
+from .bench import Case, Row, is_out_of_memory, map_engine_path, time_once, time_steady
 from .provenance import device_name
 from .stats import median_interval
 
@@ -107,18 +117,39 @@ def train_step(model: torch.nn.Module, device: torch.device, batch: int, length:
     return step
 
 
-def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, list[float]]:
-    """Wall ms of each step in each of ``rounds`` rounds; round r runs the steps in their order rotated by r.
+#: steps in a visit's back-to-back burst (after one untimed step): enough that the burst's edges are a small part
+BURST_STEPS = 5
 
-    A step that runs out of memory is dropped: its list comes back empty (its rounds would not pair with the
+
+@dataclass
+class StepTimes:
+    """One variant's ms a step by round: ``throughput`` from a back-to-back burst, ``latency`` from one step
+    synchronised on its own (module docstring)."""
+
+    throughput: list[float] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.throughput.clear()
+        self.latency.clear()
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, device: torch.device,
+                     burst: int = BURST_STEPS) -> dict[str, StepTimes]:  # fmt: skip
+    """Each step's :class:`StepTimes` over ``rounds`` rounds; round r visits the steps in their order rotated by r,
+    and a visit times one synchronised step, then a burst of ``burst`` steps back to back.
+
+    A step that runs out of memory is dropped: its times come back empty (its rounds would not pair with the
     others'), and the rest go on."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    times = {name: StepTimes() for name in steps}
     running = list(steps)
     for number in range(rounds):
         shift = number % len(running) if running else 0
         for name in running[shift:] + running[:shift]:
             try:
-                times[name].append(time_once(steps[name], device))
+                latency = time_once(steps[name], device)
+                times[name].throughput.append(time_steady(steps[name], device, burst))
+                times[name].latency.append(latency)
             except RuntimeError as error:
                 if not is_out_of_memory(error):
                     raise
@@ -132,17 +163,17 @@ def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, device: 
 @dataclass
 class _Contender:
     """One variant's model, warmed up, with its step, its own peak memory (None on the CPU, or after OOM) and its
-    times by round (none when it ran out of memory)."""
+    :class:`StepTimes` (empty when it ran out of memory)."""
 
     variant: str
     model: torch.nn.Module | None
     step: Callable[[], None] | None
     peak_bytes: int | None
-    times: list[float] = field(default_factory=list)
+    times: StepTimes = field(default_factory=StepTimes)
 
     @property
     def oom(self) -> bool:
-        return not self.times
+        return not self.times.throughput
 
 
 def _prepare(model_name: str, variant: str, device: torch.device, batch: int, length: int, layers: int,
@@ -191,25 +222,27 @@ def train_cases(
     models: tuple[str, ...] = TRAIN_MODELS,
     rounds: int = 20,
     warmup: int = 3,
+    burst: int = BURST_STEPS,
 ) -> list[Case]:
     """One case per model shape: the baseline (always, for the ratios) and ``variants``, patched in L4, L5,
-    timed in alternation for ``rounds`` rounds after ``warmup`` steps each (bf16 autocast on a GPU)."""
+    timed in alternation for ``rounds`` rounds after ``warmup`` steps each (bf16 autocast on a GPU), with bursts
+    of ``burst`` steps for the throughput."""
     contenders = ("baseline", *(variant for variant in variants if variant != "baseline"))
 
     def case(model_name: str) -> Case:
         return Case(
             f"train steps {model_name}: {', '.join(contenders)}",
-            lambda: _interleaved_rows(model_name, contenders, device, batch, length, layers, rounds, warmup),
+            lambda: _interleaved_rows(model_name, contenders, device, batch, length, layers, rounds, warmup, burst),
         )
 
     return [case(model_name) for model_name in models]
 
 
 def _interleaved_rows(model_name: str, variants: Sequence[str], device: torch.device, batch: int, length: int,
-                      layers: int, rounds: int, warmup: int) -> list[Row]:  # fmt: skip
+                      layers: int, rounds: int, warmup: int, burst: int) -> list[Row]:  # fmt: skip
     contenders = [_prepare(model_name, variant, device, batch, length, layers, warmup) for variant in variants]
     steps = {c.variant: c.step for c in contenders if c.step is not None}
-    for name, times in time_interleaved(steps, rounds, device).items():
+    for name, times in time_interleaved(steps, rounds, device, burst).items():
         next(c for c in contenders if c.variant == name).times = times
     return [_train_row(model_name, c, contenders[0], device, batch, length, layers) for c in contenders]
 
@@ -217,12 +250,14 @@ def _interleaved_rows(model_name: str, variants: Sequence[str], device: torch.de
 def _train_row(model_name: str, contender: _Contender, baseline: _Contender, device: torch.device, batch: int,
                length: int, layers: int) -> Row:  # fmt: skip
     row: Row = {"model": model_name, "variant": contender.variant, "B": batch, "N": length, "layers": layers,
-                "device": device_name(device), "torch": torch.__version__, "rounds": len(contender.times)}  # fmt: skip
+                "device": device_name(device), "torch": torch.__version__,
+                "rounds": len(contender.times.throughput)}  # fmt: skip
     if contender.oom:
-        row |= {"step_ms": None, "samples_per_second": None, "peak_bytes": None, "oom": True}
+        row |= {"step_ms": None, "samples_per_second": None, "latency_ms": None, "peak_bytes": None, "oom": True}
     else:
-        step_ms = statistics.median(contender.times)
-        row |= {"step_ms": step_ms, "samples_per_second": batch / step_ms * 1000, "peak_bytes": contender.peak_bytes}
+        step_ms, latency_ms = (statistics.median(t) for t in (contender.times.throughput, contender.times.latency))
+        row |= {"step_ms": step_ms, "samples_per_second": batch / step_ms * 1000, "latency_ms": latency_ms,
+                "peak_bytes": contender.peak_bytes}  # fmt: skip
     row |= _ratios(contender, baseline)
     if contender.model is not None:
         paths = sorted({m.last_path for m in contender.model.modules() if getattr(m, "last_path", None)})
@@ -235,13 +270,18 @@ def _train_row(model_name: str, contender: _Contender, baseline: _Contender, dev
 
 
 def _ratios(contender: _Contender, baseline: _Contender) -> dict[str, Any]:
-    """Throughput over the baseline's, paired by round (median, 95% interval), and peak memory over its."""
-    interval = None
-    if not (contender.oom or baseline.oom):
-        interval = median_interval([b / c for b, c in zip(baseline.times, contender.times, strict=True)])
+    """Throughput and latency over the baseline's (baseline ms / variant ms), paired by round (median, 95%
+    interval), and peak memory over its."""
+    ratios: dict[str, Any] = {}
+    for kind in ("throughput", "latency"):
+        interval = None
+        if not (contender.oom or baseline.oom):
+            pairs = zip(getattr(baseline.times, kind), getattr(contender.times, kind), strict=True)
+            interval = median_interval([b / c for b, c in pairs])
+        ratios[f"{kind}_vs_baseline"] = interval.median if interval else None
+        ratios[f"{kind}_vs_baseline_ci95"] = (
+            [interval.low, interval.high] if interval and interval.low is not None else None
+        )
     memory = contender.peak_bytes and baseline.peak_bytes
-    return {
-        "throughput_vs_baseline": interval.median if interval else None,
-        "throughput_vs_baseline_ci95": [interval.low, interval.high] if interval and interval.low is not None else None,
-        "memory_vs_baseline": contender.peak_bytes / baseline.peak_bytes if memory else None,
-    }
+    ratios["memory_vs_baseline"] = contender.peak_bytes / baseline.peak_bytes if memory else None
+    return ratios
