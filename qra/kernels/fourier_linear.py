@@ -93,6 +93,33 @@ def _angles(x, w_hi, w_lo, bias, LOWP: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
+def _angles_transposed(x, w_hi, w_lo, bias, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """pᵀ = W·xᵀ + b in fp32, [BF, BN], for a [BN, BD] tile x (W [BF, BD] as the hi + lo pair from :func:`_split`):
+    the angles with the features along rows, so that cos(pᵀ) enters φᵀV as the product's left operand as it is."""
+    return _pair_dot(w_hi, w_lo, tl.trans(x), LOWP, True, PREC) + bias[:, None]
+
+
+@triton.jit
+def _pair_dot(hi, lo, b, LOWP: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """(hi + lo) @ b for a pair from :func:`_split` on the left (hi @ b alone when it is not SPLIT): the mirror of
+    :func:`qra.kernels.linear._dot_pair`."""
+    if LOWP:
+        out = tl.dot(hi, b)
+        if SPLIT:
+            out += tl.dot(lo, b)
+    else:
+        out = tl.dot(hi, b, input_precision=PREC)
+    return out
+
+
+@triton.jit
+def _split_dot_left(a_fp32, b, LOWP: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """a @ b with a an fp32 tile and b in the input dtype (:func:`qra.kernels.linear._split_dot` mirrored)."""
+    hi, lo = _split(a_fp32, LOWP, SPLIT, b.dtype)
+    return _pair_dot(hi, lo, b, LOWP, SPLIT, PREC)
+
+
+@triton.jit
 def _load_rows(base, offs_n, offs_c, s_n, s_c, rows, cols):
     return tl.load(base + offs_n[:, None] * s_n + offs_c[None, :] * s_c, mask=rows[:, None] & cols[None, :], other=0.0)
 
@@ -106,6 +133,17 @@ def _load_weight(W, B, D, F, BD: tl.constexpr, BF: tl.constexpr):
     wt = tl.load(W + offs_f[None, :] * D + offs_d[:, None], mask=inside, other=0.0)
     bias = tl.load(B + offs_f, mask=offs_f < F, other=0.0)
     return wt, bias
+
+
+@triton.jit
+def _load_weight_rows(W, B, D, F, BD: tl.constexpr, BF: tl.constexpr):
+    """W [BF, BD] and b [BF] (fp32, zero outside F × D)."""
+    offs_d = tl.arange(0, BD)
+    offs_f = tl.arange(0, BF)
+    inside = (offs_f[:, None] < F) & (offs_d[None, :] < D)
+    w = tl.load(W + offs_f[:, None] * D + offs_d[None, :], mask=inside, other=0.0)
+    bias = tl.load(B + offs_f, mask=offs_f < F, other=0.0)
+    return w, bias
 
 
 @triton.jit
@@ -166,8 +204,8 @@ def _state_kernel(
     dmask = offs_d < D
     fmask = offs_f < F
     cmask = offs_c < DV
-    wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(wt, LOWP, True, K.dtype.element_ty)
+    w, bias = _load_weight_rows(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split(w, LOWP, True, K.dtype.element_ty)
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
     acc = tl.zeros((BF, BV), dtype=tl.float32)
@@ -179,10 +217,11 @@ def _state_kernel(
             keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=offs_n < N, other=0) != 0)
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        fk = scale * cosine(_angles(k, w_hi, w_lo, bias, LOWP, PREC), FAST)
-        fk = tl.where(keep[:, None] & fmask[None, :], fk, 0.0).to(K.dtype.element_ty)
-        acc = tl.dot(tl.trans(fk), v, acc, input_precision=PREC)
-        zacc += tl.sum(fk.to(tl.float32), axis=0)
+        # φkᵀ [BF, BN] straight from the product: no transposition of φk on its way into φkᵀV
+        fkt = scale * cosine(_angles_transposed(k, w_hi, w_lo, bias, LOWP, PREC), FAST)
+        fkt = tl.where(fmask[:, None] & keep[None, :], fkt, 0.0).to(K.dtype.element_ty)
+        acc = tl.dot(fkt, v, acc, input_precision=PREC)
+        zacc += tl.sum(fkt.to(tl.float32), axis=1)
     s_ptr = S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :]
     tl.atomic_add(s_ptr, acc, mask=fmask[:, None] & cmask[None, :])
     tl.atomic_add(Z + bh.to(tl.int64) * F + offs_f, zacc, mask=fmask)
@@ -250,46 +289,50 @@ def _bwd_q_kernel(
     dmask = offs_d < D
     fmask = offs_f < F
     cmask = offs_c < DV
-    wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(wt, LOWP, True, Q.dtype.element_ty)
-    state_t = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[None, :] * DV + offs_c[:, None],
-                      mask=fmask[None, :] & cmask[:, None], other=0.0)  # fmt: skip  # Sᵀ [BV, BF]
-    st_hi, st_lo = _split(state_t, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
+    w, bias = _load_weight_rows(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split(w, LOWP, True, Q.dtype.element_ty)
+    state = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
+                    mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip  # S [BF, BV]
+    s_hi, s_lo = _split(state, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
     z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
     q_base = Q + b * s_qb + h * s_qh
     g_base = G + b * s_gb + h * s_gh
     d_base = DQ + b * s_db + h * s_dh
     ds_acc = tl.zeros((BF, BV), dtype=tl.float32)
     dz_acc = tl.zeros((BF,), dtype=tl.float32)
-    dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
+    dw_acc = tl.zeros((BF, BD), dtype=tl.float32)
     db_acc = tl.zeros((BF,), dtype=tl.float32)
+    # every [features, rows] tile is kept transposed (features along rows), as in the state kernel: φqᵀ enters
+    # dS = φqᵀ(g/d) and dpᵀ enters dW = dpᵀq as the products' left operands as they are
     for blk in range(0, PER_PROGRAM):
         offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
+        live = fmask[:, None] & nmask[None, :]
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
         g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(Q.dtype.element_ty)
-        p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
-        fq = tl.where(nmask[:, None] & fmask[None, :], scale * cosine(p, FAST), 0.0).to(Q.dtype.element_ty)
-        fq32 = fq.to(tl.float32)
-        gs = _dot_pair(g, st_hi, st_lo, LOWP, SPLIT_PRODUCTS, PREC)  # g Sᵀ [BN, BF]
-        den = tl.sum(fq32 * z[None, :], axis=1)
+        pt = _angles_transposed(q, w_hi, w_lo, bias, LOWP, PREC)
+        fqt = tl.where(live, scale * cosine(pt, FAST), 0.0).to(Q.dtype.element_ty)
+        fqt32 = fqt.to(tl.float32)
+        gst = _pair_dot(s_hi, s_lo, tl.trans(g), LOWP, SPLIT_PRODUCTS, PREC)  # S gᵀ [BF, BN]
+        den = tl.sum(fqt32 * z[:, None], axis=0)
         d = _guard(den, eps)
-        ga = tl.sum(fq32 * gs, axis=1)
+        ga = tl.sum(fqt32 * gst, axis=0)
         dden = tl.where(tl.abs(den) >= eps, -ga / (d * d), 0.0)
-        dfq = gs / d[:, None] + dden[:, None] * z[None, :]
-        dfq = tl.where(nmask[:, None] & fmask[None, :], dfq, 0.0)
-        dq, dwt_acc, db_acc = _grad_map(
-            q, dfq, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP, SPLIT_PRODUCTS, PREC, FAST, WEIGHT_GRAD
-        )
+        dfqt = tl.where(live, gst / d[None, :] + dden[None, :] * z[:, None], 0.0)
+        dpt = -scale * sine(pt, FAST) * dfqt
+        dq = _times_w(tl.trans(dpt), tl.trans(w), tl.trans(w_hi), LOWP, SPLIT_PRODUCTS, PREC)
+        if WEIGHT_GRAD:
+            dw_acc += _split_dot_left(dpt, q, LOWP, SPLIT_PRODUCTS, PREC)
+            db_acc += tl.sum(dpt, axis=1)
         tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dq.to(DQ.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
-        ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) / d[:, None], LOWP, SPLIT_PRODUCTS, PREC)
-        dz_acc += tl.sum(fq32 * dden[:, None], axis=0)
+        ds_acc += _split_dot_left(fqt32 / d[None, :], g, LOWP, SPLIT_PRODUCTS, PREC)
+        dz_acc += tl.sum(fqt32 * dden[None, :], axis=1)
     tl.atomic_add(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :], ds_acc,
                   mask=fmask[:, None] & cmask[None, :])  # fmt: skip
     tl.atomic_add(DZ + bh.to(tl.int64) * F + offs_f, dz_acc, mask=fmask)
     if WEIGHT_GRAD:
-        _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
+        _accumulate_weight_grads(DW, DB, tl.trans(dw_acc), db_acc, D, F, SLOTS, BD, BF)
 
 
 @triton.jit

@@ -1,0 +1,113 @@
+"""The fused RFF linear attention of this tree against another version of its module, side by side in one process.
+
+    python experiments/device/linear_ab.py --other OLD.py --output linear-ab.json [--lengths 512,32768]
+        [--rounds 3] [--forward 64,4,3,2 32,8,3,2]
+
+``OLD.py`` is a copy of ``qra/kernels/fourier_linear.py`` from another commit (``git show REV:qra/kernels/
+fourier_linear.py > OLD.py``); it is imported as a sibling of ``qra.kernels.fourier_linear``, so that its relative
+imports resolve to this tree's helpers.  Each round times, at the attention benchmark's shape (B·N = 16,384,
+H = 12, d = 64, m = 128, bf16, fixed W and phases), the forward alone and the forward + backward of the
+benchmark's loss (``out.float().sum()``) for SDPA, the other module at its own launch shapes and this tree's at
+each ``--forward`` launch shape (rows, warps, stages, programs per SM; the first is its default), in GPU ms from
+CUDA-graph replays (``profiling.search_ms``).  Rounds alternate the contenders, so that drift touches each alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import triton
+from profiling import search_ms
+
+from qra.kernels import fourier_linear
+from qra.kernels.fourier_linear import Launch
+
+
+def load_other(path: Path):
+    """The module at ``path``, imported as ``qra.kernels._other_fourier_linear``."""
+    name = "qra.kernels._other_fourier_linear"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def contenders_at(length: int, other, shapes: list[Launch]) -> dict[str, dict]:
+    """Every contender's forward and forward + backward steps at the benchmark's shape for ``length``."""
+    dev = torch.device("cuda")
+    torch.manual_seed(length)
+    b, h, d, m = max(1, 16_384 // length), 12, 64, 128
+    q, k, v = (torch.randn(b, h, length, d, device=dev, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    weight, phase = torch.randn(m, d, device=dev) / 8, torch.rand(m, device=dev) * 2 * torch.pi
+    scale = (2.0 / m) ** 0.5
+
+    def steps(attention) -> dict:
+        def forward() -> None:
+            with torch.no_grad():
+                attention(q, k, v)
+
+        def forward_backward() -> None:
+            torch.autograd.grad(attention(q, k, v).float().sum(), (q, k, v))
+
+        return {"fwd": forward, "fwd_bwd": forward_backward}
+
+    def fused(module, launch: Launch | None = None):
+        def attention(q, k, v):
+            if launch is not None:
+                module.FORWARD_LAUNCH = launch
+            return module.fused_fourier_linear_attention(q, k, v, weight, phase, scale)
+
+        return attention
+
+    contenders = {"sdpa": steps(torch.nn.functional.scaled_dot_product_attention),
+                  f"other {other.FORWARD_LAUNCH}": steps(fused(other))}  # fmt: skip
+    for launch in shapes:
+        contenders[f"this {launch}"] = steps(fused(fourier_linear, launch))
+    return contenders
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--other", type=Path, required=True)
+    parser.add_argument("--lengths", default="512,32768")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--forward", nargs="+", default=["64,4,3,2"])
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args()
+    other = load_other(args.other)
+    shapes = [Launch(*map(int, text.split(","))) for text in args.forward]
+    rows: list[dict] = []
+    for length in map(int, args.lengths.split(",")):
+        contenders = contenders_at(length, other, shapes)
+        times = {(name, kind): [] for name in contenders for kind in ("fwd", "fwd_bwd")}
+        for number in range(args.rounds):
+            names = list(contenders)
+            shift = number % len(names)
+            for name in names[shift:] + names[:shift]:
+                for kind, step in contenders[name].items():
+                    times[name, kind].append(search_ms(step))
+        for (name, kind), values in times.items():
+            median = statistics.median(values)
+            rows.append({"N": length, "contender": name, "kind": kind, "ms": values, "median": median})
+            print(f"N = {length:6d} {kind:8s} {name:70s} {median:.4f} ms  {values}", flush=True)
+    result = {
+        "command": "python experiments/device/linear_ab.py " + " ".join(
+            f"--{name.replace('_', '-')} {' '.join(value) if isinstance(value, list) else value}"
+            for name, value in vars(args).items() if name != "output"),
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "commit": os.environ.get("QRA_GIT_COMMIT"), "dtype": "bfloat16", "timing": "graph",
+        "rows": rows,
+    }  # fmt: skip
+    args.output.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
