@@ -70,12 +70,13 @@ class Launch:
 
 
 #: the state and output kernels; the two backward kernels (which keep more tiles live).  Chosen on an H200 by the
-#: GPU's own time (CUDA-graph replays, ``results/bench/linear-tiles-graph-h200-round14.json``): the forward alone
-#: 0.150 ms at N = 512 against 0.184 with the earlier shape (64 rows, 4 warps, ~8 programs per SM, chosen by wall
-#: time, which at N = 512 is the host's); in ``qra bench attention``'s GPU column forward + backward went from
-#: 0.596 to 0.562 ms (N = 512) and 0.954 to 0.908 ms (32,768).  No backward shape, register cap included, beat
-#: round 3's.
-FORWARD_LAUNCH = Launch(block=64, warps=4, per_sm=2)
+#: GPU's own time (CUDA-graph replays): round 14 (``results/bench/linear-tiles-graph-h200-round14.json``) took the
+#: forward from 0.184 to 0.150 ms at N = 512 with 64 rows and 4 warps; with the transposed state kernel (round 18,
+#: ``results/bench/linear-ab-h200-round18.json``) 128 rows and 8 warps take it to 0.127 ms (0.136 at 64 rows and 4
+#: warps), at 0.013 ms more at N = 32,768 (0.189 against 0.175), where the mode costs 0.03× SDPA either way.  No
+#: backward shape, register cap included, beat round 3's, in round 14 nor for single products in round 18
+#: (``results/bench/linear-tiles-graph-h200-round18.json``).
+FORWARD_LAUNCH = Launch(block=128, warps=8, per_sm=2)
 BACKWARD_LAUNCH = Launch(block=32, warps=8)
 #: the hardware's approximate cosine and sine for bf16 inputs (False: the library's, as for fp32)
 APPROXIMATE_TRIG = True
@@ -96,27 +97,12 @@ def _angles(x, w_hi, w_lo, bias, LOWP: tl.constexpr, PREC: tl.constexpr):
 def _angles_transposed(x, w_hi, w_lo, bias, LOWP: tl.constexpr, PREC: tl.constexpr):
     """pᵀ = W·xᵀ + b in fp32, [BF, BN], for a [BN, BD] tile x (W [BF, BD] as the hi + lo pair from :func:`_split`):
     the angles with the features along rows, so that cos(pᵀ) enters φᵀV as the product's left operand as it is."""
-    return _pair_dot(w_hi, w_lo, tl.trans(x), LOWP, True, PREC) + bias[:, None]
-
-
-@triton.jit
-def _pair_dot(hi, lo, b, LOWP: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
-    """(hi + lo) @ b for a pair from :func:`_split` on the left (hi @ b alone when it is not SPLIT): the mirror of
-    :func:`qra.kernels.linear._dot_pair`."""
-    if LOWP:
-        out = tl.dot(hi, b)
-        if SPLIT:
-            out += tl.dot(lo, b)
+    xt = tl.trans(x)
+    if LOWP:  # noqa: SIM108  (a constexpr branch: only one side is compiled)
+        out = tl.dot(w_hi, xt) + tl.dot(w_lo, xt)
     else:
-        out = tl.dot(hi, b, input_precision=PREC)
-    return out
-
-
-@triton.jit
-def _split_dot_left(a_fp32, b, LOWP: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
-    """a @ b with a an fp32 tile and b in the input dtype (:func:`qra.kernels.linear._split_dot` mirrored)."""
-    hi, lo = _split(a_fp32, LOWP, SPLIT, b.dtype)
-    return _pair_dot(hi, lo, b, LOWP, SPLIT, PREC)
+        out = tl.dot(w_hi, xt, input_precision=PREC)
+    return out + bias[:, None]
 
 
 @triton.jit
@@ -289,50 +275,46 @@ def _bwd_q_kernel(
     dmask = offs_d < D
     fmask = offs_f < F
     cmask = offs_c < DV
-    w, bias = _load_weight_rows(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(w, LOWP, True, Q.dtype.element_ty)
-    state = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
-                    mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip  # S [BF, BV]
-    s_hi, s_lo = _split(state, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
+    wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split(wt, LOWP, True, Q.dtype.element_ty)
+    state_t = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[None, :] * DV + offs_c[:, None],
+                      mask=fmask[None, :] & cmask[:, None], other=0.0)  # fmt: skip  # Sᵀ [BV, BF]
+    st_hi, st_lo = _split(state_t, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
     z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
     q_base = Q + b * s_qb + h * s_qh
     g_base = G + b * s_gb + h * s_gh
     d_base = DQ + b * s_db + h * s_dh
     ds_acc = tl.zeros((BF, BV), dtype=tl.float32)
     dz_acc = tl.zeros((BF,), dtype=tl.float32)
-    dw_acc = tl.zeros((BF, BD), dtype=tl.float32)
+    dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
     db_acc = tl.zeros((BF,), dtype=tl.float32)
-    # every [features, rows] tile is kept transposed (features along rows), as in the state kernel: φqᵀ enters
-    # dS = φqᵀ(g/d) and dpᵀ enters dW = dpᵀq as the products' left operands as they are
     for blk in range(0, PER_PROGRAM):
         offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
-        live = fmask[:, None] & nmask[None, :]
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
         g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(Q.dtype.element_ty)
-        pt = _angles_transposed(q, w_hi, w_lo, bias, LOWP, PREC)
-        fqt = tl.where(live, scale * cosine(pt, FAST), 0.0).to(Q.dtype.element_ty)
-        fqt32 = fqt.to(tl.float32)
-        gst = _pair_dot(s_hi, s_lo, tl.trans(g), LOWP, SPLIT_PRODUCTS, PREC)  # S gᵀ [BF, BN]
-        den = tl.sum(fqt32 * z[:, None], axis=0)
+        p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
+        fq = tl.where(nmask[:, None] & fmask[None, :], scale * cosine(p, FAST), 0.0).to(Q.dtype.element_ty)
+        fq32 = fq.to(tl.float32)
+        gs = _dot_pair(g, st_hi, st_lo, LOWP, SPLIT_PRODUCTS, PREC)  # g Sᵀ [BN, BF]
+        den = tl.sum(fq32 * z[None, :], axis=1)
         d = _guard(den, eps)
-        ga = tl.sum(fqt32 * gst, axis=0)
+        ga = tl.sum(fq32 * gs, axis=1)
         dden = tl.where(tl.abs(den) >= eps, -ga / (d * d), 0.0)
-        dfqt = tl.where(live, gst / d[None, :] + dden[None, :] * z[:, None], 0.0)
-        dpt = -scale * sine(pt, FAST) * dfqt
-        dq = _times_w(tl.trans(dpt), tl.trans(w), tl.trans(w_hi), LOWP, SPLIT_PRODUCTS, PREC)
-        if WEIGHT_GRAD:
-            dw_acc += _split_dot_left(dpt, q, LOWP, SPLIT_PRODUCTS, PREC)
-            db_acc += tl.sum(dpt, axis=1)
+        dfq = gs / d[:, None] + dden[:, None] * z[None, :]
+        dfq = tl.where(nmask[:, None] & fmask[None, :], dfq, 0.0)
+        dq, dwt_acc, db_acc = _grad_map(
+            q, dfq, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP, SPLIT_PRODUCTS, PREC, FAST, WEIGHT_GRAD
+        )
         tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dq.to(DQ.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
-        ds_acc += _split_dot_left(fqt32 / d[None, :], g, LOWP, SPLIT_PRODUCTS, PREC)
-        dz_acc += tl.sum(fqt32 * dden[None, :], axis=1)
+        ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) / d[:, None], LOWP, SPLIT_PRODUCTS, PREC)
+        dz_acc += tl.sum(fq32 * dden[:, None], axis=0)
     tl.atomic_add(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :], ds_acc,
                   mask=fmask[:, None] & cmask[None, :])  # fmt: skip
     tl.atomic_add(DZ + bh.to(tl.int64) * F + offs_f, dz_acc, mask=fmask)
     if WEIGHT_GRAD:
-        _accumulate_weight_grads(DW, DB, tl.trans(dw_acc), db_acc, D, F, SLOTS, BD, BF)
+        _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
 
 
 @triton.jit

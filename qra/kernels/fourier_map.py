@@ -47,11 +47,18 @@ STAB_NONE, STAB_ROW, STAB_GIVEN = 0, 1, 2
 #: :func:`qra.kernels.exponential_features`' stabilisers as the kernels' ``STAB``: a sequence's max is given to them
 STAB_OF = {"none": STAB_NONE, "row": STAB_ROW, "sequence": STAB_GIVEN}
 
-#: rows per tile, warps and programs per SM of the two passes.  ptxas for sm_90 (bf16, d = 64, m = 128): the
-#: backward spills 3,084 bytes at 64 rows on 4 warps, 1,544 on 8, 596 at 32 rows on 4 warps and none at 32 rows
-#: on 8 warps (250 registers); the forward uses 128 registers at 32 rows on 8 warps (255 at 64 rows on 4).
-FORWARD_LAUNCH = Launch(block=32, warps=8, per_sm=4)
-BACKWARD_LAUNCH = Launch(block=32, warps=8, per_sm=2)
+#: rows per tile, warps and programs per SM of the cosine (Fourier) passes.  With single bf16 products (round 17)
+#: 64 rows on 4 warps, about 2 programs per SM, is the fastest of ten shapes for both passes on an H200
+#: (``results/bench/fourier-features-shapes-h200-round18.txt``, GPU time from CUDA-graph replays, bf16, d = 64,
+#: m = 128): forward + backward 0.073 ms at N = 512 against 0.100–0.104 for the 32-row, 8-warp shapes used before,
+#: 0.122 against 0.171–0.178 at N = 32,768, and with the weight gradient 0.132 against 0.141–0.163.
+FORWARD_LAUNCH = Launch(block=64, warps=4, per_sm=2)
+BACKWARD_LAUNCH = Launch(block=64, warps=4, per_sm=2)
+#: the same for the exponential (FAVOR+) passes and the sequence maximum, not searched again since the pairs: ptxas
+#: for sm_90 then put the backward's spills at 3,084 bytes at 64 rows on 4 warps, 1,544 on 8, 596 at 32 rows on 4
+#: warps and none at 32 rows on 8 warps (250 registers)
+EXPONENTIAL_FORWARD_LAUNCH = Launch(block=32, warps=8, per_sm=4)
+EXPONENTIAL_BACKWARD_LAUNCH = Launch(block=32, warps=8, per_sm=2)
 
 
 @triton.jit
@@ -206,6 +213,12 @@ class Activation:
     def meta(self) -> dict:
         return dict(EXP=self.exponential, STAB=self.stabilizer)
 
+    def launches(self) -> tuple[Launch, Launch]:
+        """The forward's and the backward's launch shapes for these features."""
+        if self.exponential:
+            return EXPONENTIAL_FORWARD_LAUNCH, EXPONENTIAL_BACKWARD_LAUNCH
+        return FORWARD_LAUNCH, BACKWARD_LAUNCH
+
 
 class _RandomFeatures(torch.autograd.Function):
     """x ``[B, H, N, d]``, W ``[m, d]``, b ``[m]``, c ``[H]`` (float32), the stabilisers s ``[B·H]`` (read with
@@ -216,10 +229,11 @@ class _RandomFeatures(torch.autograd.Function):
         bsz, heads, n, dim = x.shape
         feat = weight.shape[0]
         out = torch.empty(bsz, heads, n, feat, device=x.device, dtype=x.dtype)
-        grid, per = _grid(n, bsz * heads, x.device, FORWARD_LAUNCH)
+        launch = activation.launches()[0]
+        grid, per = _grid(n, bsz * heads, x.device, launch)
         launch_kernel(_features_kernel, grid, (x, weight, bias, factors, stabilizers, out),
                       (*x.stride(), *out.stride(), heads, n, dim, feat, per, activation.norm_weight),
-                      **_meta(x.dtype, dim, feat, FORWARD_LAUNCH), **activation.meta())  # fmt: skip
+                      **_meta(x.dtype, dim, feat, launch), **activation.meta())  # fmt: skip
         ctx.save_for_backward(x, weight, bias, factors, stabilizers)
         ctx.activation = activation
         return out
@@ -230,9 +244,10 @@ class _RandomFeatures(torch.autograd.Function):
         activation = ctx.activation
         bsz, heads, n, dim = x.shape
         feat = weight.shape[0]
-        meta = _meta(x.dtype, dim, feat, BACKWARD_LAUNCH)
+        launch = activation.launches()[1]
+        meta = _meta(x.dtype, dim, feat, launch)
         dx = torch.empty_like(x)
-        grid, per = _grid(n, bsz * heads, x.device, BACKWARD_LAUNCH)
+        grid, per = _grid(n, bsz * heads, x.device, launch)
         programs = grid[0] * grid[1]
         weight_grad, factor_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         # without a weight gradient (a fixed bandwidth) the kernel neither forms nor writes these sums
@@ -272,12 +287,12 @@ def _sequence_max(
     sequence has no real key: its features are all masked, whatever they are); x and W already prepared."""
     bsz, heads, n, dim = x.shape
     feat = weight.shape[0]
-    grid, per = _grid(n, bsz * heads, x.device, FORWARD_LAUNCH)
+    grid, per = _grid(n, bsz * heads, x.device, EXPONENTIAL_FORWARD_LAUNCH)
     maxima = torch.empty(grid[0], grid[1], device=x.device, dtype=torch.float32)
     factors = torch.ones(heads, device=x.device, dtype=torch.float32)  # read by the shared start, unused here
     mask = mask_bytes(key_padding_mask, x.device)
     m, m_strides = mask_arguments(mask, maxima)
-    meta = _meta(x.dtype, dim, feat, FORWARD_LAUNCH)
+    meta = _meta(x.dtype, dim, feat, EXPONENTIAL_FORWARD_LAUNCH)
     meta.pop("FAST")
     launch_kernel(_sequence_max_kernel, grid, (x, weight, bias, factors, m, maxima),
                   (*x.stride(), *m_strides, heads, n, dim, feat, per, float(norm_weight)),
