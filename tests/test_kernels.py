@@ -363,10 +363,10 @@ def assert_features_and_gradients(out, wrt, expected, expected_wrt, needed: dict
         assert_close(a, e, rtol, name)
 
 
-def check_fourier_features(b, h, n, d, m, dtype, head_factor, strided=False, weight_grad=True):
+def check_fourier_features(b, h, n, d, m, dtype, head_factor, strided=False, weight_grad=True, seed=0):
     """kernels.fourier_features against the fp32 PyTorch formula: φ and the gradients of x, W, the phases and
     the per-head factor (when it is a tensor); with ``weight_grad`` False W and the phases are constants."""
-    q, _, _, weight, phase = fourier_inputs(b, h, n, 1, d, m, 1, dtype, sigma=2.0)
+    q, _, _, weight, phase = fourier_inputs(b, h, n, 1, d, m, 1, dtype, sigma=2.0, seed=seed)
     if strided:  # [B, N, H, d] seen as [B, H, N, d], as a patched layer's queries are
         q = q.transpose(1, 2).contiguous().transpose(1, 2)
     scale = (2.0 / m) ** 0.5
@@ -389,6 +389,25 @@ def check_fourier_features(b, h, n, d, m, dtype, head_factor, strided=False, wei
     expected, expected_wrt = run(formula)
     assert out.dtype == dtype and out.shape == (b, h, n, m)
     assert_features_and_gradients(out, wrt, expected, expected_wrt, needed, RTOL[dtype])
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fourier_features_repeated_calls_through_bound_launches(dtype):
+    """Calls after the first of one input layout issue the feature pass's launches bound at the first (as the
+    linear kernels' plans): each call against the PyTorch path, with new data, between calls of another layout
+    (queries seen through a transpose) and other backward variants (W and the phases fixed; no factor gradient)."""
+    from qra.kernels import _launch, fourier_map
+
+    factors = torch.tensor([0.5, 1.0, 2.0], device="cuda")
+    calls = [(False, True, factors), (False, True, factors), (True, True, factors), (False, False, factors),
+             (False, True, 0.7), (False, True, factors), (True, True, factors), (False, False, 0.7)]  # fmt: skip
+    for seed, (strided, weight_grad, head_factor) in enumerate(calls):
+        check_fourier_features(2, 3, 100, 64, 128, dtype, head_factor, strided=strided, weight_grad=weight_grad,
+                               seed=seed)  # fmt: skip
+    if _launch.direct_launches():  # (under Triton's interpreter every launch takes its JIT path)
+        bound = [len(plan._bound) for plan in fourier_map._PLANS._plans.values()]
+        assert bound and max(bound) >= 3  # the forward and at least two backward variants of one layout
 
 
 @requires_gpu

@@ -17,12 +17,16 @@ the order rotated each round), medians over ``--rounds``:
                    the host's time to issue one step
 
 and every CUDA call of one step that synchronises the host with the GPU
-(``torch.cuda.set_sync_debug_mode``), with the Python stack that made it.
+(``torch.cuda.set_sync_debug_mode``), with the Python stack that made it.  ``--profile K`` also prints, per
+variant, the K functions with the most own host time (cProfile ``tottime``) over 20 host-only steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import statistics
 import traceback
 import warnings
@@ -55,6 +59,20 @@ def synchronising_calls(step: Callable[[], None]) -> list[str]:
     return found
 
 
+def host_profile(step: Callable[[], None], functions: int, steps: int = 20) -> str:
+    """cProfile of ``steps`` calls of ``step`` (the GPU synchronised once, after them): the functions with the
+    most own time."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(functions)
+    return text.getvalue()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="distilbert")
@@ -63,6 +81,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--burst", type=int, default=10)
+    parser.add_argument("--profile", type=int, default=0, help="print the K functions with the most host time")
     args = parser.parse_args()
     device = torch.device("cuda")
     variants = args.variants.split(",")
@@ -99,6 +118,9 @@ def main() -> None:
         print(f"\n== {name}: {len(calls)} synchronising CUDA call(s) in one step")
         for call in calls:
             print(call)
+    for name in variants if args.profile else ():
+        print(f"\n== {name}: host profile, 20 steps at B = 1, N = 8")
+        print(host_profile(tiny[name], args.profile))
 
 
 if __name__ == "__main__":

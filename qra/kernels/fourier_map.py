@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch_kernel
+from . import fourier_linear
+from ._launch import LaunchPlan, LaunchPlans, direct_launches, launch_kernel, layout, prepare
 from ._trig import cos_sin, cosine
 from ._util import mask_arguments, mask_bytes, pow2
 from .fourier_linear import (
@@ -220,6 +221,11 @@ class Activation:
         return FORWARD_LAUNCH, BACKWARD_LAUNCH
 
 
+#: each pass's launches per input layout, bound to their compiled kernels (qra.kernels._launch), as the linear
+#: kernels' are: a repeated call issues them with its tensors only
+_PLANS = LaunchPlans()
+
+
 class _RandomFeatures(torch.autograd.Function):
     """x ``[B, H, N, d]``, W ``[m, d]``, b ``[m]``, c ``[H]`` (float32), the stabilisers s ``[B·H]`` (read with
     ``STAB_GIVEN``) → c_h·cos(x·Wᵀ + b) or c_h·exp(x·Wᵀ + b − η‖x‖² − s), ``[B, H, N, m]`` in x's dtype."""
@@ -229,35 +235,42 @@ class _RandomFeatures(torch.autograd.Function):
         bsz, heads, n, dim = x.shape
         feat = weight.shape[0]
         out = torch.empty(bsz, heads, n, feat, device=x.device, dtype=x.dtype)
-        launch = activation.launches()[0]
-        grid, per = _grid(n, bsz * heads, x.device, launch)
-        launch_kernel(_features_kernel, grid, (x, weight, bias, factors, stabilizers, out),
-                      (*x.stride(), *out.stride(), heads, n, dim, feat, per, activation.norm_weight),
-                      **_meta(x.dtype, dim, feat, launch), **activation.meta())  # fmt: skip
+        launches = activation.launches()
+        # the module's settings too: experiments/device/fourier_features_shapes.py changes them between calls
+        settings = (activation, launches, fourier_linear.APPROXIMATE_TRIG, fourier_linear.SPLIT_PRODUCTS)
+        plan = _PLANS.plan((x, weight, bias, factors, stabilizers), *settings)
+        args = (x, weight, bias, factors, stabilizers, out)
+        if not plan.issue("forward", args):
+            grid, per = _grid(n, bsz * heads, x.device, launches[0])
+            scalars = (*x.stride(), *out.stride(), heads, n, dim, feat, per, activation.norm_weight)
+            meta = dict(_meta(x.dtype, dim, feat, launches[0]), **activation.meta())
+            plan.bind("forward", prepare(_features_kernel, grid, args, scalars, **meta))
         ctx.save_for_backward(x, weight, bias, factors, stabilizers)
-        ctx.activation = activation
+        ctx.activation, ctx.launch, ctx.plan = activation, launches[1], plan
         return out
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, bias, factors, stabilizers = ctx.saved_tensors
-        activation = ctx.activation
+        activation, launch = ctx.activation, ctx.launch
         bsz, heads, n, dim = x.shape
         feat = weight.shape[0]
-        launch = activation.launches()[1]
-        meta = _meta(x.dtype, dim, feat, launch)
         dx = torch.empty_like(x)
         grid, per = _grid(n, bsz * heads, x.device, launch)
-        programs = grid[0] * grid[1]
         weight_grad, factor_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         # without a weight gradient (a fixed bandwidth) the kernel neither forms nor writes these sums
-        sums = programs if weight_grad else 1
-        dwt = torch.empty(sums, meta["BD"], meta["BF"], device=x.device, dtype=torch.float32)
-        db = torch.empty(sums, meta["BF"], device=x.device, dtype=torch.float32)
+        sums = grid[0] * grid[1] if weight_grad else 1
+        dwt = torch.empty(sums, pow2(dim), pow2(feat), device=x.device, dtype=torch.float32)
+        db = torch.empty(sums, pow2(feat), device=x.device, dtype=torch.float32)
         dc = torch.empty(bsz, heads, grid[1] if factor_grad else 1, device=x.device, dtype=torch.float32)
-        launch_kernel(_features_backward_kernel, grid, (x, grad, weight, bias, factors, stabilizers, dx, dwt, db, dc),
-                      (*x.stride(), *grad.stride(), *dx.stride(), heads, n, dim, feat, per, activation.norm_weight),
-                      WEIGHT_GRAD=weight_grad, FACTOR_GRAD=factor_grad, **meta, **activation.meta())  # fmt: skip
+        plan = ctx.plan if direct_launches() else LaunchPlan()
+        variant = ("backward", layout(grad), weight_grad, factor_grad)  # what its scalars add to the forward's key
+        args = (x, grad, weight, bias, factors, stabilizers, dx, dwt, db, dc)
+        if not plan.issue(variant, args):
+            scalars = (*x.stride(), *grad.stride(), *dx.stride(), heads, n, dim, feat, per, activation.norm_weight)
+            meta = dict(_meta(x.dtype, dim, feat, launch), WEIGHT_GRAD=weight_grad, FACTOR_GRAD=factor_grad,
+                        **activation.meta())  # fmt: skip
+            plan.bind(variant, prepare(_features_backward_kernel, grid, args, scalars, **meta))
         dw = dwt.sum(0)[:dim, :feat].T if ctx.needs_input_grad[1] else None
         db = db.sum(0)[:feat] if ctx.needs_input_grad[2] else None
         return dx, dw, db, (dc.sum((0, 2)) if factor_grad else None), None, None
