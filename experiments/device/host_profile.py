@@ -9,11 +9,8 @@ so that Python, PyTorch operator and Triton launch costs show apart.
 
 from __future__ import annotations
 
-import cProfile
-import pstats
-
 import torch
-from profiling import benchmark_rows, shape_parser
+from profiling import benchmark_rows, host_profile, shape_parser
 
 CALLS = 200
 
@@ -31,13 +28,9 @@ def main() -> None:
 
         for _ in range(20):
             step()
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(CALLS):
-            step()
-        profiler.disable()
+        text = host_profile(step, CALLS, args.functions)
         print(f"\n=== {name}, N = {args.length}, {CALLS} calls ({torch.cuda.get_device_name()})", flush=True)
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.functions)
+        print(text)
 
 
 if __name__ == "__main__":

@@ -24,15 +24,13 @@ variant, the K functions with the most own host time (cProfile ``tottime``) over
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
-import pstats
 import statistics
 import traceback
 import warnings
 from collections.abc import Callable
 
 import torch
+from profiling import host_profile
 
 from qra.experiment.bench import time_once, time_steady
 from qra.experiment.bench_train import train_step, train_step_model
@@ -57,20 +55,6 @@ def synchronising_calls(step: Callable[[], None]) -> list[str]:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return found
-
-
-def host_profile(step: Callable[[], None], functions: int, steps: int = 20) -> str:
-    """cProfile of ``steps`` calls of ``step`` (the GPU synchronised once, after them): the functions with the
-    most own time."""
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    profiler.disable()
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(functions)
-    return text.getvalue()
 
 
 def main() -> None:
@@ -120,7 +104,7 @@ def main() -> None:
             print(call)
     for name in variants if args.profile else ():
         print(f"\n== {name}: host profile, 20 steps at B = 1, N = 8")
-        print(host_profile(tiny[name], args.profile))
+        print(host_profile(tiny[name], 20, args.profile))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ time, then the same step under torch.profiler."""
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import time
 from collections.abc import Callable, Iterator
 
@@ -77,6 +80,20 @@ def wall_ms(step: Callable[[], object], calls: int = 10, warmup: int = 3) -> flo
         step()
     torch.cuda.synchronize()
     return (time.perf_counter() - start) / calls * 1000
+
+
+def host_profile(step: Callable[[], object], calls: int, functions: int) -> str:
+    """cProfile of ``calls`` calls of ``step`` (the GPU synchronised once, after them): the ``functions`` with the
+    most own host time (``tottime``), as text."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        step()
+    torch.cuda.synchronize()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(functions)
+    return text.getvalue()
 
 
 def profile_step(step: Callable[[], object], calls: int, warmup: int) -> tuple[float, float, object]:
