@@ -72,8 +72,9 @@ class Launch:
 #: the state and output kernels; the two backward kernels (which keep more tiles live).  Chosen on an H200 by the
 #: GPU's own time (CUDA-graph replays): round 14 (``results/bench/linear-tiles-graph-h200-round14.json``) took the
 #: forward from 0.184 to 0.150 ms at N = 512 with 64 rows and 4 warps; with the transposed state kernel (round 18,
-#: ``results/bench/linear-ab-h200-round18.json``) 128 rows and 8 warps take it to 0.127 ms (0.136 at 64 rows and 4
-#: warps), at 0.013 ms more at N = 32,768 (0.189 against 0.175), where the mode costs 0.03× SDPA either way.  No
+#: ``results/bench/linear-ab-h200-round18-9c1dccd.json``) 128 rows and 8 warps take it to 0.126 ms (0.136 at 64 rows
+#: and 4 warps; round 17's kernels 0.143), at 0.013 ms more at N = 32,768 (0.189 against 0.175,
+#: ``linear-ab-h200-round18-1e8e2fd.json``), where the mode costs 0.03× SDPA either way.  No
 #: backward shape, register cap included, beat round 3's, in round 14 nor for single products in round 18
 #: (``results/bench/linear-tiles-graph-h200-round18.json``).
 FORWARD_LAUNCH = Launch(block=128, warps=8, per_sm=2)
