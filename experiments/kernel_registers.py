@@ -1,7 +1,7 @@
 """Registers, spills and shared memory of the fused RFF linear-attention kernels for sm_90, without a GPU.
 
-    python experiments/kernel_registers.py [--kernels state,out,bwd_q,bwd_k] [--shapes 32,8,3 64,4,3,128]
-        [--products pair single]
+    python experiments/kernel_registers.py [--kernels state,out,whole,bwd_q,bwd_k,whole_bwd]
+        [--shapes 32,8,3 64,4,3,128] [--products pair single]
 
 Each shape is rows per tile, warps, pipeline stages and optionally a register cap (Triton's ``maxnreg``).  Triton
 compiles the kernel for an H100/H200 (``GPUTarget("cuda", 90, 32)``) at the attention benchmark's sizes (d = 64,
@@ -34,6 +34,12 @@ KERNELS = {
                                                  DZ=FP32, DW=FP32, DB=FP32), dict(WEIGHT_GRAD=False)),
     "bwd_k": (fourier_linear._bwd_k_kernel, dict(K=BF16, V=BF16, MASK=BYTE, W=FP32, B=FP32, DS=FP32, DZ=FP32, DK=BF16,
                                                  DV_=BF16, DW=FP32, DB=FP32), dict(HAS_MASK=False, WEIGHT_GRAD=False)),
+    "whole": (fourier_linear._whole_forward_kernel, dict(Q=BF16, K=BF16, V=BF16, MASK=BYTE, W=FP32, B=FP32, S=FP32,
+                                                         Z=FP32, OUT=BF16), dict(HAS_MASK=False, STORE_STATE=True)),
+    "whole_bwd": (fourier_linear._whole_backward_kernel, dict(Q=BF16, K=BF16, V=BF16, MASK=BYTE, G=BF16, W=FP32,
+                                                              B=FP32, S=FP32, Z=FP32, DQ=BF16, DK=BF16, DV_=BF16,
+                                                              DW=FP32, DB=FP32), dict(HAS_MASK=False,
+                                                                                      WEIGHT_GRAD=False)),
 }  # fmt: skip
 SIZES = dict(BD=64, BF=128, BV=64, LOWP=True, PREC="tf32", FAST=True)
 PRODUCTS = {"pair": True, "single": False}

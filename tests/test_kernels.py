@@ -222,6 +222,16 @@ def off_boundary(t: torch.Tensor) -> torch.Tensor:
     return shifted
 
 
+@pytest.fixture(params=["whole", "split"])
+def sequence_programs(request, monkeypatch):
+    """Both ways the fused RFF linear kernels share a sequence among programs (``SEQUENCE_PROGRAMS``): one program
+    per (batch, head), or several per direction adding their sums by atomics."""
+    from qra.kernels import fourier_linear
+
+    monkeypatch.setattr(fourier_linear, "SEQUENCE_PROGRAMS", request.param)
+    return request.param
+
+
 def check_fourier_linear(b, h, nq, nk, d, m, dv, dtype, mask, map_grad=True, seed=0, shift_q=False):
     """The fused kernel against the PyTorch formula: output and the gradients of q, k, v and, with
     ``map_grad``, of W and the phases (without, as for RFF's fixed buffers, the kernels skip them).
@@ -251,17 +261,38 @@ def check_fourier_linear(b, h, nq, nk, d, m, dv, dtype, mask, map_grad=True, see
             assert_close(a, e, RTOL[dtype], name)
 
 
+@pytest.mark.skipif(not kernels.triton_available(), reason="needs triton")
+def test_fourier_linear_whole_sequences_where_the_split_grid_gives_one_program(monkeypatch):
+    """``auto`` runs a (batch, head) in one program exactly where the split kernels' grid would give it one program
+    per direction anyway; ``whole`` and ``split`` force either way; any other setting is refused, naming these."""
+    from qra.kernels import fourier_linear
+
+    cpu = torch.device("cpu")  # counted as 4 SMs (qra.kernels._util.sm_count)
+    launch = fourier_linear.Launch(block=128, per_sm=2)
+    assert fourier_linear._whole_sequences((512, 512), 8, cpu, launch)  # 8 (batch, head)s fill 2 programs × 4 SMs
+    assert not fourier_linear._whole_sequences((512, 512), 4, cpu, launch)  # 4: each sequence over 2 programs
+    assert not fourier_linear._whole_sequences((128, 512), 4, cpu, launch)  # the keys split, the queries not
+    assert fourier_linear._whole_sequences((100, 128), 1, cpu, launch)  # one block each: one program either way
+    monkeypatch.setattr(fourier_linear, "SEQUENCE_PROGRAMS", "split")
+    assert not fourier_linear._whole_sequences((512, 512), 8, cpu, launch)
+    monkeypatch.setattr(fourier_linear, "SEQUENCE_PROGRAMS", "whole")
+    assert fourier_linear._whole_sequences((5000, 5000), 1, cpu, launch)
+    monkeypatch.setattr(fourier_linear, "SEQUENCE_PROGRAMS", "sometimes")
+    with pytest.raises(ValueError, match="accepted: 'auto', 'whole', 'split'"):
+        fourier_linear._whole_sequences((512, 512), 8, cpu, launch)
+
+
 @requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dv", [32, 64])
 @pytest.mark.parametrize(("d", "m"), [(32, 32), (32, 64), (64, 128), (64, 256)])
-def test_fourier_linear_matches_pytorch(d, m, dv, dtype):
+def test_fourier_linear_matches_pytorch(d, m, dv, dtype, sequence_programs):
     check_fourier_linear(2, 3, 100, 100, d, m, dv, dtype, make_mask(2, 100, "cuda"))
 
 
 @requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fourier_linear_repeated_calls_through_bound_launches(dtype):
+def test_fourier_linear_repeated_calls_through_bound_launches(dtype, sequence_programs):
     """Calls after the first of one input layout issue the launches bound at the first (qra.kernels._launch's
     plans): each call against the PyTorch path, with new data, between calls of other layouts (no padding,
     queries off a 16-byte boundary) and other backward variants (the map's gradients asked for)."""
@@ -275,13 +306,15 @@ def test_fourier_linear_repeated_calls_through_bound_launches(dtype):
                              seed=seed, shift_q=shift_q)  # fmt: skip
     if _launch.direct_launches():  # (under Triton's interpreter every launch takes its JIT path)
         bound = [len(plan._bound) for plan in fourier_linear._PLANS._plans.values()]
-        assert bound and max(bound) == 6  # state, out and each backward kernel for the fixed and the learned map
+        # split: state, out and each backward kernel for the fixed and the learned map; whole: one forward and the
+        # backward for each map
+        assert bound and max(bound) == (6 if sequence_programs == "split" else 3)
 
 
 @requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("d", "m", "dv"), [(32, 64, 32), (64, 128, 64), (64, 256, 64)])
-def test_fourier_linear_fixed_map_matches_pytorch(d, m, dv, dtype):
+def test_fourier_linear_fixed_map_matches_pytorch(d, m, dv, dtype, sequence_programs):
     """W and the phases without grad (RFF's default): the kernels skip the map's gradients, the rest holds."""
     check_fourier_linear(2, 3, 100, 100, d, m, dv, dtype, make_mask(2, 100, "cuda"), map_grad=False)
 
@@ -291,14 +324,14 @@ def test_fourier_linear_fixed_map_matches_pytorch(d, m, dv, dtype):
 @pytest.mark.parametrize(("nq", "nk"), [(1, 1), (17, 17), (333, 333), (5, 333), (333, 1)])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("map_grad", [True, False])
-def test_fourier_linear_odd_lengths(nq, nk, dtype, masked, map_grad):
+def test_fourier_linear_odd_lengths(nq, nk, dtype, masked, map_grad, sequence_programs):
     mask = make_mask(3, nk, "cuda", all_padding_row=nk > 1) if masked else None
     check_fourier_linear(3, 2, nq, nk, 48, 96, 32, dtype, mask, map_grad)
 
 
 @requires_gpu
 @pytest.mark.parametrize("map_grad", [True, False])
-def test_fourier_linear_long_sequence_splits(map_grad):
+def test_fourier_linear_long_sequences(map_grad, sequence_programs):
     check_fourier_linear(1, 2, 4099, 5000, 64, 128, 64, torch.bfloat16, make_mask(1, 5000, "cuda", False), map_grad)
 
 
@@ -342,7 +375,7 @@ def test_rff_linear_mode_runs_the_prologue_kernel(sincos, monkeypatch):
 
 @requires_gpu
 @pytest.mark.parametrize("split_products", [True, False])
-def test_fourier_kernels_either_product_setting(split_products, monkeypatch):
+def test_fourier_kernels_either_product_setting(split_products, sequence_programs, monkeypatch):
     """bf16 products with fp32 tiles (S, dS, g/d, dp) as hi + lo pairs or rounded once
     (``fourier_linear.SPLIT_PRODUCTS``): both settings' linear attention and feature pass match the PyTorch path,
     with the map's gradients and without."""

@@ -1,15 +1,17 @@
 """The fused RFF linear attention of this tree against another version of its module, side by side in one process.
 
     python experiments/device/linear_ab.py --other OLD.py --output linear-ab.json [--lengths 512,32768]
-        [--rounds 3] [--forward 64,4,3,2 32,8,3,2]
+        [--rounds 3] [--forward 128,8,3,2 64,4,3,2] [--whole-forward 64,8,3,2 ...] [--whole-backward 32,8,3,2 ...]
 
 ``OLD.py`` is a copy of ``qra/kernels/fourier_linear.py`` from another commit (``git show REV:qra/kernels/
 fourier_linear.py > OLD.py``); it is imported as a sibling of ``qra.kernels.fourier_linear``, so that its relative
 imports resolve to this tree's helpers.  Each round times, at the attention benchmark's shape (B·N = 16,384,
 H = 12, d = 64, m = 128, bf16, fixed W and phases), the forward alone and the forward + backward of the
-benchmark's loss (``out.float().sum()``) for SDPA, the other module at its own launch shapes and this tree's at
-each ``--forward`` launch shape (rows, warps, stages, programs per SM; the first is its default), in GPU ms from
-CUDA-graph replays (``profiling.search_ms``).  Rounds alternate the contenders, so that drift touches each alike.
+benchmark's loss (``out.float().sum()``) for SDPA, the other module at its own launch shapes, this tree's split
+kernels at each ``--forward`` launch shape (rows, warps, stages, programs per SM; the first is its default) and, at
+lengths where ``SEQUENCE_PROGRAMS = "auto"`` takes whole sequences, its one-program-per-sequence kernels at each
+``--whole-forward`` and ``--whole-backward`` shape, in GPU ms from CUDA-graph replays (``profiling.search_ms``).
+Rounds alternate the contenders, so that drift touches each alike.
 """
 
 from __future__ import annotations
@@ -40,8 +42,13 @@ def load_other(path: Path):
     return module
 
 
-def contenders_at(length: int, other, shapes: list[Launch]) -> dict[str, dict]:
-    """Every contender's forward and forward + backward steps at the benchmark's shape for ``length``."""
+def contenders_at(
+    length: int, other, shapes: list[Launch], whole: tuple[list[Launch], list[Launch]]
+) -> dict[str, dict]:
+    """Every contender's forward and forward + backward steps at the benchmark's shape for ``length``: SDPA, the other
+    module, this tree's split kernels at each forward shape and, where ``auto`` takes whole sequences at this length,
+    its one-program-per-sequence kernels at each of ``whole`` = (forward shapes, backward shapes), one coordinate
+    at a time (the other at its first shape)."""
     dev = torch.device("cuda")
     torch.manual_seed(length)
     b, h, d, m = max(1, 16_384 // length), 12, 64, 128
@@ -59,10 +66,10 @@ def contenders_at(length: int, other, shapes: list[Launch]) -> dict[str, dict]:
 
         return {"fwd": forward, "fwd_bwd": forward_backward}
 
-    def fused(module, launch: Launch | None = None):
+    def fused(module, **settings):  # the module's settings, set before each call (contenders share the module)
         def attention(q, k, v):
-            if launch is not None:
-                module.FORWARD_LAUNCH = launch
+            for name, value in settings.items():
+                setattr(module, name, value)
             return module.fused_fourier_linear_attention(q, k, v, weight, phase, scale)
 
         return attention
@@ -70,7 +77,18 @@ def contenders_at(length: int, other, shapes: list[Launch]) -> dict[str, dict]:
     contenders = {"sdpa": steps(torch.nn.functional.scaled_dot_product_attention),
                   f"other {other.FORWARD_LAUNCH}": steps(fused(other))}  # fmt: skip
     for launch in shapes:
-        contenders[f"this {launch}"] = steps(fused(fourier_linear, launch))
+        contenders[f"this split {launch}"] = steps(
+            fused(fourier_linear, FORWARD_LAUNCH=launch, SEQUENCE_PROGRAMS="split")
+        )
+    fourier_linear.SEQUENCE_PROGRAMS, fourier_linear.FORWARD_LAUNCH = "auto", shapes[0]
+    if not fourier_linear._whole_sequences((length, length), b * h, dev, shapes[0]):
+        return contenders
+    forwards, backwards = whole
+    pairs = [(f, backwards[0]) for f in forwards] + [(forwards[0], w) for w in backwards[1:]]
+    for forward, backward in pairs:
+        contenders[f"this whole {forward} / {backward}"] = steps(fused(
+            fourier_linear, FORWARD_LAUNCH=shapes[0], SEQUENCE_PROGRAMS="whole", WHOLE_FORWARD_LAUNCH=forward,
+            WHOLE_BACKWARD_LAUNCH=backward))  # fmt: skip
     return contenders
 
 
@@ -79,14 +97,19 @@ def main() -> None:
     parser.add_argument("--other", type=Path, required=True)
     parser.add_argument("--lengths", default="512,32768")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--forward", nargs="+", default=["64,4,3,2"])
+    parser.add_argument("--forward", nargs="+", default=["128,8,3,2"])
+    parser.add_argument("--whole-forward", nargs="+", default=["64,8,3,2"])
+    parser.add_argument("--whole-backward", nargs="+", default=["32,8,3,2"])
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     other = load_other(args.other)
     shapes = [Launch(*map(int, text.split(","))) for text in args.forward]
+    whole = tuple(
+        [Launch(*map(int, text.split(","))) for text in texts] for texts in (args.whole_forward, args.whole_backward)
+    )
     rows: list[dict] = []
     for length in map(int, args.lengths.split(",")):
-        contenders = contenders_at(length, other, shapes)
+        contenders = contenders_at(length, other, shapes, whole)
         times = {(name, kind): [] for name in contenders for kind in ("fwd", "fwd_bwd")}
         for number in range(args.rounds):
             names = list(contenders)

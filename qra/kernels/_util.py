@@ -64,17 +64,17 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def zeroed_sums(
-    groups: int, rows: int, cols: int, device: torch.device, copies: int = 1
+def sum_buffers(
+    groups: int, rows: int, cols: int, device: torch.device, copies: int = 1, zeroed: bool = True
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``copies`` pairs of zeroed fp32 [groups, rows, cols] and [groups, rows] sums (S and z, or their
-    gradients) in one allocation and one fill: the kernels add into them with atomics, and at short lengths
-    the host's time for each extra launch shows.  Every view starts on a 16-byte boundary, whatever the
+    """``copies`` pairs of fp32 [groups, rows, cols] and [groups, rows] sums (S and z, or their gradients) in one
+    allocation and, when ``zeroed``, one fill: the kernels add into them with atomics, and at short lengths the
+    host's time for each extra launch shows.  Every view starts on a 16-byte boundary, whatever the
     sizes, so that a launch bound for one call's sums fits the next call's (``qra.kernels._launch``)."""
     matrix, vector = rows * cols * groups, rows * groups
     split = -(-matrix // 4) * 4  # floats, rounded up to 16 bytes
     size = split + -(-vector // 4) * 4
-    flat = torch.zeros(copies * size, device=device, dtype=torch.float32)
+    flat = (torch.zeros if zeroed else torch.empty)(copies * size, device=device, dtype=torch.float32)
     pieces = [flat[i * size : (i + 1) * size] for i in range(copies)]
     return [(piece[:matrix].view(groups, rows, cols), piece[split : split + vector].view(groups, rows))
             for piece in pieces]  # fmt: skip

@@ -46,7 +46,7 @@ import triton.language as tl
 
 from ._launch import LaunchPlan, LaunchPlans, direct_launches, layout, prepare
 from ._trig import cosine, hardware_trig, sine
-from ._util import mask_arguments, mask_bytes, pow2, splits, zeroed_sums
+from ._util import mask_arguments, mask_bytes, pow2, splits, sum_buffers
 from .linear import _dot_pair, _guard, _split, _split_dot
 
 
@@ -79,6 +79,11 @@ class Launch:
 #: (``results/bench/linear-tiles-graph-h200-round18.json``).
 FORWARD_LAUNCH = Launch(block=128, warps=8, per_sm=2)
 BACKWARD_LAUNCH = Launch(block=32, warps=8)
+#: the one-program-per-sequence kernels (:data:`SEQUENCE_PROGRAMS`; their grid is one program per (batch, head), so
+#: ``per_sm`` is unused).  At 128 rows the forward spills 320 bytes a thread for sm_90, at 64 rows on 8 warps none
+#: (``experiments/kernel_registers.py``)
+WHOLE_FORWARD_LAUNCH = Launch(block=64, warps=8)
+WHOLE_BACKWARD_LAUNCH = Launch(block=32, warps=8)
 #: the hardware's approximate cosine and sine for bf16 inputs (False: the library's, as for fp32)
 APPROXIMATE_TRIG = True
 #: with bf16 inputs, the fp32 tiles that enter products (S, dS, g/d, dp) do so as bf16 hi + lo pairs (False:
@@ -86,6 +91,11 @@ APPROXIMATE_TRIG = True
 SPLIT_PRODUCTS = False
 #: copies of the weight-gradient buffers that the backward programs' atomics are spread over
 WEIGHT_GRAD_SLOTS = 32
+#: how a (batch, head)'s sequence is shared among programs: ``split`` over several programs per direction (the
+#: state, output and two backward kernels, adding their sums by atomics into zeroed buffers), ``whole`` in one
+#: program (the state and output in one kernel, the backward in another: the sums stay in registers), ``auto``
+#: whole where the split grid would give each (batch, head) one program anyway (B·H ≥ about 2 programs per SM)
+SEQUENCE_PROGRAMS = "auto"
 
 
 @triton.jit
@@ -171,6 +181,157 @@ def _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD: tl.conste
 
 
 @triton.jit
+def _state_sums(k_base, v_base, m_base, s_kn, s_kd, s_vn, s_vc, s_mn, w_hi, w_lo, bias, first, count, N, D, F, DV,
+                scale, BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, HAS_MASK: tl.constexpr,
+                LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    """(Σ φkᵀV [BF, BV], Σ φk [BF]) in fp32 over ``count`` key blocks from block ``first`` (W as rows, split)."""
+    offs_d = tl.arange(0, BD)
+    offs_f = tl.arange(0, BF)
+    offs_c = tl.arange(0, BV)
+    dmask = offs_d < D
+    fmask = offs_f < F
+    cmask = offs_c < DV
+    acc = tl.zeros((BF, BV), dtype=tl.float32)
+    zacc = tl.zeros((BF,), dtype=tl.float32)
+    for blk in range(0, count):
+        offs_n = (first + blk) * BN + tl.arange(0, BN)
+        keep = offs_n < N
+        if HAS_MASK:
+            keep = keep & (tl.load(m_base + offs_n * s_mn, mask=offs_n < N, other=0) != 0)
+        k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
+        v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
+        # φkᵀ [BF, BN] straight from the product: no transposition of φk on its way into φkᵀV
+        fkt = scale * cosine(_angles_transposed(k, w_hi, w_lo, bias, LOWP, PREC), FAST)
+        fkt = tl.where(fmask[:, None] & keep[None, :], fkt, 0.0).to(k_base.dtype.element_ty)
+        acc = tl.dot(fkt, v, acc, input_precision=PREC)
+        zacc += tl.sum(fkt.to(tl.float32), axis=1)
+    return acc, zacc
+
+
+@triton.jit
+def _out_blocks(q_base, o_base, s_qn, s_qd, s_on, s_oc, w_hi, w_lo, bias, s_hi, s_lo, z, first, count, N, D, F, DV,
+                scale, eps, BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+                LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr):  # fmt: skip
+    """out = φq S / guard(φq·z) for ``count`` query blocks from block ``first`` (Wᵀ and S as split pairs)."""
+    offs_d = tl.arange(0, BD)
+    offs_f = tl.arange(0, BF)
+    offs_c = tl.arange(0, BV)
+    dmask = offs_d < D
+    fmask = offs_f < F
+    cmask = offs_c < DV
+    for blk in range(0, count):
+        offs_n = (first + blk) * BN + tl.arange(0, BN)
+        nmask = offs_n < N
+        q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
+        fq = scale * cosine(_angles(q, w_hi, w_lo, bias, LOWP, PREC), FAST)
+        fq = tl.where(fmask[None, :], fq, 0.0).to(q_base.dtype.element_ty)
+        num = _dot_pair(fq, s_hi, s_lo, LOWP, SPLIT_PRODUCTS, PREC)
+        den = _guard(tl.sum(fq.to(tl.float32) * z[None, :], axis=1), eps)
+        out = num / den[:, None]
+        tl.store(o_base + offs_n[:, None] * s_on + offs_c[None, :] * s_oc, out.to(o_base.dtype.element_ty),
+                 mask=nmask[:, None] & cmask[None, :])  # fmt: skip
+
+
+@triton.jit
+def _query_grads(q_base, g_base, d_base, s_qn, s_qd, s_gn, s_gc, s_dn, s_dd, wt, w_hi, w_lo, bias, st_hi, st_lo, z,
+                 dwt_acc, db_acc, first, count, N, D, F, DV, scale, eps, BN: tl.constexpr, BD: tl.constexpr,
+                 BF: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+                 WEIGHT_GRAD: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr):  # fmt: skip
+    """dq for ``count`` query blocks from block ``first``; returns their (dS [BF, BV], dz [BF]) sums and the map's
+    gradient accumulators (updated when WEIGHT_GRAD).  Sᵀ comes as a split pair."""
+    offs_d = tl.arange(0, BD)
+    offs_f = tl.arange(0, BF)
+    offs_c = tl.arange(0, BV)
+    dmask = offs_d < D
+    fmask = offs_f < F
+    cmask = offs_c < DV
+    ds_acc = tl.zeros((BF, BV), dtype=tl.float32)
+    dz_acc = tl.zeros((BF,), dtype=tl.float32)
+    for blk in range(0, count):
+        offs_n = (first + blk) * BN + tl.arange(0, BN)
+        nmask = offs_n < N
+        q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
+        g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(q_base.dtype.element_ty)
+        p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
+        fq = tl.where(nmask[:, None] & fmask[None, :], scale * cosine(p, FAST), 0.0).to(q_base.dtype.element_ty)
+        fq32 = fq.to(tl.float32)
+        gs = _dot_pair(g, st_hi, st_lo, LOWP, SPLIT_PRODUCTS, PREC)  # g Sᵀ [BN, BF]
+        den = tl.sum(fq32 * z[None, :], axis=1)
+        d = _guard(den, eps)
+        ga = tl.sum(fq32 * gs, axis=1)
+        dden = tl.where(tl.abs(den) >= eps, -ga / (d * d), 0.0)
+        dfq = gs / d[:, None] + dden[:, None] * z[None, :]
+        dfq = tl.where(nmask[:, None] & fmask[None, :], dfq, 0.0)
+        dq, dwt_acc, db_acc = _grad_map(
+            q, dfq, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP, SPLIT_PRODUCTS, PREC, FAST, WEIGHT_GRAD
+        )
+        tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dq.to(d_base.dtype.element_ty),
+                 mask=nmask[:, None] & dmask[None, :])  # fmt: skip
+        ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) / d[:, None], LOWP, SPLIT_PRODUCTS, PREC)
+        dz_acc += tl.sum(fq32 * dden[:, None], axis=0)
+    return ds_acc, dz_acc, dwt_acc, db_acc
+
+
+@triton.jit
+def _key_grads(k_base, v_base, m_base, dk_base, dv_base, s_kn, s_kd, s_vn, s_vc, s_mn, s_xn, s_xd, s_wn, s_wc, wt,
+               w_hi, w_lo, bias, ds_hi, ds_lo, dz, dwt_acc, db_acc, first, count, N, D, F, DV, scale,
+               BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, HAS_MASK: tl.constexpr,
+               LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr,
+               SPLIT_PRODUCTS: tl.constexpr):  # fmt: skip
+    """dk, dv for ``count`` key blocks from block ``first`` (dS as a split pair); returns the map's gradient
+    accumulators (updated when WEIGHT_GRAD)."""
+    offs_d = tl.arange(0, BD)
+    offs_f = tl.arange(0, BF)
+    offs_c = tl.arange(0, BV)
+    dmask = offs_d < D
+    fmask = offs_f < F
+    cmask = offs_c < DV
+    for blk in range(0, count):
+        offs_n = (first + blk) * BN + tl.arange(0, BN)
+        nmask = offs_n < N
+        keep = nmask
+        if HAS_MASK:
+            keep = keep & (tl.load(m_base + offs_n * s_mn, mask=nmask, other=0) != 0)
+        k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
+        v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
+        p = _angles(k, w_hi, w_lo, bias, LOWP, PREC)
+        live = keep[:, None] & fmask[None, :]
+        fk = tl.where(live, scale * cosine(p, FAST), 0.0).to(k_base.dtype.element_ty)
+        vds = _dot_pair(v, tl.trans(ds_hi), tl.trans(ds_lo), LOWP, SPLIT_PRODUCTS, PREC)  # v dSᵀ [BN, BF]
+        dfk = tl.where(live, vds + dz[None, :], 0.0)
+        dv = _dot_pair(fk, ds_hi, ds_lo, LOWP, SPLIT_PRODUCTS, PREC)
+        dk, dwt_acc, db_acc = _grad_map(
+            k, dfk, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP, SPLIT_PRODUCTS, PREC, FAST, WEIGHT_GRAD
+        )
+        tl.store(dk_base + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd, dk.to(dk_base.dtype.element_ty),
+                 mask=nmask[:, None] & dmask[None, :])  # fmt: skip
+        tl.store(dv_base + offs_n[:, None] * s_wn + offs_c[None, :] * s_wc, dv.to(dv_base.dtype.element_ty),
+                 mask=nmask[:, None] & cmask[None, :])  # fmt: skip
+    return dwt_acc, db_acc
+
+
+@triton.jit
+def _state_pointers(S, Z, bh, F, DV, BF: tl.constexpr, BV: tl.constexpr):
+    """Pointers to a (batch, head)'s S [BF, BV] and z [BF] and their masks."""
+    offs_f = tl.arange(0, BF)
+    offs_c = tl.arange(0, BV)
+    fmask = offs_f < F
+    s_ptr = S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :]
+    return s_ptr, fmask[:, None] & (offs_c[None, :] < DV), Z + bh.to(tl.int64) * F + offs_f, fmask
+
+
+@triton.jit
+def _load_state_transposed(S, Z, bh, F, DV, BF: tl.constexpr, BV: tl.constexpr):
+    """A (batch, head)'s Sᵀ [BV, BF] and z [BF]."""
+    offs_f = tl.arange(0, BF)
+    offs_c = tl.arange(0, BV)
+    fmask = offs_f < F
+    state_t = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[None, :] * DV + offs_c[:, None],
+                      mask=fmask[None, :] & (offs_c[:, None] < DV), other=0.0)  # fmt: skip
+    return state_t, tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
+
+
+@triton.jit
 def _state_kernel(
     K, V, MASK, W, B, S, Z,
     s_kb, s_kh, s_kn, s_kd,
@@ -185,33 +346,14 @@ def _state_kernel(
     part = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    offs_d = tl.arange(0, BD)
-    offs_f = tl.arange(0, BF)
-    offs_c = tl.arange(0, BV)
-    dmask = offs_d < D
-    fmask = offs_f < F
-    cmask = offs_c < DV
     w, bias = _load_weight_rows(W, B, D, F, BD, BF)
     w_hi, w_lo = _split(w, LOWP, True, K.dtype.element_ty)
-    k_base = K + b * s_kb + h * s_kh
-    v_base = V + b * s_vb + h * s_vh
-    acc = tl.zeros((BF, BV), dtype=tl.float32)
-    zacc = tl.zeros((BF,), dtype=tl.float32)
-    for blk in range(0, PER_PROGRAM):
-        offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
-        keep = offs_n < N
-        if HAS_MASK:
-            keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=offs_n < N, other=0) != 0)
-        k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
-        v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        # φkᵀ [BF, BN] straight from the product: no transposition of φk on its way into φkᵀV
-        fkt = scale * cosine(_angles_transposed(k, w_hi, w_lo, bias, LOWP, PREC), FAST)
-        fkt = tl.where(fmask[:, None] & keep[None, :], fkt, 0.0).to(K.dtype.element_ty)
-        acc = tl.dot(fkt, v, acc, input_precision=PREC)
-        zacc += tl.sum(fkt.to(tl.float32), axis=1)
-    s_ptr = S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :]
-    tl.atomic_add(s_ptr, acc, mask=fmask[:, None] & cmask[None, :])
-    tl.atomic_add(Z + bh.to(tl.int64) * F + offs_f, zacc, mask=fmask)
+    acc, zacc = _state_sums(K + b * s_kb + h * s_kh, V + b * s_vb + h * s_vh, MASK + b * s_mb, s_kn, s_kd, s_vn, s_vc,
+                            s_mn, w_hi, w_lo, bias, part * PER_PROGRAM, PER_PROGRAM, N, D, F, DV, scale, BN, BD, BF,
+                            BV, HAS_MASK, LOWP, PREC, FAST)  # fmt: skip
+    s_ptr, s_mask, z_ptr, z_mask = _state_pointers(S, Z, bh, F, DV, BF, BV)
+    tl.atomic_add(s_ptr, acc, mask=s_mask)
+    tl.atomic_add(z_ptr, zacc, mask=z_mask)
 
 
 @triton.jit
@@ -228,31 +370,49 @@ def _out_kernel(
     part = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    offs_d = tl.arange(0, BD)
-    offs_f = tl.arange(0, BF)
-    offs_c = tl.arange(0, BV)
-    dmask = offs_d < D
-    fmask = offs_f < F
-    cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
     w_hi, w_lo = _split(wt, LOWP, True, Q.dtype.element_ty)
-    state = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
-                    mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
-    s_hi, s_lo = _split(state, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
-    z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
-    q_base = Q + b * s_qb + h * s_qh
-    o_base = OUT + b * s_ob + h * s_oh
-    for blk in range(0, PER_PROGRAM):
-        offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
-        nmask = offs_n < N
-        q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
-        fq = scale * cosine(_angles(q, w_hi, w_lo, bias, LOWP, PREC), FAST)
-        fq = tl.where(fmask[None, :], fq, 0.0).to(Q.dtype.element_ty)
-        num = _dot_pair(fq, s_hi, s_lo, LOWP, SPLIT_PRODUCTS, PREC)
-        den = _guard(tl.sum(fq.to(tl.float32) * z[None, :], axis=1), eps)
-        out = num / den[:, None]
-        tl.store(o_base + offs_n[:, None] * s_on + offs_c[None, :] * s_oc, out.to(OUT.dtype.element_ty),
-                 mask=nmask[:, None] & cmask[None, :])  # fmt: skip
+    s_ptr, s_mask, z_ptr, z_mask = _state_pointers(S, Z, bh, F, DV, BF, BV)
+    s_hi, s_lo = _split(tl.load(s_ptr, mask=s_mask, other=0.0), LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
+    z = tl.load(z_ptr, mask=z_mask, other=0.0)
+    _out_blocks(Q + b * s_qb + h * s_qh, OUT + b * s_ob + h * s_oh, s_qn, s_qd, s_on, s_oc, w_hi, w_lo, bias, s_hi,
+                s_lo, z, part * PER_PROGRAM, PER_PROGRAM, N, D, F, DV, scale, eps, BN, BD, BF, BV, LOWP, PREC, FAST,
+                SPLIT_PRODUCTS)  # fmt: skip
+
+
+@triton.jit
+def _whole_forward_kernel(
+    Q, K, V, MASK, W, B, S, Z, OUT,
+    s_qb, s_qh, s_qn, s_qd,
+    s_kb, s_kh, s_kn, s_kd,
+    s_vb, s_vh, s_vn, s_vc,
+    s_mb, s_mn,
+    s_ob, s_oh, s_on, s_oc,
+    H, NQ, NK, D, F, DV, scale, eps,
+    BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+    SPLIT_PRODUCTS: tl.constexpr, STORE_STATE: tl.constexpr,
+):  # fmt: skip
+    """The state and output kernels' work for one (batch, head) in one program: S and z stay in registers (written
+    out only for a backward, STORE_STATE), with no atomics, no zero fill and no second launch."""
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    w, bias = _load_weight_rows(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split(w, LOWP, True, K.dtype.element_ty)
+    acc, zacc = _state_sums(K + b * s_kb + h * s_kh, V + b * s_vb + h * s_vh, MASK + b * s_mb, s_kn, s_kd, s_vn, s_vc,
+                            s_mn, w_hi, w_lo, bias, 0, tl.cdiv(NK, BN), NK, D, F, DV, scale, BN, BD, BF, BV,
+                            HAS_MASK, LOWP, PREC, FAST)  # fmt: skip
+    if STORE_STATE:
+        s_ptr, s_mask, z_ptr, z_mask = _state_pointers(S, Z, bh, F, DV, BF, BV)
+        tl.store(s_ptr, acc, mask=s_mask)
+        tl.store(z_ptr, zacc, mask=z_mask)
+    wt, bias = _load_weight(W, B, D, F, BD, BF)
+    wt_hi, wt_lo = _split(wt, LOWP, True, Q.dtype.element_ty)
+    s_hi, s_lo = _split(acc, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
+    _out_blocks(Q + b * s_qb + h * s_qh, OUT + b * s_ob + h * s_oh, s_qn, s_qd, s_on, s_oc, wt_hi, wt_lo, bias,
+                s_hi, s_lo, zacc, 0, tl.cdiv(NQ, BN), NQ, D, F, DV, scale, eps, BN, BD, BF, BV, LOWP, PREC, FAST,
+                SPLIT_PRODUCTS)  # fmt: skip
 
 
 @triton.jit
@@ -270,50 +430,20 @@ def _bwd_q_kernel(
     part = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    offs_d = tl.arange(0, BD)
-    offs_f = tl.arange(0, BF)
-    offs_c = tl.arange(0, BV)
-    dmask = offs_d < D
-    fmask = offs_f < F
-    cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
     w_hi, w_lo = _split(wt, LOWP, True, Q.dtype.element_ty)
-    state_t = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[None, :] * DV + offs_c[:, None],
-                      mask=fmask[None, :] & cmask[:, None], other=0.0)  # fmt: skip  # Sᵀ [BV, BF]
+    state_t, z = _load_state_transposed(S, Z, bh, F, DV, BF, BV)
     st_hi, st_lo = _split(state_t, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
-    z = tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
-    q_base = Q + b * s_qb + h * s_qh
-    g_base = G + b * s_gb + h * s_gh
-    d_base = DQ + b * s_db + h * s_dh
-    ds_acc = tl.zeros((BF, BV), dtype=tl.float32)
-    dz_acc = tl.zeros((BF,), dtype=tl.float32)
     dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
     db_acc = tl.zeros((BF,), dtype=tl.float32)
-    for blk in range(0, PER_PROGRAM):
-        offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
-        nmask = offs_n < N
-        q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
-        g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(Q.dtype.element_ty)
-        p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
-        fq = tl.where(nmask[:, None] & fmask[None, :], scale * cosine(p, FAST), 0.0).to(Q.dtype.element_ty)
-        fq32 = fq.to(tl.float32)
-        gs = _dot_pair(g, st_hi, st_lo, LOWP, SPLIT_PRODUCTS, PREC)  # g Sᵀ [BN, BF]
-        den = tl.sum(fq32 * z[None, :], axis=1)
-        d = _guard(den, eps)
-        ga = tl.sum(fq32 * gs, axis=1)
-        dden = tl.where(tl.abs(den) >= eps, -ga / (d * d), 0.0)
-        dfq = gs / d[:, None] + dden[:, None] * z[None, :]
-        dfq = tl.where(nmask[:, None] & fmask[None, :], dfq, 0.0)
-        dq, dwt_acc, db_acc = _grad_map(
-            q, dfq, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP, SPLIT_PRODUCTS, PREC, FAST, WEIGHT_GRAD
-        )
-        tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dq.to(DQ.dtype.element_ty),
-                 mask=nmask[:, None] & dmask[None, :])  # fmt: skip
-        ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) / d[:, None], LOWP, SPLIT_PRODUCTS, PREC)
-        dz_acc += tl.sum(fq32 * dden[:, None], axis=0)
-    tl.atomic_add(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :], ds_acc,
-                  mask=fmask[:, None] & cmask[None, :])  # fmt: skip
-    tl.atomic_add(DZ + bh.to(tl.int64) * F + offs_f, dz_acc, mask=fmask)
+    ds_acc, dz_acc, dwt_acc, db_acc = _query_grads(
+        Q + b * s_qb + h * s_qh, G + b * s_gb + h * s_gh, DQ + b * s_db + h * s_dh, s_qn, s_qd, s_gn, s_gc, s_dn, s_dd,
+        wt, w_hi, w_lo, bias, st_hi, st_lo, z, dwt_acc, db_acc, part * PER_PROGRAM, PER_PROGRAM, N, D, F, DV, scale,
+        eps, BN, BD, BF, BV, LOWP, PREC, FAST, WEIGHT_GRAD, SPLIT_PRODUCTS,
+    )  # fmt: skip
+    s_ptr, s_mask, z_ptr, z_mask = _state_pointers(DS, DZ, bh, F, DV, BF, BV)
+    tl.atomic_add(s_ptr, ds_acc, mask=s_mask)
+    tl.atomic_add(z_ptr, dz_acc, mask=z_mask)
     if WEIGHT_GRAD:
         _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
 
@@ -335,45 +465,62 @@ def _bwd_k_kernel(
     part = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    offs_d = tl.arange(0, BD)
-    offs_f = tl.arange(0, BF)
-    offs_c = tl.arange(0, BV)
-    dmask = offs_d < D
-    fmask = offs_f < F
-    cmask = offs_c < DV
     wt, bias = _load_weight(W, B, D, F, BD, BF)
     w_hi, w_lo = _split(wt, LOWP, True, K.dtype.element_ty)
-    ds = tl.load(DS + bh.to(tl.int64) * F * DV + offs_f[:, None] * DV + offs_c[None, :],
-                 mask=fmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip  # [BF, BV]
-    ds_hi, ds_lo = _split(ds, LOWP, SPLIT_PRODUCTS, K.dtype.element_ty)
-    dz = tl.load(DZ + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
-    k_base = K + b * s_kb + h * s_kh
-    v_base = V + b * s_vb + h * s_vh
-    dk_base = DK + b * s_xb + h * s_xh
-    dv_base = DV_ + b * s_wb + h * s_wh
+    s_ptr, s_mask, z_ptr, z_mask = _state_pointers(DS, DZ, bh, F, DV, BF, BV)
+    ds_hi, ds_lo = _split(tl.load(s_ptr, mask=s_mask, other=0.0), LOWP, SPLIT_PRODUCTS, K.dtype.element_ty)
+    dz = tl.load(z_ptr, mask=z_mask, other=0.0)
     dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
     db_acc = tl.zeros((BF,), dtype=tl.float32)
-    for blk in range(0, PER_PROGRAM):
-        offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
-        nmask = offs_n < N
-        keep = nmask
-        if HAS_MASK:
-            keep = keep & (tl.load(MASK + b * s_mb + offs_n * s_mn, mask=nmask, other=0) != 0)
-        k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
-        v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        p = _angles(k, w_hi, w_lo, bias, LOWP, PREC)
-        live = keep[:, None] & fmask[None, :]
-        fk = tl.where(live, scale * cosine(p, FAST), 0.0).to(K.dtype.element_ty)
-        vds = _dot_pair(v, tl.trans(ds_hi), tl.trans(ds_lo), LOWP, SPLIT_PRODUCTS, PREC)  # v dSᵀ [BN, BF]
-        dfk = tl.where(live, vds + dz[None, :], 0.0)
-        dv = _dot_pair(fk, ds_hi, ds_lo, LOWP, SPLIT_PRODUCTS, PREC)
-        dk, dwt_acc, db_acc = _grad_map(
-            k, dfk, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP, SPLIT_PRODUCTS, PREC, FAST, WEIGHT_GRAD
-        )
-        tl.store(dk_base + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd, dk.to(DK.dtype.element_ty),
-                 mask=nmask[:, None] & dmask[None, :])  # fmt: skip
-        tl.store(dv_base + offs_n[:, None] * s_wn + offs_c[None, :] * s_wc, dv.to(DV_.dtype.element_ty),
-                 mask=nmask[:, None] & cmask[None, :])  # fmt: skip
+    dwt_acc, db_acc = _key_grads(
+        K + b * s_kb + h * s_kh, V + b * s_vb + h * s_vh, MASK + b * s_mb, DK + b * s_xb + h * s_xh,
+        DV_ + b * s_wb + h * s_wh, s_kn, s_kd, s_vn, s_vc, s_mn, s_xn, s_xd, s_wn, s_wc, wt, w_hi, w_lo, bias, ds_hi,
+        ds_lo, dz, dwt_acc, db_acc, part * PER_PROGRAM, PER_PROGRAM, N, D, F, DV, scale, BN, BD, BF, BV, HAS_MASK,
+        LOWP, PREC, FAST, WEIGHT_GRAD, SPLIT_PRODUCTS,
+    )  # fmt: skip
+    if WEIGHT_GRAD:
+        _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
+
+
+@triton.jit
+def _whole_backward_kernel(
+    Q, K, V, MASK, G, W, B, S, Z, DQ, DK, DV_, DW, DB,
+    s_qb, s_qh, s_qn, s_qd,
+    s_kb, s_kh, s_kn, s_kd,
+    s_vb, s_vh, s_vn, s_vc,
+    s_mb, s_mn,
+    s_gb, s_gh, s_gn, s_gc,
+    s_db, s_dh, s_dn, s_dd,
+    s_xb, s_xh, s_xn, s_xd,
+    s_wb, s_wh, s_wn, s_wc,
+    H, NQ, NK, D, F, DV, SLOTS, scale, eps,
+    BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    HAS_MASK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr,
+    SPLIT_PRODUCTS: tl.constexpr,
+):  # fmt: skip
+    """The two backward kernels' work for one (batch, head) in one program: the queries' pass sums dS and dz in
+    registers and the keys' pass takes them from there, with no atomics, no zero fill and no second launch."""
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split(wt, LOWP, True, Q.dtype.element_ty)
+    state_t, z = _load_state_transposed(S, Z, bh, F, DV, BF, BV)
+    st_hi, st_lo = _split(state_t, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
+    dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
+    db_acc = tl.zeros((BF,), dtype=tl.float32)
+    ds, dz, dwt_acc, db_acc = _query_grads(
+        Q + b * s_qb + h * s_qh, G + b * s_gb + h * s_gh, DQ + b * s_db + h * s_dh, s_qn, s_qd, s_gn, s_gc, s_dn, s_dd,
+        wt, w_hi, w_lo, bias, st_hi, st_lo, z, dwt_acc, db_acc, 0, tl.cdiv(NQ, BN), NQ, D, F, DV, scale, eps, BN, BD,
+        BF, BV, LOWP, PREC, FAST, WEIGHT_GRAD, SPLIT_PRODUCTS,
+    )  # fmt: skip
+    ds_hi, ds_lo = _split(ds, LOWP, SPLIT_PRODUCTS, K.dtype.element_ty)
+    dwt_acc, db_acc = _key_grads(
+        K + b * s_kb + h * s_kh, V + b * s_vb + h * s_vh, MASK + b * s_mb, DK + b * s_xb + h * s_xh,
+        DV_ + b * s_wb + h * s_wh, s_kn, s_kd, s_vn, s_vc, s_mn, s_xn, s_xd, s_wn, s_wc, wt, w_hi, w_lo, bias, ds_hi,
+        ds_lo, dz, dwt_acc, db_acc, 0, tl.cdiv(NK, BN), NK, D, F, DV, scale, BN, BD, BF, BV, HAS_MASK, LOWP, PREC,
+        FAST, WEIGHT_GRAD, SPLIT_PRODUCTS,
+    )  # fmt: skip
     if WEIGHT_GRAD:
         _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD, BF)
 
@@ -401,78 +548,149 @@ def _meta(dtype: torch.dtype, dim: int, feat: int, dv: int, launch: Launch) -> d
     return dict(BN=launch.block, BD=bd, BF=bf, BV=bv, **_launch_config(dtype, bd, bf, bv, launch))
 
 
-#: the four launches per input layout, bound to their compiled kernels (qra.kernels._launch): a repeated call
-#: issues them with its tensors only, which at short lengths is most of what the host does
+def _whole_sequences(lengths: tuple[int, int], groups: int, device: torch.device, launch: Launch) -> bool:
+    """Whether one program per (batch, head) takes whole sequences of these lengths (:data:`SEQUENCE_PROGRAMS`)."""
+    if SEQUENCE_PROGRAMS not in ("auto", "whole", "split"):
+        raise ValueError(f"SEQUENCE_PROGRAMS={SEQUENCE_PROGRAMS!r}; accepted: 'auto', 'whole', 'split'")
+    if SEQUENCE_PROGRAMS != "auto":
+        return SEQUENCE_PROGRAMS == "whole"
+    return all(_grid(n, groups, device, launch)[0][1] == 1 for n in lengths)
+
+
+#: the launches per input layout, bound to their compiled kernels (qra.kernels._launch): a repeated call issues
+#: them with its tensors only, which at short lengths is most of what the host does
 _PLANS = LaunchPlans()
 
 
 class _FourierLinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, weight, bias, mask, scale, eps, backward):
-        bsz, heads, nq, dim = q.shape
-        nk, dv = k.shape[2], v.shape[3]
-        feat = weight.shape[0]
+        bsz, heads, nq, nk, _, feat, dv = _shapes(q, k, v, weight)
         dev = v.device
-        # with a backward to come, its dS and dz are zeroed in the same fill as S and z
-        sums = zeroed_sums(bsz * heads, feat, dv, dev, copies=2 if backward else 1)
-        state, z = sums[0]
+        groups = bsz * heads
+        whole = _whole_sequences((nq, nk), groups, dev, FORWARD_LAUNCH)
+        whole_backward = backward and _whole_sequences((nq, nk), groups, dev, BACKWARD_LAUNCH)
+        # the split kernels add into zeroed sums: S and z, and a split backward's dS and dz, in one fill
+        split_gradients = backward and not whole_backward
+        copies = (0 if whole else 1) + split_gradients
+        sums = sum_buffers(groups, feat, dv, dev, copies=copies) if copies else []
+        state, z = sum_buffers(groups, feat, dv, dev, zeroed=False)[0] if whole else sums.pop(0)
         out = torch.empty(bsz, heads, nq, dv, device=dev, dtype=v.dtype)
         m, m_strides = mask_arguments(mask, state)
         # the module's launch settings too: experiments/device/linear_tiles.py changes them between calls
-        settings = (scale, eps, FORWARD_LAUNCH, BACKWARD_LAUNCH, APPROXIMATE_TRIG, SPLIT_PRODUCTS, WEIGHT_GRAD_SLOTS)
+        settings = (scale, eps, FORWARD_LAUNCH, BACKWARD_LAUNCH, WHOLE_FORWARD_LAUNCH, WHOLE_BACKWARD_LAUNCH,
+                    APPROXIMATE_TRIG, SPLIT_PRODUCTS, WEIGHT_GRAD_SLOTS, SEQUENCE_PROGRAMS)  # fmt: skip
         plan = _PLANS.plan((q, k, v, weight, bias, mask), *settings)
-        state_args, out_args = (k, v, m, weight, bias, state, z), (q, weight, bias, state, z, out)
-        if not plan.issue("state", state_args):
-            grid, per = _grid(nk, bsz * heads, dev, FORWARD_LAUNCH)
-            scalars = (*k.stride(), *v.stride(), *m_strides, heads, nk, dim, feat, dv, per, scale)
-            meta = _meta(v.dtype, dim, feat, dv, FORWARD_LAUNCH)
-            plan.bind("state", prepare(_state_kernel, grid, state_args, scalars, HAS_MASK=mask is not None, **meta))
-        if not plan.issue("out", out_args):
-            grid, per = _grid(nq, bsz * heads, dev, FORWARD_LAUNCH)
-            scalars = (*q.stride(), *out.stride(), heads, nq, dim, feat, dv, per, scale, eps)
-            meta = _meta(v.dtype, dim, feat, dv, FORWARD_LAUNCH)
-            plan.bind("out", prepare(_out_kernel, grid, out_args, scalars, **meta))
+        args, scalars = (q, k, v, m, weight, bias, state, z, out), (*m_strides, scale, eps)
+        if whole:
+            _issue_whole_forward(plan, args, scalars, mask is not None, store_state=backward)
+        else:
+            _issue_split_forward(plan, args, scalars, mask is not None)
         ctx.save_for_backward(q, k, v, weight, bias, mask, state, z)
-        ctx.scale, ctx.eps, ctx.plan = scale, eps, plan
-        ctx.gradient_sums = sums[1] if backward else None  # zeroed; used by the first backward only
+        ctx.scale, ctx.eps, ctx.plan, ctx.whole_backward = scale, eps, plan, whole_backward
+        ctx.gradient_sums = sums.pop(0) if split_gradients else None  # zeroed; used by the first backward only
         return out
 
     @staticmethod
     def backward(ctx, grad):
         q, k, v, weight, bias, mask, state, z = ctx.saved_tensors
-        bsz, heads, nq, dim = q.shape
-        nk, dv = k.shape[2], v.shape[3]
-        feat = weight.shape[0]
+        bsz, heads, _, _, dim, feat, dv = _shapes(q, k, v, weight)
         dev = v.device
         dq, dk, dvv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        # zeroed in the forward; a second backward through the graph (retain_graph) needs fresh ones
-        ds, dz = ctx.gradient_sums or zeroed_sums(bsz * heads, feat, dv, dev)[0]
-        ctx.gradient_sums = None
         # the map's own gradients only when asked for: RFF's W and phases are fixed buffers unless σ is learned
         weight_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         slots = WEIGHT_GRAD_SLOTS if weight_grad else 1
-        dw, db = zeroed_sums(slots, feat, dim, dev)[0] if weight_grad else (ds, dz)  # without: never read
+        dw, db = sum_buffers(slots, feat, dim, dev)[0] if weight_grad else (state, z)  # without: never read
         m, m_strides = mask_arguments(mask, state)
         plan = ctx.plan if direct_launches() else LaunchPlan()
         variant = (layout(grad), weight_grad)  # what the backward's scalars depend on beyond the forward's key
-        q_args = (q, grad, weight, bias, state, z, dq, ds, dz, dw, db)
-        k_args = (k, v, m, weight, bias, ds, dz, dk, dvv, dw, db)
-        if not plan.issue(("bwd_q", variant), q_args):
-            grid, per = _grid(nq, bsz * heads, dev, BACKWARD_LAUNCH)
-            scalars = (*q.stride(), *grad.stride(), *dq.stride(), heads, nq, dim, feat, dv, per, slots, ctx.scale,
-                       ctx.eps)  # fmt: skip
-            meta = dict(_meta(v.dtype, dim, feat, dv, BACKWARD_LAUNCH), WEIGHT_GRAD=weight_grad)
-            plan.bind(("bwd_q", variant), prepare(_bwd_q_kernel, grid, q_args, scalars, **meta))
-        if not plan.issue(("bwd_k", variant), k_args):
-            grid, per = _grid(nk, bsz * heads, dev, BACKWARD_LAUNCH)
-            scalars = (*k.stride(), *v.stride(), *m_strides, *dk.stride(), *dvv.stride(), heads, nk, dim, feat, dv, per,
-                       slots, ctx.scale)  # fmt: skip
-            meta = dict(_meta(v.dtype, dim, feat, dv, BACKWARD_LAUNCH), HAS_MASK=mask is not None,
-                        WEIGHT_GRAD=weight_grad)  # fmt: skip
-            plan.bind(("bwd_k", variant), prepare(_bwd_k_kernel, grid, k_args, scalars, **meta))
+        scalars = (*m_strides, slots, ctx.scale, ctx.eps)
+        if ctx.whole_backward:
+            args = (q, k, v, m, grad, weight, bias, state, z, dq, dk, dvv, dw, db)
+            _issue_whole_backward(plan, variant, args, scalars, mask is not None)
+        else:
+            # zeroed in the forward; a second backward through the graph (retain_graph) needs fresh ones
+            ds, dz = ctx.gradient_sums or sum_buffers(bsz * heads, feat, dv, dev)[0]
+            ctx.gradient_sums = None
+            args = (q, k, v, m, grad, weight, bias, state, z, ds, dz, dq, dk, dvv, dw, db)
+            _issue_split_backward(plan, variant, args, scalars, mask is not None)
         if not weight_grad:
             return dq, dk, dvv, None, None, None, None, None, None
         return dq, dk, dvv, dw.sum(0), db.sum(0), None, None, None, None
+
+
+def _shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor) -> tuple[int, ...]:
+    """(B, H, Nq, Nk, d, m, dv) of a call."""
+    return (*q.shape[:3], k.shape[2], q.shape[3], weight.shape[0], v.shape[3])
+
+
+def _issue_whole_forward(plan: LaunchPlan, args: tuple, scalars: tuple, has_mask: bool, store_state: bool) -> None:
+    """The forward as one program per (batch, head), S and z written for a backward (``store_state``);
+    ``scalars`` = (the mask's two strides, scale, eps)."""
+    if plan.issue(("whole", store_state), args):
+        return
+    q, k, v, _, weight, _, _, _, out = args
+    bsz, heads, nq, nk, dim, feat, dv = _shapes(q, k, v, weight)
+    *m_strides, scale, eps = scalars
+    launch_scalars = (*q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(), heads, nq, nk, dim, feat, dv,
+                      scale, eps)  # fmt: skip
+    meta = _meta(v.dtype, dim, feat, dv, WHOLE_FORWARD_LAUNCH)
+    plan.bind(("whole", store_state), prepare(_whole_forward_kernel, (bsz * heads, 1), args, launch_scalars,
+                                              HAS_MASK=has_mask, STORE_STATE=store_state, **meta))  # fmt: skip
+
+
+def _issue_split_forward(plan: LaunchPlan, args: tuple, scalars: tuple, has_mask: bool) -> None:
+    """The forward as the state kernel's programs (atomics into the zeroed S, z), then the output kernel's;
+    ``scalars`` = (the mask's two strides, scale, eps)."""
+    q, k, v, m, weight, bias, state, z, out = args
+    bsz, heads, nq, nk, dim, feat, dv = _shapes(q, k, v, weight)
+    *m_strides, scale, eps = scalars
+    meta = _meta(v.dtype, dim, feat, dv, FORWARD_LAUNCH)
+    state_args, out_args = (k, v, m, weight, bias, state, z), (q, weight, bias, state, z, out)
+    if not plan.issue("state", state_args):
+        grid, per = _grid(nk, bsz * heads, v.device, FORWARD_LAUNCH)
+        state_scalars = (*k.stride(), *v.stride(), *m_strides, heads, nk, dim, feat, dv, per, scale)
+        plan.bind("state", prepare(_state_kernel, grid, state_args, state_scalars, HAS_MASK=has_mask, **meta))
+    if not plan.issue("out", out_args):
+        grid, per = _grid(nq, bsz * heads, v.device, FORWARD_LAUNCH)
+        out_scalars = (*q.stride(), *out.stride(), heads, nq, dim, feat, dv, per, scale, eps)
+        plan.bind("out", prepare(_out_kernel, grid, out_args, out_scalars, **meta))
+
+
+def _issue_whole_backward(plan: LaunchPlan, variant: tuple, args: tuple, scalars: tuple, has_mask: bool) -> None:
+    """The backward as one program per (batch, head); ``scalars`` = (the mask's two strides, weight-gradient
+    slots, scale, eps)."""
+    name = ("whole_bwd", variant)
+    if plan.issue(name, args):
+        return
+    q, k, v, _, grad, weight, _, _, _, dq, dk, dvv, _, _ = args
+    bsz, heads, nq, nk, dim, feat, dv = _shapes(q, k, v, weight)
+    s_mb, s_mn, slots, scale, eps = scalars
+    launch_scalars = (*q.stride(), *k.stride(), *v.stride(), s_mb, s_mn, *grad.stride(), *dq.stride(), *dk.stride(),
+                      *dvv.stride(), heads, nq, nk, dim, feat, dv, slots, scale, eps)  # fmt: skip
+    meta = _meta(v.dtype, dim, feat, dv, WHOLE_BACKWARD_LAUNCH)
+    plan.bind(name, prepare(_whole_backward_kernel, (bsz * heads, 1), args, launch_scalars, HAS_MASK=has_mask,
+                            WEIGHT_GRAD=variant[1], **meta))  # fmt: skip
+
+
+def _issue_split_backward(plan: LaunchPlan, variant: tuple, args: tuple, scalars: tuple, has_mask: bool) -> None:
+    """The backward as the query-block kernel's programs (atomics into the zeroed dS, dz), then the key-block
+    kernel's; ``scalars`` = (the mask's two strides, weight-gradient slots, scale, eps)."""
+    q, k, v, m, grad, weight, bias, state, z, ds, dz, dq, dk, dvv, dw, db = args
+    bsz, heads, nq, nk, dim, feat, dv = _shapes(q, k, v, weight)
+    s_mb, s_mn, slots, scale, eps = scalars
+    meta = dict(_meta(v.dtype, dim, feat, dv, BACKWARD_LAUNCH), WEIGHT_GRAD=variant[1])
+    q_args = (q, grad, weight, bias, state, z, dq, ds, dz, dw, db)
+    k_args = (k, v, m, weight, bias, ds, dz, dk, dvv, dw, db)
+    if not plan.issue(("bwd_q", variant), q_args):
+        grid, per = _grid(nq, bsz * heads, v.device, BACKWARD_LAUNCH)
+        q_scalars = (*q.stride(), *grad.stride(), *dq.stride(), heads, nq, dim, feat, dv, per, slots, scale, eps)
+        plan.bind(("bwd_q", variant), prepare(_bwd_q_kernel, grid, q_args, q_scalars, **meta))
+    if not plan.issue(("bwd_k", variant), k_args):
+        grid, per = _grid(nk, bsz * heads, v.device, BACKWARD_LAUNCH)
+        k_scalars = (*k.stride(), *v.stride(), s_mb, s_mn, *dk.stride(), *dvv.stride(), heads, nk, dim, feat, dv, per,
+                     slots, scale)  # fmt: skip
+        plan.bind(("bwd_k", variant), prepare(_bwd_k_kernel, grid, k_args, k_scalars, HAS_MASK=has_mask, **meta))
 
 
 def fused_fourier_linear_attention(q, k, v, weight, phase, scale: float, key_padding_mask=None, eps: float = 1e-6):

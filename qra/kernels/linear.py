@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._launch import launch_kernel
-from ._util import mask_arguments, mask_bytes, pow2, splits, zeroed_sums
+from ._util import mask_arguments, mask_bytes, pow2, splits, sum_buffers
 
 BLOCK_N = 64
 
@@ -285,7 +285,7 @@ class _LinearAttention(torch.autograd.Function):
         bf, bv = pow2(feat), pow2(dv)
         lowp, prec, warps = _config(v.dtype, bf, bv)
         dev = v.device
-        [(state, z)] = zeroed_sums(bsz * heads, feat, dv, dev)
+        [(state, z)] = sum_buffers(bsz * heads, feat, dv, dev)
         has_mask = mask is not None
         m, m_strides = mask_arguments(mask, state)
         parts, per = splits(nk, BLOCK_N, bsz * heads, dev)
@@ -310,7 +310,7 @@ class _LinearAttention(torch.autograd.Function):
         lowp, prec, warps = _config(v.dtype, bf, bv)
         dev = v.device
         dfq = torch.empty_like(fq)
-        [(ds, dz)] = zeroed_sums(bsz * heads, feat, dv, dev)
+        [(ds, dz)] = sum_buffers(bsz * heads, feat, dv, dev)
         parts, per = splits(nq, BLOCK_N, bsz * heads, dev)
         launch_kernel(_bwd_q_kernel, (bsz * heads, parts), (fq, grad, state, z, dfq, ds, dz),
                       (*fq.stride(), *grad.stride(), *dfq.stride(), heads, nq, feat, dv, per, ctx.eps),
