@@ -264,22 +264,26 @@ def check_fourier_linear(b, h, nq, nk, d, m, dv, dtype, mask, map_grad=True, see
 @pytest.mark.skipif(not kernels.triton_available(), reason="needs triton")
 def test_fourier_linear_whole_sequences_where_the_split_grid_gives_one_program(monkeypatch):
     """``auto`` runs a (batch, head) in one program exactly where the split kernels' grid would give it one program
-    per direction anyway; ``whole`` and ``split`` force either way; any other setting is refused, naming these."""
+    per direction anyway, up to 128 features; ``whole`` and ``split`` force either way (``whole`` up to 128
+    features too); any other setting is refused, naming these."""
     from qra.kernels import fourier_linear
 
-    cpu = torch.device("cpu")  # counted as 4 SMs (qra.kernels._util.sm_count)
-    launch = fourier_linear.Launch(block=128, per_sm=2)
-    assert fourier_linear._whole_sequences((512, 512), 8, cpu, launch)  # 8 (batch, head)s fill 2 programs × 4 SMs
-    assert not fourier_linear._whole_sequences((512, 512), 4, cpu, launch)  # 4: each sequence over 2 programs
-    assert not fourier_linear._whole_sequences((128, 512), 4, cpu, launch)  # the keys split, the queries not
-    assert fourier_linear._whole_sequences((100, 128), 1, cpu, launch)  # one block each: one program either way
+    def whole(lengths, groups, features=128):
+        cpu = torch.device("cpu")  # counted as 4 SMs (qra.kernels._util.sm_count)
+        return fourier_linear._whole_sequences(lengths, groups, features, cpu, fourier_linear.Launch(128, per_sm=2))
+
+    assert whole((512, 512), 8)  # 8 (batch, head)s fill 2 programs × 4 SMs
+    assert not whole((512, 512), 4)  # 4: each sequence over 2 programs
+    assert not whole((128, 512), 4)  # the keys split, the queries not
+    assert whole((100, 128), 1)  # one block each: one program either way
+    assert whole((512, 512), 8, 100) and not whole((512, 512), 8, 256)  # too wide for the whole kernels
     monkeypatch.setattr(fourier_linear, "SEQUENCE_PROGRAMS", "split")
-    assert not fourier_linear._whole_sequences((512, 512), 8, cpu, launch)
+    assert not whole((512, 512), 8)
     monkeypatch.setattr(fourier_linear, "SEQUENCE_PROGRAMS", "whole")
-    assert fourier_linear._whole_sequences((5000, 5000), 1, cpu, launch)
+    assert whole((5000, 5000), 1) and not whole((5000, 5000), 1, 256)
     monkeypatch.setattr(fourier_linear, "SEQUENCE_PROGRAMS", "sometimes")
     with pytest.raises(ValueError, match="accepted: 'auto', 'whole', 'split'"):
-        fourier_linear._whole_sequences((512, 512), 8, cpu, launch)
+        whole((512, 512), 8)
 
 
 @requires_gpu
@@ -292,12 +296,13 @@ def test_fourier_linear_matches_pytorch(d, m, dv, dtype, sequence_programs):
 
 @requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fourier_linear_repeated_calls_through_bound_launches(dtype, sequence_programs):
+def test_fourier_linear_repeated_calls_through_bound_launches(dtype, sequence_programs, monkeypatch):
     """Calls after the first of one input layout issue the launches bound at the first (qra.kernels._launch's
     plans): each call against the PyTorch path, with new data, between calls of other layouts (no padding,
     queries off a 16-byte boundary) and other backward variants (the map's gradients asked for)."""
     from qra.kernels import _launch, fourier_linear
 
+    monkeypatch.setattr(fourier_linear, "_PLANS", _launch.LaunchPlans())  # this test's plans only
     mask = make_mask(2, 100, "cuda")
     calls = [(False, True, False), (False, True, False), (True, True, False), (False, False, False),
              (False, True, True), (False, True, False), (True, True, False), (False, True, True)]  # fmt: skip

@@ -81,7 +81,7 @@ def contenders_at(
             fused(fourier_linear, FORWARD_LAUNCH=launch, SEQUENCE_PROGRAMS="split")
         )
     fourier_linear.SEQUENCE_PROGRAMS, fourier_linear.FORWARD_LAUNCH = "auto", shapes[0]
-    if not fourier_linear._whole_sequences((length, length), b * h, dev, shapes[0]):
+    if not fourier_linear._whole_sequences((length, length), b * h, m, dev, shapes[0]):
         return contenders
     forwards, backwards = whole
     pairs = [(f, backwards[0]) for f in forwards] + [(forwards[0], w) for w in backwards[1:]]

@@ -80,9 +80,11 @@ class Launch:
 FORWARD_LAUNCH = Launch(block=128, warps=8, per_sm=2)
 BACKWARD_LAUNCH = Launch(block=32, warps=8)
 #: the one-program-per-sequence kernels (:data:`SEQUENCE_PROGRAMS`; their grid is one program per (batch, head), so
-#: ``per_sm`` is unused).  At 128 rows the forward spills 320 bytes a thread for sm_90, at 64 rows on 8 warps none
-#: (``experiments/kernel_registers.py``)
-WHOLE_FORWARD_LAUNCH = Launch(block=64, warps=8)
+#: ``per_sm`` is unused).  At N = 512 on the H200 (``results/bench/linear-ab-h200-round19-*.json``) the forward took
+#: 0.099 ms at 128 rows on 8 warps against 0.103–0.162 at four other shapes, though it spills 320 bytes a thread
+#: for sm_90 there and none at 64 rows (``experiments/kernel_registers.py``); the backward's best of five shapes
+#: is the split kernels' own
+WHOLE_FORWARD_LAUNCH = Launch(block=128, warps=8)
 WHOLE_BACKWARD_LAUNCH = Launch(block=32, warps=8)
 #: the hardware's approximate cosine and sine for bf16 inputs (False: the library's, as for fp32)
 APPROXIMATE_TRIG = True
@@ -96,6 +98,9 @@ WEIGHT_GRAD_SLOTS = 32
 #: program (the state and output in one kernel, the backward in another: the sums stay in registers), ``auto``
 #: whole where the split grid would give each (batch, head) one program anyway (B·H ≥ about 2 programs per SM)
 SEQUENCE_PROGRAMS = "auto"
+#: the widest feature tile the whole-sequence kernels take: at 256 features the backward needs more shared memory
+#: than an H200 has with a key mask (233,472 bytes against 232,448; ``results/bench/gpu-tests-rff-h200-round19-*``)
+WHOLE_MAX_FEATURES = 128
 
 
 @triton.jit
@@ -548,13 +553,15 @@ def _meta(dtype: torch.dtype, dim: int, feat: int, dv: int, launch: Launch) -> d
     return dict(BN=launch.block, BD=bd, BF=bf, BV=bv, **_launch_config(dtype, bd, bf, bv, launch))
 
 
-def _whole_sequences(lengths: tuple[int, int], groups: int, device: torch.device, launch: Launch) -> bool:
-    """Whether one program per (batch, head) takes whole sequences of these lengths (:data:`SEQUENCE_PROGRAMS`)."""
+def _whole_sequences(lengths: tuple[int, int], groups: int, features: int, device: torch.device,
+                     launch: Launch) -> bool:  # fmt: skip
+    """Whether one program per (batch, head) takes whole sequences of these lengths (:data:`SEQUENCE_PROGRAMS`);
+    never for more than :data:`WHOLE_MAX_FEATURES` features."""
     if SEQUENCE_PROGRAMS not in ("auto", "whole", "split"):
         raise ValueError(f"SEQUENCE_PROGRAMS={SEQUENCE_PROGRAMS!r}; accepted: 'auto', 'whole', 'split'")
-    if SEQUENCE_PROGRAMS != "auto":
-        return SEQUENCE_PROGRAMS == "whole"
-    return all(_grid(n, groups, device, launch)[0][1] == 1 for n in lengths)
+    if SEQUENCE_PROGRAMS == "split" or pow2(features) > WHOLE_MAX_FEATURES:
+        return False
+    return SEQUENCE_PROGRAMS == "whole" or all(_grid(n, groups, device, launch)[0][1] == 1 for n in lengths)
 
 
 #: the launches per input layout, bound to their compiled kernels (qra.kernels._launch): a repeated call issues
@@ -568,8 +575,8 @@ class _FourierLinearAttention(torch.autograd.Function):
         bsz, heads, nq, nk, _, feat, dv = _shapes(q, k, v, weight)
         dev = v.device
         groups = bsz * heads
-        whole = _whole_sequences((nq, nk), groups, dev, FORWARD_LAUNCH)
-        whole_backward = backward and _whole_sequences((nq, nk), groups, dev, BACKWARD_LAUNCH)
+        whole = _whole_sequences((nq, nk), groups, feat, dev, FORWARD_LAUNCH)
+        whole_backward = backward and _whole_sequences((nq, nk), groups, feat, dev, BACKWARD_LAUNCH)
         # the split kernels add into zeroed sums: S and z, and a split backward's dS and dz, in one fill
         split_gradients = backward and not whole_backward
         copies = (0 if whole else 1) + split_gradients
