@@ -13,6 +13,11 @@ Kernels (grid (B·H, splits), as in :mod:`qra.kernels.linear`; g = ∂L/∂out, 
     ``_bwd_q``  dφq as in the unfused kernel, then dp = −scale·sin(p)·dφq, dq = dp·W; reduces dS, dz and,
                 when W or the phases require grad (a learned σ), the map's dWᵀ += qᵀdp, db += Σdp.
     ``_bwd_k``  dφk = keep·(v·dSᵀ + dz), dv = φk·dS, then dk = dp·W and dWᵀ, db as above.
+Where each (batch, head) gets one program anyway (B·H ≥ about two programs per SM, as at B = 32, H = 12), one
+program per (batch, head) does it all instead (``SEQUENCE_PROGRAMS``): ``_whole_forward`` runs the state's sums
+and then the outputs, ``_whole_backward`` the queries' pass and then the keys', the sums held in registers: no
+atomics, no zero-filled buffers, two launches instead of five (the fill, four kernels).  The kernels share their
+loops (``_state_sums``, ``_out_blocks``, ``_query_grads``, ``_key_grads``).
 Without the map's gradients (RFF's default: Ω and the phases are buffers) the backward kernels skip their
 products and atomics, and the launcher their buffers and sums.
 The angles are computed in fp32: with bf16 inputs W enters the product as a bf16 hi + lo pair (about
@@ -80,10 +85,11 @@ class Launch:
 FORWARD_LAUNCH = Launch(block=128, warps=8, per_sm=2)
 BACKWARD_LAUNCH = Launch(block=32, warps=8)
 #: the one-program-per-sequence kernels (:data:`SEQUENCE_PROGRAMS`; their grid is one program per (batch, head), so
-#: ``per_sm`` is unused).  At N = 512 on the H200 (``results/bench/linear-ab-h200-round19-*.json``) the forward took
-#: 0.099 ms at 128 rows on 8 warps against 0.103–0.162 at four other shapes, though it spills 320 bytes a thread
-#: for sm_90 there and none at 64 rows (``experiments/kernel_registers.py``); the backward's best of five shapes
-#: is the split kernels' own
+#: ``per_sm`` is unused).  At N = 512 on the H200 the forward took 0.099 ms at 128 rows on 8 warps against
+#: 0.100–0.162 at seven other shapes (``results/bench/linear-ab-h200-round19-9e6a358.json``, ``-b280dd9.json``),
+#: though it spills 320 bytes a thread for sm_90 there and none at 64 rows (``experiments/kernel_registers.py``);
+#: the backward's best of six shapes is the split kernels' own.  Forward + backward 0.400–0.402 ms against the split
+#: kernels' 0.456–0.460 and SDPA's 0.381–0.389, side by side
 WHOLE_FORWARD_LAUNCH = Launch(block=128, warps=8)
 WHOLE_BACKWARD_LAUNCH = Launch(block=32, warps=8)
 #: the hardware's approximate cosine and sine for bf16 inputs (False: the library's, as for fp32)
@@ -99,7 +105,8 @@ WEIGHT_GRAD_SLOTS = 32
 #: whole where the split grid would give each (batch, head) one program anyway (B·H ≥ about 2 programs per SM)
 SEQUENCE_PROGRAMS = "auto"
 #: the widest feature tile the whole-sequence kernels take: at 256 features the backward needs more shared memory
-#: than an H200 has with a key mask (233,472 bytes against 232,448; ``results/bench/gpu-tests-rff-h200-round19-*``)
+#: than an H200 has with a key mask (233,472 bytes against 232,448;
+#: ``results/bench/gpu-tests-rff-h200-round19-9e6a358.txt``)
 WHOLE_MAX_FEATURES = 128
 
 
