@@ -246,11 +246,11 @@ def _out_blocks(q_base, o_base, s_qn, s_qd, s_on, s_oc, w_hi, w_lo, bias, s_hi, 
 
 @triton.jit
 def _query_grads(q_base, g_base, d_base, s_qn, s_qd, s_gn, s_gc, s_dn, s_dd, wt, w_hi, w_lo, bias, st_hi, st_lo, z,
-                 dwt_acc, db_acc, first, count, N, D, F, DV, scale, eps, BN: tl.constexpr, BD: tl.constexpr,
+                 first, count, N, D, F, DV, scale, eps, BN: tl.constexpr, BD: tl.constexpr,
                  BF: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
                  WEIGHT_GRAD: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr):  # fmt: skip
     """dq for ``count`` query blocks from block ``first``; returns their (dS [BF, BV], dz [BF]) sums and the map's
-    gradient accumulators (updated when WEIGHT_GRAD).  Sᵀ comes as a split pair."""
+    gradient sums dWᵀ [BD, BF], db [BF] (zero unless WEIGHT_GRAD).  Sᵀ comes as a split pair."""
     offs_d = tl.arange(0, BD)
     offs_f = tl.arange(0, BF)
     offs_c = tl.arange(0, BV)
@@ -259,6 +259,8 @@ def _query_grads(q_base, g_base, d_base, s_qn, s_qd, s_gn, s_gc, s_dn, s_dd, wt,
     cmask = offs_c < DV
     ds_acc = tl.zeros((BF, BV), dtype=tl.float32)
     dz_acc = tl.zeros((BF,), dtype=tl.float32)
+    dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
+    db_acc = tl.zeros((BF,), dtype=tl.float32)
     for blk in range(0, count):
         offs_n = (first + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
@@ -333,6 +335,15 @@ def _state_pointers(S, Z, bh, F, DV, BF: tl.constexpr, BV: tl.constexpr):
 
 
 @triton.jit
+def _load_sums(S, Z, bh, F, DV, BF: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
+               DTYPE: tl.constexpr):  # fmt: skip
+    """A (batch, head)'s S [BF, BV] as a split pair (:func:`_split`) and z [BF]."""
+    s_ptr, s_mask, z_ptr, z_mask = _state_pointers(S, Z, bh, F, DV, BF, BV)
+    s_hi, s_lo = _split(tl.load(s_ptr, mask=s_mask, other=0.0), LOWP, SPLIT_PRODUCTS, DTYPE)
+    return s_hi, s_lo, tl.load(z_ptr, mask=z_mask, other=0.0)
+
+
+@triton.jit
 def _load_state_transposed(S, Z, bh, F, DV, BF: tl.constexpr, BV: tl.constexpr):
     """A (batch, head)'s Sᵀ [BV, BF] and z [BF]."""
     offs_f = tl.arange(0, BF)
@@ -341,6 +352,18 @@ def _load_state_transposed(S, Z, bh, F, DV, BF: tl.constexpr, BV: tl.constexpr):
     state_t = tl.load(S + bh.to(tl.int64) * F * DV + offs_f[None, :] * DV + offs_c[:, None],
                       mask=fmask[None, :] & (offs_c[:, None] < DV), other=0.0)  # fmt: skip
     return state_t, tl.load(Z + bh.to(tl.int64) * F + offs_f, mask=fmask, other=0.0)
+
+
+@triton.jit
+def _query_operands(W, B, S, Z, bh, D, F, DV, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+                    LOWP: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr, DTYPE: tl.constexpr):  # fmt: skip
+    """What the queries' backward pass takes besides its rows: Wᵀ (fp32 and as a split pair), b, Sᵀ as a split pair
+    and z."""
+    wt, bias = _load_weight(W, B, D, F, BD, BF)
+    w_hi, w_lo = _split(wt, LOWP, True, DTYPE)
+    state_t, z = _load_state_transposed(S, Z, bh, F, DV, BF, BV)
+    st_hi, st_lo = _split(state_t, LOWP, SPLIT_PRODUCTS, DTYPE)
+    return wt, w_hi, w_lo, bias, st_hi, st_lo, z
 
 
 @triton.jit
@@ -384,9 +407,7 @@ def _out_kernel(
     h = (bh % H).to(tl.int64)
     wt, bias = _load_weight(W, B, D, F, BD, BF)
     w_hi, w_lo = _split(wt, LOWP, True, Q.dtype.element_ty)
-    s_ptr, s_mask, z_ptr, z_mask = _state_pointers(S, Z, bh, F, DV, BF, BV)
-    s_hi, s_lo = _split(tl.load(s_ptr, mask=s_mask, other=0.0), LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
-    z = tl.load(z_ptr, mask=z_mask, other=0.0)
+    s_hi, s_lo, z = _load_sums(S, Z, bh, F, DV, BF, BV, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
     _out_blocks(Q + b * s_qb + h * s_qh, OUT + b * s_ob + h * s_oh, s_qn, s_qd, s_on, s_oc, w_hi, w_lo, bias, s_hi,
                 s_lo, z, part * PER_PROGRAM, PER_PROGRAM, N, D, F, DV, scale, eps, BN, BD, BF, BV, LOWP, PREC, FAST,
                 SPLIT_PRODUCTS)  # fmt: skip
@@ -442,15 +463,11 @@ def _bwd_q_kernel(
     part = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(wt, LOWP, True, Q.dtype.element_ty)
-    state_t, z = _load_state_transposed(S, Z, bh, F, DV, BF, BV)
-    st_hi, st_lo = _split(state_t, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
-    dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
-    db_acc = tl.zeros((BF,), dtype=tl.float32)
+    wt, w_hi, w_lo, bias, st_hi, st_lo, z = _query_operands(W, B, S, Z, bh, D, F, DV, BD, BF, BV, LOWP, SPLIT_PRODUCTS,
+                                                            Q.dtype.element_ty)  # fmt: skip
     ds_acc, dz_acc, dwt_acc, db_acc = _query_grads(
         Q + b * s_qb + h * s_qh, G + b * s_gb + h * s_gh, DQ + b * s_db + h * s_dh, s_qn, s_qd, s_gn, s_gc, s_dn, s_dd,
-        wt, w_hi, w_lo, bias, st_hi, st_lo, z, dwt_acc, db_acc, part * PER_PROGRAM, PER_PROGRAM, N, D, F, DV, scale,
+        wt, w_hi, w_lo, bias, st_hi, st_lo, z, part * PER_PROGRAM, PER_PROGRAM, N, D, F, DV, scale,
         eps, BN, BD, BF, BV, LOWP, PREC, FAST, WEIGHT_GRAD, SPLIT_PRODUCTS,
     )  # fmt: skip
     s_ptr, s_mask, z_ptr, z_mask = _state_pointers(DS, DZ, bh, F, DV, BF, BV)
@@ -479,9 +496,7 @@ def _bwd_k_kernel(
     h = (bh % H).to(tl.int64)
     wt, bias = _load_weight(W, B, D, F, BD, BF)
     w_hi, w_lo = _split(wt, LOWP, True, K.dtype.element_ty)
-    s_ptr, s_mask, z_ptr, z_mask = _state_pointers(DS, DZ, bh, F, DV, BF, BV)
-    ds_hi, ds_lo = _split(tl.load(s_ptr, mask=s_mask, other=0.0), LOWP, SPLIT_PRODUCTS, K.dtype.element_ty)
-    dz = tl.load(z_ptr, mask=z_mask, other=0.0)
+    ds_hi, ds_lo, dz = _load_sums(DS, DZ, bh, F, DV, BF, BV, LOWP, SPLIT_PRODUCTS, K.dtype.element_ty)
     dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
     db_acc = tl.zeros((BF,), dtype=tl.float32)
     dwt_acc, db_acc = _key_grads(
@@ -515,15 +530,11 @@ def _whole_backward_kernel(
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    wt, bias = _load_weight(W, B, D, F, BD, BF)
-    w_hi, w_lo = _split(wt, LOWP, True, Q.dtype.element_ty)
-    state_t, z = _load_state_transposed(S, Z, bh, F, DV, BF, BV)
-    st_hi, st_lo = _split(state_t, LOWP, SPLIT_PRODUCTS, Q.dtype.element_ty)
-    dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
-    db_acc = tl.zeros((BF,), dtype=tl.float32)
+    wt, w_hi, w_lo, bias, st_hi, st_lo, z = _query_operands(W, B, S, Z, bh, D, F, DV, BD, BF, BV, LOWP, SPLIT_PRODUCTS,
+                                                            Q.dtype.element_ty)  # fmt: skip
     ds, dz, dwt_acc, db_acc = _query_grads(
         Q + b * s_qb + h * s_qh, G + b * s_gb + h * s_gh, DQ + b * s_db + h * s_dh, s_qn, s_qd, s_gn, s_gc, s_dn, s_dd,
-        wt, w_hi, w_lo, bias, st_hi, st_lo, z, dwt_acc, db_acc, 0, tl.cdiv(NQ, BN), NQ, D, F, DV, scale, eps, BN, BD,
+        wt, w_hi, w_lo, bias, st_hi, st_lo, z, 0, tl.cdiv(NQ, BN), NQ, D, F, DV, scale, eps, BN, BD,
         BF, BV, LOWP, PREC, FAST, WEIGHT_GRAD, SPLIT_PRODUCTS,
     )  # fmt: skip
     ds_hi, ds_lo = _split(ds, LOWP, SPLIT_PRODUCTS, K.dtype.element_ty)
