@@ -35,7 +35,9 @@ sine are the hardware's approximate ones after an exact-enough reduction to [−
 1e-6, far below bf16's rounding of φ, 4e-3 relative); fp32 inputs use the correctly rounded library ones.
 
 Launch shapes (rows per tile, warps, pipeline stages, programs per SM) are the tables ``FORWARD_LAUNCH``
-and ``BACKWARD_LAUNCH``, chosen on the H200 by ``experiments/device/linear_tiles.py``.  The map's weight
+and ``BACKWARD_LAUNCH``, chosen on the H200 by ``experiments/device/linear_tiles.py``, and
+``WHOLE_FORWARD_LAUNCH``, ``WHOLE_BACKWARD_LAUNCH`` for the whole-sequence kernels
+(``experiments/device/linear_ab.py``).  The map's weight
 gradients are summed by fp32 atomics into ``WEIGHT_GRAD_SLOTS`` copies (program i adds into copy
 i mod slots) and the copies summed afterwards, so that thousands of programs do not contend for one
 [m, d] buffer.
