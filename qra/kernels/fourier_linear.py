@@ -195,16 +195,20 @@ def _accumulate_weight_grads(DW, DB, dwt_acc, db_acc, D, F, SLOTS, BD: tl.conste
 
 
 @triton.jit
+def _tile_offsets(D, F, DV, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr):
+    """The column offsets of the q/k [·, BD] and value [·, BV] tiles, and which columns of those and of the feature
+    tiles [·, BF] lie inside D, DV and F."""
+    offs_d = tl.arange(0, BD)
+    offs_c = tl.arange(0, BV)
+    return offs_d, offs_c, offs_d < D, tl.arange(0, BF) < F, offs_c < DV
+
+
+@triton.jit
 def _state_sums(k_base, v_base, m_base, s_kn, s_kd, s_vn, s_vc, s_mn, w_hi, w_lo, bias, first, count, N, D, F, DV,
                 scale, BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, HAS_MASK: tl.constexpr,
                 LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     """(Σ φkᵀV [BF, BV], Σ φk [BF]) in fp32 over ``count`` key blocks from block ``first`` (W as rows, split)."""
-    offs_d = tl.arange(0, BD)
-    offs_f = tl.arange(0, BF)
-    offs_c = tl.arange(0, BV)
-    dmask = offs_d < D
-    fmask = offs_f < F
-    cmask = offs_c < DV
+    offs_d, offs_c, dmask, fmask, cmask = _tile_offsets(D, F, DV, BD, BF, BV)
     acc = tl.zeros((BF, BV), dtype=tl.float32)
     zacc = tl.zeros((BF,), dtype=tl.float32)
     for blk in range(0, count):
@@ -227,12 +231,7 @@ def _out_blocks(q_base, o_base, s_qn, s_qd, s_on, s_oc, w_hi, w_lo, bias, s_hi, 
                 scale, eps, BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
                 LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr):  # fmt: skip
     """out = φq S / guard(φq·z) for ``count`` query blocks from block ``first`` (Wᵀ and S as split pairs)."""
-    offs_d = tl.arange(0, BD)
-    offs_f = tl.arange(0, BF)
-    offs_c = tl.arange(0, BV)
-    dmask = offs_d < D
-    fmask = offs_f < F
-    cmask = offs_c < DV
+    offs_d, offs_c, dmask, fmask, cmask = _tile_offsets(D, F, DV, BD, BF, BV)
     for blk in range(0, count):
         offs_n = (first + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
@@ -253,12 +252,7 @@ def _query_grads(q_base, g_base, d_base, s_qn, s_qd, s_gn, s_gc, s_dn, s_dd, wt,
                  WEIGHT_GRAD: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr):  # fmt: skip
     """dq for ``count`` query blocks from block ``first``; returns their (dS [BF, BV], dz [BF]) sums and the map's
     gradient sums dWᵀ [BD, BF], db [BF] (zero unless WEIGHT_GRAD).  Sᵀ comes as a split pair."""
-    offs_d = tl.arange(0, BD)
-    offs_f = tl.arange(0, BF)
-    offs_c = tl.arange(0, BV)
-    dmask = offs_d < D
-    fmask = offs_f < F
-    cmask = offs_c < DV
+    offs_d, offs_c, dmask, fmask, cmask = _tile_offsets(D, F, DV, BD, BF, BV)
     ds_acc = tl.zeros((BF, BV), dtype=tl.float32)
     dz_acc = tl.zeros((BF,), dtype=tl.float32)
     dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
@@ -296,12 +290,7 @@ def _key_grads(k_base, v_base, m_base, dk_base, dv_base, s_kn, s_kd, s_vn, s_vc,
                SPLIT_PRODUCTS: tl.constexpr):  # fmt: skip
     """dk, dv for ``count`` key blocks from block ``first`` (dS as a split pair); returns the map's gradient
     accumulators (updated when WEIGHT_GRAD)."""
-    offs_d = tl.arange(0, BD)
-    offs_f = tl.arange(0, BF)
-    offs_c = tl.arange(0, BV)
-    dmask = offs_d < D
-    fmask = offs_f < F
-    cmask = offs_c < DV
+    offs_d, offs_c, dmask, fmask, cmask = _tile_offsets(D, F, DV, BD, BF, BV)
     for blk in range(0, count):
         offs_n = (first + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
