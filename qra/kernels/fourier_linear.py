@@ -52,7 +52,7 @@ import triton
 import triton.language as tl
 
 from ._launch import LaunchPlan, LaunchPlans, direct_launches, layout, prepare
-from ._trig import cos_sin, cosine, hardware_trig
+from ._trig import cosine, hardware_trig, sine
 from ._util import mask_arguments, mask_bytes, pow2, splits, sum_buffers
 from .linear import _dot_pair, _guard, _split, _split_dot
 
@@ -169,9 +169,11 @@ def _times_w(dp, wt, w_hi, LOWP: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr, PRE
 
 
 @triton.jit
-def _grad_map(x, dp, wt, w_hi, dwt_acc, db_acc, LOWP: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr, PREC: tl.constexpr,
-              WEIGHT_GRAD: tl.constexpr):  # fmt: skip
-    """dx = dp·W (:func:`_times_w`) for dp = ∂L/∂p, and the dWᵀ, db accumulators (updated when WEIGHT_GRAD)."""
+def _grad_map(x, dfeat, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
+              PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr):  # fmt: skip
+    """dp = −scale·sin(p)·dφ; returns dx = dp·W (:func:`_times_w`) and the dWᵀ, db accumulators (updated when
+    WEIGHT_GRAD)."""
+    dp = -scale * sine(p, FAST) * dfeat
     dx = _times_w(dp, wt, w_hi, LOWP, SPLIT_PRODUCTS, PREC)
     if WEIGHT_GRAD:
         dwt_acc = dwt_acc + _split_dot(tl.trans(x), dp, LOWP, SPLIT_PRODUCTS, PREC)
@@ -202,34 +204,18 @@ def _tile_offsets(D, F, DV, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr
 
 
 @triton.jit
-def _as_columns(z, LOWP: tl.constexpr, DTYPE: tl.constexpr):
-    """z [BF] as the first columns of a [BF, 16] operand, so that the row sums of x @ it are x·z on the tensor cores:
-    with 16-bit products z's hi and lo halves (:func:`_split`, about 16 mantissa bits) in columns 0 and 1, else z in
-    column 0."""
-    hi, lo = _split(z, LOWP, True, DTYPE)
-    col = tl.arange(0, 16)[None, :]
-    if LOWP:
-        out = tl.where(col == 0, hi[:, None], tl.where(col == 1, lo[:, None], 0.0)).to(DTYPE)
-    else:
-        out = tl.where(col == 0, z[:, None], 0.0)
-    return out
-
-
-@triton.jit
 def _state_sums(k_base, v_base, m_base, s_kn, s_kd, s_vn, s_vc, s_mn, w_hi, w_lo, bias, first, count, N, D, F, DV,
                 scale, BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, HAS_MASK: tl.constexpr,
                 LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     """(Σ φkᵀV [BF, BV], Σ φk [BF]) in fp32 over ``count`` key blocks from block ``first`` (W as rows, split).
 
-    The tiles carry cos(p) alone: masked keys' rows of V load as zeros, so cos(p)ᵀV needs no mask; Σ cos(p) over
-    the kept keys is one more product, with the keep mask as a column (:func:`_as_columns`); the scale and the zeros
-    of features beyond F enter the two sums once, at the end.  Per element that leaves the reduction, the cosine
-    and the rounding to the product's dtype: the kernels are bound by the instructions they issue
-    (``results/bench/kernel-counters-h200-round20.txt``)."""
+    The tiles carry c = cos(p) alone, not φk = scale·c masked: masked keys' rows of V load as zeros, so cᵀV needs
+    no mask, Σ c takes the keep mask as a factor in its multiply-add, and the scale and the zeros of features beyond
+    F enter the two sums once, at the end.  The forward is bound by the instructions it issues
+    (``results/bench/kernel-counters-h200-round20.txt``), and these were two of them per element."""
     offs_d, offs_c, dmask, fmask, cmask = _tile_offsets(D, F, DV, BD, BF, BV)
-    dtype = k_base.dtype.element_ty
     acc = tl.zeros((BF, BV), dtype=tl.float32)
-    zacc = tl.zeros((BF, 16), dtype=tl.float32)
+    zacc = tl.zeros((BF,), dtype=tl.float32)
     for blk in range(0, count):
         offs_n = (first + blk) * BN + tl.arange(0, BN)
         keep = offs_n < N
@@ -237,13 +223,12 @@ def _state_sums(k_base, v_base, m_base, s_kn, s_kd, s_vn, s_vc, s_mn, w_hi, w_lo
             keep = keep & (tl.load(m_base + offs_n * s_mn, mask=offs_n < N, other=0) != 0)
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        # cos(p)ᵀ [BF, BN] straight from the product: no transposition on its way into cos(p)ᵀV
-        ckt = cosine(_angles_transposed(k, w_hi, w_lo, bias, LOWP, PREC), FAST).to(dtype)
-        acc = tl.dot(ckt, v, acc, input_precision=PREC)
-        keep_column = tl.where(keep[:, None] & (tl.arange(0, 16) == 0)[None, :], 1.0, 0.0).to(dtype)
-        zacc = tl.dot(ckt, keep_column, zacc, input_precision=PREC)
+        # cᵀ [BF, BN] straight from the product: no transposition on its way into cᵀV
+        ct = cosine(_angles_transposed(k, w_hi, w_lo, bias, LOWP, PREC), FAST)
+        acc = tl.dot(ct.to(k_base.dtype.element_ty), v, acc, input_precision=PREC)
+        zacc += tl.sum(ct * keep.to(tl.float32)[None, :], axis=1)
     live = tl.where(fmask, scale, 0.0)
-    return acc * live[:, None], tl.sum(zacc, axis=1) * live
+    return acc * live[:, None], zacc * live
 
 
 @triton.jit
@@ -254,18 +239,16 @@ def _out_blocks(q_base, o_base, s_qn, s_qd, s_on, s_oc, w_hi, w_lo, bias, s_hi, 
     zero beyond F).
 
     With φq = scale·c, c = cos(p): out = (c S)·r for the row factor r = scale / guard(scale·(c·z)), so that the tile
-    takes no scale and no mask, c·z is a product (:func:`_as_columns`) and each row one division."""
+    takes no scale and no mask (S and z are zero beyond F), and each row one division, not each element."""
     offs_d, offs_c, dmask, _, cmask = _tile_offsets(D, F, DV, BD, BF, BV)
-    dtype = q_base.dtype.element_ty
-    z_columns = _as_columns(z, LOWP, dtype)
     for blk in range(0, count):
         offs_n = (first + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
-        cq = cosine(_angles(q, w_hi, w_lo, bias, LOWP, PREC), FAST).to(dtype)
-        num = _dot_pair(cq, s_hi, s_lo, LOWP, SPLIT_PRODUCTS, PREC)
-        den = tl.sum(tl.dot(cq, z_columns, input_precision=PREC), axis=1)
-        out = num * (scale / _guard(scale * den, eps))[:, None]
+        c = cosine(_angles(q, w_hi, w_lo, bias, LOWP, PREC), FAST)
+        num = _dot_pair(c.to(q_base.dtype.element_ty), s_hi, s_lo, LOWP, SPLIT_PRODUCTS, PREC)
+        den = scale * tl.sum(c * z[None, :], axis=1)
+        out = num * (scale / _guard(den, eps))[:, None]
         tl.store(o_base + offs_n[:, None] * s_on + offs_c[None, :] * s_oc, out.to(o_base.dtype.element_ty),
                  mask=nmask[:, None] & cmask[None, :])  # fmt: skip
 
@@ -275,41 +258,36 @@ def _query_grads(q_base, g_base, d_base, s_qn, s_qd, s_gn, s_gc, s_dn, s_dd, wt,
                  first, count, N, D, F, DV, scale, eps, BN: tl.constexpr, BD: tl.constexpr,
                  BF: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
                  WEIGHT_GRAD: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr):  # fmt: skip
-    """dq for ``count`` query blocks from block ``first``; returns their (dS [BF, BV], dz [BF]) sums (zero beyond F)
-    and the map's gradient sums dWᵀ [BD, BF], db [BF] (zero unless WEIGHT_GRAD).  Sᵀ comes as a split pair, S and z
-    zero beyond F.
-
-    With φq = scale·c, c = cos(p), d = guard(φq·z): dφq = gSᵀ/d + dden·z and dp = −scale·sin(p)·dφq, so the tile
-    takes the two row factors −scale/d and −scale·dden, and no mask: the rows past N have g = 0, and with it
-    dφq = 0; dS = scale·Σ cᵀ(g/d) and dz = scale·Σ cᵀdden (a product, :func:`_as_columns`) take the scale and the
-    zeros beyond F once, at the end."""
+    """dq for ``count`` query blocks from block ``first``; returns their (dS [BF, BV], dz [BF]) sums and the map's
+    gradient sums dWᵀ [BD, BF], db [BF] (zero unless WEIGHT_GRAD).  Sᵀ comes as a split pair."""
     offs_d, offs_c, dmask, fmask, cmask = _tile_offsets(D, F, DV, BD, BF, BV)
-    dtype = q_base.dtype.element_ty
-    z_columns = _as_columns(z, LOWP, dtype)
     ds_acc = tl.zeros((BF, BV), dtype=tl.float32)
-    dz_acc = tl.zeros((BF, 16), dtype=tl.float32)
+    dz_acc = tl.zeros((BF,), dtype=tl.float32)
     dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
     db_acc = tl.zeros((BF,), dtype=tl.float32)
     for blk in range(0, count):
         offs_n = (first + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
-        g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(dtype)
-        c, sin = cos_sin(_angles(q, w_hi, w_lo, bias, LOWP, PREC), FAST)
-        cq = c.to(dtype)
+        g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(q_base.dtype.element_ty)
+        p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
+        fq = tl.where(nmask[:, None] & fmask[None, :], scale * cosine(p, FAST), 0.0).to(q_base.dtype.element_ty)
+        fq32 = fq.to(tl.float32)
         gs = _dot_pair(g, st_hi, st_lo, LOWP, SPLIT_PRODUCTS, PREC)  # g Sᵀ [BN, BF]
-        den = scale * tl.sum(tl.dot(cq, z_columns, input_precision=PREC), axis=1)
-        inv = 1.0 / _guard(den, eps)
-        ga = scale * tl.sum(c * gs, axis=1)
-        dden = tl.where(tl.abs(den) >= eps, -ga * inv * inv, 0.0)
-        dp = sin * (gs * (-scale * inv)[:, None] + (-scale * dden)[:, None] * z[None, :])
-        dq, dwt_acc, db_acc = _grad_map(q, dp, wt, w_hi, dwt_acc, db_acc, LOWP, SPLIT_PRODUCTS, PREC, WEIGHT_GRAD)
+        den = tl.sum(fq32 * z[None, :], axis=1)
+        d = _guard(den, eps)
+        ga = tl.sum(fq32 * gs, axis=1)
+        dden = tl.where(tl.abs(den) >= eps, -ga / (d * d), 0.0)
+        dfq = gs / d[:, None] + dden[:, None] * z[None, :]
+        dfq = tl.where(nmask[:, None] & fmask[None, :], dfq, 0.0)
+        dq, dwt_acc, db_acc = _grad_map(
+            q, dfq, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP, SPLIT_PRODUCTS, PREC, FAST, WEIGHT_GRAD
+        )
         tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dq.to(d_base.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
-        ds_acc += _split_dot(tl.trans(cq), g.to(tl.float32) * inv[:, None], LOWP, SPLIT_PRODUCTS, PREC)
-        dz_acc = tl.dot(tl.trans(cq), _as_columns(dden, LOWP, dtype), dz_acc, input_precision=PREC)
-    live = tl.where(fmask, scale, 0.0)
-    return ds_acc * live[:, None], tl.sum(dz_acc, axis=1) * live, dwt_acc, db_acc
+        ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) / d[:, None], LOWP, SPLIT_PRODUCTS, PREC)
+        dz_acc += tl.sum(fq32 * dden[:, None], axis=0)
+    return ds_acc, dz_acc, dwt_acc, db_acc
 
 
 @triton.jit
@@ -318,13 +296,9 @@ def _key_grads(k_base, v_base, m_base, dk_base, dv_base, s_kn, s_kd, s_vn, s_vc,
                BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, HAS_MASK: tl.constexpr,
                LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr,
                SPLIT_PRODUCTS: tl.constexpr):  # fmt: skip
-    """dk, dv for ``count`` key blocks from block ``first`` (dS as a split pair, dS and dz zero beyond F); returns the
-    map's gradient accumulators (updated when WEIGHT_GRAD).
-
-    With φk = scale·c for kept keys, else 0: dv = scale·c·dS and dp = −scale·sin(p)·(v·dSᵀ + dz) on kept rows, so the
-    scale and the keep mask enter as one row factor on each, not as a mask on the tile."""
-    offs_d, offs_c, dmask, _, cmask = _tile_offsets(D, F, DV, BD, BF, BV)
-    dtype = k_base.dtype.element_ty
+    """dk, dv for ``count`` key blocks from block ``first`` (dS as a split pair); returns the map's gradient
+    accumulators (updated when WEIGHT_GRAD)."""
+    offs_d, offs_c, dmask, fmask, cmask = _tile_offsets(D, F, DV, BD, BF, BV)
     for blk in range(0, count):
         offs_n = (first + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
@@ -333,12 +307,15 @@ def _key_grads(k_base, v_base, m_base, dk_base, dv_base, s_kn, s_kd, s_vn, s_vc,
             keep = keep & (tl.load(m_base + offs_n * s_mn, mask=nmask, other=0) != 0)
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
-        c, sin = cos_sin(_angles(k, w_hi, w_lo, bias, LOWP, PREC), FAST)
-        kept = tl.where(keep, scale, 0.0)
+        p = _angles(k, w_hi, w_lo, bias, LOWP, PREC)
+        live = keep[:, None] & fmask[None, :]
+        fk = tl.where(live, scale * cosine(p, FAST), 0.0).to(k_base.dtype.element_ty)
         vds = _dot_pair(v, tl.trans(ds_hi), tl.trans(ds_lo), LOWP, SPLIT_PRODUCTS, PREC)  # v dSᵀ [BN, BF]
-        dp = sin * ((vds + dz[None, :]) * -kept[:, None])
-        dv = _dot_pair(c.to(dtype), ds_hi, ds_lo, LOWP, SPLIT_PRODUCTS, PREC) * kept[:, None]
-        dk, dwt_acc, db_acc = _grad_map(k, dp, wt, w_hi, dwt_acc, db_acc, LOWP, SPLIT_PRODUCTS, PREC, WEIGHT_GRAD)
+        dfk = tl.where(live, vds + dz[None, :], 0.0)
+        dv = _dot_pair(fk, ds_hi, ds_lo, LOWP, SPLIT_PRODUCTS, PREC)
+        dk, dwt_acc, db_acc = _grad_map(
+            k, dfk, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP, SPLIT_PRODUCTS, PREC, FAST, WEIGHT_GRAD
+        )
         tl.store(dk_base + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd, dk.to(dk_base.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
         tl.store(dv_base + offs_n[:, None] * s_wn + offs_c[None, :] * s_wc, dv.to(dv_base.dtype.element_ty),
