@@ -275,17 +275,17 @@ def _query_grads(q_base, g_base, d_base, s_qn, s_qd, s_gn, s_gc, s_dn, s_dd, wt,
         fq32 = fq.to(tl.float32)
         gs = _dot_pair(g, st_hi, st_lo, LOWP, SPLIT_PRODUCTS, PREC)  # g Sᵀ [BN, BF]
         den = tl.sum(fq32 * z[None, :], axis=1)
-        d = _guard(den, eps)
+        inv = 1.0 / _guard(den, eps)  # one division a row: the tiles multiply
         ga = tl.sum(fq32 * gs, axis=1)
-        dden = tl.where(tl.abs(den) >= eps, -ga / (d * d), 0.0)
-        dfq = gs / d[:, None] + dden[:, None] * z[None, :]
+        dden = tl.where(tl.abs(den) >= eps, -ga * inv * inv, 0.0)
+        dfq = gs * inv[:, None] + dden[:, None] * z[None, :]
         dfq = tl.where(nmask[:, None] & fmask[None, :], dfq, 0.0)
         dq, dwt_acc, db_acc = _grad_map(
             q, dfq, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP, SPLIT_PRODUCTS, PREC, FAST, WEIGHT_GRAD
         )
         tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dq.to(d_base.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
-        ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) / d[:, None], LOWP, SPLIT_PRODUCTS, PREC)
+        ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) * inv[:, None], LOWP, SPLIT_PRODUCTS, PREC)
         dz_acc += tl.sum(fq32 * dden[:, None], axis=0)
     return ds_acc, dz_acc, dwt_acc, db_acc
 
