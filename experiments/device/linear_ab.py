@@ -1,7 +1,7 @@
 """The fused RFF linear attention of this tree against another version of its module, side by side in one process.
 
     python experiments/device/linear_ab.py --other OLD.py --output linear-ab.json [--lengths 512,32768]
-        [--rounds 3] [--forward 128,8,3,2 64,4,3,2] [--whole-forward 64,8,3,2 ...] [--whole-backward 32,8,3,2 ...]
+        [--rounds 3] [--forward 128,8,3,2 64,4,3,2] [--whole-forward 128,8,3,2 ...] [--whole-backward 32,8,3,2 ...]
 
 ``OLD.py`` is a copy of ``qra/kernels/fourier_linear.py`` from another commit (``git show REV:qra/kernels/
 fourier_linear.py > OLD.py``); it is imported as a sibling of ``qra.kernels.fourier_linear``, so that its relative
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="512,32768")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--forward", nargs="+", default=["128,8,3,2"])
-    parser.add_argument("--whole-forward", nargs="+", default=["64,8,3,2"])
+    parser.add_argument("--whole-forward", nargs="+", default=["128,8,3,2"])
     parser.add_argument("--whole-backward", nargs="+", default=["32,8,3,2"])
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()

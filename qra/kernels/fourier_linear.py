@@ -18,11 +18,15 @@ program per (batch, head) does it all instead (``SEQUENCE_PROGRAMS``): ``_whole_
 and then the outputs, ``_whole_backward`` the queries' pass and then the keys', the sums held in registers: no
 atomics, no zero-filled buffers, two launches instead of five (the fill, four kernels).  The kernels share their
 loops (``_state_sums``, ``_out_blocks``, ``_query_grads``, ``_key_grads``).
+The forward's tiles carry c = cos(p) alone: the scale and the zeros of features beyond F enter S and z once a
+program, the keep mask Σc's multiply-add, and each output row one division.  The forward then issued 23% fewer
+instructions and ran in 83 µs against 99 (``results/bench/kernel-counters-h200-round20.txt``).
 Without the map's gradients (RFF's default: Ω and the phases are buffers) the backward kernels skip their
 products and atomics, and the launcher their buffers and sums.
 The angles are computed in fp32: with bf16 inputs W enters the product as a bf16 hi + lo pair (about
-16 mantissa bits), fp32 inputs multiply in ieee fp32.  φ is rounded to the input dtype
-before the attention products, exactly as the unfused path casts the map's output.  The fp32 tiles that
+16 mantissa bits), fp32 inputs multiply in ieee fp32.  φ (in the forward c, the scale
+moved onto the sums) is rounded to the input dtype before the attention products, as the unfused path casts the
+map's output; the forward's Σc and c·z take the fp32 cosine.  The fp32 tiles that
 enter the other products with bf16 inputs (S, dS, g/d, dp) are rounded to bf16 once, as FlashAttention
 rounds its probabilities (the products accumulate in fp32); ``SPLIT_PRODUCTS`` splits them into hi + lo
 pairs instead, two products each, loop-invariant ones once per program.  Why single products by default
@@ -88,10 +92,10 @@ FORWARD_LAUNCH = Launch(block=128, warps=8, per_sm=2)
 BACKWARD_LAUNCH = Launch(block=32, warps=8)
 #: the one-program-per-sequence kernels (:data:`SEQUENCE_PROGRAMS`; their grid is one program per (batch, head), so
 #: ``per_sm`` is unused).  At N = 512 on the H200 the forward took 0.099 ms at 128 rows on 8 warps against
-#: 0.100–0.162 at seven other shapes (``results/bench/linear-ab-h200-round19-9e6a358.json``, ``-b280dd9.json``),
-#: though it spills 320 bytes a thread for sm_90 there and none at 64 rows (``experiments/kernel_registers.py``);
-#: the backward's best of six shapes is the split kernels' own.  Forward + backward 0.400–0.402 ms against the split
-#: kernels' 0.456–0.460 and SDPA's 0.381–0.389, side by side
+#: 0.100–0.162 at seven other shapes (``results/bench/linear-ab-h200-round19-9e6a358.json``, ``-b280dd9.json``);
+#: with the tiles carrying cos(p) alone (round 20) 0.0816 ms, against 0.090 with 2 stages, 0.108 at 64 rows and
+#: 0.112 on 4 warps (``linear-ab-h200-round20-0423b54.json``).  The backward's best of six shapes is the split
+#: kernels' own.  Forward + backward 0.3853 ms against SDPA's 0.3860, side by side (``-fac2e12.json``)
 WHOLE_FORWARD_LAUNCH = Launch(block=128, warps=8)
 WHOLE_BACKWARD_LAUNCH = Launch(block=32, warps=8)
 #: the hardware's approximate cosine and sine for bf16 inputs (False: the library's, as for fp32)
