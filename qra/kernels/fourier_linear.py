@@ -216,7 +216,8 @@ def _state_sums(k_base, v_base, m_base, s_kn, s_kd, s_vn, s_vc, s_mn, w_hi, w_lo
     The tiles carry c = cos(p) alone, not φk = scale·c masked: masked keys' rows of V load as zeros, so cᵀV needs
     no mask, Σ c takes the keep mask as a factor in its multiply-add, and the scale and the zeros of features beyond
     F enter the two sums once, at the end.  The forward is bound by the instructions it issues
-    (``results/bench/kernel-counters-h200-round20.txt``), and these were two of them per element."""
+    (``results/bench/kernel-counters-h200-round20.txt``), and the scale, the mask's select and Σφk's up-cast were
+    among them for every element."""
     offs_d, offs_c, dmask, fmask, cmask = _tile_offsets(D, F, DV, BD, BF, BV)
     acc = tl.zeros((BF, BV), dtype=tl.float32)
     zacc = tl.zeros((BF,), dtype=tl.float32)
