@@ -198,3 +198,29 @@ def test_graph_time_replays_the_steps_kernels_and_warns_when_a_step_cannot_be_ca
         assert graph_time(lambda: (x.sum() > 0).item(), device) is None  # a host sync cannot be captured
     # and the failed capture left the default generator usable: random draws and dropout still work
     assert torch.randn(4, device=device).isfinite().all() and torch.nn.functional.dropout(x, 0.1).isfinite().all()
+
+
+def test_ncu_summary_reads_an_ncu_export(tmp_path, monkeypatch):
+    """experiments/device/ncu_summary.py's summary of an ncu raw CSV (a header row, a units row, one row a
+    kernel): the chosen metrics with their units, stall reasons ranked, 'not_selected' (not a stall) left out."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "experiments" / "device"))
+    from ncu_summary import summarise
+
+    stall = "smsp__average_warps_issue_stalled_{}_per_issue_active.ratio"
+    header = ["ID", "Kernel Name", "gpu__time_duration.sum", "launch__registers_per_thread",
+              stall.format("barrier"), stall.format("not_selected"), stall.format("long_scoreboard"),
+              stall.format("wait")]  # fmt: skip
+    units = ["", "", "us", "register/thread", "", "", "", ""]
+    rows = [["0", "_whole_forward_kernel", "83.07", "230", "1.40", "9.00", "0.67", "0.87"],
+            ["1", "void at::reduce_kernel", "18.4", "32", "6.31", "", "54.15", "2.56"]]  # fmt: skip
+    export = tmp_path / "ncu.csv"
+    export.write_text("\n".join(",".join(f'"{v}"' for v in row) for row in [header, units, *rows]) + "\n")
+    lines = summarise(export).splitlines()
+    assert lines[0] == "== _whole_forward_kernel"
+    assert lines[1].split() == ["duration", "83.07", "us"]
+    assert lines[2].split() == ["registers", "230", "register/thread"]
+    assert lines[3].endswith("barrier 1.40, wait 0.87, long_scoreboard 0.67")
+    assert lines[4] == "== void at::reduce_kernel"
+    assert lines[7].endswith("long_scoreboard 54.15, barrier 6.31, wait 2.56")
