@@ -6,6 +6,7 @@ They check plumbing only: speed claims come from the committed GPU results, not 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,8 +204,6 @@ def test_graph_time_replays_the_steps_kernels_and_warns_when_a_step_cannot_be_ca
 def test_ncu_summary_reads_an_ncu_export(tmp_path, monkeypatch):
     """experiments/device/ncu_summary.py's summary of an ncu raw CSV (a header row, a units row, one row a
     kernel): the chosen metrics with their units, stall reasons ranked, 'not_selected' (not a stall) left out."""
-    from pathlib import Path
-
     monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "experiments" / "device"))
     from ncu_summary import summarise
 
