@@ -173,11 +173,11 @@ def _times_w(dp, wt, w_hi, LOWP: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr, PRE
 
 
 @triton.jit
-def _grad_map(x, dfeat, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
+def _grad_map(x, dc, p, wt, w_hi, dwt_acc, db_acc, LOWP: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
               PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr):  # fmt: skip
-    """dp = −scale·sin(p)·dφ; returns dx = dp·W (:func:`_times_w`) and the dWᵀ, db accumulators (updated when
-    WEIGHT_GRAD)."""
-    dp = -scale * sine(p, FAST) * dfeat
+    """dp = −sin(p)·dc for dc = ∂L/∂cos(p) (the callers' row factors carry φ's scale and masks); returns
+    dx = dp·W (:func:`_times_w`) and the dWᵀ, db accumulators (updated when WEIGHT_GRAD)."""
+    dp = -sine(p, FAST) * dc
     dx = _times_w(dp, wt, w_hi, LOWP, SPLIT_PRODUCTS, PREC)
     if WEIGHT_GRAD:
         dwt_acc = dwt_acc + _split_dot(tl.trans(x), dp, LOWP, SPLIT_PRODUCTS, PREC)
@@ -263,8 +263,13 @@ def _query_grads(q_base, g_base, d_base, s_qn, s_qd, s_gn, s_gc, s_dn, s_dd, wt,
                  first, count, N, D, F, DV, scale, eps, BN: tl.constexpr, BD: tl.constexpr,
                  BF: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
                  WEIGHT_GRAD: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr):  # fmt: skip
-    """dq for ``count`` query blocks from block ``first``; returns their (dS [BF, BV], dz [BF]) sums and the map's
-    gradient sums dWᵀ [BD, BF], db [BF] (zero unless WEIGHT_GRAD).  Sᵀ comes as a split pair."""
+    """dq for ``count`` query blocks from block ``first``; returns their (dS [BF, BV], dz [BF]) sums, zero beyond F,
+    and the map's gradient sums dWᵀ [BD, BF], db [BF] (zero unless WEIGHT_GRAD).  Sᵀ comes as a split pair, zero
+    beyond F as z is.
+
+    As in the forward (:func:`_state_sums`), the tiles carry c = cos(p) alone, φq = scale·c: rows beyond N have
+    g = 0 and features beyond F have Sᵀ = z = 0, so every term they would add is zero without a mask; the scale
+    enters the row factors and, once a program, dS and dz."""
     offs_d, offs_c, dmask, fmask, cmask = _tile_offsets(D, F, DV, BD, BF, BV)
     ds_acc = tl.zeros((BF, BV), dtype=tl.float32)
     dz_acc = tl.zeros((BF,), dtype=tl.float32)
@@ -276,23 +281,23 @@ def _query_grads(q_base, g_base, d_base, s_qn, s_qd, s_gn, s_gc, s_dn, s_dd, wt,
         q = _load_rows(q_base, offs_n, offs_d, s_qn, s_qd, nmask, dmask)
         g = _load_rows(g_base, offs_n, offs_c, s_gn, s_gc, nmask, cmask).to(q_base.dtype.element_ty)
         p = _angles(q, w_hi, w_lo, bias, LOWP, PREC)
-        fq = tl.where(nmask[:, None] & fmask[None, :], scale * cosine(p, FAST), 0.0).to(q_base.dtype.element_ty)
-        fq32 = fq.to(tl.float32)
+        c = cosine(p, FAST)
         gs = _dot_pair(g, st_hi, st_lo, LOWP, SPLIT_PRODUCTS, PREC)  # g Sᵀ [BN, BF]
-        den = tl.sum(fq32 * z[None, :], axis=1)
+        den = scale * tl.sum(c * z[None, :], axis=1)
         inv = 1.0 / _guard(den, eps)  # one division a row: the tiles multiply
-        ga = tl.sum(fq32 * gs, axis=1)
+        ga = scale * tl.sum(c * gs, axis=1)
         dden = tl.where(tl.abs(den) >= eps, -ga * inv * inv, 0.0)
-        dfq = gs * inv[:, None] + dden[:, None] * z[None, :]
-        dfq = tl.where(nmask[:, None] & fmask[None, :], dfq, 0.0)
-        dq, dwt_acc, db_acc = _grad_map(
-            q, dfq, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP, SPLIT_PRODUCTS, PREC, FAST, WEIGHT_GRAD
-        )
+        # ∂L/∂c = scale·(gs·inv + dden·z), the scale in the row factors
+        dc = gs * (scale * inv)[:, None] + (scale * dden)[:, None] * z[None, :]
+        dq, dwt_acc, db_acc = _grad_map(q, dc, p, wt, w_hi, dwt_acc, db_acc, LOWP, SPLIT_PRODUCTS, PREC, FAST,
+                                        WEIGHT_GRAD)  # fmt: skip
         tl.store(d_base + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dq.to(d_base.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
-        ds_acc += _split_dot(tl.trans(fq), g.to(tl.float32) * inv[:, None], LOWP, SPLIT_PRODUCTS, PREC)
-        dz_acc += tl.sum(fq32 * dden[:, None], axis=0)
-    return ds_acc, dz_acc, dwt_acc, db_acc
+        ds_acc += _split_dot(tl.trans(c.to(q_base.dtype.element_ty)), g.to(tl.float32) * inv[:, None], LOWP,
+                             SPLIT_PRODUCTS, PREC)  # fmt: skip
+        dz_acc += tl.sum(c * dden[:, None], axis=0)
+    live = tl.where(fmask, scale, 0.0)
+    return ds_acc * live[:, None], dz_acc * live, dwt_acc, db_acc
 
 
 @triton.jit
@@ -301,9 +306,12 @@ def _key_grads(k_base, v_base, m_base, dk_base, dv_base, s_kn, s_kd, s_vn, s_vc,
                BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, HAS_MASK: tl.constexpr,
                LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, WEIGHT_GRAD: tl.constexpr,
                SPLIT_PRODUCTS: tl.constexpr):  # fmt: skip
-    """dk, dv for ``count`` key blocks from block ``first`` (dS as a split pair); returns the map's gradient
-    accumulators (updated when WEIGHT_GRAD)."""
-    offs_d, offs_c, dmask, fmask, cmask = _tile_offsets(D, F, DV, BD, BF, BV)
+    """dk, dv for ``count`` key blocks from block ``first`` (dS as a split pair; dS and dz zero beyond F); returns
+    the map's gradient accumulators (updated when WEIGHT_GRAD).
+
+    The tiles carry c = cos(p) alone: the keep mask and the scale enter as row factors, of ∂L/∂c = scale·keep·
+    (v dSᵀ + dz) and of dv = scale·keep·(c dS), so no [rows × features] tile is masked or scaled."""
+    offs_d, offs_c, dmask, _, cmask = _tile_offsets(D, F, DV, BD, BF, BV)
     for blk in range(0, count):
         offs_n = (first + blk) * BN + tl.arange(0, BN)
         nmask = offs_n < N
@@ -313,14 +321,13 @@ def _key_grads(k_base, v_base, m_base, dk_base, dv_base, s_kn, s_kd, s_vn, s_vc,
         k = _load_rows(k_base, offs_n, offs_d, s_kn, s_kd, keep, dmask)
         v = _load_rows(v_base, offs_n, offs_c, s_vn, s_vc, keep, cmask)
         p = _angles(k, w_hi, w_lo, bias, LOWP, PREC)
-        live = keep[:, None] & fmask[None, :]
-        fk = tl.where(live, scale * cosine(p, FAST), 0.0).to(k_base.dtype.element_ty)
+        row = tl.where(keep, scale, 0.0)
         vds = _dot_pair(v, tl.trans(ds_hi), tl.trans(ds_lo), LOWP, SPLIT_PRODUCTS, PREC)  # v dSᵀ [BN, BF]
-        dfk = tl.where(live, vds + dz[None, :], 0.0)
-        dv = _dot_pair(fk, ds_hi, ds_lo, LOWP, SPLIT_PRODUCTS, PREC)
-        dk, dwt_acc, db_acc = _grad_map(
-            k, dfk, p, wt, w_hi, dwt_acc, db_acc, scale, LOWP, SPLIT_PRODUCTS, PREC, FAST, WEIGHT_GRAD
-        )
+        dc = (vds + dz[None, :]) * row[:, None]
+        c = cosine(p, FAST).to(k_base.dtype.element_ty)
+        dv = _dot_pair(c, ds_hi, ds_lo, LOWP, SPLIT_PRODUCTS, PREC) * row[:, None]
+        dk, dwt_acc, db_acc = _grad_map(k, dc, p, wt, w_hi, dwt_acc, db_acc, LOWP, SPLIT_PRODUCTS, PREC, FAST,
+                                        WEIGHT_GRAD)  # fmt: skip
         tl.store(dk_base + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd, dk.to(dk_base.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])  # fmt: skip
         tl.store(dv_base + offs_n[:, None] * s_wn + offs_c[None, :] * s_wc, dv.to(dv_base.dtype.element_ty),

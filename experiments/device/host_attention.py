@@ -1,0 +1,119 @@
+"""The host's time to issue one patched attention layer (forward + backward), and its pieces, at B = 1, N = 8.
+
+    python experiments/device/host_attention.py [--calls 300] [--model distilbert]
+
+At this size the GPU's work is negligible, so the time from a synchronised GPU to the last call issued is the host's
+(``host_breakdown.py`` does the same for the benchmark's linear call).  Lines, host µs per call (min / p25 / median
+over ``--calls``, all lines interleaved in rounds so that the host's drift touches each alike):
+
+    layer <variant>        layer 4's self-attention module of ``qra bench train``'s model (projections, attention,
+                           output projection) in train mode under bf16 autocast, ``.float().sum().backward()``
+    sdpa d=64              ``F.scaled_dot_product_attention`` on q, k, v with dropout 0.1 (the stock attention)
+    qra softmax            :func:`qra.attention.kernel_attention`, the rff map, softmax mode, dropout 0.1
+    features q, k          :func:`qra.kernels.fourier_features` of q (times β) and k, as the softmax mode calls it
+    sdpa m=128             SDPA over given 128-wide features (the softmax mode's second half), dropout 0.1
+    qra linear             :func:`qra.attention.kernel_attention`, rff, linear mode
+    plain                  ``(v * 1).float().sum().backward()``: the ops every line shares
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from qra import kernels
+from qra.attention import _softmax_through_sdpa, kernel_attention
+from qra.experiment.bench_train import train_step_model
+from qra.featuremaps import get
+
+HEADS, HEAD_DIM, FEATURES = 12, 64, 128
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--model", default="distilbert")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--length", type=int, default=8)
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke run of this script, not a measurement")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    steps: dict[str, Callable[[], None]] = {}
+    for variant in ("baseline", "rff-linear", "rff-softmax"):
+        model = train_step_model(args.model, variant, 6, device).train()
+        layer = model.distilbert.transformer.layer[4].attention if args.model == "distilbert" else None
+        if layer is None:
+            layer = model.bert.encoder.layer[4].attention
+        hidden = torch.randn(args.batch, args.length, model.config.hidden_size, device=device)
+
+        def layer_step(layer=layer, hidden=hidden) -> None:
+            with autocast:
+                out = layer(hidden.detach().requires_grad_())[0]
+            out.float().sum().backward()
+
+        steps[f"layer {variant}"] = layer_step
+    shape = (args.batch, HEADS, args.length, HEAD_DIM)
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
+    rff = get("rff", d_in=HEAD_DIM, m=FEATURES).to(device)
+    prologue = rff.fourier_prologue()
+    beta = torch.ones(HEADS, device=device)
+
+    def leaves() -> list[torch.Tensor]:
+        return [t.detach().requires_grad_() for t in (q, k, v)]
+
+    def sdpa() -> None:
+        F.scaled_dot_product_attention(*leaves(), dropout_p=0.1).float().sum().backward()
+
+    def qra(mode: str) -> Callable[[], None]:
+        def step() -> None:
+            kernel_attention(*leaves(), rff, mode, beta=beta, dropout_p=0.1)[0].float().sum().backward()
+
+        return step
+
+    def features() -> None:
+        lq, lk, _ = leaves()
+        fq = kernels.fourier_features(lq, prologue.weight, prologue.phase, prologue.scale, beta)
+        fk = kernels.fourier_features(lk, prologue.weight, prologue.phase, prologue.scale)
+        (fq.float().sum() + fk.float().sum()).backward()
+
+    fq, fk = (kernels.fourier_features(x, prologue.weight, prologue.phase, prologue.scale) for x in (q, k))
+
+    def sdpa_features() -> None:
+        lq, lk = fq.detach().requires_grad_(), fk.detach().requires_grad_()
+        _softmax_through_sdpa(lq, lk, leaves()[2], None, None, 0.1).float().sum().backward()
+
+    def plain() -> None:
+        (leaves()[2] * 1).float().sum().backward()
+
+    steps.update({"sdpa d=64": sdpa, "qra softmax": qra("softmax"), "features q, k": features,
+                  "sdpa m=128": sdpa_features, "qra linear": qra("linear"), "plain": plain})  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for step in steps.values():
+        for _ in range(10):
+            step()
+    for _ in range(args.calls):
+        for name, step in steps.items():
+            synchronize()
+            start = time.perf_counter()
+            step()
+            times[name].append((time.perf_counter() - start) * 1e6)
+    synchronize()
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"{name}, torch {torch.__version__}, {args.model}, B = {args.batch}, "
+          f"N = {args.length}, {args.calls} calls; host µs to issue")  # fmt: skip
+    print(f"{'':28s} {'min':>8s} {'p25':>8s} {'median':>8s}")
+    for name, values in times.items():
+        quartiles = statistics.quantiles(values, n=4)
+        print(f"{name:28s} {min(values):8.1f} {quartiles[0]:8.1f} {quartiles[1]:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
