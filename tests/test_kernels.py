@@ -132,6 +132,27 @@ def test_fourier_features_cpu_path_and_errors():
         kernels.fourier_features(x[0], weight, phase, 0.25)
 
 
+def check_temperature_updates(device: str) -> None:
+    """A temperature β kept as a buffer is scaled once and reused while unchanged (``kernels._FactorMemo``): an
+    in-place update (a loaded state dict) must show in the next call, and a learned β must get its gradient."""
+    torch.manual_seed(0)
+    x, weight, phase = torch.randn(2, 3, 5, 8), torch.randn(16, 8), torch.rand(16)
+    x, weight, phase = x.to(device), weight.to(device), phase.to(device)
+    beta = torch.tensor([0.5, 1.0, 2.0], device=device)
+    base = 0.25 * torch.cos(x @ weight.T + phase)
+    for scale_by in (1.0, 1.0, 3.0):
+        beta.mul_(scale_by)
+        got = kernels.fourier_features(x, weight, phase, 0.25, beta)
+        torch.testing.assert_close(got, base * beta.view(1, 3, 1, 1), rtol=1e-4, atol=1e-5)
+    beta.requires_grad_()
+    kernels.fourier_features(x, weight, phase, 0.25, beta).sum().backward()
+    torch.testing.assert_close(beta.grad, base.sum((0, 2, 3)), rtol=1e-4, atol=1e-4)
+
+
+def test_fourier_features_follow_the_temperature_cpu():
+    check_temperature_updates("cpu")
+
+
 # ------------------------------------------------------------------------------------------------ GPU
 
 
@@ -464,6 +485,11 @@ def test_fourier_features_odd_lengths_and_factors(n, head_factor, weight_grad, d
     if head_factor == "scalar tensor":
         head_factor = torch.tensor(0.7, device="cuda")
     check_fourier_features(2, 2, n, 64, 128, dtype, head_factor, weight_grad=weight_grad)
+
+
+@requires_gpu
+def test_fourier_features_follow_the_temperature():
+    check_temperature_updates("cuda")
 
 
 def check_exponential_features(b, h, n, d, m, dtype, head_factor, stabilizer, mask=None, weight_grad=True):

@@ -234,11 +234,45 @@ def _head_factors(x: torch.Tensor, scale: float, head_factor: torch.Tensor | flo
         if head_factor.numel() not in (1, heads):
             shape = tuple(head_factor.shape)
             raise ValueError(f"head_factor must be a scalar or one value per head ({heads}), got {shape}")
-        return scale * head_factor.to(device=x.device, dtype=torch.float32).reshape(-1).expand(heads)
+        if torch.is_inference_mode_enabled() or head_factor.is_inference() or (
+            torch.is_grad_enabled() and head_factor.requires_grad
+        ):
+            return _scaled_factors(head_factor, scale, heads, x.device)
+        return _TENSOR_FACTORS.get(head_factor, scale, heads, x.device)
     value = scale * (1.0 if head_factor is None else float(head_factor))
     if torch.is_inference_mode_enabled():  # its tensors could not be saved for a backward outside it
         return torch.full((heads,), value, device=x.device)
     return _constant_factors(heads, value, x.device)
+
+
+def _scaled_factors(head_factor: torch.Tensor, scale: float, heads: int, device: torch.device) -> torch.Tensor:
+    return (scale * head_factor.to(device=device, dtype=torch.float32)).reshape(-1).expand(heads).contiguous()
+
+
+class _FactorMemo:
+    """scale · β as float32 ``[H]`` for a tensor β that takes no gradient (a softmax temperature kept as a buffer),
+    kept while β is the same tensor at the same version: formed on every call it costs the host a launch and an
+    allocation in every patched layer, and on the H200's host each is tens of µs (results/bench, round 21).
+    In-place updates (``load_state_dict``, ``fill_``) change β's version, ``.to()`` its identity.  Bounded: cleared
+    past ``limit`` entries.  Read-only by contract, as :func:`_constant_factors`."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self._kept: dict[tuple, tuple[torch.Tensor, int, torch.Tensor]] = {}
+
+    def get(self, source: torch.Tensor, scale: float, heads: int, device: torch.device) -> torch.Tensor:
+        key = (id(source), scale, heads, device)
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] is source and kept[1] == source._version:
+            return kept[2]
+        value = _scaled_factors(source, scale, heads, device)
+        if len(self._kept) >= self.limit:
+            self._kept.clear()
+        self._kept[key] = (source, source._version, value)
+        return value
+
+
+_TENSOR_FACTORS = _FactorMemo()
 
 
 @functools.lru_cache(maxsize=64)
