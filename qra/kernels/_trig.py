@@ -17,12 +17,18 @@ from triton.language.extra import libdevice
 _INV_TWO_PI = tl.constexpr(0.15915494309189535)
 _TWO_PI_HI = tl.constexpr(6.2831854820251465)  # float32(2π)
 _TWO_PI_LO = tl.constexpr(-1.7484556000744883e-07)  # 2π − float32(2π)
+#: 1.5·2²³: float32's spacing there is 1, so t + this − this is t rounded to the nearest integer, for |t| < 2²²
+_ROUNDING_SHIFT = tl.constexpr(12582912.0)
 
 
 @triton.jit
 def reduced(p):
-    """p − 2π·round(p/2π), in [−π, π]."""
-    turns = tl.floor(p * _INV_TWO_PI + 0.5)
+    """p − 2π·round(p/2π), in [−π, π].
+
+    The rounding is two float additions (the shift above) rather than a floor (SASS FRND): the feature passes kept
+    the H200's transcendental pipe (XU), which issues the approximate cosine and sine, 60% busy
+    (results/bench/kernel-counters-h200-round20.txt), and the additions issue to the FMA pipe instead."""
+    turns = (p * _INV_TWO_PI + _ROUNDING_SHIFT) - _ROUNDING_SHIFT
     return tl.fma(-turns, _TWO_PI_LO, tl.fma(-turns, _TWO_PI_HI, p))
 
 
