@@ -251,8 +251,9 @@ def _scaled_factors(head_factor: torch.Tensor, scale: float, heads: int, device:
 
 class _FactorMemo:
     """scale · β as float32 ``[H]`` for a tensor β that takes no gradient (a softmax temperature kept as a buffer),
-    kept while β is the same tensor at the same version: formed on every call it costs the host a launch and an
-    allocation in every patched layer, and on the H200's host each is tens of µs (results/bench, round 21).
+    kept while β is the same tensor at the same version: formed on every call it cost a launch and an allocation
+    in every patched softmax layer, host time that sets the pace of a patched train step whenever the host is the
+    slower side (results/bench/README.md, round 18).
     In-place updates (``load_state_dict``, ``fill_``) change β's version, ``.to()`` its identity.  Bounded: cleared
     past ``limit`` entries.  Read-only by contract, as :func:`_constant_factors`."""
 

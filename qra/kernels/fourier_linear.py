@@ -20,7 +20,10 @@ atomics, no zero-filled buffers, two launches instead of five (the fill, four ke
 loops (``_state_sums``, ``_out_blocks``, ``_query_grads``, ``_key_grads``).
 The forward's tiles carry c = cos(p) alone: the scale and the zeros of features beyond F enter S and z once a
 program, the keep mask Σc's multiply-add, and each output row one division.  The forward then issued 23% fewer
-instructions and ran in 83 µs against 99 (``results/bench/kernel-counters-h200-round20.txt``).
+instructions and ran in 83 µs against 99 (``results/bench/kernel-counters-h200-round20.txt``).  So do the
+backward's (round 21): the keep mask and the scale enter as row factors, and the scale and the zeros beyond F enter
+dS and dz once a program; the whole backward issued 10% fewer instructions, 215 µs against 221
+(``kernel-counters-h200-round21.txt``).
 Without the map's gradients (RFF's default: Ω and the phases are buffers) the backward kernels skip their
 products and atomics, and the launcher their buffers and sums.
 The angles are computed in fp32: with bf16 inputs W enters the product as a bf16 hi + lo pair (about

@@ -258,9 +258,9 @@ class _RandomFeatures(torch.autograd.Function):
         dx = torch.empty_like(x)
         grid, per = _grid(n, bsz * heads, x.device, launch)
         weight_grad, factor_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-        # each program's sums of the map's and the factors' gradients, where asked for; without (a fixed bandwidth
-        # and temperature, the default) the kernel never touches them and dx stands in: an allocation is tens of µs
-        # of the H200 host's time (results/bench, round 21)
+        # each program's sums of the map's and the factors' gradients, only where asked for; without them (a fixed
+        # bandwidth and temperature, the default) the kernel never touches these and dx stands in: every allocation
+        # is host time in every patched layer of every step
         programs = grid[0] * grid[1]
         dwt = torch.empty(programs, pow2(dim), pow2(feat), device=x.device, dtype=torch.float32) if weight_grad else dx
         db = torch.empty(programs, pow2(feat), device=x.device, dtype=torch.float32) if weight_grad else dx
