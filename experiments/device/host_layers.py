@@ -18,13 +18,12 @@ the slower side (results/bench/README.md, round 18).
 from __future__ import annotations
 
 import argparse
-import cProfile
-import pstats
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from profiling import profiled
 from torch.profiler import ProfilerActivity, profile
 
 from qra.experiment.bench_train import train_step, train_step_model
@@ -52,15 +51,8 @@ def op_table(step: Callable[[], None], steps: int = 10) -> dict[str, tuple[float
 
 def qra_functions(step: Callable[[], None], steps: int, functions: int) -> str:
     """cProfile's cumulative table of qra's own functions (and the autograd Functions' apply), ms a step."""
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    profiler.disable()
-    stats = pstats.Stats(profiler).stats
     rows = []
-    for (filename, line, name), (_, calls, _, cumulative, _) in stats.items():
+    for (filename, line, name), (_, calls, _, cumulative, _) in profiled(step, steps).stats.items():
         if "/qra/" in filename or name in ("apply", "backward", "run_backward"):
             short = filename.split("/qra/")[-1] if "/qra/" in filename else filename.rsplit("/", 1)[-1]
             rows.append((cumulative / steps * 1e3, calls / steps, f"{short}:{line}({name})"))

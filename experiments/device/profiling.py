@@ -82,17 +82,21 @@ def wall_ms(step: Callable[[], object], calls: int = 10, warmup: int = 3) -> flo
     return (time.perf_counter() - start) / calls * 1000
 
 
-def host_profile(step: Callable[[], object], calls: int, functions: int) -> str:
-    """cProfile of ``calls`` calls of ``step`` (the GPU synchronised once, after them): the ``functions`` with the
-    most own host time (``tottime``), as text."""
+def profiled(step: Callable[[], object], calls: int, stream: io.StringIO | None = None) -> pstats.Stats:
+    """cProfile's statistics of ``calls`` calls of ``step``, the GPU synchronised once, after them."""
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(calls):
         step()
     torch.cuda.synchronize()
     profiler.disable()
+    return pstats.Stats(profiler, stream=stream)
+
+
+def host_profile(step: Callable[[], object], calls: int, functions: int) -> str:
+    """The ``functions`` with the most own host time (``tottime``) over ``calls`` calls of ``step``, as text."""
     text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(functions)
+    profiled(step, calls, text).sort_stats("tottime").print_stats(functions)
     return text.getvalue()
 
 
