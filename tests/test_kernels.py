@@ -133,7 +133,7 @@ def test_fourier_features_cpu_path_and_errors():
 
 
 def check_temperature_updates(device: str) -> None:
-    """A temperature β kept as a buffer is scaled once and reused while unchanged (``kernels._FactorMemo``): an
+    """A temperature β kept as a buffer is scaled once and reused while unchanged (``qra.versioned.VersionedMemo``): an
     in-place update (a loaded state dict) must show in the next call, and a learned β must get its gradient."""
     torch.manual_seed(0)
     x, weight, phase = torch.randn(2, 3, 5, 8), torch.randn(16, 8), torch.rand(16)

@@ -19,12 +19,11 @@ over ``--calls``, all lines interleaved in rounds so that the host's drift touch
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from profiling import interleaved_issue_us, quartile_table
 
 from qra import kernels
 from qra.attention import _softmax_through_sdpa, kernel_attention
@@ -95,25 +94,11 @@ def main() -> None:
 
     steps.update({"sdpa d=64": sdpa, "qra softmax": qra("softmax"), "features q, k": features,
                   "sdpa m=128": sdpa_features, "qra linear": qra("linear"), "plain": plain})  # fmt: skip
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for step in steps.values():
-        for _ in range(10):
-            step()
-    for _ in range(args.calls):
-        for name, step in steps.items():
-            synchronize()
-            start = time.perf_counter()
-            step()
-            times[name].append((time.perf_counter() - start) * 1e6)
-    synchronize()
+    times = interleaved_issue_us(steps, args.calls, synchronize=synchronize)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"{name}, torch {torch.__version__}, {args.model}, B = {args.batch}, "
           f"N = {args.length}, {args.calls} calls; host µs to issue")  # fmt: skip
-    print(f"{'':28s} {'min':>8s} {'p25':>8s} {'median':>8s}")
-    for name, values in times.items():
-        quartiles = statistics.quantiles(values, n=4)
-        print(f"{name:28s} {min(values):8.1f} {quartiles[0]:8.1f} {quartiles[1]:8.1f}")
-
+    print(quartile_table(times))
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from profiling import benchmark_rows, shape_parser
+from profiling import benchmark_rows, interleaved_issue_us, quartile_table, shape_parser
 
 from qra.kernels import _launch, fourier_linear
 
@@ -84,23 +84,10 @@ def main() -> None:
         "identity Function step": identity,
         "plain step": plain,
     }
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for step in steps.values():
-        for _ in range(10):
-            step()
-    for _ in range(args.calls):  # rounds: each step once a round
-        for name, step in steps.items():
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            step()
-            times[name].append((time.perf_counter() - start) * 1e6)
-    torch.cuda.synchronize()
+    times = interleaved_issue_us(steps, args.calls)
     print(torch.cuda.get_device_name(), torch.__version__, f"N = {args.length}, {args.calls} calls; host µs to issue",
           flush=True)  # fmt: skip
-    print(f"{'':28s} {'min':>8s} {'p25':>8s} {'median':>8s}")
-    for name, values in times.items():
-        quartiles = statistics.quantiles(values, n=4)
-        print(f"{name:28s} {min(values):8.1f} {quartiles[0]:8.1f} {quartiles[1]:8.1f}", flush=True)
+    print(quartile_table(times), flush=True)
     inside_the_launcher(linear_step, args.calls)
 
 

@@ -7,6 +7,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import statistics
 import time
 from collections.abc import Callable, Iterator
 
@@ -80,6 +81,36 @@ def wall_ms(step: Callable[[], object], calls: int = 10, warmup: int = 3) -> flo
         step()
     torch.cuda.synchronize()
     return (time.perf_counter() - start) / calls * 1000
+
+
+def interleaved_issue_us(
+    steps: dict[str, Callable[[], object]], calls: int, warmup: int = 10,
+    synchronize: Callable[[], None] = torch.cuda.synchronize,
+) -> dict[str, list[float]]:  # fmt: skip
+    """Host µs to issue each step, the GPU synchronised before it, not after: the time a benchmark's CUDA events
+    enclose when the host is the slower side.  ``warmup`` calls of each first, then ``calls`` rounds of every step
+    once, so that a drift of the host's pace touches each alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(calls):
+        for name, step in steps.items():
+            synchronize()
+            start = time.perf_counter()
+            step()
+            times[name].append((time.perf_counter() - start) * 1e6)
+    synchronize()
+    return times
+
+
+def quartile_table(times: dict[str, list[float]]) -> str:
+    """min / 25th percentile / median of each row's values, as text."""
+    lines = [f"{'':28s} {'min':>8s} {'p25':>8s} {'median':>8s}"]
+    for name, values in times.items():
+        quartiles = statistics.quantiles(values, n=4)
+        lines.append(f"{name:28s} {min(values):8.1f} {quartiles[0]:8.1f} {quartiles[1]:8.1f}")
+    return "\n".join(lines)
 
 
 def profiled(step: Callable[[], object], calls: int, stream: io.StringIO | None = None) -> pstats.Stats:

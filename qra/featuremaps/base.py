@@ -17,6 +17,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from ..versioned import VersionedMemo
+
 T = TypeVar("T")
 
 
@@ -150,21 +152,11 @@ class FeatureMap(nn.Module, metaclass=ABCMeta):
 
     def memoized(self, name: str, build: Callable[[], T], sources: tuple[torch.Tensor, ...], settings: tuple = ()) -> T:
         """``build()``, reused while ``sources`` are the same tensors at the same versions and ``settings`` are
-        equal: a prologue derived from fixed buffers (RFF's Ω/σ) is then not derived again on every attention
-        call, each derivation costing the host a few PyTorch launches.  Built afresh whenever a gradient must
-        flow through it (a source requires grad with grad enabled) and under inference mode, whose tensors
-        could not be reused outside it; in-place updates (an optimiser step, ``load_state_dict``) change a
-        source's version, a ``.to()`` its identity."""
-        if torch.is_inference_mode_enabled() or (torch.is_grad_enabled() and any(t.requires_grad for t in sources)):
-            return build()
-        stamp = (settings, tuple(t._version for t in sources))
-        memo = self.__dict__.setdefault("_memo", {})
-        kept = memo.get(name)
-        if kept is not None and kept[0] == stamp and all(a is b for a, b in zip(kept[1], sources, strict=True)):
-            return kept[2]
-        value = build()
-        memo[name] = (stamp, sources, value)
-        return value
+        equal (:class:`qra.versioned.VersionedMemo`): a prologue derived from fixed buffers (RFF's Ω/σ) is then not
+        derived again on every attention call.  Built afresh whenever a gradient must flow through it and under
+        inference mode."""
+        memo = self.__dict__.setdefault("_memo", VersionedMemo())
+        return memo.get(name, build, sources, settings)
 
     def fourier_prologue(self) -> FourierPrologue | None:
         """φ as scale · cos(x·Wᵀ + phase) for fused kernels, or None (the default: φ is computed as a tensor).

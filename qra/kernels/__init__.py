@@ -55,6 +55,7 @@ import os
 
 import torch
 
+from ..versioned import VersionedMemo
 from . import reference
 
 __all__ = [
@@ -234,11 +235,11 @@ def _head_factors(x: torch.Tensor, scale: float, head_factor: torch.Tensor | flo
         if head_factor.numel() not in (1, heads):
             shape = tuple(head_factor.shape)
             raise ValueError(f"head_factor must be a scalar or one value per head ({heads}), got {shape}")
-        if torch.is_inference_mode_enabled() or head_factor.is_inference() or (
-            torch.is_grad_enabled() and head_factor.requires_grad
-        ):
-            return _scaled_factors(head_factor, scale, heads, x.device)
-        return _TENSOR_FACTORS.get(head_factor, scale, heads, x.device)
+        # kept while β is unchanged: formed on every call it cost a launch and an allocation in every patched
+        # softmax layer, host time that sets a patched train step's pace whenever the host is the slower side
+        # (results/bench/README.md, round 18); identity in the key, checked again by the memo
+        return _SCALED_FACTORS.get((id(head_factor), scale, heads, x.device),
+                                   lambda: _scaled_factors(head_factor, scale, heads, x.device), (head_factor,))
     value = scale * (1.0 if head_factor is None else float(head_factor))
     if torch.is_inference_mode_enabled():  # its tensors could not be saved for a backward outside it
         return torch.full((heads,), value, device=x.device)
@@ -249,31 +250,8 @@ def _scaled_factors(head_factor: torch.Tensor, scale: float, heads: int, device:
     return (scale * head_factor.to(device=device, dtype=torch.float32)).reshape(-1).expand(heads).contiguous()
 
 
-class _FactorMemo:
-    """scale · β as float32 ``[H]`` for a tensor β that takes no gradient (a softmax temperature kept as a buffer),
-    kept while β is the same tensor at the same version: formed on every call it cost a launch and an allocation
-    in every patched softmax layer, host time that sets the pace of a patched train step whenever the host is the
-    slower side (results/bench/README.md, round 18).
-    In-place updates (``load_state_dict``, ``fill_``) change β's version, ``.to()`` its identity.  Bounded: cleared
-    past ``limit`` entries.  Read-only by contract, as :func:`_constant_factors`."""
-
-    def __init__(self, limit: int = 64) -> None:
-        self.limit = limit
-        self._kept: dict[tuple, tuple[torch.Tensor, int, torch.Tensor]] = {}
-
-    def get(self, source: torch.Tensor, scale: float, heads: int, device: torch.device) -> torch.Tensor:
-        key = (id(source), scale, heads, device)
-        kept = self._kept.get(key)
-        if kept is not None and kept[0] is source and kept[1] == source._version:
-            return kept[2]
-        value = _scaled_factors(source, scale, heads, device)
-        if len(self._kept) >= self.limit:
-            self._kept.clear()
-        self._kept[key] = (source, source._version, value)
-        return value
-
-
-_TENSOR_FACTORS = _FactorMemo()
+#: scale · β of tensor temperatures β (read-only by contract, as :func:`_constant_factors`)
+_SCALED_FACTORS: VersionedMemo[torch.Tensor] = VersionedMemo(limit=64)
 
 
 @functools.lru_cache(maxsize=64)
