@@ -248,13 +248,14 @@ def _fusable(inputs: AttentionInputs, *tensors: torch.Tensor | None) -> bool:
 
 
 def _prologue_features(inputs: AttentionInputs, beta: torch.Tensor | float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """β·φ(q) and φ(k) from the Triton feature pass of the map's Fourier or exponential prologue (no stabiliser)."""
+    """β·φ(q) and φ(k) from the Triton feature pass of the map's Fourier or exponential prologue (no stabiliser),
+    both from one pass each way."""
     fourier, exponential = inputs.fourier_prologue, inputs.exponential_prologue
     if fourier is not None:
-        return tuple(kernels.fourier_features(x, fourier.weight, fourier.phase, fourier.scale, factor)
-                     for x, factor in ((inputs.q, beta), (inputs.k, None)))  # fmt: skip
-    return tuple(kernels.exponential_features(x, exponential.weight, exponential.norm_weight, exponential.scale, factor)
-                 for x, factor in ((inputs.q, beta), (inputs.k, None)))  # fmt: skip
+        return kernels.fourier_query_key_features(inputs.q, inputs.k, fourier.weight, fourier.phase, fourier.scale,
+                                                  beta)  # fmt: skip
+    return kernels.exponential_query_key_features(inputs.q, inputs.k, exponential.weight, exponential.norm_weight,
+                                                  exponential.scale, beta)  # fmt: skip
 
 
 def fused_softmax(inputs: AttentionInputs) -> AttentionResult | None:

@@ -132,6 +132,25 @@ def test_fourier_features_cpu_path_and_errors():
         kernels.fourier_features(x[0], weight, phase, 0.25)
 
 
+def test_query_key_features_cpu_path_and_errors():
+    """Without CUDA the pair is two single calls: the same numbers, and bad shapes say what they should be."""
+    torch.manual_seed(0)
+    q, k, weight, phase = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(16, 8), torch.rand(16)
+    beta = torch.tensor([0.5, 1.0, 2.0])
+    fq, fk = kernels.fourier_query_key_features(q, k, weight, phase, 0.25, beta)
+    torch.testing.assert_close(fq, kernels.fourier_features(q, weight, phase, 0.25, beta))
+    torch.testing.assert_close(fk, kernels.fourier_features(k, weight, phase, 0.25))
+    fq, fk = kernels.exponential_query_key_features(q, k, weight / 4, 0.1, 0.25, beta)
+    torch.testing.assert_close(fq, kernels.exponential_features(q, weight / 4, 0.1, 0.25, beta))
+    torch.testing.assert_close(fk, kernels.exponential_features(k, weight / 4, 0.1, 0.25))
+    with pytest.raises(ValueError, match=r"q \[B, H, Nq, d\] and k \[B, H, Nk, d\]"):
+        kernels.fourier_query_key_features(q, k[:1], weight, phase, 0.25)
+    with pytest.raises(ValueError, match=r"weight must be \[m, d=8\]"):
+        kernels.exponential_query_key_features(q, k, weight[:, :4], 0.1, 0.25)
+    with pytest.raises(ValueError, match=r"phase must be \[m=16\]"):
+        kernels.fourier_query_key_features(q, k, weight, phase[:3], 0.25)
+
+
 def check_temperature_updates(device: str) -> None:
     """A temperature β kept as a buffer is scaled once and reused while unchanged (``qra.versioned.VersionedMemo``): an
     in-place update (a loaded state dict) must show in the next call, and a learned β must get its gradient."""
@@ -492,6 +511,90 @@ def test_fourier_features_follow_the_temperature():
     check_temperature_updates("cuda")
 
 
+def check_query_key_features(b, h, nq, nk, d, m, dtype, query_factor, exponential=False, weight_grad=True, seed=0):
+    """kernels.fourier_query_key_features (or the exponential one) against two calls of the fp32 PyTorch formula:
+    both outputs and the gradients of q, k, W, the phases (Fourier) and the queries' per-head factor.  The queries
+    are seen through a transpose, as a patched layer's are, and the keys with their features at a stride (copied
+    to rows at unit stride inside)."""
+    from qra.featuremaps import get
+
+    q, k, _, weight, phase = fourier_inputs(b, h, nq, nk, d, m, 1, dtype, sigma=2.0, seed=seed)
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)
+    k = k.transpose(2, 3).contiguous().transpose(2, 3)
+    if exponential:
+        prologue = get("performer", d_in=d, m=m).exponential_prologue()
+        weight, eta, scale = prologue.weight.cuda(), prologue.norm_weight, prologue.scale
+    else:
+        eta, scale = None, (2.0 / m) ** 0.5
+    factor_grad = isinstance(query_factor, torch.Tensor)
+    params = (weight,) if exponential else (weight, phase)
+
+    def run(features):
+        x, y, *maps = leaves(q, k, *params)
+        for t in maps:
+            t.requires_grad_(weight_grad)
+        factor = leaves(query_factor)[0] if factor_grad else query_factor
+        wrt = [x, y, *(maps if weight_grad else []), *([factor] if factor_grad else [])]
+        return features(x, y, maps, factor), wrt
+
+    def fused(x, y, maps, factor):
+        if exponential:
+            return kernels.exponential_query_key_features(x, y, maps[0], eta, scale, factor)
+        return kernels.fourier_query_key_features(x, y, *maps, scale, factor)
+
+    def formula(x, y, maps, factor):
+        factors = torch.as_tensor(1.0 if factor is None else factor, dtype=torch.float32, device=x.device)
+        factors = factors.reshape(-1).expand(h)
+        if exponential:
+            return (reference.exponential_features(x, maps[0], eta, scale, factors),
+                    reference.exponential_features(y, maps[0], eta, scale))  # fmt: skip
+        return reference.fourier_features(x, *maps, scale, factors), reference.fourier_features(y, *maps, scale)
+
+    (fq, fk), wrt = run(fused)
+    (eq, ek), expected_wrt = run(formula)
+    out_dtype = torch.float32 if exponential and dtype == torch.float16 else dtype
+    assert fq.dtype == fk.dtype == out_dtype and fq.shape == (b, h, nq, m) and fk.shape == (b, h, nk, m)
+    assert_close(fq, eq, RTOL[dtype], "query features")
+    assert_close(fk, ek, RTOL[dtype], "key features")
+    gq, gk = torch.randn_like(fq), torch.randn_like(fk)
+    got = torch.autograd.grad((fq, fk), wrt, (gq, gk))
+    want = torch.autograd.grad((eq, ek), expected_wrt, (gq.to(eq.dtype), gk.to(ek.dtype)))
+    map_names = ["dW", "dphase"][: len(params)] if weight_grad else []
+    names = ["dq", "dk", *map_names, *(["dfactor"] if factor_grad else [])]
+    for name, a, e in zip(names, got, want, strict=True):
+        assert_close(a, e, RTOL[dtype], name)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("exponential", [False, True])
+@pytest.mark.parametrize(("nq", "nk"), [(1, 1), (17, 333), (100, 100), (4099, 64)])
+@pytest.mark.parametrize("query_factor", [None, 3.0, "per head"])
+def test_query_key_features_match_pytorch(nq, nk, query_factor, exponential, dtype):
+    if query_factor == "per head":
+        query_factor = torch.tensor([0.5, 1.0, 2.0], device="cuda")
+    check_query_key_features(2, 3, nq, nk, 64, 128, dtype, query_factor, exponential)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("d", "m"), [(32, 32), (48, 96), (64, 256)])
+@pytest.mark.parametrize("weight_grad", [True, False])
+def test_query_key_features_other_widths(d, m, weight_grad, dtype):
+    check_query_key_features(2, 3, 77, 50, d, m, dtype, torch.tensor([0.5, 1.0, 2.0], device="cuda"),
+                             weight_grad=weight_grad, seed=d)  # fmt: skip
+
+
+@requires_gpu
+def test_query_key_features_repeated_calls_through_bound_launches():
+    """Repeated pair calls of one layout issue the launches bound at the first, with new data each time, between
+    calls of other layouts and backward variants."""
+    factors = torch.tensor([0.5, 1.0, 2.0], device="cuda")
+    for seed, (nk, weight_grad, factor) in enumerate([(100, True, factors), (100, True, factors), (37, False, 0.7),
+                                                      (100, False, factors), (100, True, factors)]):  # fmt: skip
+        check_query_key_features(2, 3, 100, nk, 64, 128, torch.bfloat16, factor, weight_grad=weight_grad, seed=seed)
+
+
 def check_exponential_features(b, h, n, d, m, dtype, head_factor, stabilizer, mask=None, weight_grad=True):
     """kernels.exponential_features against the fp32 PyTorch formula (a FAVOR+ map's W and η): φ and the
     gradients of x, W (when ``weight_grad``) and the per-head factor (when it is a tensor)."""
@@ -552,11 +655,13 @@ def test_performer_modes_run_the_feature_pass(mode, stabilize, dtype, monkeypatc
     per-head β; linear: with the stabilisers, then the linear kernel): the PyTorch path's outputs and gradients,
     with a padding mask (in linear mode a sequence without any real key too)."""
     from qra.featuremaps import get
+    from qra.kernels import fourier_map
 
     monkeypatch.setenv("QRA_EXPONENTIAL_PASS", "1")
-    calls = []
-    original = kernels.exponential_features
-    monkeypatch.setattr(kernels, "exponential_features", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    calls = []  # the operands of each Triton feature pass: 2 where queries and keys share one
+    original = fourier_map.fused_exponential_features
+    monkeypatch.setattr(fourier_map, "fused_exponential_features",
+                        lambda *a: calls.append(1 + (len(a) > 6 and a[6] is not None)) or original(*a))  # fmt: skip
     fm = get("performer", d_in=64, m=128, stabilize=stabilize).cuda()
     q, k, v, _, _ = fourier_inputs(2, 3, 77, 77, 64, 128, 64, dtype)
     mask = make_mask(2, 77, "cuda", all_padding_row=mode == "linear")
@@ -567,7 +672,10 @@ def test_performer_modes_run_the_feature_pass(mode, stabilize, dtype, monkeypatc
         out, _ = kernel_attention(*inputs[:3], fm, mode, mask, beta=beta, implementation=implementation)
         wrt = inputs if mode == "softmax" else inputs[:3]
         results.append((out, grads(out.float().square().sum(), wrt, None)))
-    assert len(calls) == 2, f"the default {mode} path did not take the exponential feature pass for queries and keys"
+    # stabilised features are computed apart (each its own stabiliser), else queries and keys in one pass
+    assert calls == ([1, 1] if mode == "linear" and stabilize else [2]), (
+        f"the default {mode} path did not take the exponential feature pass for queries and keys: {calls}"
+    )
     (out, got), (expected, want) = results
     assert_close(out, expected, RTOL[dtype], "out")
     for name, a, e in zip(("dq", "dk", "dv", "dbeta"), got, want, strict=False):
@@ -581,10 +689,12 @@ def test_rff_softmax_mode_runs_the_feature_pass(sincos, dtype, monkeypatch):
     """kernel_attention(rff, "softmax") by default takes φ from the Triton feature pass and SDPA: the PyTorch
     path's outputs and gradients, the learnable σ's and per-head β's included, with a padding mask."""
     from qra.featuremaps import get
+    from qra.kernels import fourier_map
 
-    calls = []
-    original = kernels.fourier_features
-    monkeypatch.setattr(kernels, "fourier_features", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    calls = []  # the operands of each Triton feature pass
+    original = fourier_map.fused_fourier_features
+    monkeypatch.setattr(fourier_map, "fused_fourier_features",
+                        lambda *a: calls.append(1 + (len(a) > 4 and a[4] is not None)) or original(*a))  # fmt: skip
     fm = get("rff", d_in=64, m=128, sigma=8.0, sincos=sincos, learn_sigma=True).cuda()
     q, k, v, _, _ = fourier_inputs(2, 3, 77, 77, 64, 128, 64, dtype)
     mask = make_mask(2, 77, "cuda", all_padding_row=False)
@@ -593,7 +703,7 @@ def test_rff_softmax_mode_runs_the_feature_pass(sincos, dtype, monkeypatch):
         inputs = leaves(q, k, v, torch.tensor([0.5, 1.0, 2.0], device="cuda"))
         out, _ = kernel_attention(*inputs[:3], fm, "softmax", mask, beta=inputs[3], implementation=implementation)
         results.append((out, grads(out.float().square().sum(), (*inputs, fm.log_sigma), None)))
-    assert len(calls) == 2, "the default softmax path did not take the Fourier feature pass for queries and keys"
+    assert calls == [2], f"the default softmax path did not take one Fourier feature pass for queries and keys: {calls}"
     (out, got), (expected, want) = results
     assert_close(out, expected, RTOL[dtype], "out")
     for name, a, e in zip(("dq", "dk", "dv", "dbeta", "dlog_sigma"), got, want, strict=True):

@@ -10,7 +10,10 @@ over ``--calls``, all lines interleaved in rounds so that the host's drift touch
                            output projection) in train mode under bf16 autocast, ``.float().sum().backward()``
     sdpa d=64              ``F.scaled_dot_product_attention`` on q, k, v with dropout 0.1 (the stock attention)
     qra softmax            :func:`qra.attention.kernel_attention`, the rff map, softmax mode, dropout 0.1
-    features q, k          :func:`qra.kernels.fourier_features` of q (times β) and k, as the softmax mode calls it
+    features q, k          :func:`qra.kernels.fourier_features` of q (times β) and of k: two calls, as the softmax
+                           mode called them until round 22
+    features pair          :func:`qra.kernels.fourier_query_key_features` of q (times β) and k: one call, as the
+                           softmax mode calls it since round 22
     sdpa m=128             SDPA over given 128-wide features (the softmax mode's second half), dropout 0.1
     qra linear             :func:`qra.attention.kernel_attention`, rff, linear mode
     plain                  ``(v * 1).float().sum().backward()``: the ops every line shares
@@ -83,6 +86,11 @@ def main() -> None:
         fk = kernels.fourier_features(lk, prologue.weight, prologue.phase, prologue.scale)
         (fq.float().sum() + fk.float().sum()).backward()
 
+    def feature_pair() -> None:
+        lq, lk, _ = leaves()
+        fq, fk = kernels.fourier_query_key_features(lq, lk, prologue.weight, prologue.phase, prologue.scale, beta)
+        (fq.float().sum() + fk.float().sum()).backward()
+
     fq, fk = (kernels.fourier_features(x, prologue.weight, prologue.phase, prologue.scale) for x in (q, k))
 
     def sdpa_features() -> None:
@@ -93,7 +101,8 @@ def main() -> None:
         (leaves()[2] * 1).float().sum().backward()
 
     steps.update({"sdpa d=64": sdpa, "qra softmax": qra("softmax"), "features q, k": features,
-                  "sdpa m=128": sdpa_features, "qra linear": qra("linear"), "plain": plain})  # fmt: skip
+                  "features pair": feature_pair, "sdpa m=128": sdpa_features, "qra linear": qra("linear"),
+                  "plain": plain})  # fmt: skip
     times = interleaved_issue_us(steps, args.calls, synchronize=synchronize)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"{name}, torch {torch.__version__}, {args.model}, B = {args.batch}, "

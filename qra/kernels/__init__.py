@@ -12,11 +12,14 @@ the PyTorch code in :mod:`qra.attention` stays the CPU path and the oracle the t
     φ(x) = scale·cos(x·Wᵀ + phase) (random Fourier features), times a per-head factor (a softmax temperature),
     written once in x's dtype by one Triton pass, its backward one more: the features the softmax mode hands to
     SDPA, which cannot take a prologue.
+``fourier_query_key_features(q, k, weight, phase, scale, query_factor=None)``
+    (c·φ(q), φ(k)) of the same map for a layer's queries and keys, both from one pass each way: one autograd
+    Function and two launches where two calls take two and four.
 ``exponential_features(x, weight, norm_weight, scale, head_factor=None, stabilizer="none", key_padding_mask=None)``
     FAVOR+ positive features φ(x) = scale·exp(x·Wᵀ − η‖x‖² − s) by the same Triton passes, s a stabiliser that
     autograd treats as a constant: none, each row's max (queries in linear attention) or the max over each
     sequence's real keys (keys; one more pass finds it).  The softmax mode hands them to SDPA, the linear mode
-    to ``linear_attention``.
+    to ``linear_attention``; ``exponential_query_key_features`` computes a layer's queries' and keys' in one pass.
 ``fourier_linear_attention(q, k, v, weight, phase, scale, key_padding_mask=None, eps=1e-6)``
     the same linear attention with φ(x) = scale·cos(x·Wᵀ + phase) (random Fourier features) computed
     inside the kernels' tiles from the queries and keys: φ(q), φ(k) are never written to memory, and
@@ -62,9 +65,11 @@ __all__ = [
     "dropout_keep_mask",
     "exponential_features",
     "exponential_pass_enabled",
+    "exponential_query_key_features",
     "fidelity_attention",
     "fourier_features",
     "fourier_linear_attention",
+    "fourier_query_key_features",
     "fused_available",
     "fused_device",
     "linear_attention",
@@ -225,6 +230,59 @@ def fourier_features(
     from .fourier_map import fused_fourier_features
 
     return fused_fourier_features(x, weight, phase, factors)
+
+
+def _check_query_key(q: torch.Tensor, k: torch.Tensor, weight: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"expected q [B, H, Nq, d] and k [B, H, Nk, d]; got {tuple(q.shape)}, {tuple(k.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != q.shape[-1]:
+        raise ValueError(f"weight must be [m, d={q.shape[-1]}]; got {tuple(weight.shape)}")
+
+
+def fourier_query_key_features(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    weight: torch.Tensor,
+    phase: torch.Tensor,
+    scale: float,
+    query_factor: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c·φ(q), φ(k)) of :func:`fourier_features` for q ``[B, H, Nq, d]`` and k ``[B, H, Nk, d]``, c the queries'
+    per-head factor (a softmax temperature β), from one Triton pass each way for both.
+
+    Why: a patched softmax layer needs both, and on the H200's host each autograd Function and launch costs tens
+    of µs (results/bench/README.md, round 21); one call for both halves them.  Where the pass cannot take the pair
+    (other dtypes for q and k, no CUDA) this is two :func:`fourier_features` calls.
+    """
+    _check_query_key(q, k, weight)
+    if tuple(phase.shape) != (weight.shape[0],):
+        raise ValueError(f"phase must be [m={weight.shape[0]}]; got {tuple(phase.shape)}")
+    query_factors, key_factors = _head_factors(q, scale, query_factor), _head_factors(k, scale, None)
+    if q.dtype != k.dtype or not _feature_pass_fits(q, weight, phase, query_factors, k):
+        return fourier_features(q, weight, phase, scale, query_factor), fourier_features(k, weight, phase, scale)
+    from .fourier_map import fused_fourier_features
+
+    return fused_fourier_features(q, weight, phase, query_factors, k, key_factors)
+
+
+def exponential_query_key_features(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: float,
+    scale: float,
+    query_factor: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c·φ(q), φ(k)) of :func:`exponential_features` without a stabiliser (the softmax mode's), both from one
+    Triton pass each way (:func:`fourier_query_key_features` says why); elsewhere two calls."""
+    _check_query_key(q, k, weight)
+    query_factors, key_factors = _head_factors(q, scale, query_factor), _head_factors(k, scale, None)
+    if q.dtype != k.dtype or not _feature_pass_fits(q, weight, query_factors, k):
+        return (exponential_features(q, weight, norm_weight, scale, query_factor),
+                exponential_features(k, weight, norm_weight, scale))  # fmt: skip
+    from .fourier_map import fused_exponential_features
+
+    return fused_exponential_features(q, weight, norm_weight, query_factors, "none", None, k, key_factors)
 
 
 def _head_factors(x: torch.Tensor, scale: float, head_factor: torch.Tensor | float | None) -> torch.Tensor:
