@@ -120,8 +120,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--lengths", default="512,32768")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--forward", nargs="+", default=["64,4,3,3", "64,4,3,2", "64,8,3,2", "32,4,3,4"])
-    parser.add_argument("--backward", nargs="+", default=["64,4,3,2", "64,4,2,2", "32,4,3,4", "64,8,3,1"])
+    parser.add_argument("--forward", nargs="+", default=["64,4,3,2"])
+    parser.add_argument("--backward", nargs="+", default=["64,4,3,2"])
     args = parser.parse_args()
     other = load_other(args.other)
     forward, backward = [parse_launch(t) for t in args.forward], [parse_launch(t) for t in args.backward]

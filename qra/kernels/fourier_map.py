@@ -11,16 +11,13 @@ the map's scale times the softmax temperature β_h for the queries, so the tempe
 
 The backward recomputes the angles: dp = −c_h·sin(p)·dφ, dx = dp·W (with bf16 x one bf16 product, dp rounded once,
 unless ``fourier_linear.SPLIT_PRODUCTS``), and each program writes its sums of the map's
-dWᵀ = xᵀdp, db = Σdp and each block its dc_h = Σ cos(p)·dφ (from which autograd forms the temperature's gradient)
-to buffers of their own, summed afterwards by one reduction each: fp32 atomics from every program into one set of
-buffers contend.
+dWᵀ = xᵀdp, db = Σdp and dc_h = Σ cos(p)·dφ (from which autograd forms the temperature's gradient) to a buffer of
+its own, summed afterwards by one reduction each: fp32 atomics from every program into one set of buffers contend.
 
 A pass takes one operand or two (a layer's queries and keys, each with its own per-head factor): the softmax mode
-needs both, and one autograd Function and one launch each way for both costs the host half what two calls do.  The
-grid is one program per resident slot, each striding over the flat list of row blocks of both operands, so the
-work spreads evenly over the SMs: a program per (batch, head), as before round 22, filled 384 programs into the
-backward's 264 slots at B = 32, H = 12, a second wave 45% full.  The factors' gradients are summed per block
-(a block's head is its own), the map's per program (W is shared by every head and both operands).
+needs both, and one autograd Function and one launch each way for both costs the host half what two calls do.  Grid
+axis 0 runs over the first operand's (batch, head)s, then the second's; a program picks its operand once, before
+its loop over row blocks.
 
 Positive features (``EXP``) share all of it but the activation: l = x·Wᵀ + b − η‖x‖², φ = c_h·exp(l − s) and
 dp = φ·dφ, dx = dp·W − 2η·x·Σ_f dp.  The stabiliser s is a constant (FAVOR+ treats it as one: it cancels in the
@@ -30,7 +27,7 @@ and head (``STAB_GIVEN``: the max over a sequence's real keys, found by one more
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -39,7 +36,7 @@ import triton.language as tl
 from . import fourier_linear
 from ._launch import LaunchPlan, LaunchPlans, direct_launches, launch_kernel, layout, prepare
 from ._trig import cos_sin, cosine
-from ._util import cdiv, mask_arguments, mask_bytes, pow2, sm_count
+from ._util import mask_arguments, mask_bytes, pow2
 from .fourier_linear import (
     Launch,
     _angles,
@@ -61,9 +58,7 @@ STAB_OF = {"none": STAB_NONE, "row": STAB_ROW, "sequence": STAB_GIVEN}
 #: (``results/bench/fourier-features-shapes-h200-round18.txt``, GPU time from CUDA-graph replays, bf16, d = 64,
 #: m = 128): forward + backward 0.073 ms at N = 512 against 0.100–0.104 for the 32-row, 8-warp shapes used before,
 #: 0.122 against 0.171–0.178 at N = 32,768, and with the weight gradient 0.132 against 0.141–0.163.
-#: Since round 22 the grid is one program per resident slot (:func:`_flat_grid`): ptxas for sm_90 gives the forward
-#: 167 registers a thread, 3 programs of 4 warps an SM, and the backward 228 (255 with the map's gradients), 2.
-FORWARD_LAUNCH = Launch(block=64, warps=4, per_sm=3)
+FORWARD_LAUNCH = Launch(block=64, warps=4, per_sm=2)
 BACKWARD_LAUNCH = Launch(block=64, warps=4, per_sm=2)
 #: the same for the exponential (FAVOR+) passes and the sequence maximum, not searched again since the pairs: ptxas
 #: for sm_90 then put the backward's spills at 3,084 bytes at 64 rows on 4 warps, 1,544 on 8, 596 at 32 rows on 4
@@ -81,24 +76,21 @@ def _weights(W, B, D, F, BD: tl.constexpr, BF: tl.constexpr, LOWP: tl.constexpr,
 
 
 @triton.jit
-def _block(f, FIRST, BLOCKS, BLOCKS2, H, N, N2, BN: tl.constexpr):
-    """Flat block ``f`` of a pass's work: blocks [0, FIRST) tile the first operand's (batch, head, row block)s,
-    the rest the second's.  Returns (in the second?, batch·heads + head, batch and head (int64), the rows, their
-    mask)."""
-    second = f >= FIRST
-    local = tl.where(second, f - FIRST, f)
-    blocks = tl.where(second, BLOCKS2, BLOCKS)
-    bh = local // blocks  # 32-bit divisions; only the batch and head, which multiply strides, need 64 bits
-    offs_n = (local - bh * blocks) * BN + tl.arange(0, BN)
+def _operand(H, GROUPS, N, N2):
+    """This program's operand, batch and head: grid axis 0 runs over the first operand's (batch, head)s, then over
+    the second's.  Returns (in the second?, batch·heads + head, batch and head (int64), the operand's rows)."""
+    group = tl.program_id(0)
+    second = group >= GROUPS
+    bh = tl.where(second, group - GROUPS, group)
     batch = bh // H
-    return second, bh, batch.to(tl.int64), (bh - batch * H).to(tl.int64), offs_n, offs_n < tl.where(second, N2, N)
+    return second, bh, batch.to(tl.int64), (bh - batch * H).to(tl.int64), tl.where(second, N2, N)
 
 
 @triton.jit
-def _tile(P, P2, second, b, h, offs_n, offs_c, s_b, s_h, s_n, s_2b, s_2h, s_2n):
-    """Pointers to a [rows × columns] tile of the first or the second operand (columns at stride 1)."""
-    rows = tl.where(second, P2 + b * s_2b + h * s_2h, P + b * s_b + h * s_h)
-    return rows + offs_n[:, None] * tl.where(second, s_2n, s_n) + offs_c[None, :]
+def _rows(P, P2, second, b, h, s_b, s_h, s_n, s_2b, s_2h, s_2n):
+    """The first row of this program's (batch, head) in the first or the second operand, and the row stride (the
+    columns are at stride 1)."""
+    return tl.where(second, P2 + b * s_2b + h * s_2h, P + b * s_b + h * s_h), tl.where(second, s_2n, s_n)
 
 
 @triton.jit
@@ -120,29 +112,33 @@ def _features_kernel(
     X, X2, W, B, C, C2, S, S2, OUT, OUT2,
     s_xb, s_xh, s_xn, s_x2b, s_x2h, s_x2n,
     s_ob, s_oh, s_on, s_o2b, s_o2h, s_o2n,
-    H, N, N2, D, F, BLOCKS, BLOCKS2, FIRST, TOTAL, ETA,
+    H, GROUPS, N, N2, D, F, PER_PROGRAM, ETA,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, EXP: tl.constexpr, STAB: tl.constexpr,
     SPLIT_PRODUCTS: tl.constexpr,
 ):  # fmt: skip
     _, w_hi, w_lo, bias = _weights(W, B, D, F, BD, BF, LOWP, X.dtype.element_ty)
+    second, bh, b, h, rows = _operand(H, GROUPS, N, N2)
+    x_base, s_n = _rows(X, X2, second, b, h, s_xb, s_xh, s_xn, s_x2b, s_x2h, s_x2n)
+    o_base, s_on_ = _rows(OUT, OUT2, second, b, h, s_ob, s_oh, s_on, s_o2b, s_o2h, s_o2n)
+    factor = tl.load(tl.where(second, C2, C) + h)
+    shift = tl.load(tl.where(second, S2, S) + bh) if STAB == 2 else 0.0
+    part = tl.program_id(1)
     offs_d = tl.arange(0, BD)
     offs_f = tl.arange(0, BF)
     dmask = offs_d < D
     fmask = offs_f < F
-    for f in range(tl.program_id(0), TOTAL, tl.num_programs(0)):
-        second, bh, b, h, offs_n, nmask = _block(f, FIRST, BLOCKS, BLOCKS2, H, N, N2, BN)
-        x = tl.load(_tile(X, X2, second, b, h, offs_n, offs_d, s_xb, s_xh, s_xn, s_x2b, s_x2h, s_x2n),
-                    mask=nmask[:, None] & dmask[None, :], other=0.0)  # fmt: skip
+    for blk in range(0, PER_PROGRAM):
+        offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
+        nmask = offs_n < rows
+        x = _load_rows(x_base, offs_n, offs_d, s_n, 1, nmask, dmask)
         p = _angles(x, w_hi, w_lo, bias, LOWP, PREC)
-        factor = tl.load(tl.where(second, C2, C) + h)
-        if EXP:
-            shift = tl.load(tl.where(second, S2, S) + bh) if STAB == 2 else 0.0
+        if EXP:  # noqa: SIM108  (a constexpr branch: only one side is compiled)
             features = factor * tl.exp(_exponents(x, p, fmask, ETA, shift, STAB))
         else:
             features = factor * cosine(p, FAST)
-        out = _tile(OUT, OUT2, second, b, h, offs_n, offs_f, s_ob, s_oh, s_on, s_o2b, s_o2h, s_o2n)
-        tl.store(out, features.to(OUT.dtype.element_ty), mask=nmask[:, None] & fmask[None, :])
+        tl.store(o_base + offs_n[:, None] * s_on_ + offs_f[None, :], features.to(OUT.dtype.element_ty),
+                 mask=nmask[:, None] & fmask[None, :])  # fmt: skip
 
 
 @triton.jit
@@ -151,28 +147,33 @@ def _features_backward_kernel(
     s_xb, s_xh, s_xn, s_x2b, s_x2h, s_x2n,
     s_gb, s_gh, s_gn, s_g2b, s_g2h, s_g2n,
     s_db, s_dh, s_dn, s_d2b, s_d2h, s_d2n,
-    H, N, N2, D, F, BLOCKS, BLOCKS2, FIRST, TOTAL, ETA,
+    H, GROUPS, N, N2, D, F, PER_PROGRAM, ETA,
     BN: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, EXP: tl.constexpr, STAB: tl.constexpr,
     WEIGHT_GRAD: tl.constexpr, FACTOR_GRAD: tl.constexpr, SPLIT_PRODUCTS: tl.constexpr,
 ):  # fmt: skip
     wt, w_hi, w_lo, bias = _weights(W, B, D, F, BD, BF, LOWP, X.dtype.element_ty)
+    second, bh, b, h, rows = _operand(H, GROUPS, N, N2)
+    x_base, s_xn_ = _rows(X, X2, second, b, h, s_xb, s_xh, s_xn, s_x2b, s_x2h, s_x2n)
+    g_base, s_gn_ = _rows(G, G2, second, b, h, s_gb, s_gh, s_gn, s_g2b, s_g2h, s_g2n)
+    d_base, s_dn_ = _rows(DX, DX2, second, b, h, s_db, s_dh, s_dn, s_d2b, s_d2h, s_d2n)
+    factor = tl.load(tl.where(second, C2, C) + h)
+    shift = tl.load(tl.where(second, S2, S) + bh) if STAB == 2 else 0.0
+    part = tl.program_id(1)
     offs_d = tl.arange(0, BD)
     offs_f = tl.arange(0, BF)
     dmask = offs_d < D
     fmask = offs_f < F
     dwt_acc = tl.zeros((BD, BF), dtype=tl.float32)
     db_acc = tl.zeros((BF,), dtype=tl.float32)
-    for f in range(tl.program_id(0), TOTAL, tl.num_programs(0)):
-        second, bh, b, h, offs_n, nmask = _block(f, FIRST, BLOCKS, BLOCKS2, H, N, N2, BN)
-        x = tl.load(_tile(X, X2, second, b, h, offs_n, offs_d, s_xb, s_xh, s_xn, s_x2b, s_x2h, s_x2n),
-                    mask=nmask[:, None] & dmask[None, :], other=0.0)  # fmt: skip
-        g = tl.load(_tile(G, G2, second, b, h, offs_n, offs_f, s_gb, s_gh, s_gn, s_g2b, s_g2h, s_g2n),
-                    mask=nmask[:, None] & fmask[None, :], other=0.0).to(tl.float32)  # fmt: skip
+    dc_acc = tl.zeros((BF,), dtype=tl.float32)
+    for blk in range(0, PER_PROGRAM):
+        offs_n = (part * PER_PROGRAM + blk) * BN + tl.arange(0, BN)
+        nmask = offs_n < rows
+        x = _load_rows(x_base, offs_n, offs_d, s_xn_, 1, nmask, dmask)
+        g = _load_rows(g_base, offs_n, offs_f, s_gn_, 1, nmask, fmask).to(tl.float32)
         p = _angles(x, w_hi, w_lo, bias, LOWP, PREC)
-        factor = tl.load(tl.where(second, C2, C) + h)
         if EXP:  # the feature (over c_h) and its slope are both exp(l − s)
-            shift = tl.load(tl.where(second, S2, S) + bh) if STAB == 2 else 0.0
             value = tl.exp(_exponents(x, p, fmask, ETA, shift, STAB))
             slope = value
         else:
@@ -182,19 +183,21 @@ def _features_backward_kernel(
         dx = _times_w(dp, wt, w_hi, LOWP, SPLIT_PRODUCTS, PREC)
         if EXP:
             dx -= (2.0 * ETA) * x.to(tl.float32) * tl.sum(dp, axis=1)[:, None]
-        dx_tile = _tile(DX, DX2, second, b, h, offs_n, offs_d, s_db, s_dh, s_dn, s_d2b, s_d2h, s_d2n)
-        tl.store(dx_tile, dx.to(DX.dtype.element_ty), mask=nmask[:, None] & dmask[None, :])
+        tl.store(d_base + offs_n[:, None] * s_dn_ + offs_d[None, :], dx.to(DX.dtype.element_ty),
+                 mask=nmask[:, None] & dmask[None, :])  # fmt: skip
         if WEIGHT_GRAD:
             dwt_acc += _split_dot(tl.trans(x), dp, LOWP, SPLIT_PRODUCTS, PREC)
             db_acc += tl.sum(dp, axis=0)
-        if FACTOR_GRAD:  # this block's Σ cos(p)·dφ (g is 0 outside the rows and features), summed per head later
-            tl.store(DC + f, tl.sum(tl.sum(value * g, axis=1), axis=0))
-    # this program's sums of the map's gradients (W is shared by every head and both operands), added up by the
-    # launcher: atomics from every program into one set of buffers contend
+        if FACTOR_GRAD:
+            dc_acc += tl.sum(value * g, axis=0)  # g is 0 outside the rows and features
+    # this program's sums (W is shared by every head and both operands; a program's head is its own), added up by
+    # the launcher: atomics from every program into shared buffers contend
+    program = tl.program_id(0) * tl.num_programs(1) + part
     if WEIGHT_GRAD:
-        program = tl.program_id(0)
         tl.store(DW + program * BD * BF + offs_d[:, None] * BF + offs_f[None, :], dwt_acc)
         tl.store(DB + program * BF + offs_f, db_acc)
+    if FACTOR_GRAD:
+        tl.store(DC + program, tl.sum(dc_acc, axis=0))
 
 
 @triton.jit
@@ -227,6 +230,11 @@ def _sequence_max_kernel(
 
 def _meta(dtype: torch.dtype, dim: int, features: int, launch: Launch) -> dict:
     bd, bf = pow2(dim), pow2(features)
+    if dtype == torch.float32 and bf > 128:
+        # fp32 tiles of 256 features: where a program loops over more than one row block, the backward's 3-stage
+        # pipeline of x and dφ tiles needs 294,912 bytes of shared memory on sm_90 (the limit is 232,448; 2 stages
+        # 212,992), and the launch failed on the H200 (round 22)
+        launch = replace(launch, stages=min(launch.stages, 2))
     return dict(BN=launch.block, BD=bd, BF=bf, **_launch_config(dtype, bd, bf, 16, launch))
 
 
@@ -255,24 +263,20 @@ _PLANS = LaunchPlans()
 
 def _rows_at_unit_stride(t: torch.Tensor) -> torch.Tensor:
     """t with its last dim at stride 1 (copied only where it is not): the kernels address columns without a stride,
-    so that their loads and stores are vectorised whichever operand a block reads."""
+    so that their loads and stores are vectorised whichever operand a program reads."""
     return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _blocks(x: torch.Tensor, launch: Launch) -> int:
-    return cdiv(max(x.shape[2], 1), launch.block)
-
-
-def _flat_grid(total: int, device: torch.device, launch: Launch) -> tuple[int]:
-    """One program per resident slot (``launch.per_sm`` a SM), each striding over the pass's flat blocks: the work
-    spreads evenly over the GPU whatever the number of (batch, head)s, where a program per (batch, head) left the
-    last wave part-empty (384 of them at B = 32, H = 12 filled 1.45 waves of the backward's 2 per SM)."""
-    return (max(1, min(total, launch.per_sm * sm_count(device))),)
 
 
 def _pair_scalars(first: torch.Tensor, second: torch.Tensor) -> tuple[int, ...]:
     """The batch, head and row strides of an operand and of the second one."""
     return (*first.stride()[:3], *second.stride()[:3])
+
+
+def _pass_grid(x: torch.Tensor, x2: torch.Tensor, pair: bool, launch: Launch) -> tuple[tuple[int, int], int]:
+    """((programs along the operands' (batch, head)s, programs per (batch, head)), blocks per program): both
+    operands' (batch, head)s on grid axis 0, split over their rows as far as the longer one needs to fill the GPU."""
+    groups = x.shape[0] * x.shape[1] * (2 if pair else 1)
+    return _grid(max(x.shape[2], x2.shape[2]), groups, x.device, launch)
 
 
 class _RandomFeatures(torch.autograd.Function):
@@ -287,7 +291,7 @@ class _RandomFeatures(torch.autograd.Function):
         pair = x2 is not None
         x = _rows_at_unit_stride(x)
         x2 = _rows_at_unit_stride(x2) if pair else x
-        # one operand: its own tensors stand in for the second's pointers, which no block then reads
+        # one operand: its own tensors stand in for the second's pointers, which no program then reads
         factors2 = factors if factors2 is None else factors2
         stabilizers2 = stabilizers if stabilizers2 is None else stabilizers2
         bsz, heads, n, dim = x.shape
@@ -300,12 +304,10 @@ class _RandomFeatures(torch.autograd.Function):
         plan = _PLANS.plan((x, x2, weight, bias, factors, factors2, stabilizers, stabilizers2), *settings)
         args = (x, x2, weight, bias, factors, factors2, stabilizers, stabilizers2, out, out2)
         if not plan.issue("forward", args):
-            blocks, blocks2 = _blocks(x, launches[0]), _blocks(x2, launches[0]) if pair else 0
-            first = bsz * heads * blocks
-            scalars = (*_pair_scalars(x, x2), *_pair_scalars(out, out2), heads, n, x2.shape[2], dim, feat, blocks,
-                       max(blocks2, 1), first, first + bsz * heads * blocks2, activation.norm_weight)  # fmt: skip
+            grid, per = _pass_grid(x, x2, pair, launches[0])
+            scalars = (*_pair_scalars(x, x2), *_pair_scalars(out, out2), heads, bsz * heads, n, x2.shape[2], dim,
+                       feat, per, activation.norm_weight)  # fmt: skip
             meta = dict(_meta(x.dtype, dim, feat, launches[0]), **activation.meta())
-            grid = _flat_grid(scalars[-2], x.device, launches[0])
             plan.bind("forward", prepare(_features_kernel, grid, args, scalars, **meta))
         ctx.save_for_backward(x, x2 if pair else None, weight, bias, factors, factors2, stabilizers, stabilizers2)
         ctx.activation, ctx.launch, ctx.plan = activation, launches[1], plan
@@ -323,33 +325,32 @@ class _RandomFeatures(torch.autograd.Function):
         feat = weight.shape[0]
         dx = torch.empty_like(x)
         dx2 = torch.empty_like(x2) if pair else dx
-        blocks, blocks2 = _blocks(x, launch), _blocks(x2, launch) if pair else 0
-        first = bsz * heads * blocks
-        total = first + bsz * heads * blocks2
-        grid = _flat_grid(total, x.device, launch)
+        grid, per = _pass_grid(x, x2, pair, launch)
         needs = ctx.needs_input_grad
         weight_grad, factor_grad = needs[2] or needs[3], needs[4] or needs[5]
-        # each program's sums of the map's gradients and each block's of the factors', only where asked for;
-        # without them (a fixed bandwidth and temperature, the default) the kernel never touches these and dx
-        # stands in: every allocation is host time in every patched layer of every step
-        dwt = torch.empty(grid[0], pow2(dim), pow2(feat), device=x.device, dtype=torch.float32) if weight_grad else dx
-        db = torch.empty(grid[0], pow2(feat), device=x.device, dtype=torch.float32) if weight_grad else dx
-        dc = torch.empty(total, device=x.device, dtype=torch.float32) if factor_grad else dx
+        # each program's sums of the map's and the factors' gradients, only where asked for; without them (a fixed
+        # bandwidth and temperature, the default) the kernel never touches these and dx stands in: every allocation
+        # is host time in every patched layer of every step
+        programs = grid[0] * grid[1]
+        dwt = torch.empty(programs, pow2(dim), pow2(feat), device=x.device, dtype=torch.float32) if weight_grad else dx
+        db = torch.empty(programs, pow2(feat), device=x.device, dtype=torch.float32) if weight_grad else dx
+        dc = torch.empty(programs, device=x.device, dtype=torch.float32) if factor_grad else dx
         plan = ctx.plan if direct_launches() else LaunchPlan()
         # what its scalars add to the forward's key: the gradients' layouts
         variant = ("backward", layout(grad), layout(grad2) if pair else None, weight_grad, factor_grad)
         args = (x, x2, grad, grad2, weight, bias, factors, factors2, stabilizers, stabilizers2, dx, dx2, dwt, db, dc)
         if not plan.issue(variant, args):
             strides = (*_pair_scalars(x, x2), *_pair_scalars(grad, grad2), *_pair_scalars(dx, dx2))
-            scalars = (*strides, heads, n, x2.shape[2], dim, feat, blocks, max(blocks2, 1), first, total,
-                       activation.norm_weight)  # fmt: skip
+            scalars = (*strides, heads, bsz * heads, n, x2.shape[2], dim, feat, per, activation.norm_weight)
             meta = dict(_meta(x.dtype, dim, feat, launch), WEIGHT_GRAD=weight_grad, FACTOR_GRAD=factor_grad,
                         **activation.meta())  # fmt: skip
             plan.bind(variant, prepare(_features_backward_kernel, grid, args, scalars, **meta))
         dw = dwt.sum(0)[:dim, :feat].T if needs[2] else None
         db = db.sum(0)[:feat] if needs[3] else None
-        dc1 = dc[:first].view(bsz, heads, blocks).sum((0, 2)) if needs[4] else None
-        dc2 = dc[first:].view(bsz, heads, blocks2).sum((0, 2)) if needs[5] else None
+        # the programs run over (operand, batch, head) on grid axis 0 and the row splits on axis 1
+        dc = dc.view(-1, bsz, heads, grid[1]).sum((1, 3)) if factor_grad else None
+        dc1 = dc[0] if needs[4] else None
+        dc2 = dc[1] if needs[5] else None
         return dx, (dx2 if pair else None), dw, db, dc1, dc2, None, None, None
 
 
