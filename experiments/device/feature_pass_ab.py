@@ -18,30 +18,18 @@ either module too, beside SDPA at d = 64.  Rounds alternate the contenders, so t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import triton
-from profiling import search_ms
+from profiling import load_sibling, search_ms
 
 from qra.kernels import fourier_map
 from qra.kernels.fourier_linear import Launch
-
-
-def load_other(path: Path):
-    """The module at ``path``, imported as ``qra.kernels._other_fourier_map``."""
-    name = "qra.kernels._other_fourier_map"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse_launch(text: str) -> Launch:
@@ -123,7 +111,7 @@ def main() -> None:
     parser.add_argument("--forward", nargs="+", default=["64,4,3,2"])
     parser.add_argument("--backward", nargs="+", default=["64,4,3,2"])
     args = parser.parse_args()
-    other = load_other(args.other)
+    other = load_sibling(args.other, "_other_fourier_map")
     forward, backward = [parse_launch(t) for t in args.forward], [parse_launch(t) for t in args.backward]
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                "commit": os.environ.get("QRA_GIT_COMMIT", "unknown"), "other": args.other.name,

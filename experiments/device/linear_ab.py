@@ -17,29 +17,17 @@ Rounds alternate the contenders, so that drift touches each alike.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 import triton
-from profiling import search_ms
+from profiling import load_sibling, search_ms
 
 from qra.kernels import fourier_linear
 from qra.kernels.fourier_linear import Launch
-
-
-def load_other(path: Path):
-    """The module at ``path``, imported as ``qra.kernels._other_fourier_linear``."""
-    name = "qra.kernels._other_fourier_linear"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def contenders_at(
@@ -102,7 +90,7 @@ def main() -> None:
     parser.add_argument("--whole-backward", nargs="+", default=["32,8,3,2"])
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
-    other = load_other(args.other)
+    other = load_sibling(args.other, "_other_fourier_linear")
     shapes = [Launch(*map(int, text.split(","))) for text in args.forward]
     whole = tuple(
         [Launch(*map(int, text.split(","))) for text in texts] for texts in (args.whole_forward, args.whole_backward)

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib.util
 import io
 import pstats
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch.autograd import DeviceType
@@ -19,6 +23,17 @@ from qra.experiment.bench import attention_impls, attention_inputs, graph_time, 
 from qra.kernels import fourier_linear
 
 HEAD_DIM, FEATURES = 64, 128  # the attention benchmark's d and m
+
+
+def load_sibling(path: Path, name: str) -> ModuleType:
+    """The module at ``path`` (another commit's copy of a kernels module) imported as ``qra.kernels.<name>``, so
+    that its relative imports resolve to this tree's helpers: the side-by-side scripts' other contender."""
+    qualified = f"qra.kernels.{name}"
+    spec = importlib.util.spec_from_file_location(qualified, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[qualified] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def shape_parser() -> argparse.ArgumentParser:
