@@ -26,7 +26,7 @@ def measure(megabytes: int, device: torch.device) -> str:
     target = torch.empty_like(source)
     total = torch.empty((), device=device, dtype=torch.float32)
     copy_ms = graph_time(lambda: target.copy_(source), device, repeats=10)
-    read_ms = graph_time(lambda: torch.sum(source, dtype=torch.float32, out=total), device, repeats=10)
+    read_ms = graph_time(lambda: torch.sum(source, dim=0, dtype=torch.float32, out=total), device, repeats=10)
     size = elements * 2
     return (f"   {megabytes:5d} MiB: copy {copy_ms:.4f} ms = {2 * size / copy_ms / 1e9:.2f} TB/s (read + write); "
             f"sum {read_ms:.4f} ms = {size / read_ms / 1e9:.2f} TB/s (read)")  # fmt: skip
