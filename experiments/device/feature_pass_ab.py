@@ -8,7 +8,8 @@ fourier_map.py > OLD.py``), imported as a sibling of ``qra.kernels.fourier_map``
 to this tree's helpers.  At the attention benchmark's shape (B·N = 16,384, H = 12, d = 64, m = 128, bf16; queries
 and keys seen through a transpose, as a patched layer's are; a per-head temperature on the queries) each round
 times, for the other module's two calls (queries, keys), this tree's two single calls and its one call for both at
-each ``--forward`` / ``--backward`` launch shape (rows, warps, stages, programs per SM; the first is the default,
+each ``--forward`` / ``--backward`` launch shape (rows, warps, stages, programs per SM and optionally a register
+cap; the first is the default,
 the others varied one coordinate at a time): the forward, and the forward + backward with given output gradients,
 in GPU ms from CUDA-graph replays and in wall ms (which at short lengths is the host's time to issue the calls).
 The softmax mode's whole attention (the features, then SDPA at m = 128, as ``qra.attention`` runs it) is timed with
@@ -33,8 +34,9 @@ from qra.kernels.fourier_linear import Launch
 
 
 def parse_launch(text: str) -> Launch:
-    block, warps, stages, per_sm = (int(v) for v in text.split(","))
-    return Launch(block, warps, stages=stages, per_sm=per_sm)
+    """rows,warps,stages,programs per SM[,register cap]"""
+    block, warps, stages, per_sm, *cap = (int(v) for v in text.split(","))
+    return Launch(block, warps, stages=stages, per_sm=per_sm, max_registers=cap[0] if cap else None)
 
 
 def contenders_at(length: int, other, forward: list[Launch], backward: list[Launch]) -> dict[str, dict]:
