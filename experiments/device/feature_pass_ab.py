@@ -4,15 +4,16 @@
         [--rounds 3] [--forward 64,4,3,3 ...] [--backward 64,4,3,2 ...]
 
 ``OLD.py`` is a copy of ``qra/kernels/fourier_map.py`` from another commit (``git show REV:qra/kernels/
-fourier_map.py > OLD.py``), imported as a sibling of ``qra.kernels.fourier_map`` so that its relative imports resolve
-to this tree's helpers.  At the attention benchmark's shape (B·N = 16,384, H = 12, d = 64, m = 128, bf16; queries
-and keys seen through a transpose, as a patched layer's are; a per-head temperature on the queries) each round
-times, for the other module's two calls (queries, keys), this tree's two single calls and its one call for both at
-each ``--forward`` / ``--backward`` launch shape (rows, warps, stages, programs per SM and optionally a register
-cap; the first is the default, the others varied one coordinate at a time): the forward, and the forward + backward with given output gradients,
-in GPU ms from CUDA-graph replays and in wall ms (which at short lengths is the host's time to issue the calls).
-The softmax mode's whole attention (the features, then SDPA at m = 128, as ``qra.attention`` runs it) is timed with
-either module too, beside SDPA at d = 64.  Rounds alternate the contenders, so that drift touches each alike.
+fourier_map.py > OLD.py``), imported as a sibling of ``qra.kernels.fourier_map`` so that its relative imports
+resolve to this tree's helpers. At the attention benchmark's shape (B·N = 16,384, H = 12, d = 64, m = 128, bf16;
+queries and keys seen through a transpose, as a patched layer's are; a per-head temperature on the queries) each
+round times, for the other module's two calls (queries, keys), this tree's two single calls and its one call for
+both at each ``--forward`` / ``--backward`` launch shape (rows, warps, stages, programs per SM and optionally a
+register cap; the first is the default, the others varied one coordinate at a time): the forward, and the forward +
+backward with given output gradients, in GPU ms from CUDA-graph replays and in wall ms (which at short lengths is
+the host's time to issue the calls). The softmax mode's whole attention (the features, then SDPA at m = 128, as
+``qra.attention`` runs it) is timed with either module too, beside SDPA at d = 64. Rounds alternate the contenders,
+so that drift touches each alike.
 """
 
 from __future__ import annotations
