@@ -190,10 +190,7 @@ def fourier_linear_attention(
     ``weight`` is ``[m, d]`` and ``phase`` ``[m]`` (both may require grad); q, k are ``[B, H, N, d]``.
     """
     _check(q, k, v, key_padding_mask)
-    if weight.dim() != 2 or weight.shape[1] != q.shape[-1] or tuple(phase.shape) != (weight.shape[0],):
-        raise ValueError(
-            f"weight must be [m, d={q.shape[-1]}] and phase [m]; got {tuple(weight.shape)}, {tuple(phase.shape)}"
-        )
+    _check_fourier_map(q, weight, phase)
     fusable = _fused_ok(q, k, v, key_padding_mask, weight, phase)
     if fusable and prologue_verified(q.dtype, k.dtype, v.dtype, q.shape[-1], weight.shape[0], v.shape[-1]):
         from .fourier_linear import fused_fourier_linear_attention
@@ -220,10 +217,7 @@ def fourier_features(
     """
     if x.dim() != 4:
         raise ValueError(f"expected x as [B, H, N, d]; got {tuple(x.shape)}")
-    if weight.dim() != 2 or weight.shape[1] != x.shape[-1] or tuple(phase.shape) != (weight.shape[0],):
-        raise ValueError(
-            f"weight must be [m, d={x.shape[-1]}] and phase [m]; got {tuple(weight.shape)}, {tuple(phase.shape)}"
-        )
+    _check_fourier_map(x, weight, phase)
     factors = _head_factors(x, scale, head_factor)
     if not _feature_pass_fits(x, weight, phase, factors):
         return reference.fourier_features(x, weight, phase, 1.0, factors)
@@ -232,11 +226,31 @@ def fourier_features(
     return fused_fourier_features(x, weight, phase, factors)
 
 
-def _check_query_key(q: torch.Tensor, k: torch.Tensor, weight: torch.Tensor) -> None:
+def _check_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """A random-feature map's W must be [m, d] for inputs x [..., d]."""
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"weight must be [m, d={x.shape[-1]}]; got {tuple(weight.shape)}")
+
+
+def _check_fourier_map(x: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor) -> None:
+    """W [m, d] and the phases [m] of a Fourier map for inputs x [..., d]."""
+    _check_weight(x, weight)
+    if tuple(phase.shape) != (weight.shape[0],):
+        raise ValueError(f"phase must be [m={weight.shape[0]}] as weight [m, d]; got {tuple(phase.shape)}")
+
+
+def _pair_factors(
+    q: torch.Tensor, k: torch.Tensor, weight: torch.Tensor, scale: float, query_factor, *params: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The queries' and the keys' per-head factors when one Triton pass can take both operands (the same dtype, its
+    device and tile widths), else None: the caller then makes two single calls.  Checks the operands' shapes; the
+    callers check the map's (``params``: its tensors besides W)."""
     if q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"expected q [B, H, Nq, d] and k [B, H, Nk, d]; got {tuple(q.shape)}, {tuple(k.shape)}")
-    if weight.dim() != 2 or weight.shape[1] != q.shape[-1]:
-        raise ValueError(f"weight must be [m, d={q.shape[-1]}]; got {tuple(weight.shape)}")
+    if q.dtype != k.dtype:
+        return None
+    factors = _head_factors(q, scale, query_factor), _head_factors(k, scale, None)
+    return factors if _feature_pass_fits(q, weight, *params, *factors, k) else None
 
 
 def fourier_query_key_features(
@@ -254,15 +268,13 @@ def fourier_query_key_features(
     of µs (results/bench/README.md, round 21); one call for both halves them.  Where the pass cannot take the pair
     (other dtypes for q and k, no CUDA) this is two :func:`fourier_features` calls.
     """
-    _check_query_key(q, k, weight)
-    if tuple(phase.shape) != (weight.shape[0],):
-        raise ValueError(f"phase must be [m={weight.shape[0]}]; got {tuple(phase.shape)}")
-    query_factors, key_factors = _head_factors(q, scale, query_factor), _head_factors(k, scale, None)
-    if q.dtype != k.dtype or not _feature_pass_fits(q, weight, phase, query_factors, k):
+    _check_fourier_map(q, weight, phase)
+    factors = _pair_factors(q, k, weight, scale, query_factor, phase)
+    if factors is None:
         return fourier_features(q, weight, phase, scale, query_factor), fourier_features(k, weight, phase, scale)
     from .fourier_map import fused_fourier_features
 
-    return fused_fourier_features(q, weight, phase, query_factors, k, key_factors)
+    return fused_fourier_features(q, weight, phase, factors[0], k, factors[1])
 
 
 def exponential_query_key_features(
@@ -275,14 +287,14 @@ def exponential_query_key_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(c·φ(q), φ(k)) of :func:`exponential_features` without a stabiliser (the softmax mode's), both from one
     Triton pass each way (:func:`fourier_query_key_features` says why); elsewhere two calls."""
-    _check_query_key(q, k, weight)
-    query_factors, key_factors = _head_factors(q, scale, query_factor), _head_factors(k, scale, None)
-    if q.dtype != k.dtype or not _feature_pass_fits(q, weight, query_factors, k):
+    _check_weight(q, weight)
+    factors = _pair_factors(q, k, weight, scale, query_factor)
+    if factors is None:
         return (exponential_features(q, weight, norm_weight, scale, query_factor),
                 exponential_features(k, weight, norm_weight, scale))  # fmt: skip
     from .fourier_map import fused_exponential_features
 
-    return fused_exponential_features(q, weight, norm_weight, query_factors, "none", None, k, key_factors)
+    return fused_exponential_features(q, weight, norm_weight, factors[0], "none", None, k, factors[1])
 
 
 def _head_factors(x: torch.Tensor, scale: float, head_factor: torch.Tensor | float | None) -> torch.Tensor:
@@ -362,8 +374,7 @@ def exponential_features(
     """
     if x.dim() != 4:
         raise ValueError(f"expected x as [B, H, N, d]; got {tuple(x.shape)}")
-    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
-        raise ValueError(f"weight must be [m, d={x.shape[-1]}]; got {tuple(weight.shape)}")
+    _check_weight(x, weight)
     if stabilizer not in STABILIZERS:
         raise ValueError(f"unknown stabilizer {stabilizer!r}; expected one of {', '.join(STABILIZERS)}")
     if key_padding_mask is not None and tuple(key_padding_mask.shape) != (x.shape[0], x.shape[2]):
